@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: Apache-2.0
+/* docker-cilium endpoint datapath.
+ *
+ * One object, compiled once per datapath configuration, loaded once; the same
+ * two programs are attached to the host-side veth of EVERY endpoint. Each
+ * program finds its endpoint by skb->ifindex in cilium_ep_ifindex, so adding
+ * an endpoint or changing policy is a map update only.
+ *
+ *   from-container: tc ingress of the host veth (packets the container sends)
+ *   to-container:   tc egress of the host veth (packets the kernel routes into
+ *                   the container; endpoint-to-endpoint traffic bypasses it via
+ *                   bpf_redirect_peer()).
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/eth.h"
+#include "lib/l4.h"
+#include "lib/ipv4.h"
+#include "lib/ipv6.h"
+#include "lib/drop.h"
+#include "lib/conntrack.h"
+#include "lib/policy.h"
+
+static __always_inline int parse_ip(struct __sk_buff *skb, __u16 proto, struct flow *f)
+{
+#ifndef DISABLE_IPV4
+	if (proto == bpf_htons(ETH_P_IP))
+		return ipv4_parse_hdr(skb, ETH_HLEN, f, 0);
+#endif
+#ifndef DISABLE_IPV6
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return ipv6_parse_hdr(skb, ETH_HLEN, f, 0);
+#endif
+	return 1;	/* not IP */
+}
+
+/* Deliver to a local endpoint: route (MACs, TTL) and hand the packet straight
+ * to the peer device's ingress inside the container's netns. */
+static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, const struct flow *f,
+						const struct endpoint_info *dst)
+{
+	__u8 smac[6], dmac[6];
+	__u32 ifindex = dst->ifindex;
+	int ret;
+
+	__builtin_memcpy(smac, dst->node_mac, 6);
+	__builtin_memcpy(dmac, dst->mac, 6);
+	if (f->family == 4)
+		ret = ipv4_dec_ttl(skb);
+	else
+		ret = ipv6_dec_hoplimit(skb);
+	if (ret < 0)
+		return TC_ACT_OK;	/* TTL expiring: let the stack answer */
+	if (eth_rewrite(skb, smac, dmac) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect_peer(ifindex, 0);
+}
+
+__section("tc/from-container")
+int from_container(struct __sk_buff *skb)
+{
+	struct endpoint_info *ep, *dst_ep;
+	struct ethhdr eth;
+	struct flow f = {};
+	__u32 now, len = skb->len, src_id, dst_id = 0, ct_src_id = 0;
+	__u16 lxc_id;
+	int ret, ct;
+
+	ep = lookup_ep_ifindex(skb->ifindex);
+	if (!ep)
+		return TC_ACT_OK;	/* not one of ours */
+	lxc_id = ep->lxc_id;
+	src_id = ep->sec_identity;
+
+	if (eth_load(skb, &eth) < 0)
+		return send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+	if (eth.h_proto != bpf_htons(ETH_P_IP) && eth.h_proto != bpf_htons(ETH_P_IPV6))
+		return TC_ACT_OK;	/* ARP and other non-IP */
+	if (eth_addrcmp(eth.h_source, ep->mac))
+		return send_drop_notify(skb, DROP_INVALID_SMAC, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+
+	ret = parse_ip(skb, eth.h_proto, &f);
+	if (ret != 0)
+		return ret > 0 ? TC_ACT_OK :
+		       send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+
+	/* anti-spoofing */
+	if (f.family == 4) {
+		if (!ep->ipv4 || f.saddr.p32[0] != ep->ipv4)
+			return send_drop_notify(skb, DROP_INVALID_SIP, METRIC_EGRESS, lxc_id,
+						src_id, 0, 0);
+	} else {
+		if (f.is_nd)
+			return TC_ACT_OK;	/* neighbour discovery always passes */
+		if (!ipv6_addr_equals(&f.saddr, ep->ipv6)) {
+			/* link-local / unspecified sources: link-local traffic
+			 * to the host only (MLD, DAD, ...), never routed on */
+			if ((ipv6_addr_is_linklocal(&f.saddr) || ipv6_addr_is_zero(&f.saddr)) &&
+			    (ipv6_addr_is_linklocal(&f.daddr) || ipv6_addr_is_multicast(&f.daddr)))
+				return TC_ACT_OK;
+			return send_drop_notify(skb, DROP_INVALID_SIP, METRIC_EGRESS, lxc_id,
+						src_id, 0, 0);
+		}
+		if (ipv6_addr_is_linklocal(&f.daddr) || ipv6_addr_is_multicast(&f.daddr))
+			return TC_ACT_OK;
+	}
+
+	now = bpf_now_sec();
+	dst_ep = lookup_lxc(&f, &f.daddr);
+
+	ct = ct_lookup(&f, CT_EGRESS, len, now, &ct_src_id);
+	if (ct == CT_NEW && f.is_error)
+		ct = ct_lookup_related(skb, &f, now);
+	if (ct == CT_NEW) {
+		dst_id = dst_ep ? dst_ep->sec_identity : ipcache_identity(&f, &f.daddr);
+		if (ep->flags & EP_F_EGRESS_ENFORCED) {
+			ret = policy_can_access(lxc_id, POLICY_EGRESS, dst_id, &f, len);
+			if (ret)
+				return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id,
+							dst_id, dst_ep ? dst_ep->lxc_id : 0);
+		}
+		if (dst_ep && (dst_ep->flags & EP_F_INGRESS_ENFORCED)) {
+			ret = policy_can_access(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len);
+			if (ret)
+				return send_drop_notify(skb, ret, METRIC_INGRESS, dst_ep->lxc_id,
+							src_id, dst_id, dst_ep->lxc_id);
+		}
+		ct_create(&f, CT_EGRESS, src_id, len, now);
+	}
+
+	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
+	if (dst_ep) {
+		send_trace_notify(skb, TRACE_TO_LXC, lxc_id, src_id, dst_ep->sec_identity,
+				  dst_ep->lxc_id);
+		return redirect_to_endpoint(skb, &f, dst_ep);
+	}
+	send_trace_notify(skb, TRACE_TO_STACK, lxc_id, src_id, dst_id, 0);
+	return TC_ACT_OK;
+}
+
+__section("tc/to-container")
+int to_container(struct __sk_buff *skb)
+{
+	struct endpoint_info *ep, *src_ep;
+	struct ethhdr eth;
+	struct flow f = {};
+	__u32 now, len = skb->len, src_id = 0, dst_id, ct_src_id = 0;
+	__u16 lxc_id;
+	int ret, ct;
+
+	ep = lookup_ep_ifindex(skb->ifindex);
+	if (!ep)
+		return TC_ACT_OK;
+	lxc_id = ep->lxc_id;
+	dst_id = ep->sec_identity;
+
+	if (eth_load(skb, &eth) < 0)
+		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
+	ret = parse_ip(skb, eth.h_proto, &f);
+	if (ret > 0)
+		return TC_ACT_OK;	/* ARP and other non-IP */
+	if (ret < 0)
+		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
+
+	if (f.family == 6) {
+		if (f.is_nd)
+			return TC_ACT_OK;
+		/* link-local traffic can only come from the host itself */
+		if (ipv6_addr_is_linklocal(&f.saddr) || ipv6_addr_is_multicast(&f.daddr) ||
+		    ipv6_addr_is_linklocal(&f.daddr))
+			return TC_ACT_OK;
+	}
+
+	now = bpf_now_sec();
+	ct = ct_lookup(&f, CT_INGRESS, len, now, &ct_src_id);
+	if (ct == CT_NEW && f.is_error)
+		ct = ct_lookup_related(skb, &f, now);
+	if (ct == CT_NEW) {
+		src_ep = lookup_lxc(&f, &f.saddr);
+		src_id = src_ep ? src_ep->sec_identity : ipcache_identity(&f, &f.saddr);
+		if (ep->flags & EP_F_INGRESS_ENFORCED) {
+			ret = policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len);
+			if (ret)
+				return send_drop_notify(skb, ret, METRIC_INGRESS, lxc_id, src_id,
+							dst_id, lxc_id);
+		}
+		ct_create(&f, CT_INGRESS, src_id, len, now);
+	} else {
+		src_id = ct_src_id;
+	}
+
+	update_metrics(REASON_FORWARDED, METRIC_INGRESS, len);
+	send_trace_notify(skb, TRACE_TO_LXC, lxc_id, src_id, dst_id, lxc_id);
+	return TC_ACT_OK;
+}
+
+char __license[] __section("license") = "GPL";

@@ -1,0 +1,298 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Shared types and constants for the docker-cilium datapath.
+ *
+ * Every struct here is mirrored EXACTLY by a ctypes.Structure in
+ * docker_cilium/datapath/maps.py (tests/unit/test_maps_layout.py checks it).
+ * All padding is explicit so that keys hashed by the kernel never contain
+ * uninitialised bytes.
+ */
+#ifndef __LIB_COMMON_H_
+#define __LIB_COMMON_H_
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/icmpv6.h>
+/* <linux/icmp.h> pulls in libc's socket headers: define what we need. */
+#define ICMP_ECHOREPLY		0
+#define ICMP_DEST_UNREACH	3
+#define ICMP_SOURCE_QUENCH	4
+#define ICMP_ECHO		8
+#define ICMP_TIME_EXCEEDED	11
+#define ICMP_PARAMETERPROB	12
+
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+#define __section(X) __attribute__((section(X), used))
+
+#ifndef likely
+#define likely(X) __builtin_expect(!!(X), 1)
+#define unlikely(X) __builtin_expect(!!(X), 0)
+#endif
+
+/* ---- reserved security identities ---- */
+#define IDENTITY_UNKNOWN	0
+#define IDENTITY_HOST		1
+#define IDENTITY_WORLD		2
+
+/* ---- endpoint flags (endpoint_info.flags) ---- */
+#define EP_F_INGRESS_ENFORCED	(1 << 0)
+#define EP_F_EGRESS_ENFORCED	(1 << 1)
+
+/* ---- directions ---- */
+#define POLICY_INGRESS		0
+#define POLICY_EGRESS		1
+#define METRIC_INGRESS		1	/* to-container */
+#define METRIC_EGRESS		2	/* from-container */
+
+/* ---- conntrack key flags (which program created the entry) ---- */
+#define CT_EGRESS		0	/* originated by the local endpoint */
+#define CT_INGRESS		1	/* originated by the peer, towards the endpoint */
+
+/* ---- conntrack entry flags ---- */
+#define CT_F_RX_CLOSING		(1 << 0)
+#define CT_F_TX_CLOSING		(1 << 1)
+#define CT_F_SEEN_NON_SYN	(1 << 2)
+#define CT_F_NODE_PORT		(1 << 3)	/* reserved (load balancer) */
+#define CT_F_PROXY_REDIRECT	(1 << 4)	/* reserved (L7 proxy) */
+
+/* ---- conntrack timeouts (seconds) ---- */
+#ifndef CT_LIFETIME_TCP
+#define CT_LIFETIME_TCP		21600
+#endif
+#ifndef CT_SYN_TIMEOUT
+#define CT_SYN_TIMEOUT		60
+#endif
+#ifndef CT_LIFETIME_NONTCP
+#define CT_LIFETIME_NONTCP	60
+#endif
+#ifndef CT_CLOSE_TIMEOUT
+#define CT_CLOSE_TIMEOUT	10
+#endif
+
+/* ---- map sizes (overridable with -D through loader.compile_datapath) ---- */
+#ifndef ENDPOINTS_MAP_SIZE
+#define ENDPOINTS_MAP_SIZE	65535
+#endif
+#ifndef POLICY_MAP_SIZE
+#define POLICY_MAP_SIZE		65536
+#endif
+#ifndef IPCACHE_MAP_SIZE
+#define IPCACHE_MAP_SIZE	512000
+#endif
+#ifndef CT_MAP_SIZE_TCP
+#define CT_MAP_SIZE		524288
+#else
+#define CT_MAP_SIZE		CT_MAP_SIZE_TCP
+#endif
+#ifndef METRICS_MAP_SIZE
+#define METRICS_MAP_SIZE	1024
+#endif
+
+/* ---- drop reasons (Cilium numbering); 0 = forwarded ---- */
+#define REASON_FORWARDED	0
+#define DROP_INVALID_SMAC	130
+#define DROP_INVALID_DMAC	131
+#define DROP_INVALID_SIP	132
+#define DROP_POLICY		133
+#define DROP_INVALID		134
+#define DROP_CT_INVALID_HDR	135
+#define DROP_UNKNOWN_L3		139
+#define DROP_NO_LXC		152
+#define DROP_POLICY_L4		159
+#define DROP_POLICY_CIDR	162
+#define DROP_POLICY_DENY	181
+
+/* ---- notification types (cilium monitor) ---- */
+#define NOTIFY_DROP		1
+#define NOTIFY_DEBUG		2
+#define NOTIFY_CAPTURE		3
+#define NOTIFY_TRACE		4
+#define NOTIFY_POLICY_VERDICT	5
+
+/* trace observation points (notify.subtype for NOTIFY_TRACE) */
+#define TRACE_TO_LXC		0
+#define TRACE_TO_PROXY		1
+#define TRACE_TO_HOST		2
+#define TRACE_TO_STACK		3
+#define TRACE_TO_OVERLAY	4
+#define TRACE_FROM_LXC		5
+
+/* cilium_config flags */
+#define CFG_F_TRACE		(1 << 0)
+#define CFG_F_DEBUG		(1 << 1)
+
+#define NOTIFY_CAPTURE_LEN	128
+
+/* policy_key marker: an entry with this proto and dport 0 only records that
+ * the identity has L4 (port) rules, so that a miss is reported as
+ * DROP_POLICY_L4 (159) instead of DROP_POLICY (133). It never allows anything. */
+#define POLICY_PROTO_L4_MARKER	255
+
+union v6addr {
+	__u8  addr[16];
+	__u32 p32[4];
+	__u64 d[2];
+};
+
+/* cilium_ep_ifindex value and cilium_lxc value */
+struct endpoint_info {
+	__u32 ifindex;		/* host-side veth ifindex */
+	__u16 lxc_id;		/* endpoint id */
+	__u16 flags;		/* EP_F_* */
+	__u32 sec_identity;
+	__u8  mac[6];		/* container (peer) MAC */
+	__u8  node_mac[6];	/* host-side veth MAC */
+	__u32 ipv4;		/* network byte order, 0 = none */
+	__u8  ipv6[16];		/* all zero = none */
+};
+
+/* cilium_lxc key */
+struct endpoint_key {
+	union {
+		__u32 ip4;
+		__u8  ip6[16];
+	};
+	__u8 family;		/* 4 or 6 */
+	__u8 pad[3];
+};
+
+/* cilium_policy */
+struct policy_key {
+	__u32 sec_identity;	/* peer identity, 0 = any */
+	__u16 lxc_id;
+	__u16 dport;		/* network byte order, 0 = any */
+	__u8  proto;		/* 0 = any */
+	__u8  direction;	/* POLICY_INGRESS / POLICY_EGRESS */
+	__u8  pad[2];
+};
+
+struct policy_entry {
+	__u16 proxy_port;	/* network byte order, 0 = no L7 redirect */
+	__u8  deny;
+	__u8  pad[5];
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* cilium_ipcache */
+struct ipcache_key {
+	__u32 prefixlen;	/* 32 (pad1/pad2/family) + address prefix bits */
+	__u16 pad1;
+	__u8  pad2;
+	__u8  family;
+	union {
+		__u32 ip4;
+		__u8  ip6[16];
+	};
+};
+
+struct remote_endpoint_info {
+	__u32 sec_identity;
+	__u32 tunnel_endpoint;	/* node IPv4 (network order), 0 = local/none */
+	__u8  flags;
+	__u8  pad[3];
+};
+
+/* cilium_ct4 / cilium_ct6 */
+struct ipv4_ct_tuple {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8  nexthdr;
+	__u8  flags;		/* CT_EGRESS / CT_INGRESS */
+	__u8  pad[2];
+};
+
+struct ipv6_ct_tuple {
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8  nexthdr;
+	__u8  flags;
+	__u8  pad[2];
+};
+
+struct ct_entry {
+	__u64 packets;
+	__u64 bytes;
+	__u32 lifetime;		/* expiry, seconds of CLOCK_MONOTONIC */
+	__u16 rev_nat_index;	/* reserved (load balancer) */
+	__u16 flags;		/* CT_F_* */
+	__u32 src_sec_id;
+	__u32 last_report;
+};
+
+/* cilium_metrics (per-CPU) */
+struct metrics_key {
+	__u8  reason;
+	__u8  dir;		/* METRIC_INGRESS / METRIC_EGRESS */
+	__u16 pad;
+};
+
+struct metrics_value {
+	__u64 count;
+	__u64 bytes;
+};
+
+/* cilium_config (ARRAY, key 0) */
+struct datapath_config {
+	__u32 flags;		/* CFG_F_* */
+	__u32 pad;
+	__u64 reserved[3];
+};
+
+/* cilium_events payload header; followed by min(len, 128) packet bytes */
+struct notify_msg {
+	__u8  type;		/* NOTIFY_DROP / NOTIFY_TRACE */
+	__u8  subtype;		/* drop reason / trace observation point */
+	__u16 source;		/* lxc_id */
+	__u32 hash;
+	__u32 len_orig;
+	__u32 len_cap;
+	__u32 src_label;
+	__u32 dst_label;
+	__u32 dst_id;
+	__u32 ifindex;
+};
+
+/* Parsed packet. For IPv4 the addresses live in p32[0]. */
+struct flow {
+	union v6addr saddr;
+	union v6addr daddr;
+	__u16 sport;		/* network order; ICMP: echo id (request) */
+	__u16 dport;		/* network order; ICMP: echo id (reply) */
+	__u32 l4_off;
+	__u8  family;		/* 4 / 6 */
+	__u8  nexthdr;
+	__u8  tcp_flags;
+	__u8  icmp_type;
+	__u8  is_echo;		/* ICMP echo: port semantics are wildcard-only */
+	__u8  is_error;		/* ICMP error: inner tuple in 'inner' */
+	__u8  is_nd;		/* ICMPv6 neighbour discovery */
+	__u8  pad;
+};
+
+#define TCP_FLAG_FIN	0x01
+#define TCP_FLAG_SYN	0x02
+#define TCP_FLAG_RST	0x04
+#define TCP_FLAG_ACK	0x10
+
+static __always_inline __u32 bpf_now_sec(void)
+{
+	return (__u32)(bpf_ktime_get_ns() / 1000000000ULL);
+}
+
+#endif /* __LIB_COMMON_H_ */

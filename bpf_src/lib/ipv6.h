@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#ifndef __LIB_IPV6_H_
+#define __LIB_IPV6_H_
+
+#include "common.h"
+#include "l4.h"
+
+#define IPV6_OFF	ETH_HLEN
+#define IPV6_MAX_EXTHDRS 4
+
+#ifndef NEXTHDR_HOP
+#define NEXTHDR_HOP	0
+#define NEXTHDR_ROUTING	43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH	51
+#define NEXTHDR_DEST	60
+#define NEXTHDR_NONE	59
+#endif
+
+static __always_inline int ipv6_addr_is_linklocal(const union v6addr *a)
+{
+	return a->addr[0] == 0xfe && (a->addr[1] & 0xc0) == 0x80;
+}
+
+static __always_inline int ipv6_addr_is_multicast(const union v6addr *a)
+{
+	return a->addr[0] == 0xff;
+}
+
+static __always_inline int ipv6_addr_is_zero(const union v6addr *a)
+{
+	return (a->d[0] | a->d[1]) == 0;
+}
+
+static __always_inline int ipv6_addr_equals(const union v6addr *a, const __u8 *b)
+{
+	const union v6addr *bb = (const union v6addr *)b;
+
+	return a->p32[0] == bb->p32[0] && a->p32[1] == bb->p32[1] &&
+	       a->p32[2] == bb->p32[2] && a->p32[3] == bb->p32[3];
+}
+
+/* Parse an IPv6 header (skipping up to IPV6_MAX_EXTHDRS extension headers). */
+static __always_inline int ipv6_parse_hdr(struct __sk_buff *skb, __u32 off,
+					  struct flow *f, int inner)
+{
+	struct ipv6hdr ip6;
+	__u8 nh, hdr[8] __attribute__((aligned(8)));
+	int i, nonfirst_frag = 0;
+
+	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+		return -1;
+	if (ip6.version != 6)
+		return -1;
+	f->family = 6;
+	__builtin_memcpy(f->saddr.addr, &ip6.saddr, 16);
+	__builtin_memcpy(f->daddr.addr, &ip6.daddr, 16);
+	nh = ip6.nexthdr;
+	off += sizeof(ip6);
+
+#pragma unroll
+	for (i = 0; i < IPV6_MAX_EXTHDRS; i++) {
+		if (nh != NEXTHDR_HOP && nh != NEXTHDR_ROUTING &&
+		    nh != NEXTHDR_DEST && nh != NEXTHDR_FRAGMENT &&
+		    nh != NEXTHDR_AUTH)
+			break;
+		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+			return -1;
+		if (nh == NEXTHDR_FRAGMENT) {
+			if ((*(__u16 *)&hdr[2]) & bpf_htons(0xfff8))
+				nonfirst_frag = 1;
+			off += 8;
+		} else if (nh == NEXTHDR_AUTH) {
+			off += ((__u32)hdr[1] + 2) * 4;
+		} else {
+			off += ((__u32)hdr[1] + 1) * 8;
+		}
+		nh = hdr[0];
+	}
+	f->nexthdr = nh;
+	f->l4_off = off;
+	if (nonfirst_frag)
+		return 0;
+	return parse_l4(skb, f, inner);
+}
+
+static __always_inline int ipv6_dec_hoplimit(struct __sk_buff *skb)
+{
+	__u8 hl;
+
+	if (bpf_skb_load_bytes(skb, IPV6_OFF + offsetof(struct ipv6hdr, hop_limit), &hl, 1) < 0)
+		return -1;
+	if (hl <= 1)
+		return -1;
+	hl--;
+	/* no L3 checksum in IPv6 */
+	return bpf_skb_store_bytes(skb, IPV6_OFF + offsetof(struct ipv6hdr, hop_limit),
+				   &hl, 1, 0);
+}
+
+#endif /* __LIB_IPV6_H_ */

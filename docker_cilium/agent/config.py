@@ -1,0 +1,34 @@
+"""The agent's configuration: flags at start, a few options changeable at run time."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import asdict, dataclass, field
+
+from docker_cilium import defaults
+
+ENFORCEMENT_MODES = ("default", "always", "never")
+
+
+@dataclass
+class DaemonConfig:
+    kvstore: str = "local"
+    kvstore_opts: dict[str, str] = field(default_factory=dict)
+    ipv4_range: str | None = None
+    ipv6_range: str | None = None
+    enable_ipv6: bool = True
+    lib_dir: str = defaults.LIB_DIR
+    state_dir: str = defaults.STATE_DIR
+    socket_path: str = defaults.API_SOCKET
+    plugin_socket: str = defaults.PLUGIN_SOCKET
+    docker_socket: str = defaults.DOCKER_SOCKET
+    bpf_root: str = defaults.BPFFS_ROOT
+    node_name: str = field(default_factory=socket.gethostname)
+    masquerade: bool = True
+    mtu: int = 0  # 0: follow the uplink
+    debug: bool = False
+    log_format: str = "auto"
+    policy_enforcement: str = "default"
+
+    def to_dict(self) -> dict:
+        return asdict(self)

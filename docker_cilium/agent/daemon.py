@@ -1,0 +1,143 @@
+"""The agent: wires stores, IPAM, endpoints, datapath and listeners, in order.
+
+Start order matters: state is restored (IPAM, networks, endpoints) BEFORE the
+plugin socket opens, so dockerd can never see a half-restored agent hand out
+an address that a running container already holds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import structlog
+
+from docker_cilium import __version__
+from docker_cilium.agent.config import DaemonConfig
+from docker_cilium.agent.servers import UnixServer
+from docker_cilium.api.app import build_app as build_api
+from docker_cilium.datapath.iptables import Iptables
+from docker_cilium.datapath.link import LinkManager
+from docker_cilium.endpoint.manager import EndpointManager
+from docker_cilium.ipam.allocator import IPAM
+from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.kvstore import new_backend
+from docker_cilium.kvstore.backend import Backend
+from docker_cilium.kvstore.sqlite import SQLiteBackend
+from docker_cilium.plugin.app import build_app as build_plugin
+from docker_cilium.plugin.ipam import IpamDriver
+from docker_cilium.plugin.network import NetworkDriver
+from docker_cilium.workloads.docker import DockerWatcher
+
+log = structlog.get_logger(__name__)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.started = 0.0
+        self.store: Backend | None = None  # node-local state (always embedded)
+        self.kvstore: Backend | None = None  # cluster state (embedded or etcd)
+        self.links = LinkManager()
+        self.iptables = Iptables(ipv6=config.enable_ipv6, masquerade=config.masquerade)
+        self.node: NodeAddressing | None = None
+        self.mtu = 0
+        self._ipam: IPAM | None = None
+        self._endpoints: EndpointManager | None = None
+        self.watcher: DockerWatcher | None = None
+        self.servers: list[UnixServer] = []
+
+    @property
+    def ipam(self) -> IPAM:
+        assert self._ipam is not None
+        return self._ipam
+
+    @property
+    def endpoints(self) -> EndpointManager:
+        assert self._endpoints is not None
+        return self._endpoints
+
+    async def start(self) -> None:
+        t0 = time.perf_counter()
+        cfg = self.config
+        for d in (cfg.lib_dir, cfg.state_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        self.store = SQLiteBackend(os.path.join(cfg.lib_dir, "node-state.db"))
+        await self.store.connect()
+        self.kvstore = new_backend(cfg.kvstore, cfg.kvstore_opts, cfg.lib_dir)
+        await self.kvstore.connect()
+
+        node_ip = await self.links.first_global_ipv4()
+        if not node_ip and not cfg.ipv4_range:
+            raise RuntimeError("no global IPv4 address on this host: pass --ipv4-range")
+        self.node = NodeAddressing.derive(node_ip or "0.0.0.0", cfg.ipv4_range, cfg.ipv6_range)
+        self.mtu = cfg.mtu or await self.links.uplink_mtu()
+        await self.links.ensure_host_device(str(self.node.router4),
+                                            str(self.node.router6) if cfg.enable_ipv6 else None, self.mtu)
+        masq = {4: [str(self.node.ipv4_range)], 6: [str(self.node.ipv6_range)] if cfg.enable_ipv6 else []}
+        await self.iptables.ensure(masq)
+
+        self._ipam = IPAM(self.store, self.node, enable_ipv6=cfg.enable_ipv6)
+        held = await self._ipam.restore()
+        self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu)
+        await self._endpoints.restore()
+        await self._endpoints.restore_datapath()
+
+        self.servers = [
+            UnixServer(build_api(self), cfg.socket_path, 0o660, "api"),
+            UnixServer(build_plugin(NetworkDriver(self._endpoints), IpamDriver(self._ipam)),
+                       cfg.plugin_socket, 0o600, "docker-plugin"),
+        ]
+        for server in self.servers:
+            await server.start()
+        self.watcher = DockerWatcher(cfg.docker_socket, lambda nid: nid in self.endpoints.networks,
+                                     self._endpoints.update_container)
+        self.watcher.start()
+        self.started = time.time()
+        log.info("agent.started", version=__version__, node=self.node.to_dict(), mtu=self.mtu,
+                 kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
+                 endpoints=len(self._endpoints.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000))
+
+    async def stop(self) -> None:
+        if self.watcher:
+            await self.watcher.stop()
+        for server in reversed(self.servers):
+            await server.stop()
+        for store in (self.kvstore, self.store):
+            if store is not None:
+                await store.close()
+        await self.links.close()
+        log.info("agent.stopped")
+
+    def host_addressing(self) -> dict[str, Any]:
+        assert self.node is not None
+        return {
+            "ipv4": {"enabled": True, "ip": str(self.node.router4), "alloc-range": str(self.node.ipv4_range)},
+            "ipv6": {"enabled": self.config.enable_ipv6, "ip": str(self.node.router6),
+                     "alloc-range": str(self.node.ipv6_range)},
+            "node-ip": self.node.node_ip,
+        }
+
+    async def status(self) -> dict[str, Any]:
+        """Cilium's StatusResponse shape (what `cilium status` prints)."""
+        kv_ok = True
+        try:
+            assert self.kvstore is not None
+            await self.kvstore.get("cilium/.health")
+        except Exception as exc:  # report, don't fail the health call
+            kv_ok, kv_msg = False, str(exc)
+        else:
+            kv_msg = f"{self.config.kvstore}" + (
+                f" {self.config.kvstore_opts.get('etcd.address', '')}" if self.config.kvstore == "etcd" else "")
+        docker_ok = bool(self.watcher and self.watcher.connected)
+        return {
+            "kvstore": {"state": "Ok" if kv_ok else "Failure", "msg": kv_msg},
+            "container-runtime": {"state": "Ok" if docker_ok else "Warning",
+                                  "msg": "docker events connected" if docker_ok else
+                                  (self.watcher.last_error if self.watcher else "") or "not connected"},
+            "kubernetes": {"state": "Disabled"},
+            "cilium": {"state": "Ok", "msg": f"docker-cilium {__version__}, up {int(time.time() - self.started)}s"},
+            "ipam": self.ipam.status(),
+            "endpoints": len(self.endpoints.endpoints),
+        }

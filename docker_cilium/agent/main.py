@@ -1,0 +1,76 @@
+"""`cilium-agent`: flags in Cilium's style, then run until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import click
+import structlog
+
+from docker_cilium import defaults
+from docker_cilium import logging as dclog
+from docker_cilium.agent.config import ENFORCEMENT_MODES, DaemonConfig
+from docker_cilium.agent.daemon import Daemon
+
+
+def _opts(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        for part in item.split(","):
+            if not part:
+                continue
+            key, sep, val = part.partition("=")
+            if not sep:
+                raise click.BadParameter(f"{part!r}: expected key=value", param_hint="--kvstore-opt")
+            out[key.strip()] = val.strip()
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--kvstore", type=click.Choice(["local", "etcd"]), default="local",
+              help="Key-value store for cluster state (local = embedded, no server)")
+@click.option("--kvstore-opt", multiple=True, help="Store options, e.g. etcd.address=127.0.0.1:2379")
+@click.option("--ipv4-range", default=None, help="Node IPv4 range (default 10.X.0.0/16 from the node IP)")
+@click.option("--ipv6-range", default=None, help="Node IPv6 range (default f00d::<v4 range>:0:0/96)")
+@click.option("--enable-ipv6/--disable-ipv6", default=True, help="IPv6 addressing for endpoints")
+@click.option("--lib-dir", default=defaults.LIB_DIR, help="Persistent state (allocations, endpoints)")
+@click.option("--state-dir", default=defaults.STATE_DIR, help="Runtime state (compiled datapath)")
+@click.option("--socket-path", default=defaults.API_SOCKET, help="Agent API socket")
+@click.option("--plugin-socket", default=defaults.PLUGIN_SOCKET, help="Docker plugin socket")
+@click.option("--docker-socket", default=defaults.DOCKER_SOCKET, help="Docker API socket (events)")
+@click.option("--bpf-root", default=defaults.BPFFS_ROOT, help="bpffs mount point")
+@click.option("--masquerade/--no-masquerade", default=True, help="NAT traffic leaving the node range")
+@click.option("--mtu", default=0, type=int, help="Endpoint MTU (0 = follow the uplink)")
+@click.option("--enable-policy", "policy_enforcement", type=click.Choice(ENFORCEMENT_MODES), default="default",
+              help="Policy enforcement mode")
+@click.option("--debug", "-D", is_flag=True, help="Debug logging")
+@click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
+def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:
+    """Cilium-style networking and security agent for Docker."""
+    config = DaemonConfig(kvstore=kvstore, kvstore_opts=_opts(kvstore_opt), **kw)  # type: ignore[arg-type]
+    dclog.setup(config.debug, config.log_format)
+    if config.kvstore == "etcd" and "etcd.address" not in config.kvstore_opts:
+        raise click.UsageError("--kvstore etcd needs --kvstore-opt etcd.address=HOST:PORT")
+    asyncio.run(_run(config))
+
+
+async def _run(config: DaemonConfig) -> None:
+    log = structlog.get_logger("agent")
+    daemon = Daemon(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.start()
+    except Exception as exc:
+        log.error("agent.start_failed", error=str(exc))
+        await daemon.stop()
+        raise SystemExit(1) from None
+    await stop.wait()
+    await daemon.stop()
+
+
+if __name__ == "__main__":
+    main()

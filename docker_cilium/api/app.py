@@ -1,0 +1,25 @@
+"""The agent's REST API application (served on /var/run/cilium/cilium.sock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from docker_cilium.api import config, endpoint, ipam
+from docker_cilium.api.errors import error_middleware, error_response
+
+DAEMON_KEY = "daemon"
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return error_response(404, f"no such API path: {request.method} {request.path}")
+
+
+def build_app(daemon: Any) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[DAEMON_KEY] = daemon
+    for module in (config, endpoint, ipam):
+        app.router.add_routes(module.routes)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app

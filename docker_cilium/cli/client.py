@@ -1,0 +1,68 @@
+"""A small synchronous client for the agent API over its Unix socket.
+
+The CLI makes one or two requests per run; a blocking http.client connection
+starts faster than an event loop plus aiohttp and needs nothing extra.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Any
+from urllib.parse import quote
+
+from docker_cilium import defaults
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+class Client:
+    def __init__(self, host: str = defaults.API_SOCKET, timeout: float = 30.0) -> None:
+        self.path = host[len("unix://"):] if host.startswith("unix://") else host
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                query: dict[str, str] | None = None) -> Any:
+        if query:
+            path += "?" + "&".join(f"{quote(k)}={quote(str(v))}" for k, v in query.items())
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        conn = _UnixConnection(self.path, self.timeout)
+        try:
+            try:
+                conn.request(method, "/v1" + path, body=data,
+                             headers={"Content-Type": "application/json"} if data is not None else {})
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise APIError(0, f"cannot reach the cilium agent at {self.path}: {exc.strerror}. "
+                                  "Is the agent running?") from None
+            resp = conn.getresponse()
+            payload = resp.read()
+        finally:
+            conn.close()
+        try:
+            decoded = json.loads(payload) if payload else None
+        except ValueError:
+            decoded = payload.decode(errors="replace")
+        if resp.status >= 400:
+            msg = decoded.get("message") if isinstance(decoded, dict) else decoded
+            raise APIError(resp.status, f"{msg} ({resp.status})")
+        return decoded
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)

@@ -1,0 +1,49 @@
+"""Options every verb shares: the API socket (-H) and the output format (-o)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import click
+
+from docker_cilium import defaults
+from docker_cilium.cli.client import APIError, Client
+
+
+class Context:
+    def __init__(self, host: str, output: str) -> None:
+        self.client = Client(host)
+        self.output = output
+
+
+def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``-o json`` on each command, as Cilium accepts it after the verb."""
+
+    @click.option("-o", "--output", "output", type=click.Choice(["", "json"]), default=None,
+                  help="Output format (json)")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, output: str | None = None, **kw: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        if output is not None and ctx is not None:
+            ctx.output = output
+        return fn(*args, **kw)
+
+    return wrapper
+
+
+def api_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn API errors into one clear line and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except APIError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+pass_ctx = click.make_pass_decorator(Context)
+DEFAULT_HOST = defaults.API_SOCKET

@@ -1,0 +1,30 @@
+"""`cilium`: Cilium's CLI verbs against the agent API."""
+
+from __future__ import annotations
+
+import click
+
+from docker_cilium.cli.common import DEFAULT_HOST, Context
+from docker_cilium.cli.endpoint import endpoint
+from docker_cilium.cli.status import config, status, version
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-H", "--host", default=DEFAULT_HOST, envvar="CILIUM_HOST", help="URI to the agent API socket")
+@click.option("-o", "--output", default="", type=click.Choice(["", "json"]), help="Output format")
+@click.pass_context
+def cli(ctx: click.Context, host: str, output: str) -> None:
+    """CLI for interacting with the local docker-cilium agent"""
+    ctx.obj = Context(host, output)
+
+
+for command in (endpoint, status, config, version):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""`cilium status`, `cilium config`, `cilium version`."""
+
+from __future__ import annotations
+
+import click
+
+from docker_cilium import __version__
+from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
+from docker_cilium.cli.output import emit_json
+
+
+@click.command()
+@output_option
+@pass_ctx
+@api_call
+def status(ctx: Context) -> None:
+    """Display status of the agent"""
+    st = ctx.client.get("/healthz")
+    if ctx.output == "json":
+        emit_json(st)
+        return
+    def line(name: str, part: dict) -> None:
+        click.echo(f"{name + ':':<20}{part.get('state', '')}   {part.get('msg', '')}".rstrip())
+    line("KVStore", st["kvstore"])
+    line("ContainerRuntime", st["container-runtime"])
+    line("Kubernetes", st["kubernetes"])
+    line("Cilium", st["cilium"])
+    click.echo(f"{'Endpoints:':<20}{st['endpoints']}")
+    click.echo(f"{'IPv4 address pool:':<20}{st['ipam']['ipv4']}")
+    click.echo(f"{'IPv6 address pool:':<20}{st['ipam']['ipv6']}")
+
+
+@click.command()
+@output_option
+@pass_ctx
+@api_call
+def config(ctx: Context) -> None:
+    """Cilium configuration options"""
+    cfg = ctx.client.get("/config")
+    if ctx.output == "json":
+        emit_json(cfg)
+        return
+    for key, val in sorted(cfg["configuration"].items()):
+        click.echo(f"{key:<24}{val}")
+
+
+@click.command()
+def version() -> None:
+    """Print version information"""
+    click.echo(f"Client: {__version__}")

@@ -1,0 +1,285 @@
+"""Netlink plumbing for endpoints: veth pairs, host routes, proxy NDP, sysctls.
+
+All calls go through one pyroute2 ``IPRoute`` socket owned by a single worker
+thread: pyroute2 0.9's synchronous API refuses to run inside a running event
+loop, and forking ``ip``/``sysctl`` costs 10-20 ms per call, which would
+dominate endpoint creation. One thread also serialises netlink requests, so
+replies can never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import ipaddress
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import structlog
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ndmsg import NTF_PROXY
+
+from docker_cilium import defaults
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+RT_SCOPE_LINK = 253
+
+
+def host_ifname(endpoint_id: str) -> str:
+    """``lxc`` + 12 hex of sha256(EndpointID): stable, unique, fits IFNAMSIZ."""
+    return defaults.ENDPOINT_IFNAME_PREFIX + hashlib.sha256(endpoint_id.encode()).hexdigest()[:12]
+
+
+def peer_ifname(endpoint_id: str) -> str:
+    """The container side before dockerd renames it ``cilium<N>``."""
+    return "tmp" + endpoint_id[:5]
+
+
+def container_mac(endpoint_id: str) -> str:
+    """A stable locally administered unicast MAC, so `docker inspect` can show it."""
+    raw = bytearray(hashlib.sha256(b"mac:" + endpoint_id.encode()).digest()[:6])
+    raw[0] = (raw[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def write_sysctl(path: str, value: str) -> None:
+    """Write /proc/sys directly: no fork, and an error names the knob."""
+    with open("/proc/sys/" + path.replace(".", "/"), "w") as f:
+        f.write(value)
+
+
+def read_sysctl(path: str) -> str:
+    with open("/proc/sys/" + path.replace(".", "/")) as f:
+        return f.read().strip()
+
+
+@dataclass(frozen=True)
+class EndpointLink:
+    host_ifname: str
+    host_ifindex: int
+    host_mac: str
+    peer_ifname: str
+    peer_mac: str
+
+
+class LinkManager:
+    """Owns the netlink socket; every public coroutine is one round trip batch."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        self._ipr: IPRoute | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _ip(self) -> IPRoute:
+        if self._ipr is None:
+            self._ipr = IPRoute()
+        return self._ipr
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._ipr is not None:
+                self._ipr.close()
+                self._ipr = None
+
+        await self._run(_close)
+        self._pool.shutdown(wait=True)
+
+    # ---- queries -----------------------------------------------------------------
+
+    def _index(self, name: str) -> int | None:
+        found = self._ip().link_lookup(ifname=name)
+        return found[0] if found else None
+
+    async def link_index(self, name: str) -> int | None:
+        return await self._run(self._index, name)
+
+    async def uplink_mtu(self) -> int:
+        """MTU of the device carrying the default route (1400 on our VMs)."""
+
+        def _mtu() -> int:
+            ip = self._ip()
+            for route in ip.get_default_routes(family=2):
+                oif = route.get("oif")
+                if oif:
+                    return int(ip.get_links(oif)[0].get("mtu"))
+            return defaults.DEFAULT_MTU
+
+        return await self._run(_mtu)
+
+    async def first_global_ipv4(self) -> str | None:
+        """The node IP: first global IPv4 not on a device we or Docker created."""
+
+        def _find() -> str | None:
+            ip = self._ip()
+            names = {l["index"]: l.get("ifname") for l in ip.get_links()}
+            skip = ("lo", "cilium_", "lxc", "docker", "br-", "veth", "tmp")
+            for addr in ip.get_addr(family=2):
+                name = names.get(addr["index"], "")
+                if addr["scope"] != 0 or any(name.startswith(p) for p in skip):
+                    continue
+                return addr.get("address")
+            return None
+
+        return await self._run(_find)
+
+    # ---- node set-up ---------------------------------------------------------------
+
+    async def ensure_host_device(self, router4: str, router6: str | None, mtu: int) -> int:
+        """cilium_host <-> cilium_net veth carrying the router addresses.
+
+        A veth, not a dummy: this kernel has no CONFIG_DUMMY, and Cilium used
+        the same pair. Returns cilium_host's ifindex.
+        """
+
+        def _ensure() -> int:
+            ip = self._ip()
+            idx = self._index(defaults.HOST_DEVICE)
+            if idx is None:
+                ip.link("add", ifname=defaults.HOST_DEVICE, kind="veth",
+                        peer={"ifname": defaults.HOST_PEER_DEVICE}, mtu=mtu)
+                idx = self._index(defaults.HOST_DEVICE)
+            assert idx is not None
+            peer = self._index(defaults.HOST_PEER_DEVICE)
+            ip.link("set", index=idx, state="up", mtu=mtu)
+            if peer is not None:
+                ip.link("set", index=peer, state="up", mtu=mtu)
+            write_sysctl("net.ipv4.ip_forward", "1")
+            write_sysctl(f"net.ipv4.conf.{defaults.HOST_DEVICE}.rp_filter", "0")
+            self._add_addr(idx, router4, 32)
+            if router6:
+                write_sysctl("net.ipv6.conf.all.forwarding", "1")
+                write_sysctl(f"net.ipv6.conf.{defaults.HOST_DEVICE}.disable_ipv6", "0")
+                self._add_addr(idx, router6, 128)
+            return idx
+
+        return await self._run(_ensure)
+
+    def _add_addr(self, idx: int, address: str, prefixlen: int) -> None:
+        try:
+            kw: dict[str, Any] = {}
+            if ipaddress.ip_address(address).version == 6:
+                kw["flags"] = 0x80  # IFA_F_NODAD: usable at once
+            self._ip().addr("add", index=idx, address=address, prefixlen=prefixlen, **kw)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+
+    async def add_host_address(self, address: str) -> None:
+        """Put a (Docker-IPAM) pool gateway on cilium_host so containers reach it."""
+
+        def _add() -> None:
+            idx = self._index(defaults.HOST_DEVICE)
+            if idx is None:
+                raise RuntimeError("cilium_host is missing")
+            ip = ipaddress.ip_address(address)
+            self._add_addr(idx, address, 32 if ip.version == 4 else 128)
+
+        await self._run(_add)
+
+    async def del_host_address(self, address: str) -> None:
+        def _del() -> None:
+            idx = self._index(defaults.HOST_DEVICE)
+            if idx is None:
+                return
+            ip = ipaddress.ip_address(address)
+            try:
+                self._ip().addr("del", index=idx, address=address, prefixlen=32 if ip.version == 4 else 128)
+            except NetlinkError as exc:
+                if exc.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
+                    raise
+
+        await self._run(_del)
+
+    # ---- endpoints ---------------------------------------------------------------
+
+    async def create_endpoint_link(self, endpoint_id: str, mtu: int, mac: str) -> EndpointLink:
+        """Create the veth pair; the peer stays in our namespace until dockerd moves it."""
+
+        def _create() -> EndpointLink:
+            ip = self._ip()
+            host, peer = host_ifname(endpoint_id), peer_ifname(endpoint_id)
+            for stale in (host, peer):
+                idx = self._index(stale)
+                if idx is not None:  # left over by a crash mid-create
+                    ip.link("del", index=idx)
+            ip.link("add", ifname=host, kind="veth", mtu=mtu, peer={"ifname": peer, "address": mac, "mtu": mtu})
+            hidx = self._index(host)
+            assert hidx is not None
+            for knob, val in (("rp_filter", "0"), ("proxy_arp", "1"), ("send_redirects", "0"), ("accept_local", "1")):
+                write_sysctl(f"net.ipv4.conf.{host}.{knob}", val)
+            try:
+                write_sysctl(f"net.ipv6.conf.{host}.proxy_ndp", "1")
+                write_sysctl(f"net.ipv6.conf.{host}.forwarding", "1")
+            except OSError:
+                pass  # IPv6 disabled on the host
+            ip.link("set", index=hidx, state="up")
+            link = ip.get_links(hidx)[0]
+            return EndpointLink(host, hidx, link.get("address"), peer, mac)
+
+        return await self._run(_create)
+
+    async def add_endpoint_routes(self, ifindex: int, ipv4: str | None, ipv6: str | None,
+                                  src4: str | None, proxy_ndp: list[str]) -> None:
+        """Host routes /32 and /128 to the endpoint, and proxy NDP for its gateways.
+
+        IPv4 needs no proxy for the router: it is a local address, which Linux
+        answers ARP for on any interface. IPv6 neighbour discovery is per
+        interface, so the router6 needs a proxy entry on each lxc device.
+        """
+
+        def _routes() -> None:
+            ip = self._ip()
+            if ipv4:
+                kw: dict[str, Any] = {"prefsrc": src4} if src4 else {}
+                self._replace_route(dst=f"{ipv4}/32", oif=ifindex, scope=RT_SCOPE_LINK, **kw)
+            if ipv6:
+                self._replace_route(dst=f"{ipv6}/128", oif=ifindex)
+            for addr in proxy_ndp:
+                try:
+                    ip.neigh("add", dst=addr, ifindex=ifindex, flags=NTF_PROXY)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+
+        await self._run(_routes)
+
+    def _replace_route(self, **kw: Any) -> None:
+        self._ip().route("replace", **kw)
+
+    async def delete_endpoint_link(self, endpoint_id: str) -> bool:
+        """Remove the veth pair; its routes and proxy entries go with it."""
+
+        def _delete() -> bool:
+            removed = False
+            for name in (host_ifname(endpoint_id), peer_ifname(endpoint_id)):
+                idx = self._index(name)
+                if idx is not None:
+                    try:
+                        self._ip().link("del", index=idx)
+                        removed = True
+                    except NetlinkError as exc:
+                        if exc.code != errno.ENODEV:
+                            raise
+            return removed
+
+        return await self._run(_delete)
+
+    async def delete_routes(self, ipv4: str | None, ipv6: str | None) -> None:
+        """Drop host routes left behind when the link is already gone."""
+
+        def _delete() -> None:
+            for dst in ([f"{ipv4}/32"] if ipv4 else []) + ([f"{ipv6}/128"] if ipv6 else []):
+                try:
+                    self._ip().route("del", dst=dst)
+                except NetlinkError as exc:
+                    if exc.code not in (errno.ESRCH, errno.ENOENT):
+                        raise
+
+        await self._run(_delete)

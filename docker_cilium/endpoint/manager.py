@@ -1,0 +1,379 @@
+"""Endpoint lifecycle: create, join, label updates, delete and restore.
+
+The manager is the agent's own operation set; the Docker plugin and the REST
+API only translate into these calls. Every change is persisted in the node
+store before it is acknowledged, so a restarted agent (even after kill -9)
+restores exactly the endpoints Docker believes exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from docker_cilium.datapath.iptables import Iptables
+from docker_cilium.datapath.link import LinkManager, container_mac
+from docker_cilium.endpoint.model import Endpoint, State
+from docker_cilium.endpoint.network import (
+    CILIUM_ADDRESS_SPACES,
+    Network,
+    bare_ip,
+    parse_mtu,
+    pool_network,
+)
+from docker_cilium.ipam.allocator import IPAM
+from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.kvstore.backend import Backend
+
+log = structlog.get_logger(__name__)
+
+NET_PREFIX = "cilium/state/networks/v1/"
+EP_PREFIX = "cilium/state/endpoints/v1/"
+RTYPE_NEXTHOP = 0
+RTYPE_CONNECTED = 1
+
+
+class EndpointError(Exception):
+    """A request about endpoints that cannot be served; ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DatapathHooks(Protocol):
+    """What the manager tells the policy/BPF layer; all optional no-ops by default."""
+
+    async def endpoint_created(self, ep: Endpoint) -> None: ...
+    async def endpoint_changed(self, ep: Endpoint) -> None: ...
+    async def endpoint_deleted(self, ep: Endpoint) -> None: ...
+
+
+class NoDatapath:
+    async def endpoint_created(self, ep: Endpoint) -> None:
+        ep.set_state(State.READY, "no policy datapath")
+
+    async def endpoint_changed(self, ep: Endpoint) -> None:
+        return None
+
+    async def endpoint_deleted(self, ep: Endpoint) -> None:
+        return None
+
+
+@dataclass
+class StaticRoute:
+    destination: str
+    route_type: int
+    next_hop: str = ""
+
+
+@dataclass
+class JoinInfo:
+    src_name: str
+    gateway4: str = ""
+    gateway6: str = ""
+    routes: list[StaticRoute] = field(default_factory=list)
+
+
+class EndpointManager:
+    def __init__(
+        self,
+        store: Backend,
+        links: LinkManager,
+        iptables: Iptables | None,
+        node: NodeAddressing,
+        ipam: IPAM,
+        default_mtu: int,
+    ) -> None:
+        self.store = store
+        self.links = links
+        self.iptables = iptables
+        self.node = node
+        self.ipam = ipam
+        self.default_mtu = default_mtu
+        self.hooks: DatapathHooks = NoDatapath()
+        self.networks: dict[str, Network] = {}
+        self.endpoints: dict[str, Endpoint] = {}  # by Docker endpoint ID
+        self._lock = asyncio.Lock()
+        self.timings: list[dict[str, float]] = []
+
+    # ---- persistence -------------------------------------------------------------
+
+    async def _save_endpoint(self, ep: Endpoint) -> None:
+        await self.store.put(EP_PREFIX + ep.docker_endpoint_id, json.dumps(ep.to_record()).encode())
+
+    async def _save_network(self, net: Network) -> None:
+        await self.store.put(NET_PREFIX + net.id, json.dumps(net.to_record()).encode())
+
+    async def restore(self) -> tuple[int, int]:
+        """Load networks and endpoints; re-plumb what the host still has."""
+        for key, raw in (await self.store.get_prefix(NET_PREFIX)).items():
+            net = Network.from_record(json.loads(raw))
+            self.networks[net.id] = net
+            await self._plumb_network(net)
+        for key, raw in (await self.store.get_prefix(EP_PREFIX)).items():
+            ep = Endpoint.from_record(json.loads(raw))
+            ep.state = State.RESTORING
+            idx = await self.links.link_index(ep.ifname)
+            if idx is None:
+                # Host rebooted or someone deleted the link: dockerd will call
+                # DeleteEndpoint for it; keep the record so that succeeds cleanly.
+                ep.set_state(State.NOT_READY, "interface is gone; waiting for Docker to remove the endpoint")
+            else:
+                ep.ifindex = idx
+                await self._plumb_endpoint(ep)
+            self.endpoints[ep.docker_endpoint_id] = ep
+        log.info("endpoint.restore", networks=len(self.networks), endpoints=len(self.endpoints))
+        return len(self.networks), len(self.endpoints)
+
+    async def restore_datapath(self) -> None:
+        """Hand restored endpoints to the datapath (after it has been loaded)."""
+        for ep in list(self.endpoints.values()):
+            if ep.state == State.RESTORING:
+                await self.hooks.endpoint_created(ep)
+                await self._save_endpoint(ep)
+
+    # ---- networks ----------------------------------------------------------------
+
+    async def create_network(self, network_id: str, ipv4_data: list[dict], ipv6_data: list[dict],
+                             options: dict[str, Any]) -> Network:
+        generic = options.get("com.docker.network.generic") or {}
+        if not isinstance(generic, dict):
+            raise EndpointError("Options.com.docker.network.generic must be an object")
+        try:
+            mtu = parse_mtu(generic, self.default_mtu)
+        except ValueError as exc:
+            raise EndpointError(str(exc)) from None
+        v4 = ipv4_data[0] if ipv4_data else {}
+        v6 = ipv6_data[0] if ipv6_data else {}
+        spaces = {d.get("AddressSpace", "") for d in (v4, v6) if d}
+        net = Network(
+            id=network_id,
+            ipv6=bool(options.get("com.docker.network.enable_ipv6")) or bool(v6),
+            cilium_ipam=bool(spaces) and spaces <= CILIUM_ADDRESS_SPACES,
+            gateway4=bare_ip(v4.get("Gateway")),
+            gateway6=bare_ip(v6.get("Gateway")),
+            pool4=pool_network(v4.get("Pool")),
+            pool6=pool_network(v6.get("Pool")),
+            mtu=mtu,
+            options={k: v for k, v in generic.items() if isinstance(k, str)},
+        )
+        if net.cilium_ipam and net.gateway4 is None:
+            net.gateway4 = str(self.node.router4)
+        if net.cilium_ipam and net.ipv6 and net.gateway6 is None:
+            net.gateway6 = str(self.node.router6)
+        async with self._lock:
+            await self._save_network(net)
+            self.networks[net.id] = net
+        await self._plumb_network(net)
+        log.info("network.create", network=network_id[:12], cilium_ipam=net.cilium_ipam, mtu=mtu,
+                 gateway4=net.gateway4, gateway6=net.gateway6)
+        return net
+
+    async def _plumb_network(self, net: Network) -> None:
+        for gw in net.host_gateways:
+            await self.links.add_host_address(gw)
+        if self.iptables is not None and not net.cilium_ipam:
+            if net.pool4:
+                await self.iptables.add_masquerade(4, net.pool4)
+            if net.pool6:
+                await self.iptables.add_masquerade(6, net.pool6)
+
+    async def delete_network(self, network_id: str) -> None:
+        async with self._lock:
+            net = self.networks.pop(network_id, None)
+            if net is None:
+                return
+            busy = [ep.id for ep in self.endpoints.values() if ep.docker_network_id == network_id]
+            if busy:
+                log.warning("network.delete.endpoints_left", network=network_id[:12], endpoints=busy)
+            await self.store.delete(NET_PREFIX + network_id)
+        still_used = {g for n in self.networks.values() for g in n.host_gateways}
+        for gw in net.host_gateways:
+            if gw not in still_used:
+                await self.links.del_host_address(gw)
+        if self.iptables is not None and not net.cilium_ipam:
+            others = {(n.pool4, n.pool6) for n in self.networks.values()}
+            if net.pool4 and all(p4 != net.pool4 for p4, _ in others):
+                await self.iptables.remove_masquerade(4, net.pool4)
+            if net.pool6 and all(p6 != net.pool6 for _, p6 in others):
+                await self.iptables.remove_masquerade(6, net.pool6)
+        log.info("network.delete", network=network_id[:12])
+
+    def network(self, network_id: str) -> Network:
+        net = self.networks.get(network_id)
+        if net is None:
+            raise EndpointError(f"network {network_id} not found (was it created while the agent was running?)", 404)
+        return net
+
+    # ---- endpoints ---------------------------------------------------------------
+
+    def _pick_id(self, ipv4: str | None, ipv6: str | None) -> int:
+        used = {ep.id for ep in self.endpoints.values()}
+        for addr in (ipv6, ipv4):
+            if addr:
+                cand = int(ipaddress.ip_address(addr)) & 0xFFFF
+                if cand and cand not in used:
+                    return cand
+        for cand in range(1, 0x10000):
+            if cand not in used:
+                return cand
+        raise EndpointError("no free endpoint ID on this node", 507)
+
+    async def create_endpoint(self, network_id: str, endpoint_id: str, address: str, address6: str,
+                              mac: str) -> tuple[Endpoint, bool]:
+        """Create the veth and routes; returns the endpoint and whether we chose its MAC."""
+        t0 = time.perf_counter()
+        net = self.network(network_id)
+        if endpoint_id in self.endpoints:
+            raise EndpointError(f"endpoint {endpoint_id} already exists", 409)
+        ipv4 = bare_ip(address) if address else None
+        ipv6 = bare_ip(address6) if address6 else None
+        if ipv4 is None and ipv6 is None:
+            raise EndpointError("Interface has neither Address nor AddressIPv6: "
+                                "create the network with --ipam-driver cilium or a subnet")
+        chosen_mac = not mac
+        mac = mac or container_mac(endpoint_id)
+        async with self._lock:
+            eid = self._pick_id(ipv4, ipv6)
+            link = await self.links.create_endpoint_link(endpoint_id, net.mtu, mac)
+            ep = Endpoint(
+                id=eid, docker_endpoint_id=endpoint_id, docker_network_id=network_id,
+                ifname=link.host_ifname, ifindex=link.host_ifindex, peer_ifname=link.peer_ifname,
+                mac=mac, host_mac=link.host_mac, ipv4=ipv4, ipv6=ipv6, mtu=net.mtu,
+            )
+            try:
+                await self._plumb_endpoint(ep)
+                ep.set_state(State.WAITING_FOR_IDENTITY, "created; container labels not known yet")
+                await self.hooks.endpoint_created(ep)
+                await self._save_endpoint(ep)
+            except BaseException:
+                await self.links.delete_endpoint_link(endpoint_id)
+                raise
+            self.endpoints[endpoint_id] = ep
+        for addr in (ipv4, ipv6):
+            if addr and net.cilium_ipam:
+                await self.ipam.set_owner(addr, f"endpoint {eid}")
+        ms = (time.perf_counter() - t0) * 1000
+        self._timing("create_endpoint", ms)
+        log.info("endpoint.create", endpoint=eid, ifname=ep.ifname, ipv4=ipv4, ipv6=ipv6, duration_ms=round(ms, 2))
+        return ep, chosen_mac
+
+    async def _plumb_endpoint(self, ep: Endpoint) -> None:
+        net = self.networks.get(ep.docker_network_id)
+        proxy = []
+        if ep.ipv6:
+            proxy.append(str(self.node.router6))
+            if net and net.gateway6 and net.gateway6 != str(self.node.router6):
+                proxy.append(net.gateway6)
+        await self.links.add_endpoint_routes(ep.ifindex, ep.ipv4, ep.ipv6, str(self.node.router4), proxy)
+
+    def join_info(self, ep: Endpoint) -> JoinInfo:
+        """Routes that work alone AND beside another network (see machines.md).
+
+        An IPv4 Gateway plus connected /32 to it lets dockerd pick one default
+        gateway across networks; node-range routes via the router keep other
+        cilium endpoints reachable when another network owns the default.
+        """
+        net = self.network(ep.docker_network_id)
+        info = JoinInfo(src_name=ep.peer_ifname)
+        if ep.ipv4:
+            gw4 = net.gateway4 or str(self.node.router4)
+            info.gateway4 = gw4
+            info.routes.append(StaticRoute(f"{gw4}/32", RTYPE_CONNECTED))
+            if net.cilium_ipam:
+                info.routes.append(StaticRoute(str(self.node.ipv4_range), RTYPE_NEXTHOP, gw4))
+        if ep.ipv6:
+            gw6 = net.gateway6 or str(self.node.router6)
+            info.gateway6 = gw6
+            info.routes.append(StaticRoute(f"{gw6}/128", RTYPE_CONNECTED))
+            if net.cilium_ipam:
+                info.routes.append(StaticRoute(str(self.node.ipv6_range), RTYPE_NEXTHOP, gw6))
+        return info
+
+    async def join(self, network_id: str, endpoint_id: str, sandbox_key: str) -> JoinInfo:
+        t0 = time.perf_counter()
+        ep = self.by_docker_id(endpoint_id, network_id)
+        ep.sandbox_key = sandbox_key
+        info = self.join_info(ep)
+        await self._save_endpoint(ep)
+        self._timing("join", (time.perf_counter() - t0) * 1000)
+        return info
+
+    async def leave(self, network_id: str, endpoint_id: str) -> None:
+        ep = self.endpoints.get(endpoint_id)
+        if ep is None:
+            return
+        ep.sandbox_key = ""
+        await self._save_endpoint(ep)
+
+    async def delete_endpoint(self, network_id: str, endpoint_id: str) -> bool:
+        """Idempotent: dockerd re-deletes endpoints after crashes; unknown is fine."""
+        async with self._lock:
+            ep = self.endpoints.get(endpoint_id)
+            if ep is None:
+                await self.links.delete_endpoint_link(endpoint_id)
+                return False
+            ep.set_state(State.DISCONNECTING, "deleted by Docker")
+            await self.hooks.endpoint_deleted(ep)
+            await self.links.delete_endpoint_link(endpoint_id)
+            await self.links.delete_routes(ep.ipv4, ep.ipv6)
+            await self.store.delete(EP_PREFIX + endpoint_id)
+            ep.set_state(State.DISCONNECTED, "removed")
+            del self.endpoints[endpoint_id]
+        log.info("endpoint.delete", endpoint=ep.id, ifname=ep.ifname)
+        return True
+
+    def by_docker_id(self, endpoint_id: str, network_id: str | None = None) -> Endpoint:
+        ep = self.endpoints.get(endpoint_id)
+        if ep is None or (network_id and ep.docker_network_id != network_id):
+            raise EndpointError(f"endpoint {endpoint_id} not found", 404)
+        return ep
+
+    def lookup(self, ref: str) -> Endpoint:
+        """Resolve Cilium's endpoint references: ``N``, ``cilium-local:N``,
+        ``container-id:ID``, ``container-name:NAME``, ``docker-endpoint:ID``."""
+        kind, _, value = ref.partition(":") if ":" in ref else ("cilium-local", "", ref)
+        for ep in self.endpoints.values():
+            if kind == "cilium-local" and value.isdigit() and ep.id == int(value):
+                return ep
+            if kind == "container-id" and value and ep.container_id.startswith(value):
+                return ep
+            if kind == "container-name" and value and ep.container_name.lstrip("/") == value.lstrip("/"):
+                return ep
+            if kind == "docker-endpoint" and value and ep.docker_endpoint_id.startswith(value):
+                return ep
+        if kind not in ("cilium-local", "container-id", "container-name", "docker-endpoint"):
+            raise EndpointError(f"invalid endpoint reference {ref!r}: unknown prefix {kind!r}", 400)
+        if kind == "cilium-local" and not value.isdigit():
+            raise EndpointError(f"invalid endpoint ID {ref!r}: expected a number or a prefixed reference", 400)
+        raise EndpointError(f"endpoint {ref} not found", 404)
+
+    def list(self) -> list[Endpoint]:
+        return sorted(self.endpoints.values(), key=lambda e: e.id)
+
+    async def update_container(self, endpoint_id: str, container_id: str, name: str, labels: list[str]) -> None:
+        """Container metadata learnt from Docker events, asynchronously."""
+        ep = self.endpoints.get(endpoint_id)
+        if ep is None:
+            return
+        changed = sorted(labels) != sorted(ep.labels) or ep.container_id != container_id or ep.container_name != name
+        if not changed and ep.state != State.WAITING_FOR_IDENTITY:
+            return
+        ep.container_id, ep.container_name, ep.labels = container_id, name, sorted(labels)
+        await self.hooks.endpoint_changed(ep)
+        await self._save_endpoint(ep)
+        log.info("endpoint.labels", endpoint=ep.id, container=container_id[:12], labels=ep.labels)
+
+    async def save(self, ep: Endpoint) -> None:
+        await self._save_endpoint(ep)
+
+    def _timing(self, op: str, ms: float) -> None:
+        self.timings.append({"op": op, "ms": round(ms, 3), "time": time.time()})  # type: ignore[dict-item]
+        del self.timings[:-500]

@@ -1,0 +1,94 @@
+"""The one interface every key-value store backend implements.
+
+Cilium keeps cluster state (identities, ipcache, nodes) in etcd and uses the
+same calls against an in-process store in tests; we do the same so that the
+agent code never knows which backend it talks to, and so one test suite can
+be run against every backend.
+
+Keys are ``str`` (slash-separated, Cilium's ``cilium/state/...`` layout);
+values are ``bytes`` (callers choose the encoding, usually JSON).
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+
+class EventType(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change seen by ``watch``; ``value`` is None for deletions."""
+
+    type: EventType
+    key: str
+    value: bytes | None
+
+
+class KVStoreError(Exception):
+    """A backend failed (server unreachable, lease expired, ...)."""
+
+
+class Backend(abc.ABC):
+    """Async key-value store with leases, compare-and-swap and watches.
+
+    Every key written with ``lease=True`` is bound to this client's session
+    lease: it disappears when the client stops renewing the lease (agent
+    death), which is how per-node identity references get garbage-collected.
+    """
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Open the connection and start the session lease keep-alive."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop keep-alives and release resources (does not revoke the lease)."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def get_prefix(self, prefix: str) -> dict[str, bytes]:
+        """All keys starting with ``prefix`` (plain string prefix)."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, value: bytes, *, lease: bool = False) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; True if it existed."""
+
+    @abc.abstractmethod
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix``; returns how many."""
+
+    @abc.abstractmethod
+    async def create_only(self, key: str, value: bytes, *, lease: bool = False) -> bool:
+        """Write ``key`` only if absent; True if this call created it."""
+
+    @abc.abstractmethod
+    async def compare_and_swap(
+        self, key: str, expected: bytes | None, value: bytes, *, lease: bool = False
+    ) -> bool:
+        """Replace ``key`` only if its current value is ``expected`` (None = absent)."""
+
+    @abc.abstractmethod
+    async def compare_and_delete(self, key: str, expected: bytes) -> bool:
+        """Delete ``key`` only if its current value is ``expected``."""
+
+    @abc.abstractmethod
+    def watch(self, prefix: str) -> AsyncIterator[Event]:
+        """Yield changes under ``prefix`` from now on until the iterator is closed."""
+
+    @abc.abstractmethod
+    async def revoke_session(self) -> None:
+        """Revoke the session lease now: every ``lease=True`` key goes away."""

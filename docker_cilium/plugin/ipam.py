@@ -1,0 +1,62 @@
+"""libnetwork IpamDriver calls -> IPAM operations (addresses are ours to choose)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from docker_cilium.ipam.allocator import IPAM, IPAMError
+
+Reply = dict[str, Any]
+
+GATEWAY_OPTION = "com.docker.network.gateway"
+REQUEST_TYPE = "RequestAddressType"
+ADDRESS_SPACES = {"LocalDefaultAddressSpace": "CiliumLocal", "GlobalDefaultAddressSpace": "CiliumGlobal"}
+
+
+class IpamDriver:
+    def __init__(self, ipam: IPAM) -> None:
+        self.ipam = ipam
+
+    async def get_capabilities(self, _: Reply) -> Reply:
+        return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+
+    async def get_default_address_spaces(self, _: Reply) -> Reply:
+        return dict(ADDRESS_SPACES)
+
+    async def request_pool(self, req: Reply) -> Reply:
+        space = req.get("AddressSpace", "")
+        if space and space not in ADDRESS_SPACES.values():
+            raise IPAMError(f"unknown address space {space!r}: expected CiliumLocal or CiliumGlobal")
+        pool = self.ipam.request_pool(bool(req.get("V6")), req.get("Pool", ""), req.get("SubPool", ""))
+        # Whole-range IPv4 pools are announced as 0.0.0.0/0, as Cilium did: it
+        # skips dockerd's overlap check against host routes, and containers get
+        # /32 addresses anyway.
+        announced = "0.0.0.0/0" if pool.family == 4 and pool.whole_range else str(pool.network)
+        return {"PoolID": pool.id, "Pool": announced, "Data": {GATEWAY_OPTION: self.ipam.gateway(pool)}}
+
+    async def release_pool(self, req: Reply) -> Reply:
+        self.ipam.decode_pool_id(req["PoolID"], self.ipam.node)  # validates it
+        return {}
+
+    async def request_address(self, req: Reply) -> Reply:
+        pool = self.ipam.decode_pool_id(req["PoolID"], self.ipam.node)
+        options = req.get("Options") or {}
+        owner = "gateway" if options.get(REQUEST_TYPE) == GATEWAY_OPTION else "docker"
+        ip = await self.ipam.allocate(pool, owner, req.get("Address", ""))
+        return {"Address": f"{ip}/{pool.host_prefixlen}", "Data": {}}
+
+    async def release_address(self, req: Reply) -> Reply:
+        self.ipam.decode_pool_id(req["PoolID"], self.ipam.node)
+        await self.ipam.release(req["Address"])
+        return {}
+
+    def routes(self) -> dict[str, Any]:
+        p = "IpamDriver."
+        return {
+            p + "GetCapabilities": self.get_capabilities,
+            p + "GetDefaultAddressSpaces": self.get_default_address_spaces,
+            p + "RequestPool": self.request_pool,
+            p + "ReleasePool": self.release_pool,
+            p + "RequestAddress": self.request_address,
+            p + "ReleaseAddress": self.release_address,
+        }

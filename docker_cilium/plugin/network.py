@@ -1,0 +1,106 @@
+"""libnetwork NetworkDriver calls -> EndpointManager operations.
+
+Nothing here touches the kernel or calls the Docker API: dockerd may be
+blocked waiting for our reply (a synchronous Docker API call from Join is the
+deadlock Calico and Cilium hit). Container labels arrive separately through
+the event watcher in ``docker_cilium.workloads``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from docker_cilium.endpoint.manager import EndpointManager
+
+Reply = dict[str, Any]
+
+
+class NetworkDriver:
+    def __init__(self, endpoints: EndpointManager) -> None:
+        self.endpoints = endpoints
+
+    async def get_capabilities(self, _: Reply) -> Reply:
+        return {"Scope": "local", "ConnectivityScope": "local"}
+
+    async def create_network(self, req: Reply) -> Reply:
+        await self.endpoints.create_network(
+            req["NetworkID"], req.get("IPv4Data") or [], req.get("IPv6Data") or [], req.get("Options") or {}
+        )
+        return {}
+
+    async def delete_network(self, req: Reply) -> Reply:
+        await self.endpoints.delete_network(req["NetworkID"])
+        return {}
+
+    async def create_endpoint(self, req: Reply) -> Reply:
+        iface = req.get("Interface") or {}
+        ep, chose_mac = await self.endpoints.create_endpoint(
+            req["NetworkID"], req["EndpointID"], iface.get("Address", ""), iface.get("AddressIPv6", ""),
+            iface.get("MacAddress", ""),
+        )
+        # Echo only what dockerd left empty: changing a value it set makes it
+        # fail with "driver modified interface address/MAC".
+        return {"Interface": {"MacAddress": ep.mac}} if chose_mac else {}
+
+    async def endpoint_oper_info(self, req: Reply) -> Reply:
+        ep = self.endpoints.by_docker_id(req["EndpointID"], req["NetworkID"])
+        return {"Value": {"id": ep.id, "ifname": ep.ifname, "identity": ep.identity, "state": ep.state.value}}
+
+    async def delete_endpoint(self, req: Reply) -> Reply:
+        await self.endpoints.delete_endpoint(req["NetworkID"], req["EndpointID"])
+        return {}
+
+    async def join(self, req: Reply) -> Reply:
+        info = await self.endpoints.join(req["NetworkID"], req["EndpointID"], req.get("SandboxKey", ""))
+        reply: Reply = {
+            "InterfaceName": {"SrcName": info.src_name, "DstPrefix": "cilium"},
+            "StaticRoutes": [
+                {"Destination": r.destination, "RouteType": r.route_type, "NextHop": r.next_hop}
+                for r in info.routes
+            ],
+            "DisableGatewayService": True,
+        }
+        if info.gateway4:
+            reply["Gateway"] = info.gateway4
+        if info.gateway6:
+            reply["GatewayIPv6"] = info.gateway6
+        return reply
+
+    async def leave(self, req: Reply) -> Reply:
+        await self.endpoints.leave(req["NetworkID"], req["EndpointID"])
+        return {}
+
+    async def program_external_connectivity(self, req: Reply) -> Reply:
+        # Published ports (-p) come with the service load-balancer work.
+        return {}
+
+    async def revoke_external_connectivity(self, req: Reply) -> Reply:
+        return {}
+
+    async def discover(self, req: Reply) -> Reply:
+        return {}
+
+    async def allocate_network(self, req: Reply) -> Reply:
+        return {"Options": {}}
+
+    async def free_network(self, req: Reply) -> Reply:
+        return {}
+
+    def routes(self) -> dict[str, Any]:
+        p = "NetworkDriver."
+        return {
+            p + "GetCapabilities": self.get_capabilities,
+            p + "CreateNetwork": self.create_network,
+            p + "DeleteNetwork": self.delete_network,
+            p + "CreateEndpoint": self.create_endpoint,
+            p + "EndpointOperInfo": self.endpoint_oper_info,
+            p + "DeleteEndpoint": self.delete_endpoint,
+            p + "Join": self.join,
+            p + "Leave": self.leave,
+            p + "ProgramExternalConnectivity": self.program_external_connectivity,
+            p + "RevokeExternalConnectivity": self.revoke_external_connectivity,
+            p + "DiscoverNew": self.discover,
+            p + "DiscoverDelete": self.discover,
+            p + "AllocateNetwork": self.allocate_network,
+            p + "FreeNetwork": self.free_network,
+        }

@@ -1,0 +1,78 @@
+"""Small helpers shared by the policy API validators (JSON shape checks).
+
+Every ``from_json`` in this package validates strictly: unknown fields are
+errors, because a misspelt key (``fromEndpoint``) silently ignored would turn
+an intended restriction into "allow" or "deny everything" without a word.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable, Mapping
+
+from .errors import PolicyValidationError
+
+
+def json_type(value: Any) -> str:
+    """Name of the JSON type of a decoded value, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
+def field_path(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def index_path(path: str, i: int) -> str:
+    return f"{path}[{i}]"
+
+
+def expect_object(data: Any, path: str, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise PolicyValidationError(path, f"{what} must be a JSON object, got {json_type(data)}")
+    return data
+
+
+def check_fields(
+    data: Mapping[str, Any],
+    path: str,
+    allowed: Iterable[str],
+    unsupported: Mapping[str, str] | None = None,
+) -> None:
+    """Reject unknown fields and fields docker-cilium deliberately does not support."""
+    allowed = tuple(allowed)
+    unsupported = unsupported or {}
+    for key in data:
+        if key in unsupported:
+            raise PolicyValidationError(field_path(path, key), unsupported[key])
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            suffix = f' (did you mean "{hint[0]}"?)' if hint else ""
+            raise PolicyValidationError(path, f'unknown field "{key}"{suffix}')
+
+
+def get_list(data: Mapping[str, Any], key: str, path: str) -> list[Any]:
+    """The list at ``data[key]``; absent or null counts as empty (as in Go)."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PolicyValidationError(field_path(path, key), f"must be a JSON array, got {json_type(value)}")
+    return value
+
+
+def expect_string(value: Any, path: str, what: str) -> str:
+    if not isinstance(value, str):
+        raise PolicyValidationError(path, f"{what} must be a string, got {json_type(value)}")
+    return value

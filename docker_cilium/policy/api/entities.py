@@ -1,0 +1,52 @@
+"""Entities: named groups of peers (``fromEntities``/``toEntities``).
+
+Matching is done on identity labels so it works the same for resolution (over
+the identity table) and for ``policy trace`` (over raw labels):
+
+* ``world``   – ``reserved:world``: identity 2 and every CIDR identity;
+* ``cluster`` – everything that is *not* world (endpoints, host, init, health…);
+* ``host``    – ``reserved:host`` (identity 1);
+* ``init``    – ``reserved:init`` (identity 5);
+* ``all``     – any peer at all (the datapath wildcard identity 0).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ._util import expect_string
+from .errors import PolicyValidationError
+from .selector import LabelSet
+
+ENTITY_ALL = "all"
+ENTITY_WORLD = "world"
+ENTITY_CLUSTER = "cluster"
+ENTITY_HOST = "host"
+ENTITY_INIT = "init"
+ENTITIES = (ENTITY_ALL, ENTITY_WORLD, ENTITY_CLUSTER, ENTITY_HOST, ENTITY_INIT)
+
+WORLD_LABEL = "reserved:world"
+
+
+def parse_entity(data: Any, path: str) -> str:
+    name = expect_string(data, path, "entity")
+    if name not in ENTITIES:
+        raise PolicyValidationError(
+            path, f"unsupported entity {json.dumps(name)} (supported: {', '.join(ENTITIES)})"
+        )
+    return name
+
+
+def entity_matches(entity: str, labels: LabelSet) -> bool:
+    if entity == ENTITY_ALL:
+        return True
+    if entity == ENTITY_WORLD:
+        return WORLD_LABEL in labels.strings
+    if entity == ENTITY_CLUSTER:
+        return WORLD_LABEL not in labels.strings
+    if entity == ENTITY_HOST:
+        return "reserved:host" in labels.strings
+    if entity == ENTITY_INIT:
+        return "reserved:init" in labels.strings
+    raise AssertionError(f"unvalidated entity {entity!r}")

@@ -1,0 +1,112 @@
+"""Layer 4 rules: ``toPorts: [{"ports": [{"port": "80", "protocol": "TCP"}]}]``.
+
+Ports are strings in Cilium's JSON (``"80"``), 1-65535; 0 is rejected because
+in the datapath port 0 means "any port" and a user writing ``"0"`` almost
+certainly did not mean "all ports". The protocol is TCP, UDP or ANY
+(case-insensitive, empty = ANY); ANY later expands to a TCP and a UDP entry.
+
+L7 rules (``rules.http``, ``rules.kafka``, ``rules.dns``) are rejected for now:
+accepting them without a proxy would silently widen the policy to "all of
+port 80", the opposite of what the user asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ._util import check_fields, expect_object, field_path, get_list, index_path, json_type
+from .errors import PolicyValidationError
+
+MAX_PORTS = 40
+PROTOCOLS = ("TCP", "UDP", "ANY")
+PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
+
+L7_UNSUPPORTED = {
+    "http": "L7 HTTP rules are not supported by docker-cilium yet (no L7 proxy)",
+    "kafka": "L7 Kafka rules are not supported by docker-cilium",
+    "dns": "L7 DNS rules are not supported by docker-cilium",
+    "l7proto": "generic L7 rules are not supported by docker-cilium",
+    "l7": "generic L7 rules are not supported by docker-cilium",
+}
+
+
+@dataclass(frozen=True)
+class PortProtocol:
+    """One port/protocol pair; ``protocol`` is normalised to upper case."""
+
+    port: str
+    protocol: str = "ANY"
+
+    @property
+    def port_number(self) -> int:
+        return int(self.port)
+
+    def proto_numbers(self) -> tuple[int, ...]:
+        """IP protocol numbers this entry covers (ANY -> TCP and UDP)."""
+        if self.protocol == "ANY":
+            return (6, 17)
+        return (PROTO_NUMBERS[self.protocol],)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"port": self.port, "protocol": self.protocol}
+
+    def __str__(self) -> str:
+        return f"{self.port}/{self.protocol}"
+
+    @classmethod
+    def from_json(cls, data: Any, path: str) -> "PortProtocol":
+        data = expect_object(data, path, "a port")
+        check_fields(data, path, ("port", "protocol"), {"endPort": "port ranges (endPort) are not supported by docker-cilium"})
+        port_path = field_path(path, "port")
+        if "port" not in data:
+            raise PolicyValidationError(path, "port is required")
+        port = data["port"]
+        if not isinstance(port, str):
+            raise PolicyValidationError(port_path, f'port must be a string like "80", got {json_type(port)}')
+        if not port.isascii() or not port.isdigit():
+            raise PolicyValidationError(port_path, f"port {json.dumps(port)} is not a number")
+        if not 1 <= int(port) <= 65535:
+            raise PolicyValidationError(port_path, f"port {int(port)} is out of range 1-65535")
+        proto = data.get("protocol")
+        if proto is None:
+            proto = ""
+        if not isinstance(proto, str) or proto.upper() not in PROTOCOLS + ("",):
+            raise PolicyValidationError(
+                field_path(path, "protocol"), f"invalid protocol {json.dumps(proto)}, must be TCP, UDP or ANY"
+            )
+        return cls(str(int(port)), proto.upper() or "ANY")
+
+
+@dataclass(frozen=True)
+class PortRule:
+    """A ``toPorts`` element: the ports (OR) at which a peer is allowed."""
+
+    ports: tuple[PortProtocol, ...]
+
+    def l4_pairs(self) -> frozenset[tuple[int, int]]:
+        """(port, ip protocol) pairs, with ANY expanded."""
+        return frozenset((p.port_number, n) for p in self.ports for n in p.proto_numbers())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ports": [p.to_dict() for p in self.ports]}
+
+    @classmethod
+    def from_json(cls, data: Any, path: str) -> "PortRule":
+        data = expect_object(data, path, "a port rule")
+        check_fields(data, path, ("ports", "rules"))
+        rules = data.get("rules")
+        if rules is not None:
+            rules_path = field_path(path, "rules")
+            rules = expect_object(rules, rules_path, "rules")
+            check_fields(rules, rules_path, (), L7_UNSUPPORTED)
+        raw = get_list(data, "ports", path)
+        ports_path = field_path(path, "ports")
+        if not raw:
+            raise PolicyValidationError(ports_path, "at least one port is required")
+        if len(raw) > MAX_PORTS:
+            raise PolicyValidationError(
+                ports_path, f"too many ports ({len(raw)}), at most {MAX_PORTS} are allowed per rule"
+            )
+        return cls(tuple(PortProtocol.from_json(p, index_path(ports_path, i)) for i, p in enumerate(raw)))

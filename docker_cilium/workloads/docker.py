@@ -1,0 +1,133 @@
+"""Container metadata (ID, name, labels) from Docker's event stream.
+
+The plugin protocol never tells us which container an endpoint belongs to,
+and plugin handlers must not call the Docker API (dockerd may be waiting on
+our reply). So this watcher runs on its own: it follows ``/events`` for
+network connects and container starts, inspects the container, finds our
+endpoint by its EndpointID and hands the labels to the endpoint manager. On
+every (re)connection it also resynchronises all running containers, which
+covers events missed while the agent or dockerd was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Update = Callable[[str, str, str, list[str]], Awaitable[None]]
+
+
+def docker_labels(labels: dict[str, str] | None) -> list[str]:
+    """Docker labels -> Cilium's ``container:key=value`` form."""
+    return sorted(f"container:{k}={v}" if v != "" else f"container:{k}" for k, v in (labels or {}).items())
+
+
+class DockerWatcher:
+    def __init__(self, socket_path: str, is_ours: Callable[[str], bool], update: Update) -> None:
+        self.socket_path = socket_path
+        self.is_ours = is_ours  # network ID -> bool
+        self.update = update
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.connected = False
+        self.last_error = ""
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="docker-watcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._session:
+            await self._session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=self.socket_path),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            )
+        return self._session
+
+    async def _get(self, path: str) -> Any:
+        async with self._client().get("http://docker" + path, timeout=aiohttp.ClientTimeout(total=15)) as resp:
+            if resp.status != 200:
+                return None
+            return await resp.json()
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._follow()
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # dockerd down or restarting: retry
+                self.connected = False
+                if str(exc) != self.last_error:
+                    log.info("docker.watch.retry", error=str(exc) or type(exc).__name__)
+                self.last_error = str(exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _follow(self) -> None:
+        filters = json.dumps({"type": ["network", "container"], "event": ["connect", "start"]})
+        async with self._client().get("http://docker/events", params={"filters": filters}) as resp:
+            resp.raise_for_status()
+            self.connected = True
+            self.last_error = ""
+            # Subscribe first, then resync: nothing can fall between the two.
+            asyncio.create_task(self.resync())
+            buf = b""
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        asyncio.create_task(self._on_event(json.loads(line)))
+        self.connected = False
+
+    async def _on_event(self, event: dict[str, Any]) -> None:
+        try:
+            actor = event.get("Actor") or {}
+            if event.get("Type") == "network":
+                if not self.is_ours(actor.get("ID", "")):
+                    return
+                container = (actor.get("Attributes") or {}).get("container", "")
+            else:
+                container = actor.get("ID", "")
+            if container:
+                await self.sync_container(container)
+        except Exception:
+            log.exception("docker.event.failed", event=event.get("Action"))
+
+    async def sync_container(self, container_id: str) -> None:
+        info = await self._get(f"/containers/{container_id}/json")
+        if not info:
+            return
+        networks = ((info.get("NetworkSettings") or {}).get("Networks")) or {}
+        labels = docker_labels((info.get("Config") or {}).get("Labels"))
+        for net in networks.values():
+            if self.is_ours(net.get("NetworkID", "")) and net.get("EndpointID"):
+                await self.update(net["EndpointID"], info["Id"], info.get("Name", "").lstrip("/"), labels)
+
+    async def resync(self) -> None:
+        try:
+            containers = await self._get("/containers/json") or []
+            for c in containers:
+                nets = ((c.get("NetworkSettings") or {}).get("Networks")) or {}
+                if any(self.is_ours(n.get("NetworkID", "")) for n in nets.values()):
+                    await self.sync_container(c["Id"])
+        except Exception:
+            log.exception("docker.resync.failed")
