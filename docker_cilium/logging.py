@@ -34,4 +34,5 @@ def setup(debug: bool = False, fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=logging.WARNING if not debug else logging.DEBUG, stream=sys.stderr)
+    # Libraries (pyroute2 dumps every netlink message at DEBUG) stay at WARNING.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

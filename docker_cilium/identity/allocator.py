@@ -337,6 +337,16 @@ class IdentityAllocator:
         for key in list(self._local):
             await self._resync_key(key)
 
+    async def _resync_key_retrying(self, key: str) -> None:
+        delay = 0.1
+        while True:
+            try:
+                return await self._resync_key(key)
+            except (KVStoreError, IdentityAllocationError) as e:
+                log.warning("identity.resync_failed", labels=key, error=str(e))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _resync_key(self, key: str) -> None:
         async with self._key_lock(key):
             ref = self._local.get(key)
@@ -388,7 +398,7 @@ class IdentityAllocator:
             if label_key in self._local:
                 # Our reference vanished while still in use (lease expired or
                 # was revoked): put it back before GC frees the number.
-                t = asyncio.create_task(self._resync_key(label_key))
+                t = asyncio.create_task(self._resync_key_retrying(label_key))
                 self._bg.add(t)
                 t.add_done_callback(self._bg.discard)
 

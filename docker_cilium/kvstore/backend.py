@@ -87,7 +87,19 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def watch(self, prefix: str) -> AsyncIterator[Event]:
-        """Yield changes under ``prefix`` from now on until the iterator is closed."""
+        """Yield changes under ``prefix``, in store order, until the iterator is closed.
+
+        The start point is fixed when ``watch()`` is *called* (not at the first
+        ``__anext__``): it is the last store revision this client has observed.
+        So the list-then-watch pattern (``get_prefix`` then ``watch``) misses
+        nothing in between; the price is that changes made by other clients
+        since this client's last call may be replayed, so consumers must be
+        idempotent (they must be anyway, to recover from a re-list).
+
+        Close it with ``await it.aclose()`` (or cancel the consuming task).
+        Raises KVStoreError if the store dropped history the watcher still
+        needed (etcd compaction, SQLite change-log trim): re-list and re-watch.
+        """
 
     @abc.abstractmethod
     async def revoke_session(self) -> None:

@@ -149,11 +149,12 @@ class EtcdBackend(Backend):
         while True:
             await asyncio.sleep(interval)
             try:
-                reply = await self._call("lease keep-alive", self.client.refresh_lease(self._lease.id))
+                lease_id = self._lease.id
+                reply = await self._call("lease keep-alive", self.client.refresh_lease(lease_id))
                 if reply is None or reply.TTL <= 0:
                     # etcd already expired the lease (we were cut off longer
                     # than the TTL): its keys are gone; start a new session.
-                    await self._renew_session(self._lease.id)
+                    await self._renew_session(lease_id)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # keep trying: the server may come back within the TTL

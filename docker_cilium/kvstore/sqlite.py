@@ -160,6 +160,7 @@ class SQLiteBackend(Backend):
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._purge_expired_locked(conn)
+            self._ensure_lease_locked(conn)
             result = fn(conn, *args)
             self._note_revision_locked(conn)
             conn.execute("COMMIT")
@@ -199,6 +200,19 @@ class SQLiteBackend(Backend):
         for lease_id in expired:
             self._drop_lease_locked(conn, lease_id)
             log.debug("kvstore.lease_expired", path=self.path, lease=lease_id)
+
+    def _ensure_lease_locked(self, conn: sqlite3.Connection) -> None:
+        """Replace our lease if it expired (process stalled past the TTL).
+
+        A key bound to a lease row that no longer exists would be hidden from
+        reads yet never purged, so a leased write must never use a dead id.
+        """
+        if self._lease_id is None:
+            return
+        if conn.execute("SELECT 1 FROM leases WHERE id = ?", (self._lease_id,)).fetchone() is None:
+            old = self._lease_id
+            self._lease_id = self._grant_lease_locked(conn)
+            log.error("kvstore.session_lost", path=self.path, old_lease=old, new_lease=self._lease_id)
 
     def _drop_lease_locked(self, conn: sqlite3.Connection, lease_id: int) -> None:
         keys = [r[0] for r in conn.execute("SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease_id,))]

@@ -8,6 +8,7 @@ keys, ordered watches, visibility between clients, durability.
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 
 import pytest
@@ -147,6 +148,18 @@ async def test_lease_expires_when_keepalive_stops(backend_factory, ns: str) -> N
     assert await observer.get(ns + "durable") == b"1"
 
 
+async def test_leased_write_after_session_expired_gets_new_session(backend_factory, ns: str) -> None:
+    """A stalled agent (keep-alive missed past the TTL) loses its keys but can write again."""
+    stalled = await backend_factory(lease_ttl=2)
+    observer = await backend_factory()
+    await stalled.put(ns + "old", b"1", lease=True)
+    stalled._keepalive_task.cancel()  # type: ignore[attr-defined]  # simulate a stall
+    await wait_absent(observer, ns + "old", timeout=8)
+    await stalled.put(ns + "new", b"2", lease=True)
+    assert await stalled.create_only(ns + "new2", b"3", lease=True)
+    assert await observer.get_prefix(ns) == {ns + "new": b"2", ns + "new2": b"3"}
+
+
 async def test_watch_sees_puts_and_deletes_in_order(backend: Backend, ns: str) -> None:
     w = backend.watch(ns + "w/")
     try:
@@ -226,6 +239,50 @@ async def test_sqlite_durable_across_reopen(tmp_path) -> None:
         assert await b2.create_only("ipam/10.0.0.6", b"other") is False
     finally:
         await b2.close()
+
+
+_CREATOR = """
+import asyncio, sys
+from docker_cilium.kvstore.sqlite import SQLiteBackend
+
+async def main(path, me):
+    b = SQLiteBackend(path)
+    await b.connect()
+    won = [i for i in range(25) if await b.create_only(f"slot/{i}", me.encode())]
+    await b.close()
+    print("WON:" + ",".join(map(str, won)))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_sqlite_create_only_atomic_across_processes(tmp_path) -> None:
+    """Several OS processes (agents, CLI) race on one file: one winner per key."""
+    path = str(tmp_path / "shared.db")
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CREATOR, path, f"p{i}", stdout=asyncio.subprocess.PIPE
+        )
+        for i in range(4)
+    ]
+    # structlog logs to stdout too: keep only our marker line.
+    outs = [
+        next(ln[4:] for ln in (await p.communicate())[0].decode().splitlines() if ln.startswith("WON:"))
+        for p in procs
+    ]
+    assert all(p.returncode == 0 for p in procs)
+    wins = [int(x) for out in outs for x in out.split(",") if x]
+    assert sorted(wins) == list(range(25))
+    b = SQLiteBackend(path)
+    await b.connect()
+    try:
+        stored = await b.get_prefix("slot/")
+    finally:
+        await b.close()
+    assert len(stored) == 25
+    for i, out in enumerate(outs):
+        for x in filter(None, out.split(",")):
+            assert stored[f"slot/{x}"] == f"p{i}".encode()
 
 
 @pytest.mark.etcd

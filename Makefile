@@ -1,0 +1,41 @@
+# docker-cilium: `sudo make run` and `sudo make test` set everything up.
+SHELL := /bin/bash
+VENV := .venv
+PYTEST := $(VENV)/bin/pytest
+AGENT_FLAGS ?=
+
+.PHONY: install run test test-unit test-integration test-privileged test-e2e bench services clean-host
+
+install:
+	@scripts/install.sh
+
+services: install
+	@scripts/services.sh dockerd etcd
+
+# Start the agent in the foreground with the embedded store.
+run: install
+	@scripts/services.sh dockerd
+	exec $(VENV)/bin/cilium-agent --kvstore local $(AGENT_FLAGS)
+
+# The whole suite: unit, integration (real etcd), privileged (real BPF and
+# namespaces) and end-to-end (real dockerd). Nothing is skipped.
+test: services
+	@scripts/busybox-image.sh busybox:latest
+	CILIUM_TEST_ETCD=127.0.0.1:2379 $(PYTEST) -p no:cacheprovider tests -ra
+
+test-unit: install
+	$(PYTEST) -p no:cacheprovider tests/unit
+
+test-integration: services
+	CILIUM_TEST_ETCD=127.0.0.1:2379 $(PYTEST) -p no:cacheprovider tests/integration
+
+test-privileged: install
+	$(PYTEST) -p no:cacheprovider tests/privileged
+
+test-e2e: services
+	@scripts/busybox-image.sh busybox:latest
+	$(PYTEST) -p no:cacheprovider tests/e2e
+
+bench: services
+	@scripts/busybox-image.sh busybox:latest
+	$(VENV)/bin/python -m bench.run

@@ -1,0 +1,401 @@
+"""Compile (once), load (once) and attach (per endpoint) the datapath.
+
+* :func:`compile_datapath` builds ``bpf_src/bpf_lxc.c`` with clang into
+  ``<out_dir>/<sha256>.o``; the hash covers every source file, the defines and
+  the clang version, so an existing object is reused and clang never runs on
+  the endpoint path.
+* :class:`Datapath` loads the object through libbpf (ctypes). Maps are pinned
+  by name under ``pin_root`` (default ``/sys/fs/bpf/tc/globals``): pinned maps
+  that already exist are REUSED (a restarted agent keeps all endpoint, policy,
+  CT and ipcache state). A pinned map whose type/sizes no longer match the
+  object is unlinked and recreated (logged). The two programs are pinned too,
+  under ``prog_dir`` (default ``/sys/fs/bpf/cilium/progs``: ``from_container``
+  and ``to_container``), replacing older pins.
+* Attached tc filters hold their own program reference, so enforcement goes on
+  while the agent is down. A restarted agent either loads the (cached) object
+  again and re-attaches every endpoint with :meth:`Datapath.attach`
+  (idempotent: same prio/handle, ``replace``), or, without loading anything,
+  uses :meth:`Datapath.from_pinned` to get the pinned programs and maps.
+* Attaching: ``from-container`` on tc ingress and ``to-container`` on tc
+  egress of the host-side veth, through pyroute2. pyroute2 0.9's sync
+  ``IPRoute`` cannot run inside a running event loop, so every netlink call
+  runs in ONE dedicated worker thread that owns one ``IPRoute`` socket;
+  :meth:`attach`/:meth:`detach` block the caller (safe from any thread, even a
+  coroutine's), :meth:`attach_async`/:meth:`detach_async` await the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .maps import (
+    BPFError,
+    DEFAULT_PIN_ROOT,
+    DatapathMaps,
+    MAP_TYPES,
+    BpfMap,
+    _check,
+    ensure_bpffs,
+    libbpf,
+    map_info,
+)
+
+try:  # structlog is a project dependency; keep the module importable without it
+    import structlog
+
+    log = structlog.get_logger(__name__)
+except Exception:  # pragma: no cover
+    import logging
+
+    log = logging.getLogger(__name__)
+
+SRC_DIR = Path(__file__).resolve().parents[2] / "bpf_src"
+DEFAULT_OBJ_DIR = "/var/lib/docker-cilium/bpf"
+DEFAULT_PROG_DIR = "/sys/fs/bpf/cilium/progs"
+PROGRAMS = {"from_container": "ingress", "to_container": "egress"}
+TC_PARENT = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
+TC_PRIO = 1
+TC_HANDLE = 1
+ETH_P_ALL = 0x0003
+BPF_PROG_TYPE_SCHED_CLS = 3
+
+
+# --------------------------------------------------------------------------
+# compile
+# --------------------------------------------------------------------------
+def clang_binary() -> str:
+    for c in ("clang", "clang-14", "clang-15", "clang-16"):
+        p = shutil.which(c)
+        if p:
+            return p
+    raise FileNotFoundError("clang not found (apt-get install clang)")
+
+
+@functools.lru_cache(maxsize=None)
+def _clang_version(clang: str) -> str:
+    return subprocess.run([clang, "--version"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _include_dirs() -> list[str]:
+    dirs = []
+    for d in ("/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu"):
+        if os.path.isdir(os.path.join(d, "asm")):
+            dirs.append(d)
+            break
+    return dirs
+
+
+def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(src_dir).rglob("*")):
+        if p.is_file() and p.suffix in (".c", ".h"):
+            h.update(str(p.relative_to(src_dir)).encode() + b"\0")
+            h.update(p.read_bytes() + b"\0")
+    for k in sorted(defines):
+        h.update(f"-D{k}={defines[k]}\0".encode())
+    h.update(_clang_version(clang).encode())
+    return h.hexdigest()
+
+
+def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
+                     out_dir: str | os.PathLike = DEFAULT_OBJ_DIR,
+                     defines: Mapping[str, Any] | None = None) -> Path:
+    """Compile bpf_lxc.c into ``out_dir/<sha256>.o`` unless that file exists.
+
+    ``defines``: ``{"NAME": value}`` -> ``-DNAME=value`` (``None`` -> ``-DNAME``),
+    e.g. ``{"POLICY_MAP_SIZE": 16384, "DISABLE_IPV6": None}``.
+    """
+    defines = dict(defines or {})
+    src_dir = Path(src_dir)
+    out_dir = Path(out_dir)
+    clang = clang_binary()
+    digest = datapath_hash(src_dir, defines, clang)
+    obj = out_dir / f"{digest}.o"
+    if obj.exists():
+        return obj
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
+    cmd = [clang, "-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function",
+           "-I", str(src_dir)]
+    for d in _include_dirs():
+        cmd += ["-idirafter", d]
+    for k, v in sorted(defines.items()):
+        cmd.append(f"-D{k}" if v is None else f"-D{k}={v}")
+    cmd += ["-c", str(src_dir / "bpf_lxc.c"), "-o", str(tmp)]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"clang failed ({res.returncode}):\n{res.stderr}")
+    os.replace(tmp, obj)  # atomic: concurrent compilers never see a partial file
+    log.info("datapath compiled", object=str(obj),
+             ms=round((time.perf_counter() - t0) * 1000, 1))
+    return obj
+
+
+# --------------------------------------------------------------------------
+# load
+# --------------------------------------------------------------------------
+class _OpenOpts(ctypes.Structure):
+    """struct bpf_object_open_opts (libbpf 1.x)."""
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("object_name", ctypes.c_char_p),
+        ("relaxed_maps", ctypes.c_bool),
+        ("pin_root_path", ctypes.c_char_p),
+        ("_attach_prog_fd", ctypes.c_uint32),
+        ("kconfig", ctypes.c_char_p),
+        ("btf_custom_path", ctypes.c_char_p),
+        ("kernel_log_buf", ctypes.c_char_p),
+        ("kernel_log_size", ctypes.c_size_t),
+        ("kernel_log_level", ctypes.c_uint32),
+    ]
+
+
+def _prog_dir_for(pin_root: str) -> str:
+    if os.path.normpath(pin_root) == DEFAULT_PIN_ROOT:
+        return DEFAULT_PROG_DIR
+    # /X/tc/globals -> /X/cilium/progs (keeps test pin roots self-contained)
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.normpath(pin_root))),
+                        "cilium", "progs")
+
+
+class Datapath:
+    """The loaded datapath: program fds, pinned maps, tc attach/detach."""
+
+    def __init__(self, pin_root: str = DEFAULT_PIN_ROOT, prog_dir: str | None = None):
+        self.pin_root = pin_root
+        self.prog_dir = prog_dir or _prog_dir_for(pin_root)
+        self._obj = None
+        self.prog_fds: dict[str, int] = {}
+        self._own_prog_fds = False
+        self.maps: DatapathMaps | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._ipr = None
+        self.timings: dict[str, float] = {}
+
+    # ---- loading ---------------------------------------------------------
+    @classmethod
+    def load(cls, obj_path: str | os.PathLike, pin_root: str = DEFAULT_PIN_ROOT,
+             prog_dir: str | None = None) -> "Datapath":
+        dp = cls(pin_root, prog_dir)
+        dp._load(str(obj_path))
+        return dp
+
+    def _load(self, obj_path: str) -> None:
+        t0 = time.perf_counter()
+        if os.path.normpath(self.pin_root).startswith("/sys/fs/bpf"):
+            ensure_bpffs("/sys/fs/bpf")
+        os.makedirs(self.pin_root, exist_ok=True)
+        os.makedirs(self.prog_dir, exist_ok=True)
+        lib = libbpf()
+        logbuf = ctypes.create_string_buffer(1 << 20)
+        opts = _OpenOpts()
+        opts.sz = ctypes.sizeof(_OpenOpts)
+        opts.pin_root_path = self.pin_root.encode()
+        opts.kernel_log_buf = ctypes.cast(logbuf, ctypes.c_char_p)
+        opts.kernel_log_size = ctypes.sizeof(logbuf)
+        opts.kernel_log_level = 0
+        obj = lib.bpf_object__open_file(obj_path.encode(), ctypes.byref(opts))
+        if not obj:
+            _check(-ctypes.get_errno() or -errno.EINVAL, f"bpf_object__open_file({obj_path})")
+        try:
+            # "tc/<name>" sections are not in libbpf's exact-match table:
+            # set the program type explicitly.
+            prog = None
+            while True:
+                prog = lib.bpf_object__next_program(obj, prog)
+                if not prog:
+                    break
+                lib.bpf_program__set_type(prog, BPF_PROG_TYPE_SCHED_CLS)
+            self._drop_incompatible_pins(obj)
+            ret = lib.bpf_object__load(obj)
+            if ret < 0:
+                vlog = logbuf.value.decode(errors="replace")
+                err = -ret
+                raise BPFError(err, f"bpf_object__load: {os.strerror(err)}\n"
+                               f"{vlog[-8000:]}")
+            for name in PROGRAMS:
+                prog = lib.bpf_object__find_program_by_name(obj, name.encode())
+                if not prog:
+                    raise BPFError(errno.ENOENT, f"program {name} not in {obj_path}")
+                self.prog_fds[name] = _check(lib.bpf_program__fd(prog), f"fd of {name}")
+                pin = os.path.join(self.prog_dir, name)
+                tmp = pin + "_new"  # bpffs forbids "." in names
+                for p in (tmp,):
+                    if os.path.exists(p):
+                        os.unlink(p)
+                _check(lib.bpf_obj_pin(self.prog_fds[name], tmp.encode()), f"pin {tmp}")
+                os.replace(tmp, pin)  # atomic re-pin (rename works on bpffs)
+        except Exception:
+            lib.bpf_object__close(obj)
+            self.prog_fds.clear()
+            raise
+        self._obj = obj
+        self.timings["load_ms"] = (time.perf_counter() - t0) * 1000
+        self.maps = DatapathMaps.open(self.pin_root)
+
+    def _drop_incompatible_pins(self, obj) -> None:
+        lib = libbpf()
+        m = None
+        while True:
+            m = lib.bpf_object__next_map(obj, m)
+            if not m:
+                break
+            name = lib.bpf_map__name(m).decode()
+            path = os.path.join(self.pin_root, name)
+            if not os.path.exists(path):
+                continue
+            fd = lib.bpf_obj_get(path.encode())
+            if fd < 0:
+                continue
+            try:
+                info = map_info(fd)
+            finally:
+                os.close(fd)
+            want = (lib.bpf_map__type(m), lib.bpf_map__key_size(m), lib.bpf_map__value_size(m),
+                    lib.bpf_map__map_flags(m))
+            have = (info.type, info.key_size, info.value_size, info.map_flags)
+            max_ok = (lib.bpf_map__max_entries(m) in (0, info.max_entries))
+            if want != have or not max_ok:
+                log.warning("pinned map incompatible with datapath, recreating",
+                            map=name, have=have, want=want)
+                os.unlink(path)
+
+    @classmethod
+    def from_pinned(cls, pin_root: str = DEFAULT_PIN_ROOT,
+                    prog_dir: str | None = None) -> "Datapath":
+        """Attach-capable Datapath from pinned programs and maps (no load)."""
+        dp = cls(pin_root, prog_dir)
+        for name in PROGRAMS:
+            path = os.path.join(dp.prog_dir, name)
+            dp.prog_fds[name] = _check(libbpf().bpf_obj_get(path.encode()),
+                                       f"bpf_obj_get({path})")
+        dp._own_prog_fds = True
+        dp.maps = DatapathMaps.open(pin_root)
+        return dp
+
+    def close(self) -> None:
+        """Release fds (programs stay pinned and attached; maps stay pinned)."""
+        if self._executor is not None:
+            ex, self._executor = self._executor, None
+            ex.submit(self._close_ipr).result()
+            ex.shutdown(wait=True)
+        if self.maps is not None:
+            self.maps.close()
+            self.maps = None
+        if self._own_prog_fds:
+            for fd in self.prog_fds.values():
+                os.close(fd)
+        self.prog_fds = {}
+        if self._obj is not None:
+            libbpf().bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> "Datapath":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- tc attach (all netlink in one worker thread) --------------------
+    def _close_ipr(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    def _ip(self):
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="datapath-tc")
+        return self._executor
+
+    def _run(self, fn: Callable, *args):
+        return self._worker().submit(fn, *args).result()
+
+    async def _arun(self, fn: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._worker(), fn, *args)
+
+    def _do_attach(self, ifindex: int) -> float:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        t0 = time.perf_counter()
+        ipr = self._ip()
+        try:
+            ipr.tc("add", "clsact", ifindex)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+        for name, direction in PROGRAMS.items():
+            ipr.tc("replace-filter", "bpf", ifindex, TC_HANDLE, fd=self.prog_fds[name],
+                   name=f"bpf_lxc.o:[{name}]", parent=TC_PARENT[direction], classid=1,
+                   direct_action=True, prio=TC_PRIO, protocol=ETH_P_ALL)
+        return (time.perf_counter() - t0) * 1000
+
+    def _do_detach(self, ifindex: int) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        ipr = self._ip()
+        for direction in PROGRAMS.values():
+            try:
+                ipr.tc("del-filter", "bpf", ifindex, TC_HANDLE, parent=TC_PARENT[direction],
+                       prio=TC_PRIO, protocol=ETH_P_ALL)
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                    raise
+
+    def attach(self, ifindex: int) -> float:
+        """Attach both programs to the host veth ``ifindex`` (idempotent).
+        Returns the time taken in ms."""
+        return self._run(self._do_attach, ifindex)
+
+    def detach(self, ifindex: int) -> None:
+        self._run(self._do_detach, ifindex)
+
+    async def attach_async(self, ifindex: int) -> float:
+        return await self._arun(self._do_attach, ifindex)
+
+    async def detach_async(self, ifindex: int) -> None:
+        await self._arun(self._do_detach, ifindex)
+
+    def attached(self, ifindex: int) -> dict[str, bool]:
+        """Which directions currently have a bpf filter at our prio."""
+        def _q() -> dict[str, bool]:
+            out = {}
+            for direction in PROGRAMS.values():
+                msgs = self._ip().get_filters(index=ifindex, parent=TC_PARENT[direction])
+                out[direction] = any(m.get_attr("TCA_KIND") == "bpf" for m in msgs)
+            return out
+        return self._run(_q)
+
+
+def unpin_all(pin_root: str, prog_dir: str | None = None) -> None:
+    """Remove every pinned map/program of a datapath (tests, `cilium cleanup`)."""
+    prog_dir = prog_dir or _prog_dir_for(pin_root)
+    for d in (pin_root, prog_dir):
+        if os.path.isdir(d):
+            for n in os.listdir(d):
+                os.unlink(os.path.join(d, n))
+
+
+__all__ = ["compile_datapath", "Datapath", "ensure_bpffs", "unpin_all", "SRC_DIR",
+           "BpfMap", "MAP_TYPES"]

@@ -1,0 +1,419 @@
+"""Fixtures for datapath tests on the REAL kernel with REAL packets.
+
+Every test gets throwaway "containers" (network namespaces) wired like the
+agent wires Docker containers: a veth pair whose host side (``dc<run><x>``)
+stays in the root namespace and carries the BPF programs; inside, ``eth0``
+holds a /32 (and /128) with a default route via a router address that lives
+on a host-side "router" veth (like ``cilium_host``); the host has a
+/32 (/128) route per container with ``src`` = router address, proxy_arp and
+proxy NDP (+ per-link IPv6 forwarding, needed for proxy NDP) on the host veth.
+Maps are pinned under a test-only root ``/sys/fs/bpf/dctest-<id>/``.
+
+Everything created is recorded and removed in the fixture finalizer even when
+the test fails. Missing root or tools make the tests FAIL, never skip.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from docker_cilium.datapath.loader import Datapath, compile_datapath, unpin_all
+from docker_cilium.datapath.maps import EndpointInfo, IDENTITY_HOST, ensure_bpffs
+
+PYTHON = sys.executable  # stdlib only inside the namespaces
+
+
+def sh(*args: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
+    res = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} -> {res.returncode}: {res.stderr.strip()}")
+    return res
+
+
+def write_sysctl(path: str, value: str) -> None:
+    with open(os.path.join("/proc/sys", path), "w") as f:
+        f.write(value)
+
+
+# --------------------------------------------------------------------------
+# traffic helper run inside namespaces (stdlib only): ping, tcp, udp, serve
+# --------------------------------------------------------------------------
+NETTOOL = textwrap.dedent(r'''
+import os, select, socket, struct, sys, threading, time
+
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+
+def fam(addr): return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+def ping(dst, src=None, timeout=1.0, count=1):
+    f = fam(dst)
+    proto = socket.IPPROTO_ICMPV6 if f == socket.AF_INET6 else socket.IPPROTO_ICMP
+    s = socket.socket(f, socket.SOCK_RAW, proto)
+    if src: s.bind((src, 0))
+    ident = (os.getpid() ^ int(time.time() * 1000)) & 0xffff
+    ok = 0
+    for seq in range(count):
+        typ = 128 if f == socket.AF_INET6 else 8
+        hdr = struct.pack("!BBHHH", typ, 0, 0, ident, seq) + b"dctest-ping-payload"
+        if f == socket.AF_INET:
+            hdr = hdr[:2] + struct.pack("!H", csum(hdr)) + hdr[4:]
+        s.sendto(hdr, (dst, 0))
+        end = time.time() + timeout
+        while time.time() < end:
+            r, _, _ = select.select([s], [], [], max(0, end - time.time()))
+            if not r: break
+            data, addr = s.recvfrom(2048)
+            if f == socket.AF_INET:
+                data = data[(data[0] & 0x0f) * 4:]
+                want = 0
+            else:
+                want = 129
+            if len(data) >= 8 and data[0] == want and struct.unpack("!H", data[4:6])[0] == ident:
+                ok += 1
+                break
+    return 0 if ok == count else 2
+
+def tcp(dst, port, src=None, timeout=1.0):
+    s = socket.socket(fam(dst), socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    if src: s.bind((src, 0))
+    try:
+        s.connect((dst, int(port)))
+        s.sendall(b"hello")
+        data = s.recv(100)
+        return 0 if data == b"ok:hello" else 4
+    except socket.timeout:
+        return 2
+    except ConnectionRefusedError:
+        return 3
+    except OSError:
+        return 5
+
+def udp(dst, port, src=None, timeout=1.0):
+    s = socket.socket(fam(dst), socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    if src: s.bind((src, 0))
+    s.sendto(b"hello", (dst, int(port)))
+    try:
+        data, _ = s.recvfrom(100)
+        return 0 if data == b"ok:hello" else 4
+    except socket.timeout:
+        return 2
+    except OSError:
+        return 3
+
+def serve(*ports):
+    def tcp_loop(ls):
+        while True:
+            c, _ = ls.accept()
+            try:
+                c.settimeout(2)
+                d = c.recv(100)
+                c.sendall(b"ok:" + d)
+            except OSError:
+                pass
+            finally:
+                c.close()
+    def udp_loop(us):
+        while True:
+            d, a = us.recvfrom(100)
+            us.sendto(b"ok:" + d, a)
+    for p in ports:
+        ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("::", int(p))); ls.listen(64)
+        threading.Thread(target=tcp_loop, args=(ls,), daemon=True).start()
+        us = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        us.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        us.bind(("::", int(p)))
+        threading.Thread(target=udp_loop, args=(us,), daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()  # exit when the test closes our stdin
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    kw = {}
+    rest = []
+    for a in args:
+        if a.startswith("src="): kw["src"] = a[4:]
+        else: rest.append(a)
+    sys.exit({"ping": ping, "tcp": tcp, "udp": udp, "serve": serve}[cmd](*rest, **kw) or 0)
+''')
+
+
+# --------------------------------------------------------------------------
+# topology
+# --------------------------------------------------------------------------
+@dataclass
+class Container:
+    name: str            # short name: a, b, c
+    netns: str
+    host_if: str
+    ifindex: int
+    mac: str             # container eth0 MAC
+    node_mac: str        # host veth MAC
+    ipv4: str
+    ipv6: str
+    lxc_id: int
+    identity: int
+    servers: list = field(default_factory=list)
+
+    def endpoint(self, ingress: bool = False, egress: bool = False) -> EndpointInfo:
+        return EndpointInfo(ifindex=self.ifindex, lxc_id=self.lxc_id, sec_identity=self.identity,
+                            mac=self.mac, node_mac=self.node_mac, ipv4=self.ipv4, ipv6=self.ipv6,
+                            ingress_enforced=ingress, egress_enforced=egress)
+
+
+class Topology:
+    """Namespaces + veths + routes for one test; ``cleanup()`` undoes all."""
+
+    def __init__(self, tool_path: str):
+        self.run_id = f"{os.getpid() % 0xFFFF:04x}{random.randrange(0x100):02x}"
+        self.tool = tool_path
+        self.undo: list[tuple[str, tuple]] = []
+        self.containers: dict[str, Container] = {}
+        self.octet = self._pick_subnet()
+        self.prefix4 = f"10.199.{self.octet}"
+        self.prefix6 = f"fd99::{self.octet:x}:"
+        self.router4 = f"{self.prefix4}.1"
+        self.router6 = f"{self.prefix6}1"
+        self._make_router()
+
+    # -- bookkeeping --
+    def _record(self, kind: str, *args) -> None:
+        self.undo.append((kind, args))
+
+    def cleanup(self) -> list[str]:
+        errors = []
+        for c in self.containers.values():
+            for p in c.servers:
+                try:
+                    p.stdin.close()
+                    p.kill()
+                    p.wait(timeout=5)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"server: {e}")
+        for kind, args in reversed(self.undo):
+            try:
+                if kind == "link":
+                    sh("ip", "link", "del", args[0], check=False)
+                elif kind == "netns":
+                    sh("ip", "netns", "del", args[0], check=False)
+                elif kind == "iptables":
+                    sh(args[0], "-D", *args[1:], check=False)
+                elif kind == "route":
+                    sh("ip", *args, check=False)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"{kind} {args}: {e}")
+        self.undo.clear()
+        return errors
+
+    # -- setup --
+    @staticmethod
+    def _pick_subnet() -> int:
+        used = sh("ip", "-4", "route", "show", "table", "all").stdout
+        used += sh("ip", "-4", "addr").stdout
+        for _ in range(200):
+            o = random.randrange(100, 250)
+            if f"10.199.{o}." not in used and "10.199.0.0/16" not in used:
+                return o
+        raise RuntimeError("no free 10.199.x.0/24")
+
+    def _accept(self, ifname: str) -> None:
+        for binary in ("iptables", "ip6tables"):
+            for rule in (("FORWARD", "-i", ifname, "-j", "ACCEPT"),
+                         ("FORWARD", "-o", ifname, "-j", "ACCEPT")):
+                sh(binary, "-I", *rule)
+                self._record("iptables", binary, *rule)
+
+    def _make_router(self) -> None:
+        h, n = f"dc{self.run_id}h", f"dc{self.run_id}n"
+        sh("ip", "link", "add", h, "type", "veth", "peer", "name", n)
+        self._record("link", h)
+        sh("ip", "link", "set", h, "up")
+        sh("ip", "link", "set", n, "up")
+        sh("ip", "addr", "add", f"{self.router4}/32", "dev", h)
+        sh("ip", "-6", "addr", "add", f"{self.router6}/128", "dev", h, "nodad")
+
+    def add_container(self, name: str, host_no: int, lxc_id: int, identity: int) -> Container:
+        ns = f"dctest-{self.run_id}-{name}"
+        host_if = f"dc{self.run_id}{name}"
+        ipv4 = f"{self.prefix4}.{host_no}"
+        ipv6 = f"{self.prefix6}{host_no:x}"
+        sh("ip", "netns", "add", ns)
+        self._record("netns", ns)
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", f"{host_if}p")
+        self._record("link", host_if)
+        sh("ip", "link", "set", f"{host_if}p", "netns", ns)
+        nse = ("ip", "netns", "exec", ns)
+        sh(*nse, "ip", "link", "set", f"{host_if}p", "name", "eth0")
+        sh(*nse, "ip", "link", "set", "lo", "up")
+        sh(*nse, "ip", "link", "set", "eth0", "up")
+        sh(*nse, "ip", "addr", "add", f"{ipv4}/32", "dev", "eth0")
+        sh(*nse, "ip", "-6", "addr", "add", f"{ipv6}/128", "dev", "eth0", "nodad")
+        sh(*nse, "ip", "route", "add", self.router4, "dev", "eth0", "scope", "link")
+        sh(*nse, "ip", "route", "add", "default", "via", self.router4, "dev", "eth0")
+        sh(*nse, "ip", "-6", "route", "add", self.router6, "dev", "eth0")
+        sh(*nse, "ip", "-6", "route", "add", "default", "via", self.router6, "dev", "eth0")
+        # host side
+        write_sysctl(f"net/ipv6/conf/{host_if}/disable_ipv6", "0")
+        sh("ip", "link", "set", host_if, "up")
+        write_sysctl(f"net/ipv4/conf/{host_if}/proxy_arp", "1")
+        write_sysctl(f"net/ipv4/conf/{host_if}/forwarding", "1")
+        write_sysctl(f"net/ipv6/conf/{host_if}/forwarding", "1")
+        write_sysctl(f"net/ipv6/conf/{host_if}/proxy_ndp", "1")
+        # proxied NAs are otherwise delayed randomly by up to 0.8 s
+        write_sysctl(f"net/ipv6/neigh/{host_if}/proxy_delay", "0")
+        sh("ip", "-6", "neigh", "add", "proxy", self.router6, "dev", host_if)
+        sh("ip", "route", "add", f"{ipv4}/32", "dev", host_if, "scope", "link",
+           "src", self.router4)
+        sh("ip", "-6", "route", "add", f"{ipv6}/128", "dev", host_if, "src", self.router6)
+        self._accept(host_if)
+        links = json.loads(sh("ip", "-j", "link", "show", host_if).stdout)
+        inner = json.loads(sh(*nse, "ip", "-j", "link", "show", "eth0").stdout)
+        c = Container(name, ns, host_if, links[0]["ifindex"], inner[0]["address"],
+                      links[0]["address"], ipv4, ipv6, lxc_id, identity)
+        self.containers[name] = c
+        return c
+
+    def wait_ready(self) -> None:
+        """Let IPv6 link-local addresses come up (tentative -> ready)."""
+        deadline = time.time() + 5
+        for c in self.containers.values():
+            while time.time() < deadline:
+                out = sh("ip", "netns", "exec", c.netns, "ip", "-6", "addr", "show",
+                         "dev", "eth0").stdout
+                out += sh("ip", "-6", "addr", "show", "dev", c.host_if).stdout
+                if "tentative" not in out and out.count("fe80") >= 2:
+                    break
+                time.sleep(0.05)
+
+    # -- traffic --
+    def _exec(self, c: Container | None, *args: str, timeout: float = 15) -> int:
+        pre = ("ip", "netns", "exec", c.netns) if c is not None else ()
+        return sh(*pre, PYTHON, self.tool, *args, check=False, timeout=timeout).returncode
+
+    def ping(self, src: Container | None, dst: str, from_addr: str | None = None,
+             timeout: float = 1.0) -> bool:
+        args = ["ping", dst] + ([f"src={from_addr}"] if from_addr else [])
+        return self._exec(src, *args) == 0
+
+    def tcp(self, src: Container | None, dst: str, port: int, from_addr: str | None = None) -> int:
+        args = ["tcp", dst, str(port)] + ([f"src={from_addr}"] if from_addr else [])
+        return self._exec(src, *args)
+
+    def udp(self, src: Container | None, dst: str, port: int) -> int:
+        return self._exec(src, "udp", dst, str(port))
+
+    def serve(self, c: Container, *ports: int) -> None:
+        p = subprocess.Popen(["ip", "netns", "exec", c.netns, PYTHON, self.tool, "serve",
+                              *map(str, ports)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+        c.servers.append(p)
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"server in {c.netns} failed to start: {line!r}")
+
+
+# --------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def _privileged_requirements():
+    if os.geteuid() != 0:
+        pytest.fail("tests/privileged need root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)",
+                    pytrace=False)
+    missing = [t for t in ("ip", "iptables", "ip6tables", "clang") if not shutil.which(t)]
+    if missing:
+        pytest.fail(f"tests/privileged need these tools: {', '.join(missing)}", pytrace=False)
+    try:
+        ensure_bpffs()
+    except OSError as e:
+        pytest.fail(f"cannot mount bpffs: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def datapath_object(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bpfobj")
+    t0 = time.perf_counter()
+    obj = compile_datapath(out_dir=out)
+    compile_ms = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    assert compile_datapath(out_dir=out) == obj
+    cached_ms = (time.perf_counter() - t0) * 1000
+    print(f"\n[timing] datapath compile {compile_ms:.0f} ms, cached {cached_ms:.1f} ms")
+    return obj
+
+
+@pytest.fixture
+def pin_root():
+    base = f"/sys/fs/bpf/dctest-{os.getpid()}-{random.randrange(1 << 30):x}"
+    root = f"{base}/tc/globals"
+    yield root
+    unpin_all(root)
+    for dirpath, dirnames, filenames in os.walk(base, topdown=False):
+        for f in filenames:
+            os.unlink(os.path.join(dirpath, f))
+        os.rmdir(dirpath)
+
+
+@pytest.fixture
+def datapath(datapath_object, pin_root):
+    dp = Datapath.load(datapath_object, pin_root=pin_root)
+    print(f"\n[timing] datapath load {dp.timings['load_ms']:.1f} ms")
+    yield dp
+    dp.close()
+
+
+@pytest.fixture
+def topo(tmp_path):
+    tool = tmp_path / "nettool.py"
+    tool.write_text(NETTOOL)
+    t = Topology(str(tool))
+    try:
+        yield t
+    finally:
+        errors = t.cleanup()
+        leftovers = sh("ip", "-o", "link", "show").stdout.count(f"dc{t.run_id}")
+        assert not errors and not leftovers, (errors, leftovers)
+
+
+@pytest.fixture
+def abc(topo, datapath):
+    """Three containers A, B, C on attached host veths, registered in the
+    endpoint map without enforcement; router addresses are identity host."""
+    cs = [topo.add_container("a", 2, 11, 1001),
+          topo.add_container("b", 3, 12, 1002),
+          topo.add_container("c", 4, 13, 1003)]
+    ipc = datapath.maps.ipcache
+    ipc.upsert(f"{topo.router4}/32", IDENTITY_HOST)
+    ipc.upsert(f"{topo.router6}/128", IDENTITY_HOST)
+    timings = []
+    for c in cs:
+        t0 = time.perf_counter()
+        datapath.attach(c.ifindex)
+        datapath.maps.endpoints.upsert(c.endpoint())
+        ipc.upsert(f"{c.ipv4}/32", c.identity)
+        ipc.upsert(f"{c.ipv6}/128", c.identity)
+        timings.append((time.perf_counter() - t0) * 1000)
+    print(f"\n[timing] per-endpoint attach + map updates: "
+          f"{', '.join(f'{t:.1f}' for t in timings)} ms")
+    topo.wait_ready()
+    return cs

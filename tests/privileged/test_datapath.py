@@ -1,0 +1,252 @@
+"""The BPF datapath on the real kernel with real packets (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from docker_cilium.datapath.loader import Datapath
+from docker_cilium.datapath.maps import (
+    IDENTITY_HOST,
+    METRIC_EGRESS,
+    METRIC_INGRESS,
+    DatapathMaps,
+    PolicyEntry,
+    monotonic_seconds,
+)
+
+pytestmark = pytest.mark.privileged
+
+OK, TIMEOUT = 0, 2
+DROP_SMAC, DROP_SIP, DROP_L3, DROP_L4 = 130, 132, 133, 159
+
+
+def drops(dp, reason):
+    return dp.maps.metrics.count(reason)
+
+
+def test_connectivity_without_enforcement(topo, datapath, abc):
+    a, b, c = abc
+    topo.serve(b, 8080)
+    assert topo.ping(a, b.ipv4)
+    assert topo.ping(b, a.ipv4)
+    assert topo.ping(a, b.ipv6)
+    assert topo.ping(b, a.ipv6)
+    assert topo.ping(c, b.ipv4)
+    assert topo.tcp(a, b.ipv4, 8080) == OK
+    assert topo.tcp(a, b.ipv6, 8080) == OK
+    assert topo.udp(a, b.ipv4, 8080) == OK
+    assert topo.udp(a, b.ipv6, 8080) == OK
+    # host <-> container through the stack (to-container path)
+    assert topo.ping(None, a.ipv4)
+    assert topo.ping(None, a.ipv6)
+    assert topo.tcp(None, b.ipv4, 8080) == OK
+    assert topo.ping(a, topo.router4)
+    m = datapath.maps.metrics.dump()
+    assert m[(0, METRIC_EGRESS)][0] > 0 and m[(0, METRIC_INGRESS)][0] > 0
+    assert not any(r for (r, _d) in m if r != 0), m
+    # conntrack entries exist for the flows, flush removes them
+    ct = datapath.maps.ct
+    entries = ct.dump()
+    assert any(e.saddr == a.ipv4 and e.daddr == b.ipv4 and e.dport == 8080 and e.proto == 6
+               for e in entries)
+    assert any(e.saddr == a.ipv6 and e.daddr == b.ipv6 and e.dport == 8080 and e.proto == 17
+               for e in entries)
+    assert all(e.lifetime > monotonic_seconds() for e in entries)
+    assert ct.flush() == len(entries)
+    assert ct.dump() == []
+
+
+def test_ingress_policy_l4(topo, datapath, abc):
+    a, b, c = abc
+    maps = datapath.maps
+    topo.serve(b, 8080, 8081)
+    topo.serve(a, 9000)
+    maps.endpoints.upsert(b.endpoint(ingress=True))
+    entry = PolicyEntry(identity=a.identity, direction="ingress", dport=8080, proto="tcp")
+    maps.policy.set_endpoint_policy(b.lxc_id, [entry])
+    maps.ct.flush()
+
+    assert topo.tcp(a, b.ipv4, 8080) == OK
+    assert topo.tcp(a, b.ipv6, 8080) == OK
+    l3_before, l4_before = drops(datapath, DROP_L3), drops(datapath, DROP_L4)
+    assert topo.tcp(c, b.ipv4, 8080) == TIMEOUT            # other identity: L3 deny
+    assert drops(datapath, DROP_L3) > l3_before
+    assert topo.tcp(a, b.ipv4, 8081) == TIMEOUT            # same identity, other port: L4
+    assert drops(datapath, DROP_L4) > l4_before
+    assert topo.udp(a, b.ipv4, 8080) == TIMEOUT            # other protocol
+    assert not topo.ping(a, b.ipv4)                         # L4-only policy: no ICMP
+    assert not topo.ping(a, b.ipv6)
+    assert not topo.ping(None, b.ipv4)                      # host has no entry
+    # B-initiated connections: replies from A pass thanks to conntrack
+    assert topo.tcp(b, a.ipv4, 9000) == OK
+    assert topo.tcp(b, a.ipv6, 9000) == OK
+    assert topo.ping(b, a.ipv4)
+    # counters of the allowing entry
+    st = maps.policy.get(b.lxc_id, entry)
+    assert st is not None and st.packets >= 2 and st.bytes > 0
+    dumped = maps.policy.dump(b.lxc_id)
+    assert [(s.identity, s.dport, s.proto) for s in dumped] == [(a.identity, 8080, 6)]
+
+    # L3-only entry for C: everything from C, including ICMP
+    entries = [entry, PolicyEntry(identity=c.identity, direction="ingress")]
+    added, deleted = maps.policy.set_endpoint_policy(b.lxc_id, entries)
+    assert (added, deleted) == (1, 0)
+    assert maps.policy.get(b.lxc_id, entry).packets == st.packets  # counters kept
+    assert topo.ping(c, b.ipv4) and topo.ping(c, b.ipv6)
+    assert topo.tcp(c, b.ipv4, 8081) == OK
+    # removing C again: new connections from C are denied
+    assert maps.policy.set_endpoint_policy(b.lxc_id, [entry]) == (0, 1)
+    maps.ct.flush()
+    assert topo.tcp(c, b.ipv4, 8081) == TIMEOUT
+    # any-identity port entry
+    maps.policy.set_endpoint_policy(b.lxc_id, [PolicyEntry(0, "ingress", 8081, "tcp")])
+    assert topo.tcp(c, b.ipv4, 8081) == OK
+    assert topo.tcp(c, b.ipv4, 8080) == TIMEOUT
+    # enforcement off again: all allowed
+    maps.endpoints.upsert(b.endpoint(ingress=False))
+    assert topo.tcp(c, b.ipv4, 8080) == OK
+
+
+def test_antispoofing(topo, datapath, abc):
+    a, b, c = abc
+    spoof4 = f"{topo.prefix4}.50"
+    spoof6 = f"{topo.prefix6}50"
+    os.system(f"ip netns exec {a.netns} ip addr add {spoof4}/32 dev eth0")
+    os.system(f"ip netns exec {a.netns} ip -6 addr add {spoof6}/128 dev eth0 nodad")
+    before = drops(datapath, DROP_SIP)
+    assert topo.ping(a, b.ipv4)
+    assert not topo.ping(a, b.ipv4, from_addr=spoof4)
+    assert not topo.ping(a, b.ipv6, from_addr=spoof6)
+    assert not topo.ping(a, topo.router4, from_addr=spoof4)  # also towards the host
+    assert drops(datapath, DROP_SIP) >= before + 3
+    # forged source MAC
+    before = drops(datapath, DROP_SMAC)
+    os.system(f"ip netns exec {a.netns} ip link set eth0 address 02:00:00:00:00:99")
+    assert not topo.ping(a, b.ipv4)
+    assert drops(datapath, DROP_SMAC) > before
+    os.system(f"ip netns exec {a.netns} ip link set eth0 address {a.mac}")
+    assert topo.ping(a, b.ipv4)
+
+
+def test_host_identity_via_ipcache(topo, datapath, abc):
+    a, b, c = abc
+    maps = datapath.maps
+    topo.serve(a, 8080)
+    maps.endpoints.upsert(a.endpoint(ingress=True))
+    maps.policy.set_endpoint_policy(a.lxc_id, [PolicyEntry(b.identity, "ingress")])
+    maps.ct.flush()
+    assert not topo.ping(None, a.ipv4)
+    assert topo.tcp(None, a.ipv4, 8080) == TIMEOUT
+    assert not topo.ping(None, a.ipv6)
+    maps.policy.set_endpoint_policy(a.lxc_id, [PolicyEntry(b.identity, "ingress"),
+                                               PolicyEntry(IDENTITY_HOST, "ingress")])
+    assert topo.ping(None, a.ipv4)
+    assert topo.ping(None, a.ipv6)
+    assert topo.tcp(None, a.ipv4, 8080) == OK
+    assert any(e.src_sec_id == IDENTITY_HOST and e.daddr == a.ipv4 for e in maps.ct.dump())
+    # without the ipcache entry the router address is "world"
+    maps.ipcache.delete(f"{topo.router4}/32")
+    maps.ct.flush()
+    assert not topo.ping(None, a.ipv4)
+    maps.policy.set_endpoint_policy(a.lxc_id, [PolicyEntry(2, "ingress")])
+    assert topo.ping(None, a.ipv4)
+    assert f"{topo.router6}/128" in maps.ipcache.dump()
+
+
+def test_egress_policy(topo, datapath, abc):
+    a, b, c = abc
+    maps = datapath.maps
+    topo.serve(b, 8080, 8081)
+    topo.serve(c, 8080)
+    maps.endpoints.upsert(a.endpoint(egress=True))
+    maps.policy.set_endpoint_policy(a.lxc_id, [PolicyEntry(b.identity, "egress", 8080, "tcp")])
+    maps.ct.flush()
+    assert topo.tcp(a, b.ipv4, 8080) == OK
+    assert topo.tcp(a, b.ipv6, 8080) == OK
+    before4 = drops(datapath, DROP_L4)
+    assert topo.tcp(a, b.ipv4, 8081) == TIMEOUT
+    assert drops(datapath, DROP_L4) > before4
+    before3 = drops(datapath, DROP_L3)
+    assert topo.tcp(a, c.ipv4, 8080) == TIMEOUT
+    assert not topo.ping(a, topo.router4)          # host not allowed
+    assert drops(datapath, DROP_L3) >= before3 + 2
+    # incoming connections to A still work (egress only)
+    topo.serve(a, 9000)
+    assert topo.tcp(c, a.ipv4, 9000) == OK
+    maps.policy.set_endpoint_policy(a.lxc_id, [PolicyEntry(b.identity, "egress", 8080, "tcp"),
+                                               PolicyEntry(IDENTITY_HOST, "egress")])
+    assert topo.ping(a, topo.router4)
+
+
+def test_ct_gc(topo, datapath, abc):
+    a, b, c = abc
+    assert topo.ping(a, b.ipv4)
+    ct = datapath.maps.ct
+    n = len(ct.dump())
+    assert n >= 1
+    assert ct.gc() == 0
+    assert ct.gc(now=monotonic_seconds() + 61) == n     # non-TCP lifetime 60 s
+    assert ct.dump() == []
+
+
+def test_maps_persist_across_agent_restart(topo, datapath_object, pin_root, abc, datapath):
+    a, b, c = abc
+    topo.serve(b, 8080)
+    maps = datapath.maps
+    maps.endpoints.upsert(b.endpoint(ingress=True))
+    maps.policy.set_endpoint_policy(b.lxc_id, [PolicyEntry(a.identity, "ingress", 8080, "tcp")])
+    maps.ct.flush()
+    datapath.close()   # "agent dies": fds closed, nothing detached or unpinned
+    assert topo.tcp(a, b.ipv4, 8080) == OK
+    assert topo.tcp(c, b.ipv4, 8080) == TIMEOUT
+    # the CLI / a restarted agent opens the maps by path
+    ro = DatapathMaps.open(pin_root)
+    try:
+        assert [s.identity for s in ro.policy.dump(b.lxc_id)] == [a.identity]
+        assert ro.metrics.count(DROP_L3) >= 1
+    finally:
+        ro.close()
+    # a restarted agent loads the object again: pinned maps are reused
+    dp2 = Datapath.load(datapath_object, pin_root=pin_root)
+    try:
+        assert dp2.maps.endpoints.get(b.ifindex).ingress_enforced
+        assert len(dp2.maps.endpoints.dump()) == 3
+        assert [s.identity for s in dp2.maps.policy.dump(b.lxc_id)] == [a.identity]
+        assert dp2.maps.ct.dump()  # the connection above is tracked
+        t0 = time.perf_counter()
+        for x in abc:
+            dp2.attach(x.ifindex)                      # idempotent re-attach
+        print(f"\n[timing] re-attach 3 endpoints {(time.perf_counter() - t0) * 1000:.1f} ms")
+        assert dp2.attached(b.ifindex) == {"ingress": True, "egress": True}
+        dp2.maps.policy.set_endpoint_policy(
+            b.lxc_id, [PolicyEntry(a.identity, "ingress", 8080, "tcp"),
+                       PolicyEntry(c.identity, "ingress", 8080, "tcp")])
+        assert topo.tcp(c, b.ipv4, 8080) == OK
+    finally:
+        dp2.close()
+    # or without loading anything: pinned programs
+    dp3 = Datapath.from_pinned(pin_root)
+    try:
+        dp3.attach(c.ifindex)
+        assert topo.ping(c, a.ipv4)
+    finally:
+        dp3.close()
+
+
+async def test_attach_from_asyncio(topo, datapath):
+    x = topo.add_container("x", 9, 19, 1009)
+    ms = await datapath.attach_async(x.ifindex)
+    ms2 = await datapath.attach_async(x.ifindex)      # idempotent
+    t0 = time.perf_counter()
+    datapath.maps.endpoints.upsert(x.endpoint())
+    upsert_ms = (time.perf_counter() - t0) * 1000
+    print(f"\n[timing] attach {ms:.1f} ms, re-attach {ms2:.1f} ms, endpoint upsert "
+          f"{upsert_ms:.2f} ms")
+    assert datapath.attached(x.ifindex) == {"ingress": True, "egress": True}
+    await datapath.detach_async(x.ifindex)
+    assert datapath.attached(x.ifindex) == {"ingress": False, "egress": False}
+    await asyncio.sleep(0)
