@@ -125,7 +125,8 @@ int from_container(struct __sk_buff *skb)
 				return send_drop_notify(skb, ret, METRIC_INGRESS, dst_ep->lxc_id,
 							src_id, dst_id, dst_ep->lxc_id);
 		}
-		ct_create(&f, CT_EGRESS, src_id, len, now);
+		if (!f.is_error)	/* an unrelated ICMP error opens no flow */
+			ct_create(&f, CT_EGRESS, src_id, len, now);
 	}
 
 	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
@@ -184,7 +185,8 @@ int to_container(struct __sk_buff *skb)
 				return send_drop_notify(skb, ret, METRIC_INGRESS, lxc_id, src_id,
 							dst_id, lxc_id);
 		}
-		ct_create(&f, CT_INGRESS, src_id, len, now);
+		if (!f.is_error)
+			ct_create(&f, CT_INGRESS, src_id, len, now);
 	} else {
 		src_id = ct_src_id;
 	}

@@ -68,12 +68,15 @@ class Agent:
         self.plugin_socket = plugin_socket
         self.extra = extra or []
         self.log_path = workdir / "agent.log"
+        # A private bpffs directory: pinned maps never collide with a real agent's.
+        self.bpf_root = f"/sys/fs/bpf/dctest-{workdir.name}"
         self.proc: subprocess.Popen | None = None
 
     @property
     def argv(self) -> list[str]:
         return [str(VENV_BIN / "cilium-agent"), "--lib-dir", str(self.lib_dir), "--state-dir", str(self.state_dir),
                 "--socket-path", self.api_socket, "--plugin-socket", self.plugin_socket,
+                "--bpf-root", self.bpf_root,
                 "--log-format", "json", "--debug", *self.extra]
 
     def start(self, timeout: float = 30) -> "Agent":

@@ -7,6 +7,8 @@ an address that a running container already holds.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -19,7 +21,10 @@ from docker_cilium.agent.servers import UnixServer
 from docker_cilium.api.app import build_app as build_api
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
+from docker_cilium.datapath.loader import Datapath, compile_datapath
 from docker_cilium.endpoint.manager import EndpointManager
+from docker_cilium.endpoint.regenerator import Regenerator
+from docker_cilium.identity.allocator import IdentityAllocator
 from docker_cilium.ipam.allocator import IPAM
 from docker_cilium.ipam.ranges import NodeAddressing
 from docker_cilium.kvstore import new_backend
@@ -45,6 +50,10 @@ class Daemon:
         self.mtu = 0
         self._ipam: IPAM | None = None
         self._endpoints: EndpointManager | None = None
+        self._policy: Regenerator | None = None
+        self.allocator: IdentityAllocator | None = None
+        self.datapath: Datapath | None = None
+        self._ct_gc: asyncio.Task[None] | None = None
         self.watcher: DockerWatcher | None = None
         self.servers: list[UnixServer] = []
 
@@ -52,6 +61,11 @@ class Daemon:
     def ipam(self) -> IPAM:
         assert self._ipam is not None
         return self._ipam
+
+    @property
+    def policy(self) -> Regenerator:
+        assert self._policy is not None
+        return self._policy
 
     @property
     def endpoints(self) -> EndpointManager:
@@ -78,11 +92,26 @@ class Daemon:
         masq = {4: [str(self.node.ipv4_range)], 6: [str(self.node.ipv6_range)] if cfg.enable_ipv6 else []}
         await self.iptables.ensure(masq)
 
+        # The datapath is compiled once per configuration (cached by hash) and
+        # loaded once; pinned maps from a previous run are reused as they are.
+        obj = await asyncio.to_thread(compile_datapath, out_dir=os.path.join(cfg.state_dir, "bpf"))
+        self.datapath = await asyncio.to_thread(
+            Datapath.load, obj, os.path.join(cfg.bpf_root, "tc", "globals"),
+            os.path.join(cfg.bpf_root, "cilium", "progs"))
+
+        self.allocator = IdentityAllocator(self.kvstore, cfg.node_name)
+        await self.allocator.start()
+
         self._ipam = IPAM(self.store, self.node, enable_ipv6=cfg.enable_ipv6)
         held = await self._ipam.restore()
         self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu)
+        self._policy = Regenerator(self.store, self.allocator, self.datapath, cfg.policy_enforcement)
+        self._policy.save_endpoint = self._endpoints.save
+        await self._policy.start(await self.links.host_addresses())
+        self._endpoints.hooks = self._policy
         await self._endpoints.restore()
         await self._endpoints.restore_datapath()
+        self._ct_gc = asyncio.create_task(self._conntrack_gc(), name="ct-gc")
 
         self.servers = [
             UnixServer(build_api(self), cfg.socket_path, 0o660, "api"),
@@ -99,15 +128,33 @@ class Daemon:
                  kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
                  endpoints=len(self._endpoints.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000))
 
+    async def _conntrack_gc(self, interval: float = 30.0) -> None:
+        """Expire conntrack entries the datapath marked with a lifetime."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.datapath is not None and self.datapath.maps is not None:
+                removed = await asyncio.to_thread(self.datapath.maps.ct.gc)
+                if removed:
+                    log.debug("ct.gc", removed=removed)
+
     async def stop(self) -> None:
+        if self._ct_gc is not None:
+            self._ct_gc.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ct_gc
         if self.watcher:
             await self.watcher.stop()
         for server in reversed(self.servers):
             await server.stop()
+        if self.allocator is not None:
+            await self.allocator.close()
         for store in (self.kvstore, self.store):
             if store is not None:
                 await store.close()
         await self.links.close()
+        if self.datapath is not None:
+            # Programs stay attached and maps pinned: enforcement goes on.
+            await asyncio.to_thread(self.datapath.close)
         log.info("agent.stopped")
 
     def host_addressing(self) -> dict[str, Any]:
@@ -140,4 +187,5 @@ class Daemon:
             "cilium": {"state": "Ok", "msg": f"docker-cilium {__version__}, up {int(time.time() - self.started)}s"},
             "ipam": self.ipam.status(),
             "endpoints": len(self.endpoints.endpoints),
+            "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
         }

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from docker_cilium.api import config, endpoint, ipam
+from docker_cilium.api import config, endpoint, identity, ipam, openapi, policy
 from docker_cilium.api.errors import error_middleware, error_response
 
 DAEMON_KEY = "daemon"
@@ -19,7 +19,7 @@ async def _not_found(request: web.Request) -> web.Response:
 def build_app(daemon: Any) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[DAEMON_KEY] = daemon
-    for module in (config, endpoint, ipam):
+    for module in (config, endpoint, identity, ipam, policy, openapi):
         app.router.add_routes(module.routes)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app

@@ -1,10 +1,18 @@
-"""/v1/healthz and /v1/config."""
+"""/v1/healthz and /v1/config (PATCH changes the run-time options)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from docker_cilium.agent.config import ENFORCEMENT_MODES
+from docker_cilium.api.errors import APIError, json_body, reject_unknown
+
 routes = web.RouteTableDef()
+
+# Run-time options `cilium config Key=Value` may change (Cilium's names).
+MUTABLE_OPTIONS = ("PolicyEnforcement",)
 
 
 @routes.get("/v1/healthz")
@@ -12,11 +20,51 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(await request.app["daemon"].status())
 
 
-@routes.get("/v1/config")
-async def get_config(request: web.Request) -> web.Response:
-    daemon = request.app["daemon"]
-    return web.json_response({
-        "configuration": daemon.config.to_dict(),
+def _enforcement(daemon: Any) -> str:
+    policy = getattr(daemon, "policy", None)
+    return policy.enforcement if policy is not None else daemon.config.policy_enforcement
+
+
+def _config_model(daemon: Any) -> dict[str, Any]:
+    configuration = daemon.config.to_dict()
+    mode = _enforcement(daemon)
+    configuration["policy_enforcement"] = mode  # the live value, not the start flag
+    return {
+        "configuration": configuration,
+        "policy-enforcement": mode,
+        "options": {"PolicyEnforcement": mode},
         "addressing": daemon.host_addressing(),
         "mtu": daemon.mtu,
-    })
+    }
+
+
+@routes.get("/v1/config")
+async def get_config(request: web.Request) -> web.Response:
+    return web.json_response(_config_model(request.app["daemon"]))
+
+
+@routes.patch("/v1/config")
+async def patch_config(request: web.Request) -> web.Response:
+    """``{"policy-enforcement": "always"}`` or Cilium's ``{"options": {"PolicyEnforcement": "always"}}``."""
+    daemon = request.app["daemon"]
+    body = await json_body(request)
+    reject_unknown(body, {"policy-enforcement", "options"})
+    options = body.get("options", {})
+    if not isinstance(options, dict):
+        raise APIError(400, "options must be a JSON object of Key: Value")
+    for key in options:
+        if key not in MUTABLE_OPTIONS:
+            raise APIError(400, f"unknown or read-only option {key!r} (changeable: {', '.join(MUTABLE_OPTIONS)})")
+    wanted = [(k, v) for k, v in (("policy-enforcement", body.get("policy-enforcement")),
+                                  ("PolicyEnforcement", options.get("PolicyEnforcement"))) if v is not None]
+    for key, value in wanted:
+        if not isinstance(value, str) or value.lower() not in ENFORCEMENT_MODES:
+            raise APIError(400, f"invalid value {value!r} for {key}: must be one of {', '.join(ENFORCEMENT_MODES)}")
+    if len({v.lower() for _, v in wanted}) > 1:
+        raise APIError(400, "policy-enforcement and options.PolicyEnforcement disagree")
+    if wanted:
+        try:
+            await daemon.policy.set_enforcement(wanted[0][1].lower())
+        except ValueError as exc:
+            raise APIError(400, str(exc)) from None
+    return web.json_response(_config_model(daemon))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from docker_cilium.api.errors import APIError
+from docker_cilium.agent.config import ENFORCEMENT_MODES
+from docker_cilium.api.errors import APIError, json_body, reject_unknown
 from docker_cilium.endpoint.manager import EndpointError
 
 routes = web.RouteTableDef()
@@ -25,3 +26,111 @@ async def list_endpoints(request: web.Request) -> web.Response:
 @routes.get("/v1/endpoint/{id}")
 async def get_endpoint(request: web.Request) -> web.Response:
     return web.json_response(_endpoint(request).to_model())
+
+
+# --- labels and per-endpoint configuration -----------------------------------
+
+ENDPOINT_OPTIONS = ("PolicyEnforcement",)
+
+
+def _labels_model(ep) -> dict[str, list[str]]:
+    labels = ep.to_model().get("labels") or {}
+    return {"orchestration-identity": list(labels.get("orchestration-identity") or []),
+            "user": list(labels.get("user") or [])}
+
+
+def _config_model(ep) -> dict[str, str]:
+    return {"PolicyEnforcement": ep.to_model().get("policy-enforcement", "default")}
+
+
+def _string_list(body: dict, key: str) -> list[str]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise APIError(400, f"{key} must be a JSON array of label strings")
+    return [v.strip() for v in value if v.strip()]
+
+
+def _check_options(changes: dict) -> dict[str, str]:
+    """Validate before the regenerator sees them, so the message names the option."""
+    out: dict[str, str] = {}
+    for key, value in changes.items():
+        if key not in ENDPOINT_OPTIONS:
+            raise APIError(400, f"unknown endpoint option {key!r} (known: {', '.join(ENDPOINT_OPTIONS)})")
+        if not isinstance(value, str) or value.lower() not in ENFORCEMENT_MODES:
+            raise APIError(400, f"invalid value {value!r} for {key}: must be one of {', '.join(ENFORCEMENT_MODES)}")
+        out[key] = value.lower()
+    return out
+
+
+async def _apply_labels(request: web.Request, ep, add: list[str], delete: list[str]) -> None:
+    try:
+        await request.app["daemon"].policy.update_endpoint_labels(ep, add, delete)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from None
+
+
+async def _apply_config(request: web.Request, ep, changes: dict[str, str]) -> None:
+    if not changes:
+        return
+    try:
+        await request.app["daemon"].policy.update_endpoint_config(ep, changes)
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from None
+
+
+@routes.patch("/v1/endpoint/{id}")
+async def patch_endpoint(request: web.Request) -> web.Response:
+    """A subset of Cilium's EndpointChangeRequest: ``labels`` (the full new
+    list) and ``policy-enforcement``. Everything is validated first."""
+    ep = _endpoint(request)
+    body = await json_body(request)
+    reject_unknown(body, {"labels", "policy-enforcement"})
+    changes = {}
+    if "policy-enforcement" in body:
+        changes = _check_options({"PolicyEnforcement": body["policy-enforcement"]})
+    if "labels" in body:
+        wanted = _string_list(body, "labels")
+        current = [lbl for group in _labels_model(ep).values() for lbl in group]
+        add = [lbl for lbl in wanted if lbl not in current]
+        delete = [lbl for lbl in current if lbl not in wanted]
+        if add or delete:
+            await _apply_labels(request, ep, add, delete)
+    await _apply_config(request, ep, changes)
+    return web.json_response(ep.to_model())
+
+
+@routes.get("/v1/endpoint/{id}/labels")
+async def get_endpoint_labels(request: web.Request) -> web.Response:
+    return web.json_response(_labels_model(_endpoint(request)))
+
+
+@routes.patch("/v1/endpoint/{id}/labels")
+async def patch_endpoint_labels(request: web.Request) -> web.Response:
+    ep = _endpoint(request)
+    body = await json_body(request)
+    reject_unknown(body, {"add", "delete"})
+    add, delete = _string_list(body, "add"), _string_list(body, "delete")
+    both = sorted(set(add) & set(delete))
+    if both:
+        raise APIError(400, f"label {both[0]!r} is both added and deleted")
+    if add or delete:
+        await _apply_labels(request, ep, add, delete)
+    return web.json_response(_labels_model(ep))
+
+
+@routes.get("/v1/endpoint/{id}/config")
+async def get_endpoint_config(request: web.Request) -> web.Response:
+    return web.json_response(_config_model(_endpoint(request)))
+
+
+@routes.patch("/v1/endpoint/{id}/config")
+async def patch_endpoint_config(request: web.Request) -> web.Response:
+    ep = _endpoint(request)
+    body = await json_body(request)
+    if "options" in body:  # Cilium's EndpointConfigurationSpec: {"options": {...}}
+        reject_unknown(body, {"options"})
+        body = body["options"]
+        if not isinstance(body, dict):
+            raise APIError(400, "options must be a JSON object of Key: Value")
+    await _apply_config(request, ep, _check_options(body))
+    return web.json_response(_config_model(ep))

@@ -129,6 +129,19 @@ class LinkManager:
 
         return await self._run(_find)
 
+    async def host_addresses(self) -> list[str]:
+        """Every address of this host (root namespace): they map to identity host."""
+
+        def _all() -> list[str]:
+            out = []
+            for addr in self._ip().get_addr():
+                ip = addr.get("address")
+                if ip and not ip.startswith("fe80:"):
+                    out.append(ip)
+            return sorted(set(out))
+
+        return await self._run(_all)
+
     # ---- node set-up ---------------------------------------------------------------
 
     async def ensure_host_device(self, router4: str, router6: str | None, mtu: int) -> int:

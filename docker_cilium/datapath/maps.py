@@ -136,6 +136,11 @@ def libbpf() -> ctypes.CDLL:
         "bpf_map__max_entries": (U32, [P]),
         "bpf_map__map_flags": (U32, [P]),
         "bpf_map__set_pin_path": (I, [P, S]),
+        "perf_buffer__new": (P, [I, ctypes.c_size_t, P, P, P, P]),
+        "perf_buffer__free": (None, [P]),
+        "perf_buffer__epoll_fd": (I, [P]),
+        "perf_buffer__poll": (I, [P, I]),
+        "perf_buffer__consume": (I, [P]),
     }
     for fname, (res, args) in protos.items():
         fn = getattr(lib, fname)
@@ -837,6 +842,21 @@ class CTMap:
     def flush(self) -> int:
         return self.ct4.clear() + self.ct6.clear()
 
+    def flush_addresses(self, *addrs: str | None) -> int:
+        """Delete every entry whose saddr or daddr is one of ``addrs`` (an
+        endpoint going away). Returns how many were deleted."""
+        want = {str(ipaddress.ip_address(a)) for a in addrs if a}
+        n = 0
+        for m, k, _v in list(self._entries()):
+            if m is self.ct4:
+                s, d = _be32_to_ip4(k.saddr), _be32_to_ip4(k.daddr)
+            else:
+                s = str(ipaddress.IPv6Address(bytes(k.saddr)))
+                d = str(ipaddress.IPv6Address(bytes(k.daddr)))
+            if s in want or d in want:
+                n += m.delete(k)
+        return n
+
     def gc(self, now: int | None = None) -> int:
         """Delete entries whose lifetime has passed; returns how many."""
         now = monotonic_seconds() if now is None else now
@@ -885,6 +905,93 @@ class ConfigMap:
     def set_trace(self, enabled: bool) -> None:
         v = self.get()
         self.set_flags((v.flags | CFG_F_TRACE) if enabled else (v.flags & ~CFG_F_TRACE))
+
+
+# --------------------------------------------------------------------------
+# events (perf ring)
+# --------------------------------------------------------------------------
+NOTIFY_DROP = 1
+NOTIFY_DEBUG = 2
+NOTIFY_CAPTURE = 3
+NOTIFY_TRACE = 4
+TRACE_OBS_POINTS = {0: "to-endpoint", 1: "to-proxy", 2: "to-host", 3: "to-stack",
+                    4: "to-overlay", 5: "from-endpoint"}
+
+
+@dataclass
+class DatapathEvent:
+    cpu: int
+    type: int               # NOTIFY_DROP / NOTIFY_TRACE
+    subtype: int            # drop reason / trace observation point
+    source: int             # lxc_id
+    hash: int
+    len_orig: int
+    len_cap: int
+    src_label: int
+    dst_label: int
+    dst_id: int
+    ifindex: int
+    data: bytes             # first len_cap bytes of the packet (Ethernet frame)
+
+    @property
+    def reason(self) -> str:
+        return DROP_REASONS.get(self.subtype, str(self.subtype))
+
+
+_SAMPLE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                              ctypes.c_uint32)
+_LOST_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64)
+
+
+class EventReader:
+    """Reads cilium_events (drop / trace notifications) through libbpf's
+    perf_buffer. Creating a reader installs ITS per-CPU ring fds into the map,
+    so exactly one reader should exist at a time (the agent's monitor, which
+    fans events out). ``fileno()`` is an epoll fd usable with
+    ``loop.add_reader``; call :meth:`consume` / :meth:`poll` to get events."""
+
+    def __init__(self, events_fd: int, page_cnt: int = 64):
+        self.events: list[DatapathEvent] = []
+        self.lost = 0
+        self._sample = _SAMPLE_CB(self._on_sample)
+        self._lost = _LOST_CB(self._on_lost)
+        pb = libbpf().perf_buffer__new(events_fd, page_cnt, self._sample, self._lost, None, None)
+        if not pb:
+            _check(-ctypes.get_errno() or -errno.EINVAL, "perf_buffer__new")
+        self._pb = pb
+
+    def _on_sample(self, _ctx, cpu, data, size):
+        raw = ctypes.string_at(data, size)
+        hdr_len = ctypes.sizeof(notify_msg)
+        if size < hdr_len:
+            return
+        h = notify_msg.from_buffer_copy(raw[:hdr_len])
+        self.events.append(DatapathEvent(cpu, h.type, h.subtype, h.source, h.hash, h.len_orig,
+                                         h.len_cap, h.src_label, h.dst_label, h.dst_id,
+                                         h.ifindex, raw[hdr_len:hdr_len + h.len_cap]))
+
+    def _on_lost(self, _ctx, _cpu, cnt):
+        self.lost += cnt
+
+    def fileno(self) -> int:
+        return libbpf().perf_buffer__epoll_fd(self._pb)
+
+    def poll(self, timeout_ms: int = 100) -> list[DatapathEvent]:
+        ret = libbpf().perf_buffer__poll(self._pb, timeout_ms)
+        if ret < 0 and -ret != errno.EINTR:
+            _check(ret, "perf_buffer__poll")
+        out, self.events = self.events, []
+        return out
+
+    def consume(self) -> list[DatapathEvent]:
+        libbpf().perf_buffer__consume(self._pb)
+        out, self.events = self.events, []
+        return out
+
+    def close(self) -> None:
+        if self._pb:
+            libbpf().perf_buffer__free(self._pb)
+            self._pb = None
 
 
 # --------------------------------------------------------------------------
@@ -951,3 +1058,6 @@ class DatapathMaps:
     @property
     def events_fd(self) -> int:
         return self.raw["cilium_events"].fd
+
+    def event_reader(self, page_cnt: int = 64) -> EventReader:
+        return EventReader(self.events_fd, page_cnt)

@@ -67,11 +67,15 @@ class Endpoint:
     container_id: str = ""
     container_name: str = ""
     sandbox_key: str = ""
-    labels: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # from the container (Docker)
+    user_labels: list[str] = field(default_factory=list)  # added with `cilium endpoint labels --add`
+    disabled_labels: list[str] = field(default_factory=list)  # container labels removed with --delete
     identity: int = 5  # reserved:init until the container's labels are known
     state: State = State.CREATING
     policy_enforcement: str = "default"  # per-endpoint override: default|always|never
     policy_revision: int = 0
+    ingress_enforced: bool = False
+    egress_enforced: bool = False
     created: float = field(default_factory=time.time)
     status_log: list[dict[str, Any]] = field(default_factory=list)
 
@@ -110,11 +114,21 @@ class Endpoint:
             "mac": self.mac,
             "host-mac": self.host_mac,
             "addressing": {"ipv4": self.ipv4 or "", "ipv6": self.ipv6 or ""},
-            "labels": {"orchestration-identity": list(self.labels)},
+            "labels": {
+                "orchestration-identity": list(self.labels),
+                "user": list(self.user_labels),
+                "disabled": list(self.disabled_labels),
+                "effective": sorted((set(self.labels) - set(self.disabled_labels)) | set(self.user_labels)),
+            },
             "identity": {"id": self.identity},
             "state": self.state.value,
             "policy-enforcement": self.policy_enforcement,
             "policy-revision": self.policy_revision,
+            "policy": {
+                "ingress-enforced": self.ingress_enforced,
+                "egress-enforced": self.egress_enforced,
+                "revision": self.policy_revision,
+            },
             "mtu": self.mtu,
             "status": list(self.status_log),
         }

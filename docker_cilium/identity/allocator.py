@@ -269,6 +269,14 @@ class IdentityAllocator:
             self._cache[id] = key
         return Identity(id, Labels.from_sorted_key(key))
 
+    def cached(self) -> list[Identity]:
+        """Allocated identities as last seen through the watch (no store round trip).
+
+        Policy resolution runs on every regeneration and must not wait on the
+        store; the watch keeps this cache current cluster-wide.
+        """
+        return [Identity(num, Labels.from_sorted_key(key)) for num, key in sorted(self._cache.items())]
+
     async def list(self, include_reserved: bool = False) -> list[Identity]:
         """All allocated identities, from the store (authoritative), by number."""
         out = []

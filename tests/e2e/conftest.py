@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import uuid
 
 import pytest
@@ -21,6 +23,16 @@ def cleanup_docker() -> None:
         docker("rm", "-f", *ids, check=False)
     for net in docker("network", "ls", "--filter", "label=" + TEST_LABEL, "-q", check=False).stdout.split():
         docker("network", "rm", net, check=False)
+
+
+def cleanup_bpf(bpf_root: str) -> None:
+    """Unpin the test agent's maps and programs (a private dir under /sys/fs/bpf)."""
+    if os.path.isdir(bpf_root):
+        shutil.rmtree(bpf_root, ignore_errors=True)
+        for dirpath, dirnames, filenames in os.walk(bpf_root, topdown=False):
+            for name in filenames:
+                os.unlink(os.path.join(dirpath, name))
+            os.rmdir(dirpath)
 
 
 def cleanup_host() -> None:
@@ -67,6 +79,7 @@ def agent(dockerd, tmp_path_factory):
         cleanup_docker()
         a.stop()
         cleanup_host()
+        cleanup_bpf(a.bpf_root)
 
 
 @pytest.fixture

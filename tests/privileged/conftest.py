@@ -109,9 +109,10 @@ def udp(dst, port, src=None, timeout=1.0):
     s = socket.socket(fam(dst), socket.SOCK_DGRAM)
     s.settimeout(timeout)
     if src: s.bind((src, 0))
-    s.sendto(b"hello", (dst, int(port)))
+    s.connect((dst, int(port)))  # connected: ICMP errors surface as ECONNREFUSED
+    s.send(b"hello")
     try:
-        data, _ = s.recvfrom(100)
+        data = s.recv(100)
         return 0 if data == b"ok:hello" else 4
     except socket.timeout:
         return 2
@@ -253,7 +254,7 @@ class Topology:
         sh("ip", "-6", "addr", "add", f"{self.router6}/128", "dev", h, "nodad")
 
     def add_container(self, name: str, host_no: int, lxc_id: int, identity: int) -> Container:
-        ns = f"dctest-{self.run_id}-{name}"
+        ns = f"dctest-{os.getpid()}-{self.run_id}-{name}"
         host_if = f"dc{self.run_id}{name}"
         ipv4 = f"{self.prefix4}.{host_no}"
         ipv6 = f"{self.prefix6}{host_no:x}"
@@ -340,13 +341,40 @@ def _privileged_requirements():
     if os.geteuid() != 0:
         pytest.fail("tests/privileged need root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)",
                     pytrace=False)
-    missing = [t for t in ("ip", "iptables", "ip6tables", "clang") if not shutil.which(t)]
+    missing = [t for t in ("ip", "iptables", "ip6tables", "clang", "bpftool")
+               if not shutil.which(t)]
     if missing:
         pytest.fail(f"tests/privileged need these tools: {', '.join(missing)}", pytrace=False)
     try:
         ensure_bpffs()
     except OSError as e:
         pytest.fail(f"cannot mount bpffs: {e}", pytrace=False)
+    sweep_stale()
+
+
+def _pid_alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def sweep_stale() -> None:
+    """Remove what killed test runs (SIGKILL: no finalizers) left behind.
+    Names carry the creating pid; only dead pids' resources are touched."""
+    for ns in sh("ip", "netns", "list", check=False).stdout.split():
+        parts = ns.split("-")
+        if ns.startswith("dctest-") and len(parts) == 4 and parts[1].isdigit() \
+                and not _pid_alive(int(parts[1])):
+            run_id = parts[2]
+            sh("ip", "netns", "del", ns, check=False)
+            sh("ip", "link", "del", f"dc{run_id}h", check=False)
+            for binary in ("iptables", "ip6tables"):
+                for line in sh(binary, "-S", "FORWARD", check=False).stdout.splitlines():
+                    if f"dc{run_id}" in line and line.startswith("-A "):
+                        sh(binary, "-D", *line.split()[1:], check=False)
+    for d in os.listdir("/sys/fs/bpf"):
+        parts = d.split("-")
+        if d.startswith("dctest-") and len(parts) == 3 and parts[1].isdigit() \
+                and not _pid_alive(int(parts[1])):
+            shutil.rmtree(os.path.join("/sys/fs/bpf", d), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,13 @@ def test_connectivity_without_enforcement(topo, datapath, abc):
     assert topo.tcp(a, b.ipv6, 8080) == OK
     assert topo.udp(a, b.ipv4, 8080) == OK
     assert topo.udp(a, b.ipv6, 8080) == OK
+    # A -> B is delivered by bpf_redirect_peer() straight into B's netns: it
+    # never goes out through B's host veth (whose tx counter stays still)
+    tx_path = f"/sys/class/net/{b.host_if}/statistics/tx_packets"
+    tx_before = int(open(tx_path).read())
+    for _ in range(10):
+        assert topo.ping(a, b.ipv4)
+    assert int(open(tx_path).read()) - tx_before < 5
     # host <-> container through the stack (to-container path)
     assert topo.ping(None, a.ipv4)
     assert topo.ping(None, a.ipv6)
@@ -250,3 +257,76 @@ async def test_attach_from_asyncio(topo, datapath):
     await datapath.detach_async(x.ifindex)
     assert datapath.attached(x.ifindex) == {"ingress": False, "egress": False}
     await asyncio.sleep(0)
+
+
+def test_related_icmp_errors_and_resets(topo, datapath, abc):
+    """A denies all ingress; errors/resets answering A's own flows still arrive."""
+    a, b, c = abc
+    maps = datapath.maps
+    maps.endpoints.upsert(a.endpoint(ingress=True))
+    maps.policy.set_endpoint_policy(a.lxc_id, [])
+    maps.ct.flush()
+    REFUSED = 3
+    assert topo.udp(a, b.ipv4, 7777) == REFUSED     # ICMP port unreachable (related)
+    assert topo.udp(a, b.ipv6, 7777) == REFUSED     # ICMPv6 port unreachable
+    assert topo.tcp(a, b.ipv4, 7777) == REFUSED     # RST (reply)
+    assert topo.udp(None, a.ipv4, 7777) == TIMEOUT  # nothing may open a flow to A
+    assert not topo.ping(b, a.ipv4)
+
+
+def test_drop_and_trace_events(topo, datapath, abc):
+    a, b, c = abc
+    maps = datapath.maps
+    reader = maps.event_reader()
+    try:
+        maps.endpoints.upsert(b.endpoint(ingress=True))
+        maps.policy.set_endpoint_policy(b.lxc_id, [])
+        assert not topo.ping(a, b.ipv4)
+        evs = [e for e in reader.poll(200) if e.type == 1]
+        assert evs, "no drop notification"
+        e = evs[0]
+        assert (e.subtype, e.source, e.src_label, e.dst_label, e.ifindex) == \
+            (133, b.lxc_id, a.identity, b.identity, a.ifindex)
+        assert e.reason == "Policy denied (L3)"
+        assert e.len_cap == min(e.len_orig, 128) and len(e.data) == e.len_cap
+        assert e.data[12:14] == b"\x08\x00"                 # IPv4 frame
+        assert e.data[14 + 12:14 + 16] == bytes(map(int, a.ipv4.split(".")))
+        # trace events only when enabled in cilium_config
+        maps.endpoints.upsert(b.endpoint(ingress=False))
+        assert topo.ping(a, c.ipv4)
+        assert not [e for e in reader.poll(100) if e.type == 4]
+        maps.config.set_trace(True)
+        assert topo.ping(a, c.ipv4)
+        traces = [e for e in reader.poll(200) if e.type == 4]
+        assert any(e.source == a.lxc_id and e.dst_id == c.lxc_id for e in traces)
+        maps.config.set_trace(False)
+    finally:
+        reader.close()
+
+
+def test_incompatible_pinned_map_is_recreated(datapath_object, pin_root):
+    os.makedirs(pin_root, exist_ok=True)
+    path = os.path.join(pin_root, "cilium_policy")
+    res = os.system(f"bpftool map create {path} type hash key 12 value 8 entries 16 "
+                    f"name cilium_policy")
+    assert res == 0
+    dp = Datapath.load(datapath_object, pin_root=pin_root)
+    try:
+        dp.maps.policy.set_endpoint_policy(1, [PolicyEntry(5, "ingress", 80, "tcp")])
+        assert len(dp.maps.policy.dump(1)) == 1
+    finally:
+        dp.close()
+
+
+def test_endpoint_delete_and_ct_flush_addresses(topo, datapath, abc):
+    a, b, c = abc
+    maps = datapath.maps
+    assert topo.ping(a, b.ipv4) and topo.ping(c, b.ipv6)
+    assert maps.ct.flush_addresses(a.ipv4, a.ipv6) >= 1
+    assert all(a.ipv4 not in (e.saddr, e.daddr) for e in maps.ct.dump())
+    assert any(e.daddr == b.ipv6 for e in maps.ct.dump())
+    maps.endpoints.delete(b.ifindex, b.ipv4, b.ipv6)
+    assert maps.endpoints.get(b.ifindex) is None and maps.endpoints.lookup_ip(b.ipv4) is None
+    # B is no longer a local endpoint: traffic to it is routed by the stack
+    # (to-container lets it through as B's program finds no endpoint)
+    assert topo.ping(a, b.ipv4)

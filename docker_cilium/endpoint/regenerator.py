@@ -1,0 +1,351 @@
+"""Endpoint regeneration: labels -> identity -> resolved policy -> BPF maps.
+
+This is where the pure parts meet the kernel. The policy repository and the
+resolver know nothing of maps; the datapath knows nothing of rules. On every
+change (an endpoint appears, its labels change, a policy is imported or
+deleted, the enforcement mode changes) the affected endpoints are
+"regenerated": their policy is resolved against every known identity and
+the difference is written into the pinned BPF maps. No clang runs here: the
+datapath object was compiled once at agent start and is shared by all
+endpoints, so regeneration costs map updates only.
+
+Regeneration is synchronous with the API call that caused it, so when
+`cilium policy import` returns, every local endpoint already enforces the new
+revision; `cilium policy wait` therefore returns at once locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import time
+from typing import Any, Iterable
+
+import structlog
+
+from docker_cilium.endpoint.model import Endpoint, State
+from docker_cilium.identity import reserved
+from docker_cilium.identity.allocator import Identity, IdentityAllocator
+from docker_cilium.identity.labels import Label, Labels
+from docker_cilium.kvstore.backend import Backend
+from docker_cilium.policy import (
+    EndpointPolicy,
+    PolicyRepositoryError,
+    Repository,
+    cidr_identity_labels,
+    cidr_prefixes,
+    resolve,
+    trace,
+)
+
+log = structlog.get_logger(__name__)
+
+POLICY_KEY = "cilium/state/policy/v1/rules"
+CIDR_IDS_KEY = "cilium/state/policy/v1/cidr-identities"
+LOCAL_IDENTITY_BASE = 1 << 24  # node-local identities (CIDR), as Cilium's local scope
+ENFORCEMENT_MODES = ("default", "always", "never")
+WORLD_PREFIXES = ("0.0.0.0/0", "::/0")
+
+
+def _host_prefix(ip: str) -> str:
+    addr = ipaddress.ip_address(ip)
+    return f"{addr}/{32 if addr.version == 4 else 128}"
+
+
+class Regenerator:
+    """Implements the endpoint manager's DatapathHooks and the policy operations."""
+
+    def __init__(self, store: Backend, allocator: IdentityAllocator, datapath: Any | None,
+                 enforcement: str = "default") -> None:
+        self.store = store
+        self.allocator = allocator
+        self.dp = datapath  # docker_cilium.datapath.loader.Datapath (None: no BPF)
+        self.repo = Repository(revision=0)
+        self.enforcement = enforcement
+        self.endpoints: dict[int, Endpoint] = {}
+        self._ep_identity: dict[int, Identity] = {}
+        self._cidr_ids: dict[str, int] = {}
+        self._host_ips: set[str] = set()
+        self._lock = asyncio.Lock()
+        self.timings: list[dict[str, float]] = []
+        self.save_endpoint: Any = None  # set by the daemon: persists an endpoint record
+
+    # ---- start -------------------------------------------------------------------
+
+    async def start(self, host_ips: Iterable[str]) -> None:
+        raw = await self.store.get(POLICY_KEY)
+        if raw:
+            doc = json.loads(raw)
+            self.repo = Repository.from_json(json.dumps(doc["repository"]))
+        raw = await self.store.get(CIDR_IDS_KEY)
+        if raw:
+            self._cidr_ids = {k: int(v) for k, v in json.loads(raw).items()}
+        self._host_ips = set(host_ips)
+        if self.dp is not None:
+            ipc = self.dp.maps.ipcache
+            for prefix in WORLD_PREFIXES:
+                ipc.upsert(prefix, reserved.WORLD)
+            for ip in self._host_ips:
+                ipc.upsert(_host_prefix(ip), reserved.HOST)
+        await self._sync_cidr_identities()
+        log.info("policy.restored", revision=self.repo.revision, rules=len(self.repo.rules))
+
+    async def _persist_repo(self) -> None:
+        doc = {"repository": json.loads(self.repo.to_json())}
+        await self.store.put(POLICY_KEY, json.dumps(doc).encode())
+
+    @property
+    def revision(self) -> int:
+        return self.repo.revision
+
+    # ---- identities --------------------------------------------------------------
+
+    def identity_labels(self) -> dict[int, list[str]]:
+        """Every identity a rule may select: reserved, cluster-allocated, CIDR."""
+        out: dict[int, list[str]] = {}
+        for num, labels in reserved.all_reserved().items():
+            out[num] = labels.to_strings()
+        for ident in self.allocator.cached():
+            out[ident.id] = ident.labels.to_strings()
+        for prefix, num in self._cidr_ids.items():
+            out[num] = sorted(cidr_identity_labels(prefix))
+        return out
+
+    def identities(self) -> list[Identity]:
+        found = {num: Identity(num, labels) for num, labels in reserved.all_reserved().items()}
+        for ident in self.allocator.cached():
+            found[ident.id] = ident
+        for prefix, num in self._cidr_ids.items():
+            found[num] = Identity(num, Labels.parse(sorted(cidr_identity_labels(prefix))))
+        return [found[k] for k in sorted(found)]
+
+    def identity(self, num: int) -> Identity | None:
+        return next((i for i in self.identities() if i.id == num), None)
+
+    async def _sync_cidr_identities(self) -> None:
+        """Give every prefix the rules use a node-local identity and an ipcache entry."""
+        wanted = cidr_prefixes(self.repo)
+        changed = False
+        for prefix in sorted(wanted - set(self._cidr_ids)):
+            used = set(self._cidr_ids.values())
+            num = next(n for n in range(LOCAL_IDENTITY_BASE + 1, LOCAL_IDENTITY_BASE + (1 << 24)) if n not in used)
+            self._cidr_ids[prefix] = num
+            changed = True
+        stale = set(self._cidr_ids) - wanted
+        for prefix in stale:
+            del self._cidr_ids[prefix]
+            changed = True
+        if self.dp is not None:
+            ipc = self.dp.maps.ipcache
+            for prefix, num in self._cidr_ids.items():
+                if prefix not in WORLD_PREFIXES:
+                    ipc.upsert(prefix, num)
+            for prefix in stale:
+                if prefix in WORLD_PREFIXES:
+                    ipc.upsert(prefix, reserved.WORLD)
+                else:
+                    ipc.delete(prefix)
+            # A /0 CIDR rule must not take the world entry away from world.
+            for prefix in WORLD_PREFIXES:
+                if prefix in self._cidr_ids:
+                    ipc.upsert(prefix, self._cidr_ids[prefix])
+            # Host and endpoint /32s always win over CIDR prefixes (longest match).
+        if changed:
+            await self.store.put(CIDR_IDS_KEY, json.dumps(self._cidr_ids).encode())
+
+    # ---- endpoint hooks (DatapathHooks) ---------------------------------------
+
+    @staticmethod
+    def effective_labels(ep: Endpoint) -> list[str]:
+        labels = (set(ep.labels) - set(ep.disabled_labels)) | set(ep.user_labels)
+        return sorted(labels)
+
+    async def _assign_identity(self, ep: Endpoint) -> bool:
+        """(Re)allocate the endpoint's identity from its labels; True if it changed."""
+        labels = self.effective_labels(ep)
+        if not labels:
+            new = Identity(reserved.INIT, reserved.labels_for(reserved.INIT))  # type: ignore[arg-type]
+        else:
+            new = await self.allocator.allocate(Labels.parse(labels))
+        old = self._ep_identity.get(ep.id)
+        self._ep_identity[ep.id] = new
+        ep.identity = new.id
+        if old is not None and old.id != new.id and not old.is_reserved:
+            await self.allocator.release(old)
+        return old is None or old.id != new.id
+
+    async def endpoint_created(self, ep: Endpoint) -> None:
+        t0 = time.perf_counter()
+        async with self._lock:
+            self.endpoints[ep.id] = ep
+            if ep.state not in (State.WAITING_FOR_IDENTITY, State.RESTORING):
+                ep.set_state(State.WAITING_FOR_IDENTITY, "allocating identity")
+            await self._assign_identity(ep)
+            self._write_ipcache(ep)
+            ep.set_state(State.WAITING_TO_REGENERATE, "identity resolved")
+            await self._regenerate(ep, self.identity_labels())
+            if self.dp is not None:
+                await self.dp.attach_async(ep.ifindex)
+        self._timing("endpoint_created", t0)
+
+    async def endpoint_changed(self, ep: Endpoint) -> None:
+        """Labels changed: new identity, then every endpoint is re-evaluated."""
+        t0 = time.perf_counter()
+        async with self._lock:
+            if ep.id not in self.endpoints:
+                return
+            if await self._assign_identity(ep):
+                self._write_ipcache(ep)
+                await self._regenerate_all()
+            elif ep.state != State.READY:
+                await self._regenerate(ep, self.identity_labels())
+        self._timing("endpoint_changed", t0)
+
+    async def endpoint_deleted(self, ep: Endpoint) -> None:
+        async with self._lock:
+            self.endpoints.pop(ep.id, None)
+            ident = self._ep_identity.pop(ep.id, None)
+            if self.dp is not None:
+                maps = self.dp.maps
+                maps.endpoints.delete(ep.ifindex, ep.ipv4, ep.ipv6)
+                maps.policy.delete_endpoint(ep.id)
+                for ip in (ep.ipv4, ep.ipv6):
+                    if ip:
+                        maps.ipcache.delete(_host_prefix(ip))
+            if ident is not None and not ident.is_reserved:
+                await self.allocator.release(ident)
+
+    def _write_ipcache(self, ep: Endpoint) -> None:
+        if self.dp is None:
+            return
+        for ip in (ep.ipv4, ep.ipv6):
+            if ip:
+                self.dp.maps.ipcache.upsert(_host_prefix(ip), ep.identity)
+
+    # ---- regeneration -----------------------------------------------------------
+
+    def mode_for(self, ep: Endpoint) -> str:
+        return ep.policy_enforcement if ep.policy_enforcement != "default" else self.enforcement
+
+    def resolve_endpoint(self, ep: Endpoint, identities: dict[int, list[str]] | None = None) -> EndpointPolicy:
+        labels = self.effective_labels(ep) or ["reserved:init"]
+        return resolve(self.repo, labels, identities or self.identity_labels(), self.mode_for(ep))
+
+    async def _regenerate(self, ep: Endpoint, identities: dict[int, list[str]]) -> None:
+        if ep.state in (State.DISCONNECTING, State.DISCONNECTED):
+            return
+        if ep.state == State.READY:
+            ep.set_state(State.WAITING_TO_REGENERATE, "policy changed")
+        if ep.state != State.REGENERATING:
+            if ep.state != State.WAITING_TO_REGENERATE:
+                ep.set_state(State.WAITING_TO_REGENERATE, "regeneration requested")
+            ep.set_state(State.REGENERATING, "writing datapath maps")
+        pol = self.resolve_endpoint(ep, identities)
+        if self.dp is not None:
+            from docker_cilium.datapath.maps import EndpointInfo, PolicyEntry
+
+            self.dp.maps.policy.set_endpoint_policy(ep.id, [
+                PolicyEntry(identity=e.identity, direction=e.direction, dport=e.port, proto=e.proto,
+                            proxy_port=e.proxy_port)
+                for e in pol.entries
+            ])
+            # Flags last: the endpoint becomes enforced only once its allows are in.
+            self.dp.maps.endpoints.upsert(EndpointInfo(
+                ifindex=ep.ifindex, lxc_id=ep.id, sec_identity=ep.identity, mac=ep.mac, node_mac=ep.host_mac,
+                ipv4=ep.ipv4, ipv6=ep.ipv6, ingress_enforced=pol.ingress_enforced,
+                egress_enforced=pol.egress_enforced))
+        ep.ingress_enforced, ep.egress_enforced = pol.ingress_enforced, pol.egress_enforced
+        ep.policy_revision = pol.revision
+        ep.set_state(State.READY, f"regenerated to policy revision {pol.revision}")
+        if self.save_endpoint is not None:
+            await self.save_endpoint(ep)
+
+    async def _regenerate_all(self) -> None:
+        identities = self.identity_labels()
+        for ep in list(self.endpoints.values()):
+            await self._regenerate(ep, identities)
+
+    async def regenerate_all(self) -> None:
+        async with self._lock:
+            await self._regenerate_all()
+
+    # ---- policy operations (API) -------------------------------------------------
+
+    async def import_rules(self, raw: bytes) -> int:
+        t0 = time.perf_counter()
+        async with self._lock:
+            candidate = Repository.from_json(self.repo.to_json())
+            rev = candidate.add(raw)  # raises PolicyValidationError; nothing changed
+            self.repo = candidate
+            await self._persist_repo()
+            await self._sync_cidr_identities()
+            await self._regenerate_all()
+        self._timing("policy_import", t0)
+        log.info("policy.import", revision=rev, rules=len(self.repo.rules),
+                 endpoints=len(self.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000, 2))
+        return rev
+
+    def get_rules(self, labels: list[str]) -> list[dict]:
+        return [r.to_dict() for r in self.repo.get(labels or None)]
+
+    async def delete_rules(self, labels: list[str], all: bool = False) -> tuple[int, int]:
+        async with self._lock:
+            if all:
+                deleted, rev = self.repo.delete_all()
+            else:
+                if not labels:
+                    raise PolicyRepositoryError("no labels given: pass labels or use --all to delete every rule")
+                deleted, rev = self.repo.delete_by_labels(labels)
+            await self._persist_repo()
+            await self._sync_cidr_identities()
+            await self._regenerate_all()
+        return deleted, rev
+
+    async def wait(self, revision: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if all(ep.policy_revision >= revision for ep in self.endpoints.values()) and \
+                    self.repo.revision >= revision:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    def trace(self, src_labels: list[str], dst_labels: list[str], dport: int | None,
+              proto: str) -> tuple[str, list[str]]:
+        return trace(self.repo, src_labels, dst_labels, dport, proto, self.identity_labels(),
+                     self.enforcement)
+
+    async def set_enforcement(self, mode: str) -> None:
+        if mode not in ENFORCEMENT_MODES:
+            raise ValueError(f"PolicyEnforcement must be one of {', '.join(ENFORCEMENT_MODES)}, got {mode!r}")
+        async with self._lock:
+            self.enforcement = mode
+            await self._regenerate_all()
+
+    async def update_endpoint_labels(self, ep: Endpoint, add: list[str], delete: list[str]) -> None:
+        for raw in list(add) + list(delete):
+            try:
+                Label.parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"invalid label {raw!r}: {exc}") from None
+        add_s = {str(Label.parse(l)) for l in add}
+        del_s = {str(Label.parse(l)) for l in delete}
+        ep.user_labels = sorted((set(ep.user_labels) | add_s) - del_s)
+        ep.disabled_labels = sorted((set(ep.disabled_labels) | (del_s & set(ep.labels))) - add_s)
+        await self.endpoint_changed(ep)
+
+    async def update_endpoint_config(self, ep: Endpoint, changes: dict[str, str]) -> None:
+        for key, value in changes.items():
+            if key != "PolicyEnforcement":
+                raise ValueError(f"unknown endpoint option {key!r} (known: PolicyEnforcement)")
+            if value not in ENFORCEMENT_MODES:
+                raise ValueError(f"PolicyEnforcement must be one of {', '.join(ENFORCEMENT_MODES)}, got {value!r}")
+        async with self._lock:
+            ep.policy_enforcement = changes.get("PolicyEnforcement", ep.policy_enforcement)
+            await self._regenerate(ep, self.identity_labels())
+
+    def _timing(self, op: str, t0: float) -> None:
+        self.timings.append({"op": op, "ms": round((time.perf_counter() - t0) * 1000, 3)})  # type: ignore[dict-item]
+        del self.timings[:-500]
