@@ -111,7 +111,16 @@ int from_container(struct __sk_buff *skb)
 	ct = ct_lookup(&f, CT_EGRESS, len, now, &ct_src_id);
 	if (ct == CT_NEW && f.is_error)
 		ct = ct_lookup_related(skb, &f, now);
-	if (ct == CT_NEW) {
+	if (ct == CT_ESTABLISHED) {
+		/* established flows pass without a verdict; the lookups only keep
+		 * the per-entry policy counters counting every forward packet */
+		if (ep->flags & EP_F_EGRESS_ENFORCED) {
+			dst_id = dst_ep ? dst_ep->sec_identity : ipcache_identity(&f, &f.daddr);
+			policy_can_access(lxc_id, POLICY_EGRESS, dst_id, &f, len);
+		}
+		if (dst_ep && (dst_ep->flags & EP_F_INGRESS_ENFORCED))
+			policy_can_access(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len);
+	} else if (ct == CT_NEW) {
 		dst_id = dst_ep ? dst_ep->sec_identity : ipcache_identity(&f, &f.daddr);
 		if (ep->flags & EP_F_EGRESS_ENFORCED) {
 			ret = policy_can_access(lxc_id, POLICY_EGRESS, dst_id, &f, len);
@@ -189,6 +198,8 @@ int to_container(struct __sk_buff *skb)
 			ct_create(&f, CT_INGRESS, src_id, len, now);
 	} else {
 		src_id = ct_src_id;
+		if (ct == CT_ESTABLISHED && (ep->flags & EP_F_INGRESS_ENFORCED))
+			policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len);  /* counters */
 	}
 
 	update_metrics(REASON_FORWARDED, METRIC_INGRESS, len);

@@ -13,6 +13,11 @@ wait_for() {  # wait_for SECONDS CMD...
 
 start_dockerd() {
   if /usr/bin/docker info >/dev/null 2>&1; then return 0; fi
+  # A dockerd that is still starting or shutting down: wait, don't start a second.
+  if pgrep -x dockerd >/dev/null; then
+    wait_for 60 /usr/bin/docker info && return 0
+    ! pgrep -x dockerd >/dev/null || { echo "dockerd runs but does not answer" >&2; return 1; }
+  fi
   if command -v systemctl >/dev/null && systemctl is-system-running >/dev/null 2>&1; then
     systemctl start docker || true
   fi

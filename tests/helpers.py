@@ -112,6 +112,7 @@ class Agent:
                 self.proc.wait(timeout=5)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        os.environ["CILIUM_BPF_ROOT"] = self.bpf_root  # `cilium bpf ...` reads our private pins
         return run(str(VENV_BIN / "cilium"), "-H", self.api_socket, *args, check=check)
 
     def cli_json(self, *args: str) -> Any:

@@ -90,10 +90,10 @@
 #ifndef IPCACHE_MAP_SIZE
 #define IPCACHE_MAP_SIZE	512000
 #endif
-#ifndef CT_MAP_SIZE_TCP
-#define CT_MAP_SIZE		524288
-#else
-#define CT_MAP_SIZE		CT_MAP_SIZE_TCP
+#ifndef CT_MAP_SIZE
+/* per family; LRU hashes are preallocated: 131072 entries ~ 14 MB (v4) +
+ * 18 MB (v6). Raise with compile_datapath(defines={"CT_MAP_SIZE": N}). */
+#define CT_MAP_SIZE		131072
 #endif
 #ifndef METRICS_MAP_SIZE
 #define METRICS_MAP_SIZE	1024

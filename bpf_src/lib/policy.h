@@ -8,6 +8,9 @@
  * Misses: DROP_POLICY_L4 (159) if a POLICY_PROTO_L4_MARKER entry exists for
  * the identity (or for identity 0), i.e. the identity has port rules but not
  * this one; DROP_POLICY_CIDR (162) for CIDR identities; else DROP_POLICY (133).
+ * The matching entry's packets/bytes counters are bumped atomically: on the
+ * packet that opens a flow (the verdict) and, for accounting only, on every
+ * later forward packet of the flow (replies are not counted).
  */
 #ifndef __LIB_POLICY_H_
 #define __LIB_POLICY_H_

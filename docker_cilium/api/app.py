@@ -7,9 +7,9 @@ from typing import Any
 from aiohttp import web
 
 from docker_cilium.api import config, endpoint, identity, ipam, openapi, policy
+from docker_cilium.api.keys import DAEMON
 from docker_cilium.api.errors import error_middleware, error_response
 
-DAEMON_KEY = "daemon"
 
 
 async def _not_found(request: web.Request) -> web.Response:
@@ -18,7 +18,7 @@ async def _not_found(request: web.Request) -> web.Response:
 
 def build_app(daemon: Any) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
-    app[DAEMON_KEY] = daemon
+    app[DAEMON] = daemon
     for module in (config, endpoint, identity, ipam, policy, openapi):
         app.router.add_routes(module.routes)
     app.router.add_route("*", "/{tail:.*}", _not_found)

@@ -6,6 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
+from docker_cilium.api.keys import DAEMON
+
 from docker_cilium.agent.config import ENFORCEMENT_MODES
 from docker_cilium.api.errors import APIError, json_body, reject_unknown
 
@@ -17,7 +19,7 @@ MUTABLE_OPTIONS = ("PolicyEnforcement",)
 
 @routes.get("/v1/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response(await request.app["daemon"].status())
+    return web.json_response(await request.app[DAEMON].status())
 
 
 def _enforcement(daemon: Any) -> str:
@@ -40,13 +42,13 @@ def _config_model(daemon: Any) -> dict[str, Any]:
 
 @routes.get("/v1/config")
 async def get_config(request: web.Request) -> web.Response:
-    return web.json_response(_config_model(request.app["daemon"]))
+    return web.json_response(_config_model(request.app[DAEMON]))
 
 
 @routes.patch("/v1/config")
 async def patch_config(request: web.Request) -> web.Response:
     """``{"policy-enforcement": "always"}`` or Cilium's ``{"options": {"PolicyEnforcement": "always"}}``."""
-    daemon = request.app["daemon"]
+    daemon = request.app[DAEMON]
     body = await json_body(request)
     reject_unknown(body, {"policy-enforcement", "options"})
     options = body.get("options", {})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from docker_cilium.api.keys import DAEMON
+
 from docker_cilium.agent.config import ENFORCEMENT_MODES
 from docker_cilium.api.errors import APIError, json_body, reject_unknown
 from docker_cilium.endpoint.manager import EndpointError
@@ -13,14 +15,14 @@ routes = web.RouteTableDef()
 
 def _endpoint(request: web.Request):
     try:
-        return request.app["daemon"].endpoints.lookup(request.match_info["id"])
+        return request.app[DAEMON].endpoints.lookup(request.match_info["id"])
     except EndpointError as exc:
         raise APIError(exc.status, str(exc)) from None
 
 
 @routes.get("/v1/endpoint")
 async def list_endpoints(request: web.Request) -> web.Response:
-    return web.json_response([ep.to_model() for ep in request.app["daemon"].endpoints.list()])
+    return web.json_response([ep.to_model() for ep in request.app[DAEMON].endpoints.list()])
 
 
 @routes.get("/v1/endpoint/{id}")
@@ -64,7 +66,7 @@ def _check_options(changes: dict) -> dict[str, str]:
 
 async def _apply_labels(request: web.Request, ep, add: list[str], delete: list[str]) -> None:
     try:
-        await request.app["daemon"].policy.update_endpoint_labels(ep, add, delete)
+        await request.app[DAEMON].policy.update_endpoint_labels(ep, add, delete)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
 
@@ -73,7 +75,7 @@ async def _apply_config(request: web.Request, ep, changes: dict[str, str]) -> No
     if not changes:
         return
     try:
-        await request.app["daemon"].policy.update_endpoint_config(ep, changes)
+        await request.app[DAEMON].policy.update_endpoint_config(ep, changes)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from docker_cilium.api.keys import DAEMON
+
 from docker_cilium.api.errors import APIError
 from docker_cilium.ipam.allocator import IPAMError
 
@@ -12,7 +14,7 @@ routes = web.RouteTableDef()
 
 @routes.post("/v1/ipam")
 async def allocate(request: web.Request) -> web.Response:
-    daemon = request.app["daemon"]
+    daemon = request.app[DAEMON]
     family = request.query.get("family", "")
     owner = request.query.get("owner", "api")
     if family not in ("", "ipv4", "ipv6"):
@@ -39,7 +41,7 @@ async def allocate(request: web.Request) -> web.Response:
 
 @routes.post("/v1/ipam/{ip}")
 async def allocate_ip(request: web.Request) -> web.Response:
-    daemon = request.app["daemon"]
+    daemon = request.app[DAEMON]
     ip = request.match_info["ip"]
     owner = request.query.get("owner", "api")
     try:
@@ -52,7 +54,7 @@ async def allocate_ip(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/ipam/{ip}")
 async def release(request: web.Request) -> web.Response:
-    daemon = request.app["daemon"]
+    daemon = request.app[DAEMON]
     try:
         found = await daemon.ipam.release(request.match_info["ip"])
     except IPAMError as exc:

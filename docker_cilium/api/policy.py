@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from docker_cilium.api.keys import DAEMON
+
 from docker_cilium.api.errors import APIError, json_body, reject_unknown
 from docker_cilium.policy.api import PolicyValidationError
 from docker_cilium.policy.repository import PolicyRepositoryError
@@ -23,7 +25,7 @@ TRACE_PROTOCOLS = ("TCP", "UDP", "ANY", "ICMP")
 
 
 def _policy(request: web.Request) -> Any:
-    return request.app["daemon"].policy
+    return request.app[DAEMON].policy
 
 
 def _reply(policy: Any, labels: list[str] | None = None) -> web.Response:

@@ -45,5 +45,17 @@ def api_call(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``Key=Value`` arguments (as `cilium endpoint config` / `cilium config` take them)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise click.BadParameter(f"{pair!r}: expected Key=Value, e.g. PolicyEnforcement=always",
+                                     param_hint="OPTION")
+        out[key.strip()] = value.strip()
+    return out
+
+
 pass_ctx = click.make_pass_decorator(Context)
 DEFAULT_HOST = defaults.API_SOCKET

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
+from docker_cilium.cli.common import Context, api_call, output_option, parse_options, pass_ctx
 from docker_cilium.cli.output import emit_json, table
 
 
@@ -33,7 +33,7 @@ def list_(ctx: Context) -> None:
         return
     rows = []
     for ep in eps:
-        labels = ep["labels"]["orchestration-identity"] or ["reserved:init"]
+        labels = ep["labels"].get("effective", ep["labels"]["orchestration-identity"]) or ["reserved:init"]
         rows.append([
             ep["id"], _enforcement(ep, "ingress"), _enforcement(ep, "egress"), ep["identity"]["id"],
             "\n".join(labels), ep["addressing"]["ipv6"], ep["addressing"]["ipv4"], ep["state"],
@@ -50,3 +50,52 @@ def list_(ctx: Context) -> None:
 def get(ctx: Context, endpoint_id: str) -> None:
     """Display endpoint information (ID, or container-id:, container-name:, docker-endpoint:)"""
     emit_json(ctx.client.get(f"/endpoint/{endpoint_id}"))
+
+
+def _show_labels(ctx: Context, labels: dict) -> None:
+    if ctx.output == "json":
+        emit_json(labels)
+        return
+    rows = [[lbl, "Orchestration-Identity"] for lbl in labels.get("orchestration-identity") or []]
+    rows += [[lbl, "User"] for lbl in labels.get("user") or []]
+    table(["LABEL", "SOURCE"], rows)
+
+
+@endpoint.command("labels")
+@click.argument("endpoint_id")
+@click.option("-a", "--add", multiple=True, metavar="LABEL", help="Label to add")
+@click.option("-d", "--delete", multiple=True, metavar="LABEL", help="Label to delete")
+@output_option
+@pass_ctx
+@api_call
+def labels(ctx: Context, endpoint_id: str, add: tuple[str, ...], delete: tuple[str, ...]) -> None:
+    """Show or change an endpoint's labels (its identity follows)"""
+    if add or delete:
+        reply = ctx.client.request("PATCH", f"/endpoint/{endpoint_id}/labels",
+                                   body={"add": list(add), "delete": list(delete)})
+    else:
+        reply = ctx.client.get(f"/endpoint/{endpoint_id}/labels")
+    _show_labels(ctx, reply)
+
+
+@endpoint.command("config")
+@click.argument("endpoint_id")
+@click.argument("options", nargs=-1, metavar="[Key=Value]...")
+@output_option
+@pass_ctx
+@api_call
+def config(ctx: Context, endpoint_id: str, options: tuple[str, ...]) -> None:
+    """View or change an endpoint's options (PolicyEnforcement=default|always|never)"""
+    changes = parse_options(options)
+    if changes:
+        reply = ctx.client.request("PATCH", f"/endpoint/{endpoint_id}/config", body=changes)
+        if ctx.output != "json":
+            click.echo(f"Endpoint {endpoint_id} configuration updated successfully")
+            return
+    else:
+        reply = ctx.client.get(f"/endpoint/{endpoint_id}/config")
+    if ctx.output == "json":
+        emit_json(reply)
+        return
+    for key, val in sorted(reply.items()):
+        click.echo(f"{key:<24}{val}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from docker_cilium import __version__
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
+from docker_cilium.cli.common import Context, api_call, output_option, parse_options, pass_ctx
 from docker_cilium.cli.output import emit_json
 
 
@@ -31,14 +31,26 @@ def status(ctx: Context) -> None:
 
 
 @click.command()
+@click.argument("options", nargs=-1, metavar="[Key=Value]...")
 @output_option
 @pass_ctx
 @api_call
-def config(ctx: Context) -> None:
-    """Cilium configuration options"""
-    cfg = ctx.client.get("/config")
+def config(ctx: Context, options: tuple[str, ...]) -> None:
+    """Cilium configuration options
+
+    Without arguments, show them; `cilium config PolicyEnforcement=always` changes one.
+    """
+    changes = parse_options(options)
+    if changes:
+        cfg = ctx.client.request("PATCH", "/config", body={"options": changes})
+    else:
+        cfg = ctx.client.get("/config")
     if ctx.output == "json":
         emit_json(cfg)
+        return
+    for key, val in sorted((cfg.get("options") or {}).items()):
+        click.echo(f"{key:<24}{val}")
+    if changes:
         return
     for key, val in sorted(cfg["configuration"].items()):
         click.echo(f"{key:<24}{val}")

@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 from pyroute2.netlink.rtnl.ndmsg import NTF_PROXY
 
 from docker_cilium import defaults
@@ -178,7 +179,7 @@ class LinkManager:
         try:
             kw: dict[str, Any] = {}
             if ipaddress.ip_address(address).version == 6:
-                kw["flags"] = 0x80  # IFA_F_NODAD: usable at once
+                kw["flags"] = IFA_F_NODAD  # usable at once (no tentative period)
             self._ip().addr("add", index=idx, address=address, prefixlen=prefixlen, **kw)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
@@ -230,6 +231,8 @@ class LinkManager:
             try:
                 write_sysctl(f"net.ipv6.conf.{host}.proxy_ndp", "1")
                 write_sysctl(f"net.ipv6.conf.{host}.forwarding", "1")
+                # Proxied neighbour answers are otherwise delayed up to 0.8 s.
+                write_sysctl(f"net.ipv6.neigh.{host}.proxy_delay", "0")
             except OSError:
                 pass  # IPv6 disabled on the host
             ip.link("set", index=hidx, state="up")
@@ -239,8 +242,11 @@ class LinkManager:
         return await self._run(_create)
 
     async def add_endpoint_routes(self, ifindex: int, ipv4: str | None, ipv6: str | None,
-                                  src4: str | None, proxy_ndp: list[str]) -> None:
+                                  src4: str | None, src6: str | None, proxy_ndp: list[str]) -> None:
         """Host routes /32 and /128 to the endpoint, and proxy NDP for its gateways.
+
+        The routes carry the router as source address: host-originated traffic
+        then comes from a host address the ipcache maps to identity ``host``.
 
         IPv4 needs no proxy for the router: it is a local address, which Linux
         answers ARP for on any interface. IPv6 neighbour discovery is per
@@ -253,7 +259,8 @@ class LinkManager:
                 kw: dict[str, Any] = {"prefsrc": src4} if src4 else {}
                 self._replace_route(dst=f"{ipv4}/32", oif=ifindex, scope=RT_SCOPE_LINK, **kw)
             if ipv6:
-                self._replace_route(dst=f"{ipv6}/128", oif=ifindex)
+                kw6: dict[str, Any] = {"prefsrc": src6} if src6 else {}
+                self._replace_route(dst=f"{ipv6}/128", oif=ifindex, **kw6)
             for addr in proxy_ndp:
                 try:
                     ip.neigh("add", dst=addr, ifindex=ifindex, flags=NTF_PROXY)

@@ -235,9 +235,8 @@ class Datapath:
                 self.prog_fds[name] = _check(lib.bpf_program__fd(prog), f"fd of {name}")
                 pin = os.path.join(self.prog_dir, name)
                 tmp = pin + "_new"  # bpffs forbids "." in names
-                for p in (tmp,):
-                    if os.path.exists(p):
-                        os.unlink(p)
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
                 _check(lib.bpf_obj_pin(self.prog_fds[name], tmp.encode()), f"pin {tmp}")
                 os.replace(tmp, pin)  # atomic re-pin (rename works on bpffs)
         except Exception:

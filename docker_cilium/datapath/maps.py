@@ -521,6 +521,8 @@ class EndpointInfo:
     egress_enforced: bool = False
 
     def to_c(self) -> endpoint_info:
+        if not 0 < self.lxc_id <= 0xFFFF:
+            raise ValueError(f"lxc_id {self.lxc_id} does not fit the datapath's u16")
         v = endpoint_info()
         v.ifindex = self.ifindex
         v.lxc_id = self.lxc_id
@@ -608,6 +610,8 @@ class PolicyEntry:
     deny: bool = False
 
     def key(self, lxc_id: int) -> policy_key:
+        if not 0 <= lxc_id <= 0xFFFF or not 0 <= self.dport <= 0xFFFF:
+            raise ValueError(f"lxc_id {lxc_id} / dport {self.dport} out of u16 range")
         k = policy_key()
         k.sec_identity = self.identity
         k.lxc_id = lxc_id

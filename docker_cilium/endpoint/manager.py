@@ -272,7 +272,8 @@ class EndpointManager:
             proxy.append(str(self.node.router6))
             if net and net.gateway6 and net.gateway6 != str(self.node.router6):
                 proxy.append(net.gateway6)
-        await self.links.add_endpoint_routes(ep.ifindex, ep.ipv4, ep.ipv6, str(self.node.router4), proxy)
+        await self.links.add_endpoint_routes(ep.ifindex, ep.ipv4, ep.ipv6, str(self.node.router4),
+                                             str(self.node.router6) if ep.ipv6 else None, proxy)
 
     def join_info(self, ep: Endpoint) -> JoinInfo:
         """Routes that work alone AND beside another network (see machines.md).

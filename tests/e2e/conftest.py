@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import uuid
 
 import pytest
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetNS, netns
 
 from docker_cilium.datapath.iptables import Iptables
 from tests.helpers import ROOT, Agent, docker, require_root, require_tool, run
@@ -28,7 +27,6 @@ def cleanup_docker() -> None:
 def cleanup_bpf(bpf_root: str) -> None:
     """Unpin the test agent's maps and programs (a private dir under /sys/fs/bpf)."""
     if os.path.isdir(bpf_root):
-        shutil.rmtree(bpf_root, ignore_errors=True)
         for dirpath, dirnames, filenames in os.walk(bpf_root, topdown=False):
             for name in filenames:
                 os.unlink(os.path.join(dirpath, name))
@@ -104,3 +102,36 @@ def net_settings(container: str, net: str) -> dict:
 
 def exec_(container: str, *cmd: str, check: bool = True, timeout: float = 30):
     return docker("exec", container, *cmd, check=check, timeout=timeout)
+
+
+OUTSIDE_NS = "dct-outside"
+HOST_IF, NS_IF = "dctout0", "dctout1"
+HOST_IP, NS_IPS = "198.18.99.1", ("198.18.99.2", "198.18.99.3")
+
+
+@pytest.fixture
+def outside_host():
+    """A network namespace on a /29 beside the host (two addresses), with no route
+    back to the container range: only masqueraded traffic gets answers."""
+    if OUTSIDE_NS in netns.listnetns():
+        netns.remove(OUTSIDE_NS)
+    netns.create(OUTSIDE_NS)
+    try:
+        with IPRoute() as ip:
+            ip.link("add", ifname=HOST_IF, kind="veth", peer={"ifname": NS_IF, "net_ns_fd": OUTSIDE_NS})
+            idx = ip.link_lookup(ifname=HOST_IF)[0]
+            ip.addr("add", index=idx, address=HOST_IP, prefixlen=29)
+            ip.link("set", index=idx, state="up")
+        with NetNS(OUTSIDE_NS) as ns:
+            idx = ns.link_lookup(ifname=NS_IF)[0]
+            for addr in NS_IPS:
+                ns.addr("add", index=idx, address=addr, prefixlen=29)
+            ns.link("set", index=idx, state="up")
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        yield NS_IPS[0]
+    finally:
+        with IPRoute() as ip:
+            found = ip.link_lookup(ifname=HOST_IF)
+            if found:
+                ip.link("del", index=found[0])
+        netns.remove(OUTSIDE_NS)

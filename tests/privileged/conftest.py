@@ -15,7 +15,6 @@ the test fails. Missing root or tools make the tests FAIL, never skip.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import random
@@ -148,6 +147,41 @@ def serve(*ports):
     print("ready", flush=True)
     sys.stdin.read()  # exit when the test closes our stdin
 
+def bulk(dst, port, mbytes, src=None):
+    """Send mbytes MiB, the server answers with the byte count it read."""
+    s = socket.socket(fam(dst), socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect((dst, int(port)))
+    buf = b"x" * (1 << 20)
+    t0 = time.time()
+    for _ in range(int(mbytes)):
+        s.sendall(buf)
+    s.shutdown(socket.SHUT_WR)
+    got = int(s.recv(100))
+    dt = time.time() - t0
+    print("%.2f" % (got * 8 / dt / 1e9))
+    return 0 if got == int(mbytes) << 20 else 4
+
+def sink(port):
+    ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("::", int(port))); ls.listen(8)
+    def one(c):
+        n = 0
+        while True:
+            d = c.recv(1 << 20)
+            if not d: break
+            n += len(d)
+        c.sendall(str(n).encode()); c.close()
+    def loop():
+        while True:
+            c, _ = ls.accept()
+            threading.Thread(target=one, args=(c,), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     kw = {}
@@ -155,7 +189,8 @@ if __name__ == "__main__":
     for a in args:
         if a.startswith("src="): kw["src"] = a[4:]
         else: rest.append(a)
-    sys.exit({"ping": ping, "tcp": tcp, "udp": udp, "serve": serve}[cmd](*rest, **kw) or 0)
+    sys.exit({"ping": ping, "tcp": tcp, "udp": udp, "serve": serve,
+              "bulk": bulk, "sink": sink}[cmd](*rest, **kw) or 0)
 ''')
 
 
@@ -323,8 +358,14 @@ class Topology:
     def udp(self, src: Container | None, dst: str, port: int) -> int:
         return self._exec(src, "udp", dst, str(port))
 
-    def serve(self, c: Container, *ports: int) -> None:
-        p = subprocess.Popen(["ip", "netns", "exec", c.netns, PYTHON, self.tool, "serve",
+    def bulk(self, src: Container, dst: str, port: int, mbytes: int) -> tuple[int, float]:
+        """(exit code, Gbit/s) of an mbytes MiB TCP transfer to a sink."""
+        res = sh("ip", "netns", "exec", src.netns, PYTHON, self.tool, "bulk", dst, str(port),
+                 str(mbytes), check=False, timeout=60)
+        return res.returncode, float(res.stdout.strip() or 0)
+
+    def serve(self, c: Container, *ports: int, mode: str = "serve") -> None:
+        p = subprocess.Popen(["ip", "netns", "exec", c.netns, PYTHON, self.tool, mode,
                               *map(str, ports)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
         c.servers.append(p)

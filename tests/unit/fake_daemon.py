@@ -29,6 +29,7 @@ class FakeRegenerator:
         self._ids: dict[int, Labels] = {}
         for ep in endpoints.list():
             self._identity_for(ep)
+        self._regenerate_all()
 
     # --- repository ---------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ class FakeLinks:
         self.links[host] = self._next
         return EndpointLink(host, self._next, "aa:bb:cc:dd:ee:ff", peer_ifname(endpoint_id), mac)
 
-    async def add_endpoint_routes(self, ifindex, ipv4, ipv6, src4, proxy_ndp) -> None:
+    async def add_endpoint_routes(self, ifindex, ipv4, ipv6, src4, src6, proxy_ndp) -> None:
         self.routes[ifindex] = (ipv4, ipv6, tuple(proxy_ndp))
 
     async def delete_endpoint_link(self, endpoint_id: str) -> bool:

@@ -1,0 +1,44 @@
+"""`cilium identity list|get`."""
+
+from __future__ import annotations
+
+import click
+
+from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
+from docker_cilium.cli.output import emit_json, table
+
+
+def _show(ctx: Context, idents: list[dict]) -> None:
+    if ctx.output == "json":
+        emit_json(idents)
+        return
+    table(["ID", "LABELS"], [[i["id"], "\n".join(i["labels"])] for i in idents])
+
+
+@click.group()
+def identity() -> None:
+    """Manage security identities"""
+
+
+@identity.command("list")
+@click.argument("labels", nargs=-1)
+@output_option
+@pass_ctx
+@api_call
+def list_(ctx: Context, labels: tuple[str, ...]) -> None:
+    """List identities (those with all the given labels, if any)"""
+    _show(ctx, ctx.client.get("/identity", query={"labels": ",".join(labels)} if labels else None))
+
+
+@identity.command("get")
+@click.argument("identity_id")
+@output_option
+@pass_ctx
+@api_call
+def get(ctx: Context, identity_id: str) -> None:
+    """Retrieve information about an identity"""
+    ident = ctx.client.get(f"/identity/{identity_id}")
+    if ctx.output == "json":
+        emit_json(ident)  # one object, as the API returns it
+    else:
+        _show(ctx, [ident])
