@@ -53,7 +53,7 @@ class Daemon:
         self._policy: Regenerator | None = None
         self.allocator: IdentityAllocator | None = None
         self.datapath: Datapath | None = None
-        self._ct_gc: asyncio.Task[None] | None = None
+        self._gc: asyncio.Task[None] | None = None
         self.watcher: DockerWatcher | None = None
         self.servers: list[UnixServer] = []
 
@@ -111,7 +111,7 @@ class Daemon:
         self._endpoints.hooks = self._policy
         await self._endpoints.restore()
         await self._endpoints.restore_datapath()
-        self._ct_gc = asyncio.create_task(self._conntrack_gc(), name="ct-gc")
+        self._gc = asyncio.create_task(self._garbage_collect(), name="gc")
 
         self.servers = [
             UnixServer(build_api(self), cfg.socket_path, 0o660, "api"),
@@ -128,24 +128,34 @@ class Daemon:
                  kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
                  endpoints=len(self._endpoints.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000))
 
-    async def _conntrack_gc(self, interval: float = 30.0) -> None:
-        """Expire conntrack entries the datapath marked with a lifetime."""
+    async def _garbage_collect(self, interval: float = 30.0) -> None:
+        """Expire conntrack entries (the kernel never does) and free identities
+        no node references any more; a failure is logged and retried."""
         while True:
             await asyncio.sleep(interval)
-            if self.datapath is not None and self.datapath.maps is not None:
-                removed = await asyncio.to_thread(self.datapath.maps.ct.gc)
-                if removed:
-                    log.debug("ct.gc", removed=removed)
+            try:
+                if self.datapath is not None and self.datapath.maps is not None:
+                    removed = await asyncio.to_thread(self.datapath.maps.ct.gc)
+                    if removed:
+                        log.debug("ct.gc", removed=removed)
+                if self.allocator is not None:
+                    freed = await self.allocator.gc()
+                    if freed:
+                        log.info("identity.gc", freed=freed)
+            except Exception:
+                log.exception("gc.failed")
 
     async def stop(self) -> None:
-        if self._ct_gc is not None:
-            self._ct_gc.cancel()
+        if self._gc is not None:
+            self._gc.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._ct_gc
+                await self._gc
         if self.watcher:
             await self.watcher.stop()
         for server in reversed(self.servers):
             await server.stop()
+        if self._policy is not None:
+            await self._policy.close()
         if self.allocator is not None:
             await self.allocator.close()
         for store in (self.kvstore, self.store):

@@ -17,6 +17,7 @@ revision; `cilium policy wait` therefore returns at once locally.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import time
@@ -70,6 +71,26 @@ class Regenerator:
         self._lock = asyncio.Lock()
         self.timings: list[dict[str, float]] = []
         self.save_endpoint: Any = None  # set by the daemon: persists an endpoint record
+        self._pending: asyncio.Task[None] | None = None
+        allocator.on_change = self._identities_changed
+
+    async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pending
+
+    def _identities_changed(self) -> None:
+        """Another node (or we) allocated or freed an identity: re-resolve, coalesced."""
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.get_running_loop().create_task(self._delayed_regenerate())
+
+    async def _delayed_regenerate(self, delay: float = 0.1) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await self.regenerate_all()
+        except Exception:
+            log.exception("regenerate.failed")
 
     # ---- start -------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ import contextlib
 import random
 import uuid
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Callable, AsyncIterator
 
 import structlog
 
@@ -117,6 +117,9 @@ class IdentityAllocator:
         self._watch_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._bg: set[asyncio.Task[None]] = set()
+        # Called (no arguments) when the set of identities changes, e.g. another
+        # node allocated one: local policies may select it.
+        self.on_change: Callable[[], None] | None = None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -397,10 +400,13 @@ class IdentityAllocator:
             num = _parse_id_key(key)
             if num is None:
                 return
+            before = self._cache.get(num)
             if typ is EventType.PUT and value is not None:
                 self._cache[num] = value.decode()
             else:
                 self._cache.pop(num, None)
+            if self.on_change is not None and self._cache.get(num) != before:
+                self.on_change()
         elif typ is EventType.DELETE and key.startswith(VALUE_PREFIX) and key.endswith("/" + self.node_name):
             label_key = self._label_key_of_ref(key)
             if label_key in self._local:

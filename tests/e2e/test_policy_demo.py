@@ -75,6 +75,17 @@ def test_handbook_l3_demo(agent, names):
     bpf = agent.cli("bpf", "policy", "get", str(ep1["id"])).stdout
     assert "80/TCP" in bpf
 
+    # kill -9: the kernel keeps enforcing with nobody in user space...
+    agent.kill9()
+    assert reaches(app2, ip1) and not reaches(app3, ip1) and not reaches(app2, ip1, 8080)
+    # ... and the restarted agent restores the same policy, revision and identities.
+    agent.start()
+    assert agent.cli("policy", "get").stdout.strip().endswith(f"Revision: {rev}")
+    after = {e["container-name"]: e for e in agent.cli_json("endpoint", "list")}
+    assert after[names("app1")]["identity"]["id"] == ep1["identity"]["id"]
+    assert after[names("app1")]["policy"]["ingress-enforced"] is True
+    assert reaches(app2, ip1) and not reaches(app3, ip1)
+
     agent.cli("policy", "delete", "name=l3-rule")
     assert reaches(app3, ip1)
     assert reaches(app2, ip1, 8080)
