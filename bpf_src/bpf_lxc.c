@@ -90,19 +90,32 @@ int from_container(struct __sk_buff *skb)
 			return send_drop_notify(skb, DROP_INVALID_SIP, METRIC_EGRESS, lxc_id,
 						src_id, 0, 0);
 	} else {
-		if (f.is_nd)
-			return TC_ACT_OK;	/* neighbour discovery always passes */
-		if (!ipv6_addr_equals(&f.saddr, ep->ipv6)) {
-			/* link-local / unspecified sources: link-local traffic
-			 * to the host only (MLD, DAD, ...), never routed on */
-			if ((ipv6_addr_is_linklocal(&f.saddr) || ipv6_addr_is_zero(&f.saddr)) &&
-			    (ipv6_addr_is_linklocal(&f.daddr) || ipv6_addr_is_multicast(&f.daddr)))
-				return TC_ACT_OK;
-			return send_drop_notify(skb, DROP_INVALID_SIP, METRIC_EGRESS, lxc_id,
-						src_id, 0, 0);
-		}
-		if (ipv6_addr_is_linklocal(&f.daddr) || ipv6_addr_is_multicast(&f.daddr))
+		int own = ipv6_addr_equals(&f.saddr, ep->ipv6);
+		int local_src = ipv6_addr_is_linklocal(&f.saddr) || ipv6_addr_is_zero(&f.saddr);
+
+		/* Neighbour discovery passes, but only as ND (hop limit 255)
+		 * and only from the endpoint's own or a link-local/DAD source. */
+		if (f.is_nd) {
+			if (!ipv6_hoplimit_is_255(skb))
+				return send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id,
+							src_id, 0, 0);
+			if (!own && !local_src)
+				return send_drop_notify(skb, DROP_INVALID_SIP, METRIC_EGRESS, lxc_id,
+							src_id, 0, 0);
 			return TC_ACT_OK;
+		}
+		if (!own) {
+			/* A link-local source is only for link-scope traffic (it
+			 * cannot be routed on): MLD passes as control traffic, the
+			 * rest faces conntrack and policy with the host as peer. */
+			if (local_src && f.nexthdr == IPPROTO_ICMPV6 && icmp6_is_mld(f.icmp_type) &&
+			    ipv6_addr_is_multicast(&f.daddr))
+				return TC_ACT_OK;
+			if (!local_src || !(ipv6_addr_is_linklocal(&f.daddr) ||
+					    ipv6_addr_is_multicast(&f.daddr)))
+				return send_drop_notify(skb, DROP_INVALID_SIP, METRIC_EGRESS, lxc_id,
+							src_id, 0, 0);
+		}
 	}
 
 	now = bpf_now_sec();
@@ -173,11 +186,12 @@ int to_container(struct __sk_buff *skb)
 		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
 
 	if (f.family == 6) {
-		if (f.is_nd)
+		/* ND and MLD from the host side pass as such; every other IPv6
+		 * packet, link-local or not, goes through conntrack and policy. */
+		if (f.is_nd && ipv6_hoplimit_is_255(skb))
 			return TC_ACT_OK;
-		/* link-local traffic can only come from the host itself */
-		if (ipv6_addr_is_linklocal(&f.saddr) || ipv6_addr_is_multicast(&f.daddr) ||
-		    ipv6_addr_is_linklocal(&f.daddr))
+		if (f.nexthdr == IPPROTO_ICMPV6 && icmp6_is_mld(f.icmp_type) &&
+		    ipv6_addr_is_linklocal(&f.saddr))
 			return TC_ACT_OK;
 	}
 

@@ -161,6 +161,12 @@ static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct
 		ret = ipv6_parse_hdr(skb, f->l4_off + 8, &inner, 1);
 	if (ret < 0)
 		return CT_NEW;
+	/* The quoted packet must have been sent by the error's recipient:
+	 * otherwise anyone who knows a tracked tuple could use forged errors
+	 * to reach any destination past policy. */
+	if (inner.saddr.p32[0] != f->daddr.p32[0] || inner.saddr.p32[1] != f->daddr.p32[1] ||
+	    inner.saddr.p32[2] != f->daddr.p32[2] || inner.saddr.p32[3] != f->daddr.p32[3])
+		return CT_NEW;
 	if (ct_lookup_live(&inner, 0, CT_EGRESS, now) ||
 	    ct_lookup_live(&inner, 0, CT_INGRESS, now) ||
 	    ct_lookup_live(&inner, 1, CT_EGRESS, now) ||

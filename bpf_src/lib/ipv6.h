@@ -84,6 +84,17 @@ static __always_inline int ipv6_parse_hdr(struct __sk_buff *skb, __u32 off,
 	return parse_l4(skb, f, inner);
 }
 
+/* Neighbour discovery must arrive with hop limit 255 (RFC 4861): anything
+ * else was forwarded or forged and is not ND for this link. */
+static __always_inline int ipv6_hoplimit_is_255(struct __sk_buff *skb)
+{
+	__u8 hl;
+
+	if (bpf_skb_load_bytes(skb, IPV6_OFF + offsetof(struct ipv6hdr, hop_limit), &hl, 1) < 0)
+		return 0;
+	return hl == 255;
+}
+
 static __always_inline int ipv6_dec_hoplimit(struct __sk_buff *skb)
 {
 	__u8 hl;

@@ -28,6 +28,12 @@ static __always_inline int icmp6_is_nd(__u8 type)
 	return type >= 133 && type <= 137;
 }
 
+static __always_inline int icmp6_is_mld(__u8 type)
+{
+	/* MLD query, report, done; MLDv2 report */
+	return (type >= 130 && type <= 132) || type == 143;
+}
+
 /* Parse the L4 header at f->l4_off. 'inner' is set when parsing the packet
  * quoted in an ICMP error (only the first 8 bytes are guaranteed there).
  * Returns 0 or a negative value when the header is truncated. */

@@ -121,6 +121,9 @@ static __always_inline __u32 ipcache_identity(const struct flow *f,
 	struct remote_endpoint_info *info;
 	struct ipcache_key key = {};
 
+	/* Link-local peers can only be the host on the other end of the veth. */
+	if (f->family == 6 && (addr->p32[0] & bpf_htonl(0xffc00000)) == bpf_htonl(0xfe800000))
+		return IDENTITY_HOST;
 	key.family = f->family;
 	if (f->family == 4) {
 		key.prefixlen = 32 + 32;

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from docker_cilium import defaults
 
-ENFORCEMENT_MODES = ("default", "always", "never")
+from docker_cilium.policy.resolve import ENFORCEMENT_MODES  # noqa: F401  (re-exported for flags)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from docker_cilium.api.keys import DAEMON
 
-from docker_cilium.agent.config import ENFORCEMENT_MODES
+from docker_cilium.policy.resolve import ENFORCEMENT_MODES
 from docker_cilium.api.errors import APIError, json_body, reject_unknown
 from docker_cilium.endpoint.manager import EndpointError
 

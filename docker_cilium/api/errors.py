@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import structlog
 from aiohttp import web
+
+log = structlog.get_logger(__name__)
 
 
 class APIError(Exception):
@@ -49,3 +52,6 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status >= 400:
             return error_response(exc.status, exc.reason)
         raise
+    except Exception as exc:  # the agent keeps serving; the caller gets JSON
+        log.exception("api.failure", path=request.path)
+        return error_response(500, f"internal error: {exc}")

@@ -135,9 +135,16 @@ class EndpointManager:
     async def restore_datapath(self) -> None:
         """Hand restored endpoints to the datapath (after it has been loaded)."""
         for ep in list(self.endpoints.values()):
-            if ep.state == State.RESTORING:
+            if ep.state != State.RESTORING:
+                continue
+            try:
                 await self.hooks.endpoint_created(ep)
-                await self._save_endpoint(ep)
+            except Exception as exc:
+                # Its BPF state from before the restart stays in place and
+                # enforcing; the next label event or regeneration retries.
+                log.error("endpoint.restore_failed", endpoint=ep.id, error=str(exc))
+                ep.state = State.NOT_READY
+            await self._save_endpoint(ep)
 
     # ---- networks ----------------------------------------------------------------
 
@@ -254,7 +261,12 @@ class EndpointManager:
                 await self.hooks.endpoint_created(ep)
                 await self._save_endpoint(ep)
             except BaseException:
-                await self.links.delete_endpoint_link(endpoint_id)
+                log.warning("endpoint.create.rollback", endpoint=eid, endpoint_id=endpoint_id[:12])
+                try:
+                    await self.hooks.endpoint_deleted(ep)
+                finally:
+                    await self.links.delete_endpoint_link(endpoint_id)
+                    await self.links.delete_routes(ipv4, ipv6)
                 raise
             self.endpoints[endpoint_id] = ep
         for addr in (ipv4, ipv6):
@@ -367,8 +379,15 @@ class EndpointManager:
         changed = sorted(labels) != sorted(ep.labels) or ep.container_id != container_id or ep.container_name != name
         if not changed and ep.state != State.WAITING_FOR_IDENTITY:
             return
+        before = (ep.container_id, ep.container_name, ep.labels)
         ep.container_id, ep.container_name, ep.labels = container_id, name, sorted(labels)
-        await self.hooks.endpoint_changed(ep)
+        try:
+            await self.hooks.endpoint_changed(ep)
+        except BaseException:
+            ep.container_id, ep.container_name, ep.labels = before  # the next event retries
+            raise
+        if self.endpoints.get(endpoint_id) is not ep:
+            return  # deleted meanwhile: don't write its record back
         await self._save_endpoint(ep)
         log.info("endpoint.labels", endpoint=ep.id, container=container_id[:12], labels=ep.labels)
 

@@ -25,12 +25,15 @@ from typing import Any, Iterable
 
 import structlog
 
+from docker_cilium.datapath.maps import EndpointInfo
+from docker_cilium.datapath.maps import PolicyEntry as MapPolicyEntry
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.identity import reserved
 from docker_cilium.identity.allocator import Identity, IdentityAllocator
 from docker_cilium.identity.labels import Label, Labels
 from docker_cilium.kvstore.backend import Backend
 from docker_cilium.policy import (
+    ENFORCEMENT_MODES,
     EndpointPolicy,
     PolicyRepositoryError,
     Repository,
@@ -45,7 +48,6 @@ log = structlog.get_logger(__name__)
 POLICY_KEY = "cilium/state/policy/v1/rules"
 CIDR_IDS_KEY = "cilium/state/policy/v1/cidr-identities"
 LOCAL_IDENTITY_BASE = 1 << 24  # node-local identities (CIDR), as Cilium's local scope
-ENFORCEMENT_MODES = ("default", "always", "never")
 WORLD_PREFIXES = ("0.0.0.0/0", "::/0")
 
 
@@ -62,7 +64,7 @@ class Regenerator:
         self.store = store
         self.allocator = allocator
         self.dp = datapath  # docker_cilium.datapath.loader.Datapath (None: no BPF)
-        self.repo = Repository(revision=0)
+        self.repo = Repository()
         self.enforcement = enforcement
         self.endpoints: dict[int, Endpoint] = {}
         self._ep_identity: dict[int, Identity] = {}
@@ -72,6 +74,8 @@ class Regenerator:
         self.timings: list[dict[str, float]] = []
         self.save_endpoint: Any = None  # set by the daemon: persists an endpoint record
         self._pending: asyncio.Task[None] | None = None
+        self._dirty = False
+        self._flag_mode = enforcement  # what --enable-policy said at start
         allocator.on_change = self._identities_changed
 
     async def close(self) -> None:
@@ -81,16 +85,22 @@ class Regenerator:
                 await self._pending
 
     def _identities_changed(self) -> None:
-        """Another node (or we) allocated or freed an identity: re-resolve, coalesced."""
+        """Another node (or we) allocated or freed an identity: re-resolve.
+
+        Bursts are coalesced into one run; a change that arrives while a run is
+        in progress marks it dirty, so it is never lost."""
+        self._dirty = True
         if self._pending is None or self._pending.done():
             self._pending = asyncio.get_running_loop().create_task(self._delayed_regenerate())
 
     async def _delayed_regenerate(self, delay: float = 0.1) -> None:
-        await asyncio.sleep(delay)
-        try:
-            await self.regenerate_all()
-        except Exception:
-            log.exception("regenerate.failed")
+        while self._dirty:
+            await asyncio.sleep(delay)
+            self._dirty = False
+            try:
+                await self.regenerate_all()
+            except Exception:
+                log.exception("regenerate.failed")
 
     # ---- start -------------------------------------------------------------------
 
@@ -99,6 +109,10 @@ class Regenerator:
         if raw:
             doc = json.loads(raw)
             self.repo = Repository.from_json(json.dumps(doc["repository"]))
+            # `cilium config PolicyEnforcement=...` survives restarts, unless the
+            # agent was restarted with a different --enable-policy flag.
+            if doc.get("flag") == self._flag_mode and doc.get("enforcement") in ENFORCEMENT_MODES:
+                self.enforcement = doc["enforcement"]
         raw = await self.store.get(CIDR_IDS_KEY)
         if raw:
             self._cidr_ids = {k: int(v) for k, v in json.loads(raw).items()}
@@ -112,8 +126,10 @@ class Regenerator:
         await self._sync_cidr_identities()
         log.info("policy.restored", revision=self.repo.revision, rules=len(self.repo.rules))
 
-    async def _persist_repo(self) -> None:
-        doc = {"repository": json.loads(self.repo.to_json())}
+    async def _persist(self, repo: Repository | None = None, enforcement: str | None = None) -> None:
+        """Write the repository and mode; callers swap in-memory state only after this."""
+        doc = {"repository": json.loads((repo or self.repo).to_json()),
+               "enforcement": enforcement or self.enforcement, "flag": self._flag_mode}
         await self.store.put(POLICY_KEY, json.dumps(doc).encode())
 
     @property
@@ -159,21 +175,29 @@ class Regenerator:
             changed = True
         if self.dp is not None:
             ipc = self.dp.maps.ipcache
+            # Host and endpoint addresses keep their identity even when a CIDR
+            # rule names exactly them: CIDR rules only describe non-endpoints.
+            protected = self._protected_prefixes()
             for prefix, num in self._cidr_ids.items():
-                if prefix not in WORLD_PREFIXES:
+                if prefix not in WORLD_PREFIXES and prefix not in protected:
                     ipc.upsert(prefix, num)
             for prefix in stale:
                 if prefix in WORLD_PREFIXES:
                     ipc.upsert(prefix, reserved.WORLD)
-                else:
+                elif prefix not in protected:
                     ipc.delete(prefix)
             # A /0 CIDR rule must not take the world entry away from world.
             for prefix in WORLD_PREFIXES:
                 if prefix in self._cidr_ids:
                     ipc.upsert(prefix, self._cidr_ids[prefix])
-            # Host and endpoint /32s always win over CIDR prefixes (longest match).
         if changed:
             await self.store.put(CIDR_IDS_KEY, json.dumps(self._cidr_ids).encode())
+
+    def _protected_prefixes(self) -> set[str]:
+        out = {_host_prefix(ip) for ip in self._host_ips}
+        for ep in self.endpoints.values():
+            out.update(_host_prefix(ip) for ip in (ep.ipv4, ep.ipv6) if ip)
+        return out
 
     # ---- endpoint hooks (DatapathHooks) ---------------------------------------
 
@@ -229,11 +253,18 @@ class Regenerator:
             ident = self._ep_identity.pop(ep.id, None)
             if self.dp is not None:
                 maps = self.dp.maps
+                ips = [ip for ip in (ep.ipv4, ep.ipv6) if ip]
                 maps.endpoints.delete(ep.ifindex, ep.ipv4, ep.ipv6)
                 maps.policy.delete_endpoint(ep.id)
-                for ip in (ep.ipv4, ep.ipv6):
-                    if ip:
-                        maps.ipcache.delete(_host_prefix(ip))
+                for ip in ips:
+                    prefix = _host_prefix(ip)
+                    if prefix in self._cidr_ids:
+                        maps.ipcache.upsert(prefix, self._cidr_ids[prefix])
+                    else:
+                        maps.ipcache.delete(prefix)
+                # A later container on the same address must not inherit these
+                # flows (and skip policy through them).
+                await asyncio.to_thread(maps.ct.flush_addresses, *ips)
             if ident is not None and not ident.is_reserved:
                 await self.allocator.release(ident)
 
@@ -264,23 +295,26 @@ class Regenerator:
             ep.set_state(State.REGENERATING, "writing datapath maps")
         pol = self.resolve_endpoint(ep, identities)
         if self.dp is not None:
-            from docker_cilium.datapath.maps import EndpointInfo, PolicyEntry
-
-            self.dp.maps.policy.set_endpoint_policy(ep.id, [
-                PolicyEntry(identity=e.identity, direction=e.direction, dport=e.port, proto=e.proto,
-                            proxy_port=e.proxy_port)
-                for e in pol.entries
-            ])
-            # Flags last: the endpoint becomes enforced only once its allows are in.
-            self.dp.maps.endpoints.upsert(EndpointInfo(
-                ifindex=ep.ifindex, lxc_id=ep.id, sec_identity=ep.identity, mac=ep.mac, node_mac=ep.host_mac,
-                ipv4=ep.ipv4, ipv6=ep.ipv6, ingress_enforced=pol.ingress_enforced,
-                egress_enforced=pol.egress_enforced))
+            await asyncio.to_thread(self._write_endpoint_maps, ep, pol)
         ep.ingress_enforced, ep.egress_enforced = pol.ingress_enforced, pol.egress_enforced
         ep.policy_revision = pol.revision
         ep.set_state(State.READY, f"regenerated to policy revision {pol.revision}")
         if self.save_endpoint is not None:
             await self.save_endpoint(ep)
+
+    def _write_endpoint_maps(self, ep: Endpoint, pol: EndpointPolicy) -> None:
+        """Runs in a worker thread: a full policy-map diff is many syscalls."""
+        maps = self.dp.maps
+        maps.policy.set_endpoint_policy(ep.id, [
+            MapPolicyEntry(identity=e.identity, direction=e.direction, dport=e.port, proto=e.proto,
+                           proxy_port=e.proxy_port)
+            for e in pol.entries
+        ])
+        # Flags last: the endpoint becomes enforced only once its allows are in.
+        maps.endpoints.upsert(EndpointInfo(
+            ifindex=ep.ifindex, lxc_id=ep.id, sec_identity=ep.identity, mac=ep.mac, node_mac=ep.host_mac,
+            ipv4=ep.ipv4, ipv6=ep.ipv6, ingress_enforced=pol.ingress_enforced,
+            egress_enforced=pol.egress_enforced))
 
     async def _regenerate_all(self) -> None:
         identities = self.identity_labels()
@@ -298,8 +332,8 @@ class Regenerator:
         async with self._lock:
             candidate = Repository.from_json(self.repo.to_json())
             rev = candidate.add(raw)  # raises PolicyValidationError; nothing changed
+            await self._persist(candidate)
             self.repo = candidate
-            await self._persist_repo()
             await self._sync_cidr_identities()
             await self._regenerate_all()
         self._timing("policy_import", t0)
@@ -312,13 +346,15 @@ class Regenerator:
 
     async def delete_rules(self, labels: list[str], all: bool = False) -> tuple[int, int]:
         async with self._lock:
+            candidate = Repository.from_json(self.repo.to_json())
             if all:
-                deleted, rev = self.repo.delete_all()
+                deleted, rev = candidate.delete_all()
             else:
                 if not labels:
                     raise PolicyRepositoryError("no labels given: pass labels or use --all to delete every rule")
-                deleted, rev = self.repo.delete_by_labels(labels)
-            await self._persist_repo()
+                deleted, rev = candidate.delete_by_labels(labels)
+            await self._persist(candidate)
+            self.repo = candidate
             await self._sync_cidr_identities()
             await self._regenerate_all()
         return deleted, rev
@@ -342,20 +378,28 @@ class Regenerator:
         if mode not in ENFORCEMENT_MODES:
             raise ValueError(f"PolicyEnforcement must be one of {', '.join(ENFORCEMENT_MODES)}, got {mode!r}")
         async with self._lock:
+            await self._persist(enforcement=mode)
             self.enforcement = mode
             await self._regenerate_all()
 
     async def update_endpoint_labels(self, ep: Endpoint, add: list[str], delete: list[str]) -> None:
         for raw in list(add) + list(delete):
             try:
-                Label.parse(raw)
+                label = Label.parse(raw)
             except ValueError as exc:
                 raise ValueError(f"invalid label {raw!r}: {exc}") from None
+            if raw in add and label.source in ("reserved", "cidr"):
+                raise ValueError(f"label {raw!r}: source {label.source!r} is reserved for the agent")
         add_s = {str(Label.parse(l)) for l in add}
         del_s = {str(Label.parse(l)) for l in delete}
+        before = (ep.user_labels, ep.disabled_labels)
         ep.user_labels = sorted((set(ep.user_labels) | add_s) - del_s)
         ep.disabled_labels = sorted((set(ep.disabled_labels) | (del_s & set(ep.labels))) - add_s)
-        await self.endpoint_changed(ep)
+        try:
+            await self.endpoint_changed(ep)
+        except BaseException:
+            ep.user_labels, ep.disabled_labels = before
+            raise
 
     async def update_endpoint_config(self, ep: Endpoint, changes: dict[str, str]) -> None:
         for key, value in changes.items():

@@ -189,8 +189,11 @@ class IPAM:
         if ip not in pool.allocation_range:
             raise IPAMError(f"IP {ip} is outside pool {pool.allocation_range}")
         if ip == self.router(pool.family):
-            # The router lives on cilium_host; a user --gateway naming it is fine.
-            return ip
+            # The router lives on cilium_host: dockerd may name it as the
+            # network's --gateway, but no endpoint may ever hold it.
+            if owner == "gateway":
+                return ip
+            raise IPAMError(f"IP {ip} is the node's router address and cannot be given to a container")
         if self._reserved(ip, pool.family):
             raise IPAMError(f"IP {ip} is reserved in {self.node_range(pool.family)}")
         if ip in self._allocated or not await self._claim(ip, owner, pool):

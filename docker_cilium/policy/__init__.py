@@ -8,6 +8,7 @@ boundary as plain ``source:key=value`` strings.
 from .api import PolicyValidationError, Rule, parse_rules
 from .repository import PolicyRepositoryError, Repository
 from .resolve import (
+    ENFORCEMENT_MODES,
     RESERVED_IDENTITIES,
     EndpointPolicy,
     PolicyEntry,
@@ -18,6 +19,7 @@ from .resolve import (
 )
 
 __all__ = [
+    "ENFORCEMENT_MODES",
     "RESERVED_IDENTITIES",
     "EndpointPolicy",
     "PolicyEntry",

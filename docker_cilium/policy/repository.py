@@ -21,7 +21,9 @@ from .api.parse import load_json, parse_rules
 from .api.rule import Rule, RuleLabel
 from .api.selector import ANY_SOURCE, split_label
 
-INITIAL_REVISION = 1
+# An empty repository is revision 0, so the first import prints `Revision: 1`
+# as users of Cilium's Docker guide expect.
+INITIAL_REVISION = 0
 
 
 class PolicyRepositoryError(ValueError):

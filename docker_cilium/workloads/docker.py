@@ -18,14 +18,16 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 import structlog
 
+from docker_cilium.identity.labels import from_docker
+
 log = structlog.get_logger(__name__)
 
 Update = Callable[[str, str, str, list[str]], Awaitable[None]]
 
 
 def docker_labels(labels: dict[str, str] | None) -> list[str]:
-    """Docker labels -> Cilium's ``container:key=value`` form."""
-    return sorted(f"container:{k}={v}" if v != "" else f"container:{k}" for k, v in (labels or {}).items())
+    """Docker labels -> Cilium's ``container:key=value`` strings."""
+    return from_docker(labels).to_strings()
 
 
 class DockerWatcher:
@@ -37,11 +39,19 @@ class DockerWatcher:
         self._session: aiohttp.ClientSession | None = None
         self.connected = False
         self.last_error = ""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="docker-watcher")
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._task:
             self._task.cancel()
             try:
@@ -88,14 +98,14 @@ class DockerWatcher:
             self.connected = True
             self.last_error = ""
             # Subscribe first, then resync: nothing can fall between the two.
-            asyncio.create_task(self.resync())
+            self._spawn(self.resync())
             buf = b""
             async for chunk in resp.content.iter_any():
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     if line.strip():
-                        asyncio.create_task(self._on_event(json.loads(line)))
+                        self._spawn(self._on_event(json.loads(line)))
         self.connected = False
 
     async def _on_event(self, event: dict[str, Any]) -> None:

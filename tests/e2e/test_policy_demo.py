@@ -71,9 +71,15 @@ def test_handbook_l3_demo(agent, names):
     row = next(line for line in table.splitlines() if line.split()[:1] == [str(ep1["id"])])
     assert row.split()[1:3] == ["Enabled", "Disabled"]
 
-    # BPF counters show the allowed flow.
+    # The real pinned maps, read directly as Cilium's `cilium bpf` does.
     bpf = agent.cli("bpf", "policy", "get", str(ep1["id"])).stdout
-    assert "80/TCP" in bpf
+    row80 = next(line for line in bpf.splitlines() if "80/TCP" in line)
+    assert "container:id=app2" in bpf and int(row80.split()[-1]) > 0  # packets counted
+    ct = agent.cli("bpf", "ct", "list", "global").stdout
+    assert f"-> {ip1}:80" in ct
+    assert ip1 in agent.cli("bpf", "endpoint", "list").stdout
+    ipc = agent.cli("bpf", "ipcache", "list").stdout
+    assert any(line.split()[:2] == [f"{ip1}/32", str(ep1["identity"]["id"])] for line in ipc.splitlines())
 
     # kill -9: the kernel keeps enforcing with nobody in user space...
     agent.kill9()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 
 import pytest
@@ -358,3 +359,36 @@ def test_compile_once_per_configuration(datapath_object, tmp_path):
     t0 = time.perf_counter()
     assert compile_datapath(out_dir=out, defines={"CT_MAP_SIZE": 4096}) == other
     assert (time.perf_counter() - t0) < 0.5
+
+
+def test_ipv6_link_local_faces_policy(topo, datapath, abc):
+    """Link-local is not a side door: only ND/MLD bypass policy, and only as such."""
+    from pyroute2 import IPRoute
+
+    a, b, c = abc
+    maps = datapath.maps
+    with IPRoute() as ip:
+        lls = [x.get("address") for x in ip.get_addr(index=a.ifindex, family=10) if x["scope"] == 253]
+    assert lls, f"{a.host_if} has no link-local address"
+    host_ll = lls[0]
+
+    def ll_ping() -> bool:
+        return subprocess.run(["ip", "netns", "exec", a.netns, "/bin/busybox", "ping6", "-c", "1", "-W", "1",
+                               "-I", "eth0", host_ll], capture_output=True, timeout=10).returncode == 0
+
+    maps.endpoints.upsert(a.endpoint())
+    maps.ct.flush()
+    assert wait_for(ll_ping), "link-local to the host must work without enforcement"
+    maps.endpoints.upsert(a.endpoint(egress=True))
+    maps.policy.set_endpoint_policy(a.lxc_id, [PolicyEntry(b.identity, "egress")])
+    maps.ct.flush()
+    assert not ll_ping()              # egress policy covers link-local destinations
+    assert topo.ping(a, b.ipv6)       # while neighbour discovery keeps working
+
+
+def wait_for(fn, tries: int = 5) -> bool:
+    for _ in range(tries):
+        if fn():
+            return True
+        time.sleep(0.5)
+    return False

@@ -41,12 +41,12 @@ async def test_policy_import_get_delete(api):
     client, daemon = api
     resp = await client.get("/v1/policy")
     assert resp.status == 200
-    assert await resp.json() == {"revision": 1, "policy": "[]"}
+    assert await resp.json() == {"revision": 0, "policy": "[]"}
 
     resp = await client.put("/v1/policy", data=json.dumps(L3_RULE))
     assert resp.status == 200
     body = await resp.json()
-    assert body["revision"] == 2
+    assert body["revision"] == 1
     rules = json.loads(body["policy"])
     assert rules[0]["endpointSelector"]["matchLabels"] and len(rules) == 1
 
@@ -56,7 +56,7 @@ async def test_policy_import_get_delete(api):
 
     resp = await client.delete("/v1/policy", json=["name=l4-rule"])
     assert resp.status == 200
-    assert await resp.json() == {"revision": 3, "policy": "[]"}
+    assert await resp.json() == {"revision": 2, "policy": "[]"}
 
 
 async def test_policy_invalid_changes_nothing(api):
@@ -70,7 +70,7 @@ async def test_policy_invalid_changes_nothing(api):
     await _err(await client.put("/v1/policy", data=b"{}"), 400)
     assert "empty" in await _err(await client.put("/v1/policy", data=b""), 400)
     body = await (await client.get("/v1/policy")).json()
-    assert body["revision"] == 2 and len(json.loads(body["policy"])) == 1
+    assert body["revision"] == 1 and len(json.loads(body["policy"])) == 1
 
 
 async def test_policy_delete_needs_labels_or_all(api):
@@ -81,10 +81,10 @@ async def test_policy_delete_needs_labels_or_all(api):
     assert "malformed JSON" in await _err(await client.delete("/v1/policy", data=b"[x"), 400)
     await _err(await client.delete("/v1/policy", params={"all": "maybe"}), 400)
     resp = await client.delete("/v1/policy", params={"all": "true"})
-    assert await resp.json() == {"revision": 3, "policy": "[]"}
+    assert await resp.json() == {"revision": 2, "policy": "[]"}
     # nothing matched: revision unchanged
     resp = await client.delete("/v1/policy", json=["name=l4-rule"])
-    assert (await resp.json())["revision"] == 3
+    assert (await resp.json())["revision"] == 2
 
 
 async def test_policy_resolve(api):

@@ -72,19 +72,19 @@ def test_policy_import_get_delete(agent, policy_file):
     sock, daemon = agent
     res = run(sock, "policy", "import", policy_file)
     assert res.exit_code == 0, res.output
-    assert res.output == "Revision: 2\n"
+    assert res.output == "Revision: 1\n"
     res = run(sock, "policy", "get")
-    assert res.output.endswith("Revision: 2\n")
+    assert res.output.endswith("Revision: 1\n")
     assert json.loads(res.output.rsplit("Revision:", 1)[0])[0]["labels"]
     res = run(sock, "policy", "get", "name=web", "-o", "json")
-    assert json.loads(res.output)["revision"] == 2
+    assert json.loads(res.output)["revision"] == 1
     res = run(sock, "policy", "import", "-", input=json.dumps(POLICY))
-    assert res.output == "Revision: 3\n"
+    assert res.output == "Revision: 2\n"
     res = run(sock, "policy", "delete")
     assert res.exit_code == 2 and "--all" in res.output
     res = run(sock, "policy", "delete", "name=web")
-    assert res.output == "Revision: 4\n"
-    assert run(sock, "policy", "delete", "--all").output == "Revision: 4\n"  # nothing left to delete
+    assert res.output == "Revision: 3\n"
+    assert run(sock, "policy", "delete", "--all").output == "Revision: 3\n"  # nothing left to delete
 
 
 def test_policy_import_invalid(agent, tmp_path):
@@ -94,7 +94,7 @@ def test_policy_import_invalid(agent, tmp_path):
     res = run(sock, "policy", "import", str(bad))
     assert res.exit_code == 1
     assert "[0].ingress[0].fromEntities[0]" in res.output
-    assert daemon.policy.revision == 1
+    assert daemon.policy.revision == 0
     res = run(sock, "policy", "import", str(tmp_path / "missing.json"))
     assert res.exit_code == 1 and "cannot read" in res.output
 
@@ -129,7 +129,7 @@ def test_policy_trace(agent, policy_file):
 
 def test_policy_wait(agent):
     sock, daemon = agent
-    assert run(sock, "policy", "wait", "1").exit_code == 0
+    assert run(sock, "policy", "wait", "0").exit_code == 0
     res = run(sock, "policy", "wait", "7", "--max-wait-time", "300ms", "--sleep-time", "50ms")
     assert res.exit_code == 1 and "timeout" in res.output and "0/2" in res.output
     assert run(sock, "policy", "wait", "1", "--max-wait-time", "soon").exit_code == 2

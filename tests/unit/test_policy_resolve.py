@@ -59,7 +59,7 @@ def test_handbook_l3_demo() -> None:
     p = resolve(repo, APP1, IDS)
     assert p.ingress_enforced and not p.egress_enforced
     assert p.entries == {E("ingress", 257, 80, 6)}
-    assert p.revision == repo.revision == 2
+    assert p.revision == repo.revision == 1
     assert p.allows("ingress", 257, 80, 6)
     assert not p.allows("ingress", 257, 81, 6)
     assert not p.allows("ingress", 258, 80, 6)
@@ -355,9 +355,9 @@ def test_cidr_ipv6_and_bare_ip() -> None:
 
 def test_repository_revisions_and_get() -> None:
     repo = Repository()
-    assert repo.revision == 1 and len(repo) == 0
-    assert repo.add(L3_DEMO) == 2
-    assert repo.add(example("l3/simple/l3_egress.json")) == 3
+    assert repo.revision == 0 and len(repo) == 0
+    assert repo.add(L3_DEMO) == 1
+    assert repo.add(example("l3/simple/l3_egress.json")) == 2
     assert len(repo.get()) == 2
     assert [r.label_strings for r in repo.get(["name=l3-rule"])] == [("unspec:name=l3-rule",)]
     assert repo.get(["name=l3-egress-rule"]) == [repo.rules[1]]
@@ -368,8 +368,8 @@ def test_repository_revisions_and_get() -> None:
 def test_repository_add_rule_objects() -> None:
     repo = Repository()
     rules = parse_rules(L3_DEMO)
-    assert repo.add(rules) == 2 and repo.rules == tuple(rules)
-    assert repo.add(json.loads(L3_DEMO)) == 3 and len(repo) == 2
+    assert repo.add(rules) == 1 and repo.rules == tuple(rules)
+    assert repo.add(json.loads(L3_DEMO)) == 2 and len(repo) == 2
 
 
 def test_failed_import_changes_nothing() -> None:
@@ -377,10 +377,10 @@ def test_failed_import_changes_nothing() -> None:
     bad = [json.loads(L3_DEMO)[0], {"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "0"}]}]}]}]
     with pytest.raises(PolicyValidationError, match=r"^\[1\]\.ingress\[0\]\.toPorts\[0\]\.ports\[0\]\.port: port 0"):
         repo.add(json.dumps(bad))
-    assert repo.revision == 2 and len(repo) == 1
+    assert repo.revision == 1 and len(repo) == 1
     with pytest.raises(PolicyValidationError):
         repo.add("not json")
-    assert repo.revision == 2 and len(repo) == 1
+    assert repo.revision == 1 and len(repo) == 1
 
 
 def test_delete_by_labels() -> None:
@@ -388,29 +388,29 @@ def test_delete_by_labels() -> None:
     b = [{"endpointSelector": {}, "labels": ["k8s:app=x"]}]
     c = [{"endpointSelector": {}, "labels": ["k8s:app=y"]}]
     repo = repo_of(a, b, c)
-    assert repo.revision == 4
-    assert repo.delete_by_labels(["k8s:app=x", "k8s:tier=1"]) == (1, 5)
-    assert repo.delete_by_labels(["k8s:app=nothing"]) == (0, 5)  # no-op keeps the revision
-    assert repo.delete_by_labels(["app=x"]) == (1, 6)  # no source: any source
+    assert repo.revision == 3
+    assert repo.delete_by_labels(["k8s:app=x", "k8s:tier=1"]) == (1, 4)
+    assert repo.delete_by_labels(["k8s:app=nothing"]) == (0, 4)  # no-op keeps the revision
+    assert repo.delete_by_labels(["app=x"]) == (1, 5)  # no source: any source
     assert [r.label_strings for r in repo.rules] == [("k8s:app=y",)]
     with pytest.raises(PolicyRepositoryError):
         repo.delete_by_labels([])
     assert len(repo) == 1
-    assert repo.delete_all() == (1, 7)
-    assert repo.delete_all() == (0, 7)
+    assert repo.delete_all() == (1, 6)
+    assert repo.delete_all() == (0, 6)
 
 
 def test_repository_persistence() -> None:
     repo = repo_of(L3_DEMO, example("l3/cidr/cidr.json"))
     dump = repo.to_json()
     back = Repository.from_json(dump)
-    assert back.revision == repo.revision == 3 and back.rules == repo.rules
+    assert back.revision == repo.revision == 2 and back.rules == repo.rules
     other = Repository()
     other.load_json(dump.encode())
     assert other.rules == repo.rules
     with pytest.raises(PolicyValidationError):
         other.load_json('{"revision": 9, "rules": [{"ingress": []}]}')
-    assert other.rules == repo.rules and other.revision == 3
+    assert other.rules == repo.rules and other.revision == 2
 
 
 # ---------------------------------------------------------------------- trace
