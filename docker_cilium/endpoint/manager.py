@@ -101,7 +101,7 @@ class EndpointManager:
         self.networks: dict[str, Network] = {}
         self.endpoints: dict[str, Endpoint] = {}  # by Docker endpoint ID
         self._lock = asyncio.Lock()
-        self.timings: list[dict[str, float]] = []
+        self._creating: dict[str, int] = {}  # Docker endpoint ID -> reserved endpoint ID
 
     # ---- persistence -------------------------------------------------------------
 
@@ -222,7 +222,7 @@ class EndpointManager:
     # ---- endpoints ---------------------------------------------------------------
 
     def _pick_id(self, ipv4: str | None, ipv6: str | None) -> int:
-        used = {ep.id for ep in self.endpoints.values()}
+        used = {ep.id for ep in self.endpoints.values()} | set(self._creating.values())
         for addr in (ipv6, ipv4):
             if addr:
                 cand = int(ipaddress.ip_address(addr)) & 0xFFFF
@@ -247,8 +247,14 @@ class EndpointManager:
                                 "create the network with --ipam-driver cilium or a subnet")
         chosen_mac = not mac
         mac = mac or container_mac(endpoint_id)
+        # The lock covers only the ID choice: endpoints are created in
+        # parallel, and none waits for another's netlink or BPF work.
         async with self._lock:
+            if endpoint_id in self.endpoints or endpoint_id in self._creating:
+                raise EndpointError(f"endpoint {endpoint_id} already exists", 409)
             eid = self._pick_id(ipv4, ipv6)
+            self._creating[endpoint_id] = eid
+        try:
             link = await self.links.create_endpoint_link(endpoint_id, net.mtu, mac)
             ep = Endpoint(
                 id=eid, docker_endpoint_id=endpoint_id, docker_network_id=network_id,
@@ -269,11 +275,12 @@ class EndpointManager:
                     await self.links.delete_routes(ipv4, ipv6)
                 raise
             self.endpoints[endpoint_id] = ep
+        finally:
+            self._creating.pop(endpoint_id, None)
         for addr in (ipv4, ipv6):
             if addr and net.cilium_ipam:
                 await self.ipam.set_owner(addr, f"endpoint {eid}")
         ms = (time.perf_counter() - t0) * 1000
-        self._timing("create_endpoint", ms)
         log.info("endpoint.create", endpoint=eid, ifname=ep.ifname, ipv4=ipv4, ipv6=ipv6, duration_ms=round(ms, 2))
         return ep, chosen_mac
 
@@ -316,7 +323,7 @@ class EndpointManager:
         ep.sandbox_key = sandbox_key
         info = self.join_info(ep)
         await self._save_endpoint(ep)
-        self._timing("join", (time.perf_counter() - t0) * 1000)
+        log.debug("endpoint.join", endpoint=ep.id, duration_ms=round((time.perf_counter() - t0) * 1000, 2))
         return info
 
     async def leave(self, network_id: str, endpoint_id: str) -> None:
@@ -329,17 +336,16 @@ class EndpointManager:
     async def delete_endpoint(self, network_id: str, endpoint_id: str) -> bool:
         """Idempotent: dockerd re-deletes endpoints after crashes; unknown is fine."""
         async with self._lock:
-            ep = self.endpoints.get(endpoint_id)
-            if ep is None:
-                await self.links.delete_endpoint_link(endpoint_id)
-                return False
-            ep.set_state(State.DISCONNECTING, "deleted by Docker")
-            await self.hooks.endpoint_deleted(ep)
+            ep = self.endpoints.pop(endpoint_id, None)
+        if ep is None:
             await self.links.delete_endpoint_link(endpoint_id)
-            await self.links.delete_routes(ep.ipv4, ep.ipv6)
-            await self.store.delete(EP_PREFIX + endpoint_id)
-            ep.set_state(State.DISCONNECTED, "removed")
-            del self.endpoints[endpoint_id]
+            return False
+        ep.set_state(State.DISCONNECTING, "deleted by Docker")
+        await self.hooks.endpoint_deleted(ep)
+        await self.links.delete_endpoint_link(endpoint_id)
+        await self.links.delete_routes(ep.ipv4, ep.ipv6)
+        await self.store.delete(EP_PREFIX + endpoint_id)
+        ep.set_state(State.DISCONNECTED, "removed")
         log.info("endpoint.delete", endpoint=ep.id, ifname=ep.ifname)
         return True
 
@@ -394,6 +400,3 @@ class EndpointManager:
     async def save(self, ep: Endpoint) -> None:
         await self._save_endpoint(ep)
 
-    def _timing(self, op: str, ms: float) -> None:
-        self.timings.append({"op": op, "ms": round(ms, 3), "time": time.time()})  # type: ignore[dict-item]
-        del self.timings[:-500]

@@ -71,7 +71,6 @@ class Regenerator:
         self._cidr_ids: dict[str, int] = {}
         self._host_ips: set[str] = set()
         self._lock = asyncio.Lock()
-        self.timings: list[dict[str, float]] = []
         self.save_endpoint: Any = None  # set by the daemon: persists an endpoint record
         self._pending: asyncio.Task[None] | None = None
         self._dirty = False
@@ -232,7 +231,8 @@ class Regenerator:
             await self._regenerate(ep, self.identity_labels())
             if self.dp is not None:
                 await self.dp.attach_async(ep.ifindex)
-        self._timing("endpoint_created", t0)
+        log.debug("endpoint.regenerated", endpoint=ep.id, identity=ep.identity,
+                  duration_ms=round((time.perf_counter() - t0) * 1000, 2))
 
     async def endpoint_changed(self, ep: Endpoint) -> None:
         """Labels changed: new identity, then every endpoint is re-evaluated."""
@@ -245,7 +245,8 @@ class Regenerator:
                 await self._regenerate_all()
             elif ep.state != State.READY:
                 await self._regenerate(ep, self.identity_labels())
-        self._timing("endpoint_changed", t0)
+        log.debug("endpoint.labels_applied", endpoint=ep.id, identity=ep.identity,
+                  duration_ms=round((time.perf_counter() - t0) * 1000, 2))
 
     async def endpoint_deleted(self, ep: Endpoint) -> None:
         async with self._lock:
@@ -336,7 +337,6 @@ class Regenerator:
             self.repo = candidate
             await self._sync_cidr_identities()
             await self._regenerate_all()
-        self._timing("policy_import", t0)
         log.info("policy.import", revision=rev, rules=len(self.repo.rules),
                  endpoints=len(self.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000, 2))
         return rev
@@ -411,6 +411,3 @@ class Regenerator:
             ep.policy_enforcement = changes.get("PolicyEnforcement", ep.policy_enforcement)
             await self._regenerate(ep, self.identity_labels())
 
-    def _timing(self, op: str, t0: float) -> None:
-        self.timings.append({"op": op, "ms": round((time.perf_counter() - t0) * 1000, 3)})  # type: ignore[dict-item]
-        del self.timings[:-500]

@@ -54,6 +54,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
+from docker_cilium.identity import reserved
+
 from .api.cidr import cidr_identity_labels, cidr_label
 from .api.entities import entity_matches
 from .api.l4 import PROTO_NUMBERS
@@ -76,18 +78,15 @@ __all__ = [
 ]
 
 WILDCARD_IDENTITY = 0
-HOST_IDENTITY = 1
-WORLD_IDENTITY = 2
-INIT_IDENTITY = 5
+HOST_IDENTITY = reserved.HOST
+WORLD_IDENTITY = reserved.WORLD
+INIT_IDENTITY = reserved.INIT
 
-#: Labels of the reserved identities; merged into every identity table so
-#: entities and ``reserved:`` selectors work even if the caller omits them.
+#: Labels of the reserved identities (from the one table in identity.reserved);
+#: merged into every identity table so entities and ``reserved:`` selectors
+#: work even if the caller omits them.
 RESERVED_IDENTITIES: Mapping[int, frozenset[str]] = {
-    1: frozenset({"reserved:host"}),
-    2: frozenset({"reserved:world"}),
-    3: frozenset({"reserved:unmanaged"}),
-    4: frozenset({"reserved:health"}),
-    5: frozenset({"reserved:init"}),
+    num: frozenset(labels.to_strings()) for num, labels in reserved.all_reserved().items()
 }
 
 DIRECTIONS = ("ingress", "egress")

@@ -61,3 +61,57 @@ def test_allocations_persist_before_reply(agent, names):
     assert net_settings(b, net)["IPAddress"] != ip_a
     ipam = json.loads(agent.cli("status", "-o", "json").stdout)["ipam"]
     assert ipam["ipv4"].startswith("2/")
+    docker("rm", "-f", a, b)
+    docker("network", "rm", net)
+    assert agent.cli_json("endpoint", "list") == []
+    assert host_leaks() == []
+
+
+def restart_dockerd() -> None:
+    """Restart dockerd the way it was started (systemd, or our services script)."""
+    import subprocess
+    import time
+
+    from tests.helpers import ROOT, run
+
+    if subprocess.run(["systemctl", "is-active", "--quiet", "docker"], capture_output=True).returncode == 0:
+        run("systemctl", "restart", "docker", timeout=120)
+        return
+    subprocess.run(["pkill", "-TERM", "-x", "dockerd"])
+    deadline = time.monotonic() + 60
+    while subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "dockerd did not stop"
+        time.sleep(0.5)
+    run(str(ROOT / "scripts" / "services.sh"), "dockerd", timeout=120)
+
+
+def test_dockerd_restart(agent, names):
+    """dockerd restarts: containers with a restart policy come back wired, with
+    their labels and identity; the endpoints of the old sandboxes are gone."""
+    from tests.helpers import wait_until
+
+    net = names("dockerd-restart")
+    net_id = create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
+    srv = run_container(names("srv"), net, "--restart", "always", "-l", "id=srv",
+                        cmd=("httpd", "-f", "-p", "80", "-h", "/var/www"))
+    cli = run_container(names("cli"), net, "--restart", "always", "-l", "id=cli")
+
+    mine = {names("srv"), names("cli")}
+
+    def identities():
+        named = {e["container-name"]: e for e in agent.cli_json("endpoint", "list")
+                 if e["docker-network-id"] == net_id}
+        ok = set(named) == mine and all(e["identity"]["id"] >= 256 and e["state"] == "ready"
+                                        for e in named.values())
+        return named if ok else None
+
+    before = wait_until(identities, what="labelled endpoints")
+    restart_dockerd()
+    after = wait_until(identities, timeout=60, what="endpoints after dockerd restart")
+    for name in (names("srv"), names("cli")):
+        assert after[name]["identity"]["id"] == before[name]["identity"]["id"]
+    ip = net_settings(srv, net)["IPAddress"]
+    assert "docker-cilium" in exec_(cli, "timeout", "5", "wget", "-q", "-O", "-", f"http://{ip}/").stdout
+    docker("rm", "-f", srv, cli)
+    docker("network", "rm", net)
+    assert [e for e in agent.cli_json("endpoint", "list") if e["docker-network-id"] == net_id] == []

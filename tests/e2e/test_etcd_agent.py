@@ -1,0 +1,72 @@
+"""The agent on a real etcd (--kvstore etcd): identities live in etcd, policy works."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import cleanup_bpf, cleanup_docker, cleanup_host, create_network, exec_, net_settings, \
+    run_container
+from tests.helpers import Agent, run, wait_until
+from tests.integration.conftest import etcd_server  # noqa: F401  (a real etcd for this module)
+
+pytestmark = pytest.mark.etcd
+
+
+@pytest.fixture
+def etcd_agent(dockerd, etcd_server, tmp_path):  # noqa: F811
+    cleanup_host()
+    a = Agent(tmp_path / "agent", extra=["--kvstore", "etcd", "--kvstore-opt", f"etcd.address={etcd_server}"])
+    try:
+        a.start()
+        yield a, etcd_server
+    finally:
+        cleanup_docker()
+        a.stop()
+        cleanup_host()
+        cleanup_bpf(a.bpf_root)
+
+
+def etcd_keys(address: str, prefix: str) -> list[str]:
+    out = run("etcdctl", f"--endpoints={address}", "get", "--prefix", "--keys-only", prefix,
+              ).stdout
+    return [k for k in out.splitlines() if k]
+
+
+def test_identities_in_etcd_and_policy(etcd_agent, names):
+    agent, address = etcd_agent
+    status = agent.cli_json("status")
+    assert status["kvstore"]["state"] == "Ok" and "etcd" in status["kvstore"]["msg"]
+    net = names("etcd-net")
+    create_network(net, "--driver", "cilium", "--ipam-driver", "cilium")
+    app1 = run_container(names("app1"), net, "-l", "id=app1",
+                         cmd=("httpd", "-f", "-p", "80", "-h", "/var/www"))
+    app2 = run_container(names("app2"), net, "-l", "id=app2")
+    app3 = run_container(names("app3"), net, "-l", "id=app3")
+
+    def identities():
+        eps = agent.cli_json("endpoint", "list")
+        ids = {e["container-name"]: e["identity"]["id"] for e in eps}
+        return ids if len(ids) == 3 and all(i >= 256 for i in ids.values()) else None
+    ids = wait_until(identities, what="identities from etcd")
+    keys = etcd_keys(address, "cilium/state/identities/v1/")
+    for num in ids.values():
+        assert f"cilium/state/identities/v1/id/{num}" in keys
+    refs = [k for k in keys if k.startswith("cilium/state/identities/v1/value/")]
+    assert len(refs) == 3 and all(k.endswith("/" + agent_node()) for k in refs)
+
+    ip1 = net_settings(app1, net)["IPAddress"]
+    out = agent.cli("policy", "import", "tests/fixtures/policies/l3-rule.json").stdout
+    assert out.strip() == "Revision: 1"
+    assert exec_(app2, "timeout", "3", "wget", "-q", "-O", "-", f"http://{ip1}/", check=False).returncode == 0
+    assert exec_(app3, "timeout", "3", "wget", "-q", "-O", "-", f"http://{ip1}/", check=False).returncode != 0
+
+    # Removing a container drops this node's reference to its identity in etcd.
+    run("/usr/bin/docker", "rm", "-f", app3)
+    wait_until(lambda: len([k for k in etcd_keys(address, "cilium/state/identities/v1/value/")]) == 2,
+               what="app3's identity reference to leave etcd")
+
+
+def agent_node() -> str:
+    import socket
+
+    return socket.gethostname()
