@@ -74,10 +74,11 @@ int from_container(struct __sk_buff *skb)
 
 	if (eth_load(skb, &eth) < 0)
 		return send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id, src_id, 0, 0);
-	if (eth.h_proto != bpf_htons(ETH_P_IP) && eth.h_proto != bpf_htons(ETH_P_IPV6))
-		return TC_ACT_OK;	/* ARP and other non-IP */
+	/* The source MAC is checked for every frame, ARP included. */
 	if (eth_addrcmp(eth.h_source, ep->mac))
 		return send_drop_notify(skb, DROP_INVALID_SMAC, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+	if (eth.h_proto != bpf_htons(ETH_P_IP) && eth.h_proto != bpf_htons(ETH_P_IPV6))
+		return TC_ACT_OK;	/* ARP and other non-IP */
 
 	ret = parse_ip(skb, eth.h_proto, &f);
 	if (ret != 0)

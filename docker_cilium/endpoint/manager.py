@@ -341,8 +341,10 @@ class EndpointManager:
             await self.links.delete_endpoint_link(endpoint_id)
             return False
         ep.set_state(State.DISCONNECTING, "deleted by Docker")
-        await self.hooks.endpoint_deleted(ep)
+        # The link goes first: while it exists its programs need its map
+        # entries, or they would let its traffic through unchecked.
         await self.links.delete_endpoint_link(endpoint_id)
+        await self.hooks.endpoint_deleted(ep)
         await self.links.delete_routes(ep.ipv4, ep.ipv6)
         await self.store.delete(EP_PREFIX + endpoint_id)
         ep.set_state(State.DISCONNECTED, "removed")
