@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -659,13 +660,23 @@ class PolicyMap:
 
     def __init__(self, m: BpfMap):
         self.m = m
+        # lxc_id -> {entry tuple: (key, proxy_port, deny)}, built by one scan
+        # and then kept by our own writes (the agent is the only writer), so
+        # a regeneration costs syscalls for its own entries only, not for
+        # the whole map.
+        self._index: dict[int, dict[tuple, tuple[policy_key, int, bool]]] | None = None
 
     @staticmethod
     def _tuple(k: policy_key) -> tuple:
         return (k.lxc_id, k.sec_identity, k.direction, ntohs(k.dport), k.proto)
 
-    def _keys_for(self, lxc_id: int) -> dict[tuple, policy_key]:
-        return {self._tuple(k): k for k in self.m.keys() if k.lxc_id == lxc_id}
+    def _endpoint_index(self, lxc_id: int) -> dict[tuple, tuple[policy_key, int, bool]]:
+        if self._index is None:
+            index: dict[int, dict[tuple, tuple[policy_key, int, bool]]] = {}
+            for k, v in self.m.items():
+                index.setdefault(k.lxc_id, {})[self._tuple(k)] = (k, ntohs(v.proxy_port), bool(v.deny))
+            self._index = index
+        return self._index.setdefault(lxc_id, {})
 
     def set_endpoint_policy(self, lxc_id: int, entries: Iterable[PolicyEntry]) -> tuple[int, int]:
         """Make the endpoint's entries exactly ``entries``: add missing ones,
@@ -682,28 +693,31 @@ class PolicyMap:
         for ident, d in markers:
             want[(lxc_id, ident, d, 0, POLICY_PROTO_L4_MARKER)] = PolicyEntry(
                 ident, d, 0, POLICY_PROTO_L4_MARKER)
-        have = self._keys_for(lxc_id)
+        have = self._endpoint_index(lxc_id)
         added = deleted = 0
         # add/modify first, then delete: never a window of "deny all"
         for t, e in want.items():
-            cur = self.m.lookup(have[t]) if t in have else None
-            if cur is not None and cur.proxy_port == htons(e.proxy_port) and \
-                    bool(cur.deny) == e.deny:
+            known = have.get(t)
+            if known is not None and known[1] == e.proxy_port and known[2] == e.deny:
                 continue
             v = e.value()
+            cur = self.m.lookup(known[0]) if known is not None else None
             if cur is not None:
                 v.packets, v.bytes = cur.packets, cur.bytes
-            self.m.update(e.key(lxc_id), v)
+            key = e.key(lxc_id)
+            self.m.update(key, v)
+            have[t] = (key, e.proxy_port, e.deny)
             added += 1
-        for t, k in have.items():
-            if t not in want:
-                deleted += self.m.delete(k)
+        for t in [t for t in have if t not in want]:
+            deleted += self.m.delete(have.pop(t)[0])
         return added, deleted
 
     def delete_endpoint(self, lxc_id: int) -> int:
+        have = self._endpoint_index(lxc_id)
         n = 0
-        for k in self._keys_for(lxc_id).values():
-            n += self.m.delete(k)
+        for key, _, _ in have.values():
+            n += self.m.delete(key)
+        have.clear()
         return n
 
     def dump(self, lxc_id: int | None = None, include_markers: bool = False) -> list[PolicyStat]:
@@ -1039,8 +1053,9 @@ class DatapathMaps:
     def endpoints(self) -> EndpointMap:
         return EndpointMap(self.raw["cilium_ep_ifindex"], self.raw["cilium_lxc"])
 
-    @property
+    @functools.cached_property
     def policy(self) -> PolicyMap:
+        # One instance per open: it carries the write index of the map.
         return PolicyMap(self.raw["cilium_policy"])
 
     @property

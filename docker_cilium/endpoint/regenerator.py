@@ -83,6 +83,10 @@ class Regenerator:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._pending
 
+    async def _save(self, ep: Endpoint) -> None:
+        if self.save_endpoint is not None:
+            await self.save_endpoint(ep)
+
     def _identities_changed(self) -> None:
         """Another node (or we) allocated or freed an identity: re-resolve.
 
@@ -300,8 +304,8 @@ class Regenerator:
         ep.ingress_enforced, ep.egress_enforced = pol.ingress_enforced, pol.egress_enforced
         ep.policy_revision = pol.revision
         ep.set_state(State.READY, f"regenerated to policy revision {pol.revision}")
-        if self.save_endpoint is not None:
-            await self.save_endpoint(ep)
+        # Nothing persisted changed here (revision and flags are recomputed on
+        # restore): no fsync per endpoint on every policy import.
 
     def _write_endpoint_maps(self, ep: Endpoint, pol: EndpointPolicy) -> None:
         """Runs in a worker thread: a full policy-map diff is many syscalls."""
@@ -400,6 +404,7 @@ class Regenerator:
         except BaseException:
             ep.user_labels, ep.disabled_labels = before
             raise
+        await self._save(ep)
 
     async def update_endpoint_config(self, ep: Endpoint, changes: dict[str, str]) -> None:
         for key, value in changes.items():
@@ -410,4 +415,5 @@ class Regenerator:
         async with self._lock:
             ep.policy_enforcement = changes.get("PolicyEnforcement", ep.policy_enforcement)
             await self._regenerate(ep, self.identity_labels())
+        await self._save(ep)
 
