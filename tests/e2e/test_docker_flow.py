@@ -154,3 +154,37 @@ def test_container_on_cilium_and_bridge(agent, names):
     docker("network", "disconnect", net, b)
     docker("network", "disconnect", "bridge", a)
     ping(a, ip)
+
+
+def test_agent_api_ipam_and_errors(agent):
+    """POST/DELETE /v1/ipam on the real agent, and bad input answered precisely."""
+    import pytest
+
+    from docker_cilium.cli.client import APIError, Client
+
+    v4range, v6range = node_ranges(agent)
+    api = Client(agent.api_socket)
+    got = api.request("POST", "/ipam", query={"owner": "e2e"})
+    v4, v6 = got["address"]["ipv4"], got["address"]["ipv6"]
+    assert ipaddress.ip_address(v4) in v4range and ipaddress.ip_address(v6) in v6range
+    assert got["host-addressing"]["ipv4"]["ip"] == str(v4range.network_address + 1)
+    with pytest.raises(APIError) as err:
+        api.request("POST", f"/ipam/{v4}")
+    assert err.value.status == 409 and "already allocated" in str(err.value)
+    api.request("DELETE", f"/ipam/{v4}")
+    api.request("DELETE", f"/ipam/{v6}")
+    for method, path, kw, status, needle in [
+        ("DELETE", f"/ipam/{v4}", {}, 404, "not allocated"),
+        ("DELETE", "/ipam/not-an-ip", {}, 400, "invalid IP address"),
+        ("POST", "/ipam", {"query": {"family": "ipx"}}, 400, "family must be"),
+        ("PUT", "/policy", {"raw": b"[{oops"}, 400, "invalid JSON at line 1 column 3"),
+        ("PUT", "/policy", {"raw": b'[{"endpointSelector": {}, "ingres": []}]'}, 400, "ingres"),
+        ("GET", "/endpoint/424242", {}, 404, "not found"),
+        ("GET", "/endpoint/bogus:1", {}, 400, "unknown prefix"),
+        ("GET", "/no/such/path", {}, 404, "no such API path"),
+    ]:
+        with pytest.raises(APIError) as err:
+            api.request(method, path, **kw)
+        assert err.value.status == status and needle in str(err.value), (path, str(err.value))
+    assert api.get("/healthz")["cilium"]["state"] == "Ok"  # still serving
+    assert api.get("/policy")["revision"] == 0  # nothing was imported
