@@ -164,11 +164,10 @@ def ct_list(ctx: Context, table_name: str, pin_root: str) -> None:
     _check_table(table_name)
     entries = _with_maps(pin_root, lambda dp: dp.ct.dump())
     entries.sort(key=lambda e: (e.family, e.proto, e.saddr, e.sport, e.daddr, e.dport, e.direction))
+    now = bpfmaps.monotonic_seconds()
     if ctx.output == "json":
-        now = bpfmaps.monotonic_seconds()
         emit_json([dataclasses.asdict(e) | {"expires": e.expires_in(now)} for e in entries])
         return
-    now = bpfmaps.monotonic_seconds()
     for e in entries:
         click.echo(ct_line(e, now))
 
