@@ -8,7 +8,7 @@ from aiohttp import web
 
 from docker_cilium.api.keys import DAEMON
 
-from docker_cilium.policy.resolve import ENFORCEMENT_MODES
+from docker_cilium.policy.resolve import parse_enforcement
 from docker_cilium.api.errors import APIError, json_body, reject_unknown
 
 routes = web.RouteTableDef()
@@ -59,14 +59,12 @@ async def patch_config(request: web.Request) -> web.Response:
             raise APIError(400, f"unknown or read-only option {key!r} (changeable: {', '.join(MUTABLE_OPTIONS)})")
     wanted = [(k, v) for k, v in (("policy-enforcement", body.get("policy-enforcement")),
                                   ("PolicyEnforcement", options.get("PolicyEnforcement"))) if v is not None]
-    for key, value in wanted:
-        if not isinstance(value, str) or value.lower() not in ENFORCEMENT_MODES:
-            raise APIError(400, f"invalid value {value!r} for {key}: must be one of {', '.join(ENFORCEMENT_MODES)}")
-    if len({v.lower() for _, v in wanted}) > 1:
+    try:
+        modes = {parse_enforcement(value, key) for key, value in wanted}
+    except ValueError as exc:
+        raise APIError(400, str(exc)) from None
+    if len(modes) > 1:
         raise APIError(400, "policy-enforcement and options.PolicyEnforcement disagree")
-    if wanted:
-        try:
-            await daemon.policy.set_enforcement(wanted[0][1].lower())
-        except ValueError as exc:
-            raise APIError(400, str(exc)) from None
+    if modes:
+        await daemon.policy.set_enforcement(modes.pop())
     return web.json_response(_config_model(daemon))

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from docker_cilium.api.keys import DAEMON
 
-from docker_cilium.policy.resolve import ENFORCEMENT_MODES
+from docker_cilium.policy.resolve import parse_enforcement
 from docker_cilium.api.errors import APIError, json_body, reject_unknown
 from docker_cilium.endpoint.manager import EndpointError
 
@@ -32,13 +32,12 @@ async def get_endpoint(request: web.Request) -> web.Response:
 
 # --- labels and per-endpoint configuration -----------------------------------
 
-ENDPOINT_OPTIONS = ("PolicyEnforcement",)
 
 
 def _labels_model(ep) -> dict[str, list[str]]:
-    labels = ep.to_model().get("labels") or {}
-    return {"orchestration-identity": list(labels.get("orchestration-identity") or []),
-            "user": list(labels.get("user") or [])}
+    """The endpoint model's label groups: from the container, added, removed, and
+    the effective set its identity is made of."""
+    return dict(ep.to_model()["labels"])
 
 
 def _config_model(ep) -> dict[str, str]:
@@ -50,18 +49,6 @@ def _string_list(body: dict, key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise APIError(400, f"{key} must be a JSON array of label strings")
     return [v.strip() for v in value if v.strip()]
-
-
-def _check_options(changes: dict) -> dict[str, str]:
-    """Validate before the regenerator sees them, so the message names the option."""
-    out: dict[str, str] = {}
-    for key, value in changes.items():
-        if key not in ENDPOINT_OPTIONS:
-            raise APIError(400, f"unknown endpoint option {key!r} (known: {', '.join(ENDPOINT_OPTIONS)})")
-        if not isinstance(value, str) or value.lower() not in ENFORCEMENT_MODES:
-            raise APIError(400, f"invalid value {value!r} for {key}: must be one of {', '.join(ENFORCEMENT_MODES)}")
-        out[key] = value.lower()
-    return out
 
 
 async def _apply_labels(request: web.Request, ep, add: list[str], delete: list[str]) -> None:
@@ -88,11 +75,14 @@ async def patch_endpoint(request: web.Request) -> web.Response:
     body = await json_body(request)
     reject_unknown(body, {"labels", "policy-enforcement"})
     changes = {}
-    if "policy-enforcement" in body:
-        changes = _check_options({"PolicyEnforcement": body["policy-enforcement"]})
+    if "policy-enforcement" in body:  # checked before any label changes
+        try:
+            changes = {"PolicyEnforcement": parse_enforcement(body["policy-enforcement"], "policy-enforcement")}
+        except ValueError as exc:
+            raise APIError(400, str(exc)) from None
     if "labels" in body:
         wanted = _string_list(body, "labels")
-        current = [lbl for group in _labels_model(ep).values() for lbl in group]
+        current = _labels_model(ep)["effective"]
         add = [lbl for lbl in wanted if lbl not in current]
         delete = [lbl for lbl in current if lbl not in wanted]
         if add or delete:
@@ -134,5 +124,5 @@ async def patch_endpoint_config(request: web.Request) -> web.Response:
         body = body["options"]
         if not isinstance(body, dict):
             raise APIError(400, "options must be a JSON object of Key: Value")
-    await _apply_config(request, ep, _check_options(body))
+    await _apply_config(request, ep, body)
     return web.json_response(_config_model(ep))

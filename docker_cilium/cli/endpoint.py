@@ -56,7 +56,9 @@ def _show_labels(ctx: Context, labels: dict) -> None:
     if ctx.output == "json":
         emit_json(labels)
         return
-    rows = [[lbl, "Orchestration-Identity"] for lbl in labels.get("orchestration-identity") or []]
+    disabled = set(labels.get("disabled") or [])
+    rows = [[lbl, "Orchestration-Identity" + (" (disabled)" if lbl in disabled else "")]
+            for lbl in labels.get("orchestration-identity") or []]
     rows += [[lbl, "User"] for lbl in labels.get("user") or []]
     table(["LABEL", "SOURCE"], rows)
 

@@ -107,8 +107,8 @@ def _labels_of_identity(ctx: Context, ident: int) -> list[str]:
 
 
 def _labels_of_endpoint(ctx: Context, ref: str) -> list[str]:
-    labels = ctx.client.get(f"/endpoint/{ref}/labels")
-    return list(labels.get("orchestration-identity") or []) + list(labels.get("user") or [])
+    """The labels its identity is made of (container labels, plus added, minus removed)."""
+    return list(ctx.client.get(f"/endpoint/{ref}")["labels"]["effective"])
 
 
 @policy.command("trace")
@@ -164,7 +164,7 @@ def parse_duration(text: str) -> float:
 
 def _enforced_revision(ep: dict) -> int:
     pol = ep.get("policy") or {}
-    rev = pol.get("revision", ep.get("policy-revision", 0))
+    rev = pol.get("revision", 0)
     return int(rev or 0)
 
 

@@ -79,6 +79,11 @@ class Endpoint:
     created: float = field(default_factory=time.time)
     status_log: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def effective_labels(self) -> list[str]:
+        """What the identity is made of: container labels, minus disabled, plus user."""
+        return sorted((set(self.labels) - set(self.disabled_labels)) | set(self.user_labels))
+
     def set_state(self, new: State, reason: str) -> None:
         if new == self.state:
             return
@@ -118,12 +123,11 @@ class Endpoint:
                 "orchestration-identity": list(self.labels),
                 "user": list(self.user_labels),
                 "disabled": list(self.disabled_labels),
-                "effective": sorted((set(self.labels) - set(self.disabled_labels)) | set(self.user_labels)),
+                "effective": self.effective_labels,
             },
             "identity": {"id": self.identity},
             "state": self.state.value,
             "policy-enforcement": self.policy_enforcement,
-            "policy-revision": self.policy_revision,
             "policy": {
                 "ingress-enforced": self.ingress_enforced,
                 "egress-enforced": self.egress_enforced,

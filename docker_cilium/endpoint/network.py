@@ -14,7 +14,6 @@ from typing import Any
 
 CILIUM_ADDRESS_SPACES = {"CiliumLocal", "CiliumGlobal"}
 MTU_OPTION = "com.docker.network.driver.mtu"
-MASQ_OPTION = "cilium.masquerade"
 
 
 @dataclass

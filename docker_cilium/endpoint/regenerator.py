@@ -39,6 +39,7 @@ from docker_cilium.policy import (
     Repository,
     cidr_identity_labels,
     cidr_prefixes,
+    parse_enforcement,
     resolve,
     trace,
 )
@@ -48,6 +49,7 @@ log = structlog.get_logger(__name__)
 POLICY_KEY = "cilium/state/policy/v1/rules"
 CIDR_IDS_KEY = "cilium/state/policy/v1/cidr-identities"
 LOCAL_IDENTITY_BASE = 1 << 24  # node-local identities (CIDR), as Cilium's local scope
+ENDPOINT_OPTIONS = ("PolicyEnforcement",)  # what `cilium endpoint config` may change
 WORLD_PREFIXES = ("0.0.0.0/0", "::/0")
 
 
@@ -204,14 +206,9 @@ class Regenerator:
 
     # ---- endpoint hooks (DatapathHooks) ---------------------------------------
 
-    @staticmethod
-    def effective_labels(ep: Endpoint) -> list[str]:
-        labels = (set(ep.labels) - set(ep.disabled_labels)) | set(ep.user_labels)
-        return sorted(labels)
-
     async def _assign_identity(self, ep: Endpoint) -> bool:
         """(Re)allocate the endpoint's identity from its labels; True if it changed."""
-        labels = self.effective_labels(ep)
+        labels = ep.effective_labels
         if not labels:
             new = Identity(reserved.INIT, reserved.labels_for(reserved.INIT))  # type: ignore[arg-type]
         else:
@@ -286,7 +283,7 @@ class Regenerator:
         return ep.policy_enforcement if ep.policy_enforcement != "default" else self.enforcement
 
     def resolve_endpoint(self, ep: Endpoint, identities: dict[int, list[str]] | None = None) -> EndpointPolicy:
-        labels = self.effective_labels(ep) or ["reserved:init"]
+        labels = ep.effective_labels or ["reserved:init"]
         return resolve(self.repo, labels, identities or self.identity_labels(), self.mode_for(ep))
 
     async def _regenerate(self, ep: Endpoint, identities: dict[int, list[str]]) -> None:
@@ -363,15 +360,6 @@ class Regenerator:
             await self._regenerate_all()
         return deleted, rev
 
-    async def wait(self, revision: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            if all(ep.policy_revision >= revision for ep in self.endpoints.values()) and \
-                    self.repo.revision >= revision:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
 
     def trace(self, src_labels: list[str], dst_labels: list[str], dport: int | None,
               proto: str) -> tuple[str, list[str]]:
@@ -379,8 +367,7 @@ class Regenerator:
                      self.enforcement)
 
     async def set_enforcement(self, mode: str) -> None:
-        if mode not in ENFORCEMENT_MODES:
-            raise ValueError(f"PolicyEnforcement must be one of {', '.join(ENFORCEMENT_MODES)}, got {mode!r}")
+        mode = parse_enforcement(mode)
         async with self._lock:
             await self._persist(enforcement=mode)
             self.enforcement = mode
@@ -407,13 +394,12 @@ class Regenerator:
         await self._save(ep)
 
     async def update_endpoint_config(self, ep: Endpoint, changes: dict[str, str]) -> None:
-        for key, value in changes.items():
-            if key != "PolicyEnforcement":
-                raise ValueError(f"unknown endpoint option {key!r} (known: PolicyEnforcement)")
-            if value not in ENFORCEMENT_MODES:
-                raise ValueError(f"PolicyEnforcement must be one of {', '.join(ENFORCEMENT_MODES)}, got {value!r}")
+        for key in changes:
+            if key not in ENDPOINT_OPTIONS:
+                raise ValueError(f"unknown endpoint option {key!r} (known: {', '.join(ENDPOINT_OPTIONS)})")
+        mode = parse_enforcement(changes.get("PolicyEnforcement", ep.policy_enforcement))
         async with self._lock:
-            ep.policy_enforcement = changes.get("PolicyEnforcement", ep.policy_enforcement)
+            ep.policy_enforcement = mode
             await self._regenerate(ep, self.identity_labels())
         await self._save(ep)
 

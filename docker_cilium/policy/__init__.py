@@ -14,6 +14,7 @@ from .resolve import (
     PolicyEntry,
     cidr_identity_labels,
     cidr_prefixes,
+    parse_enforcement,
     resolve,
     trace,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Rule",
     "cidr_identity_labels",
     "cidr_prefixes",
+    "parse_enforcement",
     "parse_rules",
     "resolve",
     "trace",

@@ -66,6 +66,7 @@ from .repository import Repository
 __all__ = [
     "DIRECTIONS",
     "ENFORCEMENT_MODES",
+    "parse_enforcement",
     "EndpointPolicy",
     "PolicyEntry",
     "RESERVED_IDENTITIES",
@@ -182,9 +183,17 @@ def selecting_rules(repo: Repository | Iterable[Rule], endpoint_labels: LabelSet
     return [r for r in rules if r.endpoint_selector.matches(ls)]
 
 
+def parse_enforcement(value: object, field: str = "PolicyEnforcement") -> str:
+    """The one check of an enforcement mode (flags, API, CLI all end here).
+
+    Case-insensitive; the error names the field, as the API reports it."""
+    if not isinstance(value, str) or value.lower() not in ENFORCEMENT_MODES:
+        raise ValueError(f"invalid value {value!r} for {field}: must be one of {', '.join(ENFORCEMENT_MODES)}")
+    return value.lower()
+
+
 def _enforced(mode: str, rules: list[Rule], direction: str) -> bool:
-    if mode not in ENFORCEMENT_MODES:
-        raise ValueError(f"invalid policy enforcement mode {mode!r}, must be one of {', '.join(ENFORCEMENT_MODES)}")
+    mode = parse_enforcement(mode)
     if mode == "always":
         return True
     if mode == "never":

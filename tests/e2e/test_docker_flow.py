@@ -123,7 +123,7 @@ def test_requested_ip_and_subnet_inside_node_range(agent, names):
     outside = str(v4range.network_address + 7 * 256 + 9)
     bad = docker("run", "-d", "--name", names("out"), "--label", "docker-cilium-test=1", "--net", net,
                  "--ip", outside, "busybox", "sleep", "60", check=False)
-    assert bad.returncode != 0
+    assert bad.returncode != 0 and outside in bad.stderr, bad.stderr
     # A second network shares the node pool: the same address cannot be had twice.
     net2 = names("fixed2")
     create_network(net2, "--driver", "cilium", "--ipam-driver", "cilium", "--subnet", str(subnet))

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from docker_cilium.api.app import build_app
 from docker_cilium.api.openapi import load_document
-from tests.unit.fake_daemon import make_daemon
+from tests.unit.unit_daemon import UnitDaemon
 
 L3_RULE = [{
     "endpointSelector": {"matchLabels": {"id": "app1"}},
@@ -21,12 +21,13 @@ L3_RULE = [{
 
 
 @pytest.fixture
-async def api():
-    daemon = make_daemon()
+async def api(tmp_path):
+    daemon = await UnitDaemon(str(tmp_path)).start()
     client = TestClient(TestServer(build_app(daemon)))
     await client.start_server()
     yield client, daemon
     await client.close()
+    await daemon.stop()
 
 
 async def _err(resp, status: int) -> str:
@@ -147,13 +148,25 @@ async def test_identities(api):
 async def test_endpoint_labels(api):
     client, daemon = api
     body = await (await client.get("/v1/endpoint/1001/labels")).json()
-    assert body == {"orchestration-identity": ["container:id=app1"], "user": []}
+    assert body == {"orchestration-identity": ["container:id=app1"], "user": [], "disabled": [],
+                    "effective": ["container:id=app1"]}
+    before = daemon.endpoint(1001).identity
     resp = await client.patch("/v1/endpoint/1001/labels", json={"add": ["container:role=web"]})
     assert resp.status == 200
-    assert "container:role=web" in (await resp.json())["orchestration-identity"]
-    assert daemon.endpoints.eps[1001].identity >= 256
+    body = await resp.json()
+    assert body["user"] == ["container:role=web"]
+    assert body["effective"] == ["container:id=app1", "container:role=web"]
+    assert daemon.endpoint(1001).identity not in (before, 5)  # a new identity for the new labels
     resp = await client.patch("/v1/endpoint/1001/labels", json={"delete": ["container:role=web"]})
-    assert (await resp.json())["orchestration-identity"] == ["container:id=app1"]
+    assert (await resp.json())["effective"] == ["container:id=app1"]
+    assert daemon.endpoint(1001).identity == before
+    # Removing a container label disables it (Docker still reports it).
+    body = await (await client.patch("/v1/endpoint/1001/labels", json={"delete": ["container:id=app1"]})).json()
+    assert body["orchestration-identity"] == ["container:id=app1"] and body["disabled"] == ["container:id=app1"]
+    assert body["effective"] == [] and daemon.endpoint(1001).identity == 5  # reserved:init
+    # The agent's own sources cannot be claimed.
+    assert "reserved for the agent" in await _err(
+        await client.patch("/v1/endpoint/1001/labels", json={"add": ["reserved:host"]}), 400)
     assert "unknown field 'remove'" in await _err(
         await client.patch("/v1/endpoint/1001/labels", json={"remove": ["x"]}), 400)
     assert "both added and deleted" in await _err(
@@ -178,7 +191,7 @@ async def test_endpoint_config(api):
         await client.patch("/v1/endpoint/1001/config", json={"Debug": "true"}), 400)
     assert "malformed JSON" in await _err(await client.patch("/v1/endpoint/1001/config", data=b"{"), 400)
     await _err(await client.patch("/v1/endpoint/999/config", json={"PolicyEnforcement": "always"}), 404)
-    assert daemon.endpoints.eps[1001].policy_enforcement == "never"
+    assert daemon.endpoint(1001).policy_enforcement == "never"
 
 
 async def test_patch_endpoint(api):
@@ -187,12 +200,14 @@ async def test_patch_endpoint(api):
                                                          "policy-enforcement": "always"})
     assert resp.status == 200, await resp.text()
     model = await resp.json()
-    assert model["labels"]["orchestration-identity"] == ["container:id=app2", "container:x=y"]
+    assert model["labels"]["effective"] == ["container:id=app2", "container:x=y"]
+    assert model["labels"]["user"] == ["container:x=y"]
     assert model["policy-enforcement"] == "always"
     assert "unknown field 'state'" in await _err(await client.patch("/v1/endpoint/1002", json={"state": "ready"}), 400)
     # invalid enforcement: nothing changes, labels included
     await _err(await client.patch("/v1/endpoint/1002", json={"labels": [], "policy-enforcement": "x"}), 400)
-    assert daemon.endpoints.eps[1002].labels == ["container:id=app2", "container:x=y"]
+    assert daemon.endpoint(1002).user_labels == ["container:x=y"]
+    assert daemon.endpoint(1002).policy_enforcement == "always"
 
 
 # --- /config -------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""The agent's own objects, minus the kernel, for API and CLI unit tests.
+
+Everything behind the API is real: EndpointManager, IPAM, the identity
+allocator on a SQLite store, the Regenerator with its policy repository and
+resolution. Only netlink (FakeLinks) and the BPF maps (datapath=None) are
+absent, so these tests follow the real label, identity and enforcement
+semantics instead of a stand-in's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from docker_cilium.agent.config import DaemonConfig
+from docker_cilium.endpoint.manager import EndpointManager
+from docker_cilium.endpoint.regenerator import Regenerator
+from docker_cilium.identity.allocator import IdentityAllocator
+from docker_cilium.ipam.allocator import IPAM
+from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.kvstore.sqlite import SQLiteBackend
+from tests.unit.fakes import FakeLinks
+
+NODE = NodeAddressing.derive("192.0.2.2")  # 10.2.0.0/16, f00d::a02:0:0:0/96
+NETWORK = "n" * 64
+# (endpoint ID = low 16 bits of the IPv6 address, container name, labels, IPv4)
+ENDPOINTS = [(1001, "app1", ["container:id=app1"], "10.2.0.2"),
+             (1002, "app2", ["container:id=app2"], "10.2.0.3")]
+
+
+class UnitDaemon:
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.config = DaemonConfig(lib_dir=workdir)
+        self.mtu = 1500
+
+    async def start(self) -> "UnitDaemon":
+        self.store = SQLiteBackend(os.path.join(self.workdir, "node.db"))
+        await self.store.connect()
+        self.allocator = IdentityAllocator(self.store, "unit")
+        await self.allocator.start()
+        self.ipam = IPAM(self.store, NODE)
+        self.endpoints = EndpointManager(self.store, FakeLinks(), None, NODE, self.ipam, self.mtu)  # type: ignore[arg-type]
+        self.policy = Regenerator(self.store, self.allocator, None, self.config.policy_enforcement)
+        self.policy.save_endpoint = self.endpoints.save
+        await self.policy.start([])
+        self.endpoints.hooks = self.policy
+        await self.endpoints.create_network(NETWORK, [{"AddressSpace": "CiliumLocal", "Pool": "0.0.0.0/0",
+                                                       "Gateway": f"{NODE.router4}/32"}], [], {})
+        for eid, name, labels, ipv4 in ENDPOINTS:
+            docker_id = f"{eid:064d}"
+            await self.endpoints.create_endpoint(NETWORK, docker_id, f"{ipv4}/32", f"f00d::a02:0:0:{eid:x}/128", "")
+            await self.endpoints.update_container(docker_id, f"c{eid:063d}", name, labels)
+        return self
+
+    async def stop(self) -> None:
+        await self.policy.close()
+        await self.allocator.close()
+        await self.store.close()
+
+    def endpoint(self, eid: int):
+        return self.endpoints.lookup(str(eid))
+
+    def host_addressing(self) -> dict[str, Any]:
+        return {"ipv4": {"enabled": True, "ip": str(NODE.router4), "alloc-range": str(NODE.ipv4_range)},
+                "ipv6": {"enabled": True, "ip": str(NODE.router6), "alloc-range": str(NODE.ipv6_range)},
+                "node-ip": NODE.node_ip}
+
+    async def status(self) -> dict[str, Any]:
+        return {"kvstore": {"state": "Ok", "msg": "local"}, "container-runtime": {"state": "Ok", "msg": ""},
+                "kubernetes": {"state": "Disabled"}, "cilium": {"state": "Ok", "msg": "unit"},
+                "endpoints": len(self.endpoints.list()), "ipam": self.ipam.status(),
+                "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement}}
