@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from docker_cilium import __version__
+from docker_cilium import __version__, defaults
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.servers import UnixServer
 from docker_cilium.api.app import build_app as build_api
@@ -94,10 +94,9 @@ class Daemon:
 
         # The datapath is compiled once per configuration (cached by hash) and
         # loaded once; pinned maps from a previous run are reused as they are.
-        obj = await asyncio.to_thread(compile_datapath, out_dir=os.path.join(cfg.state_dir, "bpf"))
+        obj = await asyncio.to_thread(compile_datapath, out_dir=defaults.bpf_object_dir(cfg.state_dir))
         self.datapath = await asyncio.to_thread(
-            Datapath.load, obj, os.path.join(cfg.bpf_root, "tc", "globals"),
-            os.path.join(cfg.bpf_root, "cilium", "progs"))
+            Datapath.load, obj, defaults.bpf_pin_root(cfg.bpf_root), defaults.bpf_prog_dir(cfg.bpf_root))
 
         self.allocator = IdentityAllocator(self.kvstore, cfg.node_name)
         await self.allocator.start()

@@ -25,8 +25,8 @@ from typing import Any, Iterable
 
 import structlog
 
-from docker_cilium.datapath.maps import EndpointInfo
-from docker_cilium.datapath.maps import PolicyEntry as MapPolicyEntry
+from docker_cilium.datapath.maps.lxcmap import EndpointInfo
+from docker_cilium.datapath.maps.policymap import PolicyEntry as MapPolicyEntry
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.identity import reserved
 from docker_cilium.identity.allocator import Identity, IdentityAllocator
@@ -48,7 +48,7 @@ log = structlog.get_logger(__name__)
 
 POLICY_KEY = "cilium/state/policy/v1/rules"
 CIDR_IDS_KEY = "cilium/state/policy/v1/cidr-identities"
-LOCAL_IDENTITY_BASE = 1 << 24  # node-local identities (CIDR), as Cilium's local scope
+LOCAL_IDENTITY_BASE = reserved.LOCAL_SCOPE  # node-local identities (CIDR)
 ENDPOINT_OPTIONS = ("PolicyEnforcement",)  # what `cilium endpoint config` may change
 WORLD_PREFIXES = ("0.0.0.0/0", "::/0")
 

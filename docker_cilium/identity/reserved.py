@@ -18,6 +18,9 @@ INIT = 5
 
 MIN_ALLOCATED = 256
 MAX = 65535
+# Node-local identities (CIDR) have this bit set, as Cilium's IdentityScopeLocal;
+# the datapath tests it (IDENTITY_LOCAL_SCOPE_FLAG in bpf_src/lib/policy.h).
+LOCAL_SCOPE = 1 << 24
 
 _NAMES: dict[int, str] = {
     HOST: "host",

@@ -17,7 +17,10 @@ from click.testing import CliRunner
 from docker_cilium.api.app import build_app
 from docker_cilium.cli import bpf as bpf_cli
 from docker_cilium.cli.main import cli
-from docker_cilium.datapath.maps import CTEntry, EndpointInfo, IPCacheEntry, PolicyStat
+from docker_cilium.datapath.maps.ctmap import CTEntry
+from docker_cilium.datapath.maps.ipcache import IPCacheEntry
+from docker_cilium.datapath.maps.lxcmap import EndpointInfo
+from docker_cilium.datapath.maps.policymap import PolicyStat
 from tests.unit.unit_daemon import UnitDaemon
 
 POLICY = [{
