@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 
-from docker_cilium.datapath.drop import DROP_REASONS
 from docker_cilium.datapath import drop
 from docker_cilium.datapath.loader import SRC_DIR
 from docker_cilium.datapath.maps import configmap, ctmap, eventsmap, lxcmap, metricsmap, policymap
@@ -112,7 +111,7 @@ def test_every_shared_define_is_mirrored_or_c_only():
 def test_drop_reason_texts_cover_exactly_the_header_reasons():
     defines = header_defines()
     header = {v for n, v in defines.items() if n.startswith("DROP_") or n == "REASON_FORWARDED"}
-    assert set(DROP_REASONS) == header
+    assert set(drop.DROP_REASONS) == header
 
 
 def test_trace_point_names_cover_exactly_the_header_points():
