@@ -30,14 +30,18 @@ async def read_body(request: web.Request) -> bytes:
         raise PayloadTooLarge(f"request body too large: {exc.text}") from None
 
 
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
 async def json_body(request: web.Request, expect: type = dict) -> Any:
     raw = await read_body(request)
     if not raw.strip():
         raise BadRequest("request body is empty: expected JSON")
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+    body = parse_json(raw)
     if not isinstance(body, expect):
         kind = {dict: "an object", list: "an array"}.get(expect, expect.__name__)
         raise BadRequest(f"request body must be a JSON {kind}, got {type(body).__name__}")

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from docker_cilium.api.errors import read_body
+from docker_cilium.api.errors import parse_json, read_body
 from docker_cilium.errors import APIError
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
@@ -41,16 +41,13 @@ def _error(method: str, message: str, status: int) -> web.Response:
 
 
 async def _request(method: str, request: web.Request) -> Any:
-    """The body of ``method`` as its typed request; SchemaError names what is wrong."""
+    """The body of ``method`` as its typed request; an APIError says what is wrong."""
     raw = await read_body(request)
-    if method in EMPTY_BODY and not raw.strip():
-        return Empty()
     if not raw.strip():
+        if method in EMPTY_BODY:
+            return Empty()
         raise SchemaError("request body is empty, expected a JSON object")
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise SchemaError(f"malformed JSON: {exc}") from None
+    body = parse_json(raw)
     kind = request_type(method)
     if kind is Empty:
         return Empty()
@@ -77,9 +74,11 @@ def build_app(network: NetworkDriver, ipam: IpamDriver) -> web.Application:
             return _error(method, f"{method} is not implemented by the cilium plugin", 404)
         t0 = time.perf_counter()
         try:
-            result = await handler(await _request(method, request))
-        except SchemaError as exc:
-            return _error(method, f"{method}: {exc}", exc.status)
+            req = await _request(method, request)
+        except APIError as exc:  # the request itself: name the call it was for
+            return _error(method, f"{method}: {exc.message}", exc.status)
+        try:
+            result = await handler(req)
         except APIError as exc:
             log.warning("plugin.error", method=method, status=exc.status, error=exc.message)
             return _error(method, exc.message, exc.status)
