@@ -10,6 +10,7 @@ identity numbers into labels.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import os
 from typing import Any, Callable
@@ -18,7 +19,7 @@ import click
 
 from docker_cilium import defaults
 
-from docker_cilium.cli.client import APIError
+from docker_cilium.errors import APIError
 from docker_cilium.cli.common import Context, output_option, pass_ctx
 from docker_cilium.cli.output import emit_json, table
 from docker_cilium.datapath.maps.ctmap import CT4_MAP, CT6_MAP, CT_INGRESS, monotonic_seconds
@@ -39,9 +40,9 @@ def _with_maps(pin_root: str, fn: Callable[[Any], Any]) -> Any:
         dp = open_maps(pin_root)
     except OSError as exc:
         hint = ""
-        if getattr(exc, "errno", None) in (1, 13):  # EPERM, EACCES
+        if exc.errno in (errno.EPERM, errno.EACCES):
             hint = " (bpf verbs read the kernel's maps directly: run as root)"
-        elif getattr(exc, "errno", None) == 2:
+        elif exc.errno == errno.ENOENT:
             hint = " (is the agent's datapath loaded? maps are pinned when the agent starts)"
         raise click.ClickException(f"cannot open BPF maps under {pin_root}: {exc}{hint}") from None
     try:

@@ -13,7 +13,7 @@ import ipaddress
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -21,15 +21,18 @@ from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager, container_mac
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.network import (
-    CILIUM_ADDRESS_SPACES,
     Network,
     bare_ip,
     parse_mtu,
     pool_network,
 )
-from docker_cilium.ipam.allocator import IPAM
+from docker_cilium.errors import BadRequest, Conflict, InsufficientStorage, NotFound
+from docker_cilium.ipam.allocator import CILIUM_ADDRESS_SPACES, IPAM
 from docker_cilium.ipam.ranges import NodeAddressing
 from docker_cilium.kvstore.backend import Backend
+
+if TYPE_CHECKING:
+    from docker_cilium.plugin.schemas import IPAMData
 
 log = structlog.get_logger(__name__)
 
@@ -37,14 +40,6 @@ NET_PREFIX = "cilium/state/networks/v1/"
 EP_PREFIX = "cilium/state/endpoints/v1/"
 RTYPE_NEXTHOP = 0
 RTYPE_CONNECTED = 1
-
-
-class EndpointError(Exception):
-    """A request about endpoints that cannot be served; ``status`` is the HTTP code."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class DatapathHooks(Protocol):
@@ -148,15 +143,15 @@ class EndpointManager:
 
     # ---- networks ----------------------------------------------------------------
 
-    async def create_network(self, network_id: str, ipv4_data: list[dict], ipv6_data: list[dict],
+    async def create_network(self, network_id: str, ipv4_data: list[IPAMData], ipv6_data: list[IPAMData],
                              options: dict[str, Any]) -> Network:
         generic = options.get("com.docker.network.generic") or {}
         if not isinstance(generic, dict):
-            raise EndpointError("Options.com.docker.network.generic must be an object")
+            raise BadRequest("Options.com.docker.network.generic must be an object")
         try:
             mtu = parse_mtu(generic, self.default_mtu)
         except ValueError as exc:
-            raise EndpointError(str(exc)) from None
+            raise BadRequest(str(exc)) from None
         v4 = ipv4_data[0] if ipv4_data else {}
         v6 = ipv6_data[0] if ipv6_data else {}
         spaces = {d.get("AddressSpace", "") for d in (v4, v6) if d}
@@ -216,7 +211,7 @@ class EndpointManager:
     def network(self, network_id: str) -> Network:
         net = self.networks.get(network_id)
         if net is None:
-            raise EndpointError(f"network {network_id} not found (was it created while the agent was running?)", 404)
+            raise NotFound(f"network {network_id} not found (was it created while the agent was running?)")
         return net
 
     # ---- endpoints ---------------------------------------------------------------
@@ -231,7 +226,7 @@ class EndpointManager:
         for cand in range(1, 0x10000):
             if cand not in used:
                 return cand
-        raise EndpointError("no free endpoint ID on this node", 507)
+        raise InsufficientStorage("no free endpoint ID on this node")
 
     async def create_endpoint(self, network_id: str, endpoint_id: str, address: str, address6: str,
                               mac: str) -> tuple[Endpoint, bool]:
@@ -239,11 +234,11 @@ class EndpointManager:
         t0 = time.perf_counter()
         net = self.network(network_id)
         if endpoint_id in self.endpoints:
-            raise EndpointError(f"endpoint {endpoint_id} already exists", 409)
+            raise Conflict(f"endpoint {endpoint_id} already exists")
         ipv4 = bare_ip(address) if address else None
         ipv6 = bare_ip(address6) if address6 else None
         if ipv4 is None and ipv6 is None:
-            raise EndpointError("Interface has neither Address nor AddressIPv6: "
+            raise BadRequest("Interface has neither Address nor AddressIPv6: "
                                 "create the network with --ipam-driver cilium or a subnet")
         chosen_mac = not mac
         mac = mac or container_mac(endpoint_id)
@@ -251,7 +246,7 @@ class EndpointManager:
         # parallel, and none waits for another's netlink or BPF work.
         async with self._lock:
             if endpoint_id in self.endpoints or endpoint_id in self._creating:
-                raise EndpointError(f"endpoint {endpoint_id} already exists", 409)
+                raise Conflict(f"endpoint {endpoint_id} already exists")
             eid = self._pick_id(ipv4, ipv6)
             self._creating[endpoint_id] = eid
         try:
@@ -354,7 +349,7 @@ class EndpointManager:
     def by_docker_id(self, endpoint_id: str, network_id: str | None = None) -> Endpoint:
         ep = self.endpoints.get(endpoint_id)
         if ep is None or (network_id and ep.docker_network_id != network_id):
-            raise EndpointError(f"endpoint {endpoint_id} not found", 404)
+            raise NotFound(f"endpoint {endpoint_id} not found")
         return ep
 
     def lookup(self, ref: str) -> Endpoint:
@@ -371,10 +366,10 @@ class EndpointManager:
             if kind == "docker-endpoint" and value and ep.docker_endpoint_id.startswith(value):
                 return ep
         if kind not in ("cilium-local", "container-id", "container-name", "docker-endpoint"):
-            raise EndpointError(f"invalid endpoint reference {ref!r}: unknown prefix {kind!r}", 400)
+            raise BadRequest(f"invalid endpoint reference {ref!r}: unknown prefix {kind!r}")
         if kind == "cilium-local" and not value.isdigit():
-            raise EndpointError(f"invalid endpoint ID {ref!r}: expected a number or a prefixed reference", 400)
-        raise EndpointError(f"endpoint {ref} not found", 404)
+            raise BadRequest(f"invalid endpoint ID {ref!r}: expected a number or a prefixed reference")
+        raise NotFound(f"endpoint {ref} not found")
 
     def list(self) -> list[Endpoint]:
         return sorted(self.endpoints.values(), key=lambda e: e.id)

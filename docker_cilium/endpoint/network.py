@@ -12,7 +12,6 @@ import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CILIUM_ADDRESS_SPACES = {"CiliumLocal", "CiliumGlobal"}
 MTU_OPTION = "com.docker.network.driver.mtu"
 
 

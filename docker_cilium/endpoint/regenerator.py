@@ -28,6 +28,7 @@ import structlog
 from docker_cilium.datapath.maps.lxcmap import EndpointInfo
 from docker_cilium.datapath.maps.policymap import PolicyEntry as MapPolicyEntry
 from docker_cilium.endpoint.model import Endpoint, State
+from docker_cilium.errors import BadRequest
 from docker_cilium.identity import reserved
 from docker_cilium.identity.allocator import Identity, IdentityAllocator
 from docker_cilium.identity.labels import Label, Labels
@@ -378,9 +379,9 @@ class Regenerator:
             try:
                 label = Label.parse(raw)
             except ValueError as exc:
-                raise ValueError(f"invalid label {raw!r}: {exc}") from None
+                raise BadRequest(f"invalid label {raw!r}: {exc}") from None
             if raw in add and label.source in ("reserved", "cidr"):
-                raise ValueError(f"label {raw!r}: source {label.source!r} is reserved for the agent")
+                raise BadRequest(f"label {raw!r}: source {label.source!r} is reserved for the agent")
         add_s = {str(Label.parse(l)) for l in add}
         del_s = {str(Label.parse(l)) for l in delete}
         before = (ep.user_labels, ep.disabled_labels)
@@ -396,7 +397,7 @@ class Regenerator:
     async def update_endpoint_config(self, ep: Endpoint, changes: dict[str, str]) -> None:
         for key in changes:
             if key not in ENDPOINT_OPTIONS:
-                raise ValueError(f"unknown endpoint option {key!r} (known: {', '.join(ENDPOINT_OPTIONS)})")
+                raise BadRequest(f"unknown endpoint option {key!r} (known: {', '.join(ENDPOINT_OPTIONS)})")
         mode = parse_enforcement(changes.get("PolicyEnforcement", ep.policy_enforcement))
         async with self._lock:
             ep.policy_enforcement = mode

@@ -42,6 +42,7 @@ from typing import Callable, AsyncIterator
 
 import structlog
 
+from docker_cilium.errors import Unavailable
 from docker_cilium.kvstore import Backend, EventType, KVStoreError
 
 from . import reserved
@@ -58,7 +59,7 @@ MAX_ATTEMPTS = 200
 LOCK_TIMEOUT_S = 30.0
 
 
-class IdentityAllocationError(Exception):
+class IdentityAllocationError(Unavailable):
     """No identity could be allocated (pool exhausted, lock never acquired...)."""
 
 

@@ -16,6 +16,8 @@ import enum
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+from docker_cilium.errors import Unavailable
+
 
 class EventType(enum.Enum):
     PUT = "put"
@@ -31,8 +33,8 @@ class Event:
     value: bytes | None
 
 
-class KVStoreError(Exception):
-    """A backend failed (server unreachable, lease expired, ...)."""
+class KVStoreError(Unavailable):
+    """A backend failed (server unreachable, lease expired, ...): 503 to API callers."""
 
 
 class Backend(abc.ABC):

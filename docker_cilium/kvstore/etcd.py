@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import aetcd
 import aetcd.exceptions
+import aetcd.rpc
 import aetcd.rtypes
 import structlog
 
@@ -27,6 +28,19 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 RPC_TIMEOUT_S = 10
+
+
+class LeaseNotFound(KVStoreError):
+    """etcd no longer knows the lease a write names (expired while we were cut off).
+
+    Recognised by its gRPC status, NOT_FOUND, which etcd's KV and transaction
+    calls return for nothing else (``ErrGRPCLeaseNotFound``)."""
+
+
+def _grpc_code(e: BaseException) -> aetcd.rpc.StatusCode | None:
+    """The gRPC status behind an aetcd error (aetcd chains the AioRpcError as cause)."""
+    cause = e.__cause__
+    return cause.code() if isinstance(cause, aetcd.rpc.AioRpcError) else None
 
 
 def _b(s: str) -> bytes:
@@ -71,7 +85,9 @@ class EtcdBackend(Backend):
     # ------------------------------------------------------------------ infra
 
     def _err(self, what: str, e: BaseException) -> KVStoreError:
-        return KVStoreError(f"etcd {self.address}: {what} failed: {e.__class__.__name__}: {e}")
+        """The store error for an aetcd/gRPC failure, its class chosen by gRPC status."""
+        cls = LeaseNotFound if _grpc_code(e) == aetcd.rpc.StatusCode.NOT_FOUND else KVStoreError
+        return cls(f"etcd {self.address}: {what} failed: {e.__class__.__name__}: {e}")
 
     async def _call(self, what: str, aw: Awaitable[T]) -> T:
         try:
@@ -188,8 +204,8 @@ class EtcdBackend(Backend):
         lease_id = self._lease.id if lease else None
         try:
             return await op(lease_id)
-        except KVStoreError as e:
-            if not lease or "lease not found" not in str(e):
+        except LeaseNotFound:
+            if not lease:
                 raise
         await self._renew_session(lease_id)  # type: ignore[arg-type]
         return await op(self._lease.id)

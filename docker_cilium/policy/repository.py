@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
+from docker_cilium.errors import BadRequest
+
 from .api.errors import PolicyValidationError
 from .api.parse import load_json, parse_rules
 from .api.rule import Rule, RuleLabel
@@ -26,7 +28,7 @@ from .api.selector import ANY_SOURCE, split_label
 INITIAL_REVISION = 0
 
 
-class PolicyRepositoryError(ValueError):
+class PolicyRepositoryError(BadRequest):
     """A repository operation was refused (e.g. delete without labels)."""
 
 

@@ -54,6 +54,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
+from docker_cilium.errors import BadRequest
 from docker_cilium.identity import reserved
 
 from .api.cidr import cidr_identity_labels, cidr_label
@@ -188,7 +189,7 @@ def parse_enforcement(value: object, field: str = "PolicyEnforcement") -> str:
 
     Case-insensitive; the error names the field, as the API reports it."""
     if not isinstance(value, str) or value.lower() not in ENFORCEMENT_MODES:
-        raise ValueError(f"invalid value {value!r} for {field}: must be one of {', '.join(ENFORCEMENT_MODES)}")
+        raise BadRequest(f"invalid value {value!r} for {field}: must be one of {', '.join(ENFORCEMENT_MODES)}")
     return value.lower()
 
 
@@ -393,9 +394,9 @@ def trace(
     elif proto_u in PROTO_NUMBERS:
         protos = frozenset({PROTO_NUMBERS[proto_u]})
     else:
-        raise ValueError(f"invalid protocol {proto!r}, must be TCP, UDP, ANY or ICMP")
+        raise BadRequest(f"invalid protocol {proto!r}, must be TCP, UDP, ANY or ICMP")
     if dport is not None and not 1 <= dport <= 65535:
-        raise ValueError(f"port {dport} is out of range 1-65535")
+        raise BadRequest(f"port {dport} is out of range 1-65535")
     rules = repo.rules if isinstance(repo, Repository) else tuple(repo)
     src, dst = LabelSet.of(src_labels), LabelSet.of(dst_labels)
     ports = f"[{dport}/{proto_u}]" if dport is not None else "[]"

@@ -4,7 +4,9 @@ daemon behind it), plus the bpf verbs against fake maps."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -291,3 +293,20 @@ def test_bpf_maps_missing():
     res = run(None, "bpf", "endpoint", "list", "--bpf-root", "/tmp/dc-no-such-pins")
     assert res.exit_code == 1
     assert "cannot open BPF maps under /tmp/dc-no-such-pins" in res.output
+
+
+@pytest.mark.parametrize("err, hint", [
+    (errno.EPERM, "run as root"),
+    (errno.EACCES, "run as root"),
+    (errno.ENOENT, "is the agent's datapath loaded?"),
+    (errno.EINVAL, None),
+])
+def test_bpf_open_failure_hint_by_errno(monkeypatch, err, hint):
+    def fail(root):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(bpf_cli, "open_maps", fail)
+    res = run(None, "bpf", "endpoint", "list", "--bpf-root", "/tmp/pins")
+    assert res.exit_code == 1 and "cannot open BPF maps under /tmp/pins/tc/globals" in res.output
+    hints = ("run as root", "is the agent's datapath loaded?")
+    assert [h for h in hints if h in res.output] == ([hint] if hint else [])

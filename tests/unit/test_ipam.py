@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from docker_cilium.ipam.allocator import IPAM, IPAMError
+from docker_cilium.errors import AllocationFailed, Conflict
+from docker_cilium.ipam.allocator import IPAM
 from docker_cilium.ipam.ranges import NodeAddressing, ipv4_range_for, ipv6_range_for
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 
@@ -37,7 +38,7 @@ async def test_allocations_survive_restart_and_crash(tmp_path):
     assert await ipam2.restore() == 5
     more = [await ipam2.allocate(pool, "t") for _ in range(5)]
     assert not set(more) & set(got)
-    with pytest.raises(IPAMError, match="already allocated"):
+    with pytest.raises(Conflict, match="already allocated"):
         await ipam2.allocate(pool, "t", str(got[0]))
     await store2.close()
     await store.close()
@@ -51,6 +52,6 @@ async def test_exhaustion_is_a_clear_error(tmp_path):
     assert str(await ipam.allocate(pool, "t")) == "10.9.4.0"
     for _ in range(3):
         await ipam.allocate(pool, "t")
-    with pytest.raises(IPAMError, match="no free address left in 10.9.4.0/30"):
+    with pytest.raises(AllocationFailed, match="no free address left in 10.9.4.0/30"):
         await ipam.allocate(pool, "t")
     await store.close()
