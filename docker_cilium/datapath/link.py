@@ -54,11 +54,6 @@ def write_sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
-def read_sysctl(path: str) -> str:
-    with open("/proc/sys/" + path.replace(".", "/")) as f:
-        return f.read().strip()
-
-
 @dataclass(frozen=True)
 class EndpointLink:
     host_ifname: str
