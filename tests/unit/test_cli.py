@@ -1,5 +1,6 @@
-"""The `cilium` CLI against the real API app on a private Unix socket (fake
-daemon behind it), plus the bpf verbs against fake maps."""
+"""The `cilium` CLI against the real API app on a private Unix socket, served by
+the agent's own objects minus the kernel (tests/unit/unit_daemon.py), plus the
+bpf verbs against fake maps."""
 
 from __future__ import annotations
 
