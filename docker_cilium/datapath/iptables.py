@@ -98,7 +98,7 @@ class Iptables:
             self._masq_sources[family].discard(source)
 
     async def remove_all(self) -> None:
-        """Remove every rule and chain we installed (``cilium cleanup``, tests)."""
+        """Remove every rule and chain we installed (the end-to-end tests' cleanup)."""
         for _, binary in (self._binaries() if self.ipv6 else [(4, "iptables"), (6, "ip6tables")]):
             if shutil.which(binary) is None:
                 continue

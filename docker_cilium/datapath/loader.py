@@ -370,7 +370,7 @@ class Datapath:
 
 
 def unpin_all(pin_root: str, prog_dir: str | None = None) -> None:
-    """Remove every pinned map/program of a datapath (tests, `cilium cleanup`)."""
+    """Remove every pinned map/program of a datapath (the tests' cleanup)."""
     prog_dir = prog_dir or _prog_dir_for(pin_root)
     for d in (pin_root, prog_dir):
         if os.path.isdir(d):

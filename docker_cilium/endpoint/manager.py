@@ -290,11 +290,13 @@ class EndpointManager:
                                              str(self.node.router6) if ep.ipv6 else None, proxy)
 
     def join_info(self, ep: Endpoint) -> JoinInfo:
-        """Routes that work alone AND beside another network (see machines.md).
+        """Routes that work alone AND beside another network.
 
         An IPv4 Gateway plus connected /32 to it lets dockerd pick one default
-        gateway across networks; node-range routes via the router keep other
-        cilium endpoints reachable when another network owns the default.
+        gateway across networks (a 0.0.0.0/0 static route, Cilium's way, fails
+        when the container is also on Docker's bridge); node-range routes via
+        the router keep other cilium endpoints reachable when another network
+        owns the default.
         """
         net = self.network(ep.docker_network_id)
         info = JoinInfo(src_name=ep.peer_ifname)

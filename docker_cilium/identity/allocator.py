@@ -254,10 +254,6 @@ class IdentityAllocator:
         log.info("identity.released", id=identity.id, labels=str(identity.labels), node=self.node_name)
         return True
 
-    def local_refcount(self, identity: Identity) -> int:
-        ref = self._local.get(identity.labels.sorted_key())
-        return ref.refcount if ref else 0
-
     # ----------------------------------------------------------------- lookup
 
     async def get(self, id: int) -> Identity | None:
@@ -292,20 +288,6 @@ class IdentityAllocator:
             if n is not None:
                 out.append(Identity(n, Labels.from_sorted_key(v.decode())))
         return out
-
-    async def lookup_by_labels(self, labels: Labels) -> Identity | None:
-        """The identity of ``labels`` if one exists cluster-wide; never allocates."""
-        num = reserved.lookup(labels)
-        if num is not None:
-            return Identity(num, labels)
-        key = labels.sorted_key()
-        ref = self._local.get(key)
-        if ref is not None:
-            return Identity(ref.id, labels)
-        kb = key.encode()
-        masters = await self.backend.get_prefix(ID_PREFIX)
-        found = sorted(n for k, v in masters.items() if v == kb and (n := _parse_id_key(k)) is not None)
-        return Identity(found[0], labels) if found else None
 
     # --------------------------------------------------------------------- gc
 

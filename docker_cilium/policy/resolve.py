@@ -123,27 +123,6 @@ class EndpointPolicy:
     entries: frozenset[PolicyEntry]
     revision: int
 
-    def enforced(self, direction: str) -> bool:
-        if direction == "ingress":
-            return self.ingress_enforced
-        if direction == "egress":
-            return self.egress_enforced
-        raise ValueError(f"unknown direction {direction!r}")
-
-    def entries_for(self, direction: str) -> list[PolicyEntry]:
-        return sorted(e for e in self.entries if e.direction == direction)
-
-    def allows(self, direction: str, identity: int, port: int = 0, proto: int = 0) -> bool:
-        """Datapath lookup order: exact (identity, port, proto), then
-        (identity, any), then (any, port, proto), then (any, any). Port 0 /
-        ICMP traffic only matches L3-only entries."""
-        if not self.enforced(direction):
-            return True
-        keys = {(identity, 0, 0), (WILDCARD_IDENTITY, 0, 0)}
-        if port and proto:
-            keys |= {(identity, port, proto), (WILDCARD_IDENTITY, port, proto)}
-        return any((e.identity, e.port, e.proto) in keys for e in self.entries if e.direction == direction)
-
 
 # ---------------------------------------------------------------------------
 # peer matching (shared by resolve and trace)

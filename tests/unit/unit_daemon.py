@@ -4,7 +4,8 @@ Everything behind the API is real: EndpointManager, IPAM, the identity
 allocator on a SQLite store, the Regenerator with its policy repository and
 resolution. Only netlink (FakeLinks) and the BPF maps (datapath=None) are
 absent, so these tests follow the real label, identity and enforcement
-semantics instead of a stand-in's.
+semantics instead of a stand-in's. There is no status(): /v1/healthz is the
+real Daemon.status, checked on a real agent (tests/e2e/test_etcd_agent.py).
 """
 
 from __future__ import annotations
@@ -65,9 +66,3 @@ class UnitDaemon:
         return {"ipv4": {"enabled": True, "ip": str(NODE.router4), "alloc-range": str(NODE.ipv4_range)},
                 "ipv6": {"enabled": True, "ip": str(NODE.router6), "alloc-range": str(NODE.ipv6_range)},
                 "node-ip": NODE.node_ip}
-
-    async def status(self) -> dict[str, Any]:
-        return {"kvstore": {"state": "Ok", "msg": "local"}, "container-runtime": {"state": "Ok", "msg": ""},
-                "kubernetes": {"state": "Disabled"}, "cilium": {"state": "Ok", "msg": "unit"},
-                "endpoints": len(self.endpoints.list()), "ipam": self.ipam.status(),
-                "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement}}
