@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import os
 import sqlite3
+import stat
 import time
 from typing import Any, AsyncIterator, Callable, TypeVar
 
@@ -113,13 +114,38 @@ class SQLiteBackend(Backend):
         # so that "get_prefix, then watch" misses nothing in between.
         self._revision = 0
         self._last_trim = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ infra
 
+    def _secure_files(self) -> None:
+        """Directory 0700, database and its -wal/-shm files 0600, whatever existed before.
+
+        The store holds every identity and address of the node; other local
+        users must not read or rewrite it.  SQLite creates -wal and -shm with
+        the database file's mode, so creating that file 0600 first covers
+        them; existing ones (from an older, looser run) are tightened.  A
+        shared sticky directory such as /tmp is refused, not chmod'ed.
+        """
+        d = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        st = os.stat(d)
+        if st.st_mode & stat.S_ISVTX:
+            raise OSError(f"directory {d} is shared (sticky bit): keep the store in a private directory")
+        if st.st_uid != os.geteuid():
+            raise OSError(f"directory {d} is owned by uid {st.st_uid}, not by this agent (uid {os.geteuid()})")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(d, 0o700)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
+        for f in (self.path, self.path + "-wal", self.path + "-shm"):
+            try:
+                if stat.S_IMODE(os.stat(f).st_mode) != 0o600:
+                    os.chmod(f, 0o600)
+            except FileNotFoundError:
+                pass
+
     def _open(self) -> None:
-        d = os.path.dirname(self.path)
-        if d:
-            os.makedirs(d, exist_ok=True)
+        self._secure_files()
         conn = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
@@ -213,6 +239,7 @@ class SQLiteBackend(Backend):
             old = self._lease_id
             self._lease_id = self._grant_lease_locked(conn)
             log.error("kvstore.session_lost", path=self.path, old_lease=old, new_lease=self._lease_id)
+            self._session_lost_threadsafe()
 
     def _drop_lease_locked(self, conn: sqlite3.Connection, lease_id: int) -> None:
         keys = [r[0] for r in conn.execute("SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease_id,))]
@@ -241,9 +268,15 @@ class SQLiteBackend(Backend):
             self._executor.shutdown(wait=False)
             self._executor = None
             raise KVStoreError(f"sqlite kvstore {self.path}: cannot open: {e}") from e
+        self._loop = loop
         self._lease_id = await self._run(self._write, self._grant_lease_locked)
         self._keepalive_task = asyncio.create_task(self._keepalive(), name="kvstore-sqlite-keepalive")
         log.info("kvstore.connected", backend="local", path=self.path, lease=self._lease_id)
+
+    def _session_lost_threadsafe(self) -> None:
+        """Notify session listeners on the loop (this runs on the worker thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._session_lost)
 
     def _grant_lease_locked(self, conn: sqlite3.Connection) -> int:
         cur = conn.execute("INSERT INTO leases(expires_at) VALUES (?)", (time.time() + self.lease_ttl,))
@@ -296,6 +329,7 @@ class SQLiteBackend(Backend):
             old = self._lease_id
             self._lease_id = self._grant_lease_locked(conn)
             log.error("kvstore.session_lost", path=self.path, old_lease=old, new_lease=self._lease_id)
+            self._session_lost_threadsafe()
         if now - self._last_trim > 5.0:
             self._last_trim = now
             self._trim_changes_locked(conn, now)
@@ -318,6 +352,7 @@ class SQLiteBackend(Backend):
 
         new = await self._run(self._write, revoke)
         log.info("kvstore.session_revoked", path=self.path, new_lease=new)
+        self._session_lost()
 
     # ---------------------------------------------------------------- reading
 
