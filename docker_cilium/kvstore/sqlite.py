@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import sqlite3
-import stat
 import time
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 import structlog
 
 from .backend import Backend, Event, EventType, KVStoreError
+from .files import secure_store_files
 
 log = structlog.get_logger(__name__)
 
@@ -118,34 +117,8 @@ class SQLiteBackend(Backend):
 
     # ------------------------------------------------------------------ infra
 
-    def _secure_files(self) -> None:
-        """Directory 0700, database and its -wal/-shm files 0600, whatever existed before.
-
-        The store holds every identity and address of the node; other local
-        users must not read or rewrite it.  SQLite creates -wal and -shm with
-        the database file's mode, so creating that file 0600 first covers
-        them; existing ones (from an older, looser run) are tightened.  A
-        shared sticky directory such as /tmp is refused, not chmod'ed.
-        """
-        d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        st = os.stat(d)
-        if st.st_mode & stat.S_ISVTX:
-            raise OSError(f"directory {d} is shared (sticky bit): keep the store in a private directory")
-        if st.st_uid != os.geteuid():
-            raise OSError(f"directory {d} is owned by uid {st.st_uid}, not by this agent (uid {os.geteuid()})")
-        if stat.S_IMODE(st.st_mode) != 0o700:
-            os.chmod(d, 0o700)
-        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
-        for f in (self.path, self.path + "-wal", self.path + "-shm"):
-            try:
-                if stat.S_IMODE(os.stat(f).st_mode) != 0o600:
-                    os.chmod(f, 0o600)
-            except FileNotFoundError:
-                pass
-
     def _open(self) -> None:
-        self._secure_files()
+        secure_store_files(self.path)
         conn = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
