@@ -197,4 +197,13 @@ class Daemon:
             "ipam": self.ipam.status(),
             "endpoints": len(self.endpoints.endpoints),
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
+            "identity-allocation": self._identity_status(),
         }
+
+    def _identity_status(self) -> dict[str, Any]:
+        """Allocator health: a number that came back owned by other labels is a Warning."""
+        assert self.allocator is not None
+        st = self.allocator.status()
+        moved = ", ".join(f"{c['id']}->{c['new-id']} ({c['labels']})" for c in st["conflicts"])
+        return {**st, "msg": f"{st['identities']} in use, {st['session-losses']} session losses"
+                + (f"; identities moved after conflicts: {moved}" if moved else "")}

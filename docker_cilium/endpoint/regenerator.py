@@ -319,7 +319,21 @@ class Regenerator:
             ipv4=ep.ipv4, ipv6=ep.ipv6, ingress_enforced=pol.ingress_enforced,
             egress_enforced=pol.egress_enforced))
 
+    async def _follow_moved_identities(self) -> None:
+        """Endpoints whose number the allocator replaced (it went to other labels) take the new one."""
+        for ep_id, ident in list(self._ep_identity.items()):
+            ep = self.endpoints.get(ep_id)
+            cur = self.allocator.current(ident)
+            if ep is None or ident.is_reserved or cur.id == ident.id:
+                continue
+            log.warning("endpoint.identity_moved", endpoint=ep_id, old=ident.id, new=cur.id)
+            self._ep_identity[ep_id] = cur
+            ep.identity = cur.id
+            self._write_ipcache(ep)
+            await self._save(ep)
+
     async def _regenerate_all(self) -> None:
+        await self._follow_moved_identities()
         identities = self.identity_labels()
         for ep in list(self.endpoints.values()):
             await self._regenerate(ep, identities)
