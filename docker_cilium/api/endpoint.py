@@ -53,7 +53,7 @@ def _string_list(body: dict, key: str) -> list[str]:
 
 async def _apply_labels(request: web.Request, ep, add: list[str], delete: list[str]) -> None:
     try:
-        await request.app[DAEMON].policy.update_endpoint_labels(ep, add, delete)
+        await request.app[DAEMON].endpoints.update_labels(ep, add, delete)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
 
@@ -62,7 +62,7 @@ async def _apply_config(request: web.Request, ep, changes: dict[str, str]) -> No
     if not changes:
         return
     try:
-        await request.app[DAEMON].policy.update_endpoint_config(ep, changes)
+        await request.app[DAEMON].endpoints.update_options(ep, changes)
     except ValueError as exc:
         raise APIError(400, str(exc)) from None
 

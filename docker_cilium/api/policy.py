@@ -2,7 +2,7 @@
 
 Cilium returns the rules as a *string* of pretty JSON (``{"revision", "policy"}``),
 so ``cilium policy get`` can print exactly what the user imported; kept here.
-All mutations go through the daemon's regenerator (``daemon.policy``), which
+All mutations go through the daemon's policy manager (``daemon.policy``), which
 validates everything before changing anything.
 """
 
@@ -17,6 +17,7 @@ from docker_cilium.api.keys import DAEMON
 
 from docker_cilium.api.errors import APIError, json_body, reject_unknown
 from docker_cilium.policy.api import PolicyValidationError
+from docker_cilium.policy.manager import PolicyManager
 from docker_cilium.policy.repository import PolicyRepositoryError
 
 routes = web.RouteTableDef()
@@ -24,11 +25,11 @@ routes = web.RouteTableDef()
 TRACE_PROTOCOLS = ("TCP", "UDP", "ANY", "ICMP")
 
 
-def _policy(request: web.Request) -> Any:
+def _policy(request: web.Request) -> PolicyManager:
     return request.app[DAEMON].policy
 
 
-def _reply(policy: Any, labels: list[str] | None = None) -> web.Response:
+def _reply(policy: PolicyManager, labels: list[str] | None = None) -> web.Response:
     rules = policy.get_rules(labels or [])
     return web.json_response({"revision": policy.revision, "policy": json.dumps(rules, indent=2)})
 

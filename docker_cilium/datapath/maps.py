@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from docker_cilium import u8proto
+
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/tc/globals"
 BPFFS = "/sys/fs/bpf"
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -69,8 +71,8 @@ DROP_REASONS = {
     181: "Policy denied by denylist",
 }
 
-PROTOS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
-PROTO_NAMES = {v: k.upper() for k, v in PROTOS.items()}
+PROTOS = u8proto.PROTO_IDS
+PROTO_NAMES = u8proto.PROTO_NAMES
 
 MAP_NAMES = (
     "cilium_ep_ifindex",

@@ -42,14 +42,14 @@ from typing import Callable, AsyncIterator
 
 import structlog
 
-from docker_cilium.kvstore import Backend, EventType, KVStoreError
+from docker_cilium.kvstore import Backend, EventType, KVStoreError, keys
 
 from . import reserved
 from .labels import Labels
 
 log = structlog.get_logger(__name__)
 
-PREFIX = "cilium/state/identities/v1/"
+PREFIX = keys.IDENTITIES
 ID_PREFIX = PREFIX + "id/"
 VALUE_PREFIX = PREFIX + "value/"
 LOCK_PREFIX = PREFIX + "locks/"
@@ -117,9 +117,12 @@ class IdentityAllocator:
         self._watch_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._bg: set[asyncio.Task[None]] = set()
-        # Called (no arguments) when the set of identities changes, e.g. another
-        # node allocated one: local policies may select it.
-        self.on_change: Callable[[], None] | None = None
+        self._observers: list[Callable[[], None]] = []  # see subscribe()
+
+    def subscribe(self, observer: Callable[[], None]) -> None:
+        """Call ``observer`` (no arguments) whenever the set of identities
+        changes, e.g. another node allocated one: local policies may select it."""
+        self._observers.append(observer)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -405,8 +408,9 @@ class IdentityAllocator:
                 self._cache[num] = value.decode()
             else:
                 self._cache.pop(num, None)
-            if self.on_change is not None and self._cache.get(num) != before:
-                self.on_change()
+            if self._cache.get(num) != before:
+                for observer in self._observers:
+                    observer()
         elif typ is EventType.DELETE and key.startswith(VALUE_PREFIX) and key.endswith("/" + self.node_name):
             label_key = self._label_key_of_ref(key)
             if label_key in self._local:
