@@ -49,13 +49,13 @@ def _string_list(body: dict, key: str) -> list[str]:
 
 
 async def _apply_labels(request: web.Request, ep, add: list[str], delete: list[str]) -> None:
-    await request.app[DAEMON].policy.update_endpoint_labels(ep, add, delete)
+    await request.app[DAEMON].endpoints.update_labels(ep, add, delete)
 
 
 async def _apply_config(request: web.Request, ep, changes: dict[str, str]) -> None:
     if not changes:
         return
-    await request.app[DAEMON].policy.update_endpoint_config(ep, changes)
+    await request.app[DAEMON].endpoints.update_options(ep, changes)
 
 
 @routes.patch("/v1/endpoint/{id}")

@@ -27,7 +27,7 @@ async def list_identities(request: web.Request) -> web.Response:
         selector = [Label.parse_selector(s) for s in raw]
     except ValueError as exc:
         raise BadRequest(f"labels: {exc}") from None
-    idents = sorted(request.app[DAEMON].policy.identities(), key=lambda i: i.id)
+    idents = sorted(request.app[DAEMON].identities.identities(), key=lambda i: i.id)
     if selector:
         idents = [i for i in idents if i.labels.matches(selector)]
     return web.json_response([identity_model(i) for i in idents])
@@ -40,7 +40,7 @@ async def get_identity(request: web.Request) -> web.Response:
         num = int(raw)
     except ValueError:
         raise BadRequest(f"invalid identity {raw!r}: expected a number") from None
-    ident = request.app[DAEMON].policy.identity(num)
+    ident = request.app[DAEMON].identities.identity(num)
     if ident is None:
         raise NotFound(f"identity {num} not found")
     return web.json_response(identity_model(ident))

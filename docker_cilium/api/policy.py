@@ -2,7 +2,7 @@
 
 Cilium returns the rules as a *string* of pretty JSON (``{"revision", "policy"}``),
 so ``cilium policy get`` can print exactly what the user imported; kept here.
-All mutations go through the daemon's regenerator (``daemon.policy``), which
+All mutations go through the daemon's policy manager (``daemon.policy``), which
 validates everything before changing anything.
 """
 
@@ -17,17 +17,18 @@ from docker_cilium.api.keys import DAEMON
 
 from docker_cilium.api.errors import json_body, read_body, reject_unknown
 from docker_cilium.errors import BadRequest, NotFound
+from docker_cilium.policy.manager import PolicyManager
 
 routes = web.RouteTableDef()
 
 TRACE_PROTOCOLS = ("TCP", "UDP", "ANY", "ICMP")
 
 
-def _policy(request: web.Request) -> Any:
+def _policy(request: web.Request) -> PolicyManager:
     return request.app[DAEMON].policy
 
 
-def _reply(policy: Any, labels: list[str] | None = None) -> web.Response:
+def _reply(policy: PolicyManager, labels: list[str] | None = None) -> web.Response:
     rules = policy.get_rules(labels or [])
     return web.json_response({"revision": policy.revision, "policy": json.dumps(rules, indent=2)})
 

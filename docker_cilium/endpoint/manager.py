@@ -28,26 +28,31 @@ from docker_cilium.endpoint.network import (
 )
 from docker_cilium.errors import BadRequest, Conflict, InsufficientStorage, NotFound
 from docker_cilium.ipam.allocator import CILIUM_ADDRESS_SPACES, IPAM
+from docker_cilium.identity.labels import Label
 from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
+from docker_cilium.policy.resolve import parse_enforcement
 
 if TYPE_CHECKING:
     from docker_cilium.plugin.schemas import IPAMData
 
 log = structlog.get_logger(__name__)
 
-NET_PREFIX = "cilium/state/networks/v1/"
-EP_PREFIX = "cilium/state/endpoints/v1/"
+NET_PREFIX = keys.NETWORKS
+EP_PREFIX = keys.ENDPOINTS
+ENDPOINT_OPTIONS = ("PolicyEnforcement",)  # what `cilium endpoint config` may change
 RTYPE_NEXTHOP = 0
 RTYPE_CONNECTED = 1
 
 
 class DatapathHooks(Protocol):
-    """What the manager tells the policy/BPF layer; all optional no-ops by default."""
+    """What the manager tells the policy/BPF layer (the Regenerator)."""
 
     async def endpoint_created(self, ep: Endpoint) -> None: ...
     async def endpoint_changed(self, ep: Endpoint) -> None: ...
     async def endpoint_deleted(self, ep: Endpoint) -> None: ...
+    async def regenerate(self, ep: Endpoint) -> None: ...
 
 
 class NoDatapath:
@@ -58,6 +63,9 @@ class NoDatapath:
         return None
 
     async def endpoint_deleted(self, ep: Endpoint) -> None:
+        return None
+
+    async def regenerate(self, ep: Endpoint) -> None:
         return None
 
 
@@ -85,6 +93,7 @@ class EndpointManager:
         node: NodeAddressing,
         ipam: IPAM,
         default_mtu: int,
+        hooks: DatapathHooks | None = None,
     ) -> None:
         self.store = store
         self.links = links
@@ -92,7 +101,7 @@ class EndpointManager:
         self.node = node
         self.ipam = ipam
         self.default_mtu = default_mtu
-        self.hooks: DatapathHooks = NoDatapath()
+        self.hooks: DatapathHooks = hooks or NoDatapath()
         self.networks: dict[str, Network] = {}
         self.endpoints: dict[str, Endpoint] = {}  # by Docker endpoint ID
         self._lock = asyncio.Lock()
@@ -113,8 +122,7 @@ class EndpointManager:
             self.networks[net.id] = net
             await self._plumb_network(net)
         for key, raw in (await self.store.get_prefix(EP_PREFIX)).items():
-            ep = Endpoint.from_record(json.loads(raw))
-            ep.state = State.RESTORING
+            ep = Endpoint.from_record(json.loads(raw))  # in state RESTORING
             idx = await self.links.link_index(ep.ifname)
             if idx is None:
                 # Host rebooted or someone deleted the link: dockerd will call
@@ -138,7 +146,7 @@ class EndpointManager:
                 # Its BPF state from before the restart stays in place and
                 # enforcing; the next label event or regeneration retries.
                 log.error("endpoint.restore_failed", endpoint=ep.id, error=str(exc))
-                ep.state = State.NOT_READY
+                ep.set_state(State.NOT_READY, f"restore failed: {exc}")
             await self._save_endpoint(ep)
 
     # ---- networks ----------------------------------------------------------------
@@ -396,6 +404,33 @@ class EndpointManager:
         await self._save_endpoint(ep)
         log.info("endpoint.labels", endpoint=ep.id, container=container_id[:12], labels=ep.labels)
 
-    async def save(self, ep: Endpoint) -> None:
+    async def update_labels(self, ep: Endpoint, add: list[str], delete: list[str]) -> None:
+        """``cilium endpoint labels``: user labels added, container labels disabled."""
+        for raw in list(add) + list(delete):
+            try:
+                label = Label.parse(raw)
+            except ValueError as exc:
+                raise BadRequest(f"invalid label {raw!r}: {exc}") from None
+            if raw in add and label.source in ("reserved", "cidr"):
+                raise BadRequest(f"label {raw!r}: source {label.source!r} is reserved for the agent")
+        add_s = {str(Label.parse(l)) for l in add}
+        del_s = {str(Label.parse(l)) for l in delete}
+        before = (ep.user_labels, ep.disabled_labels)
+        ep.user_labels = sorted((set(ep.user_labels) | add_s) - del_s)
+        ep.disabled_labels = sorted((set(ep.disabled_labels) | (del_s & set(ep.labels))) - add_s)
+        try:
+            await self.hooks.endpoint_changed(ep)
+        except BaseException:
+            ep.user_labels, ep.disabled_labels = before
+            raise
+        await self._save_endpoint(ep)
+
+    async def update_options(self, ep: Endpoint, changes: dict[str, str]) -> None:
+        """``cilium endpoint config``: per-endpoint options (``ENDPOINT_OPTIONS``)."""
+        for key in changes:
+            if key not in ENDPOINT_OPTIONS:
+                raise BadRequest(f"unknown endpoint option {key!r} (known: {', '.join(ENDPOINT_OPTIONS)})")
+        ep.policy_enforcement = parse_enforcement(changes.get("PolicyEnforcement", ep.policy_enforcement))
+        await self.hooks.regenerate(ep)
         await self._save_endpoint(ep)
 

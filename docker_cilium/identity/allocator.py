@@ -36,7 +36,7 @@ other nodes' GC may free the numbers.  The allocator then first writes all
 its references again, then re-checks each master key under its lock: a
 freed one is recreated; one that meanwhile went to other labels is never
 used again for ours: the conflict is logged as an error and kept for
-``status()``, the labels get a new number, and ``on_change`` fires so that
+``status()``, the labels get a new number, and the subscribers are called so that
 endpoints move to it.  A watch that had to re-list (and so may have missed
 the deletions) triggers the same resync.
 """
@@ -54,14 +54,14 @@ from typing import Any, Callable, AsyncIterator
 import structlog
 
 from docker_cilium.errors import Unavailable
-from docker_cilium.kvstore import Backend, EventType, KVStoreError
+from docker_cilium.kvstore import Backend, EventType, KVStoreError, keys
 
 from . import reserved
 from .labels import Labels
 
 log = structlog.get_logger(__name__)
 
-PREFIX = "cilium/state/identities/v1/"
+PREFIX = keys.IDENTITIES
 ID_PREFIX = PREFIX + "id/"
 VALUE_PREFIX = PREFIX + "value/"
 LOCK_PREFIX = PREFIX + "locks/"
@@ -129,10 +129,7 @@ class IdentityAllocator:
         self._watch_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._bg: set[asyncio.Task[None]] = set()
-        # Called (no arguments) when the set of identities changes, e.g. another
-        # node allocated one: local policies may select it.  Also when one of
-        # our label sets had to move to a new number (see current()).
-        self.on_change: Callable[[], None] | None = None
+        self._observers: list[Callable[[], None]] = []  # see subscribe()
         # Numbers that came back owned by other labels after a session loss.
         self.conflicts: list[dict[str, Any]] = []
         self.session_losses = 0
@@ -140,6 +137,16 @@ class IdentityAllocator:
         self._recover_again = False
         self._closed = False
         backend.add_session_listener(self._on_session_lost)
+
+    def _notify(self) -> None:
+        for observer in self._observers:
+            observer()
+
+    def subscribe(self, observer: Callable[[], None]) -> None:
+        """Call ``observer`` (no arguments) whenever the set of identities
+        changes, e.g. another node allocated one: local policies may select it;
+        also when one of our label sets had to move to a new number (see current())."""
+        self._observers.append(observer)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -356,7 +363,7 @@ class IdentityAllocator:
 
         Runs under each label set's lock and recreates a missing master key;
         a number meanwhile given to other labels is replaced (see the module
-        docstring) and ``on_change`` fires.
+        docstring) and the subscribers are called.
         """
         for key in list(self._local):
             await self._resync_key(key)
@@ -386,8 +393,7 @@ class IdentityAllocator:
                                    "time": time.time()})
             log.error("identity.conflict_on_resync", id=old, labels=key, now_owned_by=now, new_id=ref.id,
                       node=self.node_name, hint="endpoints with these labels move to the new identity")
-        if self.on_change is not None:
-            self.on_change()
+        self._notify()
 
     def _on_session_lost(self) -> None:
         """The store replaced our lease: every reference we wrote is gone."""
@@ -482,8 +488,8 @@ class IdentityAllocator:
                 self._cache[num] = value.decode()
             else:
                 self._cache.pop(num, None)
-            if self.on_change is not None and self._cache.get(num) != before:
-                self.on_change()
+            if self._cache.get(num) != before:
+                self._notify()
         elif typ is EventType.DELETE and key.startswith(VALUE_PREFIX) and key.endswith("/" + self.node_name):
             label_key = self._label_key_of_ref(key)
             if label_key in self._local:

@@ -31,6 +31,11 @@ _NAMES: dict[int, str] = {
 }
 _BY_NAME: dict[str, int] = {name: num for num, name in _NAMES.items()}
 
+#: The ``reserved:<name>`` label strings policy code matches on.
+HOST_LABEL = f"{SOURCE_RESERVED}:{_NAMES[HOST]}"
+WORLD_LABEL = f"{SOURCE_RESERVED}:{_NAMES[WORLD]}"
+INIT_LABEL = f"{SOURCE_RESERVED}:{_NAMES[INIT]}"
+
 
 def labels_for(number: int) -> Labels | None:
     """``reserved:<name>`` labels of a reserved identity, None if not reserved."""

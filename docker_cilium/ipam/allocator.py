@@ -25,6 +25,7 @@ import structlog
 
 from docker_cilium.errors import AllocationFailed, BadRequest, Conflict
 from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
 
 log = structlog.get_logger(__name__)
@@ -32,7 +33,7 @@ log = structlog.get_logger(__name__)
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-PREFIX = "cilium/state/ipam/v1/"
+PREFIX = keys.IPAM
 POOL_V4 = "CiliumPoolv4"
 POOL_V6 = "CiliumPoolv6"
 # The address spaces this IPAM driver announces to dockerd (GetDefaultAddressSpaces

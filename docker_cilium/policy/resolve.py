@@ -55,7 +55,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from docker_cilium.errors import BadRequest
+from docker_cilium import u8proto
 from docker_cilium.identity import reserved
+from docker_cilium.identity.reserved import HOST_LABEL, WORLD_LABEL
+from docker_cilium.u8proto import PROTO_NAMES
 
 from .api.cidr import cidr_identity_labels, cidr_label
 from .api.entities import entity_matches
@@ -93,8 +96,6 @@ RESERVED_IDENTITIES: Mapping[int, frozenset[str]] = {
 
 DIRECTIONS = ("ingress", "egress")
 ENFORCEMENT_MODES = ("default", "always", "never")
-PROTO_NAMES = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP"}
-WORLD_LABEL = "reserved:world"
 
 
 @dataclass(frozen=True, order=True)
@@ -282,7 +283,7 @@ def _describe_peers(entry: PeerRule) -> str:
 
 
 def _is_endpoint(ls: LabelSet) -> bool:
-    return WORLD_LABEL not in ls.strings and "reserved:host" not in ls.strings
+    return WORLD_LABEL not in ls.strings and HOST_LABEL not in ls.strings
 
 
 def _trace_direction(
@@ -329,7 +330,7 @@ def _trace_direction(
                 covered |= got
             lines.append(f"    {_describe_peers(entry)}: {'match' if hit else 'no match'}")
     lines.append(f"{len(selected)}/{len(rules)} rules selected")
-    if allow_localhost and direction == "ingress" and "reserved:host" in peer.strings:
+    if allow_localhost and direction == "ingress" and HOST_LABEL in peer.strings:
         covered |= protos
         lines.append("Host is always allowed (allow-localhost)")
     allowed_by_rule = bool(covered) and protos <= covered
@@ -367,9 +368,9 @@ def trace(
     """
     proto_u = proto.upper()
     if proto_u == "ICMP":
-        protos, dport = frozenset({1}), None
+        protos, dport = frozenset({u8proto.ICMP}), None
     elif proto_u == "ANY":
-        protos = frozenset({6, 17})
+        protos = frozenset({u8proto.TCP, u8proto.UDP})
     elif proto_u in PROTO_NUMBERS:
         protos = frozenset({PROTO_NUMBERS[proto_u]})
     else:

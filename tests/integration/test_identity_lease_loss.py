@@ -58,7 +58,7 @@ async def test_references_restored_and_reused_number_refused_after_etcd_outage(c
     await a.start()
     await b.start()
     try:
-        a.on_change = lambda: changes.append(1)
+        a.subscribe(lambda: changes.append(1))
         one = await a.allocate(L(app="one"))
         keep = await a.allocate(L(app="keep"))
         one_key, keep_key = L(app="one").sorted_key(), L(app="keep").sorted_key()
@@ -94,7 +94,7 @@ async def test_references_restored_and_reused_number_refused_after_etcd_outage(c
         st = a.status()
         assert st["state"] == "Warning" and st["session-losses"] >= 1
         assert [(c["id"], c["labels"], c["new-id"]) for c in st["conflicts"]] == [(one.id, one_key, moved.id)]
-        assert changes, "on_change must fire so endpoints move to the new number"
+        assert changes, "the subscribers must be called so endpoints move to the new number"
         # Nothing A uses is collectable any more.
         assert set(await b.gc()).isdisjoint({moved.id, keep.id})
     finally:

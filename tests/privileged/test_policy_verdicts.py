@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from docker_cilium.datapath.maps import PolicyEntry as MapPolicyEntry
+from docker_cilium.datapath.maps.policymap import PolicyEntry as MapPolicyEntry
 from docker_cilium.policy import Repository, resolve, trace
 
 pytestmark = pytest.mark.privileged

@@ -7,6 +7,7 @@ import ctypes
 from dataclasses import dataclass
 from typing import Iterable
 
+from docker_cilium import u8proto
 from docker_cilium.datapath.bpf import BpfMap, htons, ntohs, u8, u16, u32, u64
 
 POLICY_MAP = "cilium_policy"
@@ -18,8 +19,8 @@ POLICY_EGRESS = 1
 # L4 rules", so that a miss is reported as DROP_POLICY_L4; it allows nothing.
 POLICY_PROTO_L4_MARKER = 255
 
-PROTOS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
-PROTO_NAMES = {v: k.upper() for k, v in PROTOS.items()}
+PROTOS = u8proto.PROTO_IDS
+PROTO_NAMES = u8proto.PROTO_NAMES
 
 
 class policy_key(ctypes.Structure):
