@@ -134,7 +134,7 @@ class Daemon:
         for server in self.servers:
             await server.start()
         self.watcher = DockerWatcher(cfg.docker_socket, lambda nid: nid in self.endpoints.networks,
-                                     self._endpoints.update_container)
+                                     self._endpoints.update_container, self.iptables.ensure_nat_first)
         self.watcher.start()
         self.started = time.time()
         log.info("agent.started", version=__version__, node=self.node.to_dict(), mtu=self.mtu,

@@ -23,6 +23,7 @@ from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.network import (
     Network,
     bare_ip,
+    network_conflict,
     parse_mtu,
     pool_network,
 )
@@ -106,6 +107,7 @@ class EndpointManager:
         self.endpoints: dict[str, Endpoint] = {}  # by Docker endpoint ID
         self._lock = asyncio.Lock()
         self._creating: dict[str, int] = {}  # Docker endpoint ID -> reserved endpoint ID
+        self._creating_addrs: dict[str, str] = {}  # address -> Docker endpoint ID being created
 
     # ---- persistence -------------------------------------------------------------
 
@@ -179,6 +181,9 @@ class EndpointManager:
         if net.cilium_ipam and net.ipv6 and net.gateway6 is None:
             net.gateway6 = str(self.node.router6)
         async with self._lock:
+            conflict = network_conflict(net, self.networks.values(), self.node)
+            if conflict is not None:
+                raise Conflict(conflict)
             await self._save_network(net)
             self.networks[net.id] = net
         await self._plumb_network(net)
@@ -204,7 +209,10 @@ class EndpointManager:
             if busy:
                 log.warning("network.delete.endpoints_left", network=network_id[:12], endpoints=busy)
             await self.store.delete(NET_PREFIX + network_id)
+        # The router addresses are never a network's to remove, whatever an
+        # older record says; a gateway another network uses stays too.
         still_used = {g for n in self.networks.values() for g in n.host_gateways}
+        still_used |= {str(self.node.router4), str(self.node.router6)}
         for gw in net.host_gateways:
             if gw not in still_used:
                 await self.links.del_host_address(gw)
@@ -255,8 +263,12 @@ class EndpointManager:
         async with self._lock:
             if endpoint_id in self.endpoints or endpoint_id in self._creating:
                 raise Conflict(f"endpoint {endpoint_id} already exists")
+            for addr in (ipv4, ipv6):
+                if addr:
+                    self._check_address_free(addr)
             eid = self._pick_id(ipv4, ipv6)
             self._creating[endpoint_id] = eid
+            self._creating_addrs.update({a: endpoint_id for a in (ipv4, ipv6) if a})
         try:
             link = await self.links.create_endpoint_link(endpoint_id, net.mtu, mac)
             ep = Endpoint(
@@ -280,12 +292,36 @@ class EndpointManager:
             self.endpoints[endpoint_id] = ep
         finally:
             self._creating.pop(endpoint_id, None)
+            for addr in (ipv4, ipv6):
+                if addr and self._creating_addrs.get(addr) == endpoint_id:
+                    del self._creating_addrs[addr]
         for addr in (ipv4, ipv6):
             if addr and net.cilium_ipam:
                 await self.ipam.set_owner(addr, f"endpoint {eid}")
         ms = (time.perf_counter() - t0) * 1000
         log.info("endpoint.create", endpoint=eid, ifname=ep.ifname, ipv4=ipv4, ipv6=ipv6, duration_ms=round(ms, 2))
         return ep, chosen_mac
+
+    def _check_address_free(self, addr: str) -> None:
+        """Refuse an address the node or another endpoint holds (caller holds the lock).
+
+        A second endpoint on one address would replace the first one's host
+        route and endpoint-map entry, taking its traffic; the router and the
+        pool gateways live on cilium_host and belong to no endpoint.
+        """
+        if addr in (str(self.node.router4), str(self.node.router6)):
+            raise Conflict(f"address {addr} is this node's router address and cannot be given to an endpoint")
+        for net in self.networks.values():
+            if addr in net.host_gateways:
+                raise Conflict(f"address {addr} is the gateway of network {net.id[:12]} and cannot be given "
+                               "to an endpoint")
+        for ep in self.endpoints.values():
+            if addr in (ep.ipv4, ep.ipv6):
+                raise Conflict(f"address {addr} is already held by endpoint {ep.id} "
+                               f"(Docker endpoint {ep.docker_endpoint_id[:12]})")
+        other = self._creating_addrs.get(addr)
+        if other is not None:
+            raise Conflict(f"address {addr} is being given to Docker endpoint {other[:12]} right now")
 
     async def _plumb_endpoint(self, ep: Endpoint) -> None:
         net = self.networks.get(ep.docker_network_id)
