@@ -50,6 +50,7 @@ CT_INGRESS = 1
 CT_F_RX_CLOSING = 1 << 0
 CT_F_TX_CLOSING = 1 << 1
 CT_F_SEEN_NON_SYN = 1 << 2
+CT_F_SEEN_REPLY = 1 << 5
 CFG_F_TRACE = 1 << 0
 CFG_F_DEBUG = 1 << 1
 POLICY_PROTO_L4_MARKER = 255
@@ -62,11 +63,14 @@ DROP_REASONS = {
     133: "Policy denied (L3)",
     134: "Invalid packet",
     135: "CT: Truncated or invalid header",
-    139: "Unknown L3 target address",
+    139: "Unsupported L3 protocol",
     152: "No matching local container found",
+    155: "CT: Map insertion failed",
     159: "Policy denied (L4)",
     162: "Policy denied (CIDR)",
+    175: "First logical datagram fragment not found",
     181: "Policy denied by denylist",
+    182: "VLAN traffic disallowed by VLAN filter",
 }
 
 PROTOS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
@@ -82,6 +86,9 @@ MAP_NAMES = (
     "cilium_metrics",
     "cilium_events",
     "cilium_config",
+    "cilium_ipv4_frag_datagrams",
+    "cilium_ipv6_frag_datagrams",
+    "cilium_ct_budget",
 )
 
 
