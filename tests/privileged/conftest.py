@@ -132,8 +132,13 @@ def serve(*ports):
                 c.close()
     def udp_loop(us):
         while True:
-            d, a = us.recvfrom(100)
-            us.sendto(b"ok:" + d, a)
+            d, a = us.recvfrom(65535)
+            if d.startswith(b"big:"):           # "big:N": answer with N bytes
+                us.sendto(b"B" * int(d[4:]), a)
+            elif len(d) > 100:                  # large datagram: report its size
+                us.sendto(b"ok:len=%d" % len(d), a)
+            else:
+                us.sendto(b"ok:" + d, a)
     for p in ports:
         ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -146,6 +151,86 @@ def serve(*ports):
         threading.Thread(target=udp_loop, args=(us,), daemon=True).start()
     print("ready", flush=True)
     sys.stdin.read()  # exit when the test closes our stdin
+
+def udpsize(dst, port, size, timeout=1.0):
+    """Send one datagram of size bytes; the server reports the size it got."""
+    s = socket.socket(fam(dst), socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    s.connect((dst, int(port)))
+    s.send(b"x" * int(size))
+    try:
+        return 0 if s.recv(100) == b"ok:len=%d" % int(size) else 4
+    except socket.timeout:
+        return 2
+    except OSError:
+        return 3
+
+def udpget(dst, port, size, timeout=1.0):
+    """Ask for one datagram of size bytes and check it arrives whole."""
+    s = socket.socket(fam(dst), socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    s.connect((dst, int(port)))
+    s.send(b"big:%d" % int(size))
+    try:
+        return 0 if len(s.recv(65535)) == int(size) else 4
+    except socket.timeout:
+        return 2
+    except OSError:
+        return 3
+
+def sendframe(hexframe, count=1, ifname="eth0"):
+    """Send a raw Ethernet frame (AF_PACKET: only CAP_NET_RAW needed)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    for _ in range(int(count)):
+        s.send(bytes.fromhex(hexframe))
+    return 0
+
+def rawip(dst, proto, hexpayload, hops=None, count=1):
+    """Send an L4 payload through a raw IP socket (the kernel adds the IP
+    header with our address; ICMPv6 checksums are filled in by the kernel)."""
+    s = socket.socket(fam(dst), socket.SOCK_RAW, int(proto))
+    if hops is not None:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, int(hops))
+    for _ in range(int(count)):
+        s.sendto(bytes.fromhex(hexpayload), (dst, 0))
+    return 0
+
+def tcpraw(dst, dport, n, flags="10"):
+    """n bare TCP segments (flags hex, default ACK) from source ports
+    20000.. through a raw socket: packets no socket of ours sent."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    for i in range(int(n)):
+        s.sendto(struct.pack("!HHIIBBHHH", 20000 + i, int(dport), 1, 1, 5 << 4,
+                             int(flags, 16), 1024, 0, 0), (dst, 0))
+    return 0
+
+def sniff(spec, marker, seconds):
+    """Count packets containing marker that reach a socket here: icmp4, icmp6,
+    udp:PORT or eth:ETHERTYPE:IFNAME (an AF_PACKET socket bound to that
+    protocol sees frames only after tc ingress let them through)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "icmp4":
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    elif kind == "icmp6":
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    elif kind == "udp":
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", int(rest)))
+    else:
+        etype, ifname = rest.split(":")
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(int(etype, 16)))
+        s.bind((ifname, int(etype, 16)))
+    marker = bytes.fromhex(marker)
+    print("ready", flush=True)
+    n, end = 0, time.time() + float(seconds)
+    while time.time() < end:
+        r, _, _ = select.select([s], [], [], max(0, end - time.time()))
+        if r and marker in s.recv(65535):
+            n += 1
+    print(n, flush=True)
+    return 0
 
 def bulk(dst, port, mbytes, src=None):
     """Send mbytes MiB, the server answers with the byte count it read."""
@@ -187,10 +272,13 @@ if __name__ == "__main__":
     kw = {}
     rest = []
     for a in args:
-        if a.startswith("src="): kw["src"] = a[4:]
+        k, eq, v = a.partition("=")
+        if eq and k in ("src", "hops", "count", "flags", "timeout"): kw[k] = v
         else: rest.append(a)
     sys.exit({"ping": ping, "tcp": tcp, "udp": udp, "serve": serve,
-              "bulk": bulk, "sink": sink}[cmd](*rest, **kw) or 0)
+              "bulk": bulk, "sink": sink, "udpsize": udpsize, "udpget": udpget,
+              "sendframe": sendframe, "rawip": rawip, "sniff": sniff,
+              "tcpraw": tcpraw}[cmd](*rest, **kw) or 0)
 ''')
 
 
@@ -217,6 +305,17 @@ class Container:
                             ingress_enforced=ingress, egress_enforced=egress)
 
 
+class Sniffer:
+    """A running nettool sniff; ``count()`` waits for its result."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def count(self) -> int:
+        out, _ = self.proc.communicate(timeout=30)
+        return int(out.strip())
+
+
 class Topology:
     """Namespaces + veths + routes for one test; ``cleanup()`` undoes all."""
 
@@ -225,6 +324,7 @@ class Topology:
         self.tool = tool_path
         self.undo: list[tuple[str, tuple]] = []
         self.containers: dict[str, Container] = {}
+        self.sniffers: list[subprocess.Popen] = []
         self.octet = self._pick_subnet()
         self.prefix4 = f"10.199.{self.octet}"
         self.prefix6 = f"fd99::{self.octet:x}:"
@@ -238,6 +338,10 @@ class Topology:
 
     def cleanup(self) -> list[str]:
         errors = []
+        for p in self.sniffers:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=5)
         for c in self.containers.values():
             for p in c.servers:
                 try:
@@ -329,6 +433,15 @@ class Topology:
         self.containers[name] = c
         return c
 
+    def blackhole(self, host_no: int) -> tuple[str, str]:
+        """Unused addresses of the test subnet that the host silently drops
+        (a destination that never answers, without leaving the machine)."""
+        v4, v6 = f"{self.prefix4}.{host_no}", f"{self.prefix6}{host_no:x}"
+        for fam, addr in (("-4", f"{v4}/32"), ("-6", f"{v6}/128")):
+            sh("ip", fam, "route", "add", "blackhole", addr)
+            self._record("route", fam, "route", "del", "blackhole", addr)
+        return v4, v6
+
     def wait_ready(self) -> None:
         """Let IPv6 link-local addresses come up (tentative -> ready)."""
         deadline = time.time() + 5
@@ -363,6 +476,22 @@ class Topology:
         res = sh("ip", "netns", "exec", src.netns, PYTHON, self.tool, "bulk", dst, str(port),
                  str(mbytes), check=False, timeout=60)
         return res.returncode, float(res.stdout.strip() or 0)
+
+    def run_tool(self, c: Container | None, *args: object) -> int:
+        """Run one nettool command in c's namespace (None: the host)."""
+        return self._exec(c, *map(str, args))
+
+    def sniff(self, c: Container | None, spec: str, marker: bytes,
+              seconds: float = 1.5) -> "Sniffer":
+        """Start counting packets with marker reaching spec in c (see nettool
+        sniff); returns once the socket is open."""
+        pre = ["ip", "netns", "exec", c.netns] if c is not None else []
+        p = subprocess.Popen(pre + [PYTHON, self.tool, "sniff", spec, marker.hex(), str(seconds)],
+                             stdout=subprocess.PIPE, text=True)
+        self.sniffers.append(p)
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"sniffer {spec} failed to start")
+        return Sniffer(p)
 
     def serve(self, c: Container, *ports: int, mode: str = "serve") -> None:
         p = subprocess.Popen(["ip", "netns", "exec", c.netns, PYTHON, self.tool, mode,
@@ -468,6 +597,12 @@ def topo(tmp_path):
 def abc(topo, datapath):
     """Three containers A, B, C on attached host veths, registered in the
     endpoint map without enforcement; router addresses are identity host."""
+    return make_abc(topo, datapath)
+
+
+def make_abc(topo: Topology, datapath: Datapath) -> list[Container]:
+    """The ``abc`` containers on any loaded datapath (e.g. one compiled with
+    other defines)."""
     cs = [topo.add_container("a", 2, 11, 1001),
           topo.add_container("b", 3, 12, 1002),
           topo.add_container("c", 4, 13, 1003)]
