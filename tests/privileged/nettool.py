@@ -55,19 +55,21 @@ def tcp(dst, port, src=None, timeout=1.0):
     except OSError:
         return 5
 
-def udp(dst, port, src=None, timeout=1.0):
+def _udp_ask(dst, port, payload, want, src=None, timeout=1.0):
     s = socket.socket(fam(dst), socket.SOCK_DGRAM)
     s.settimeout(timeout)
     if src: s.bind((src, 0))
     s.connect((dst, int(port)))  # connected: ICMP errors surface as ECONNREFUSED
-    s.send(b"hello")
+    s.send(payload)
     try:
-        data = s.recv(100)
-        return 0 if data == b"ok:hello" else 4
+        return 0 if want(s.recv(65535)) else 4
     except socket.timeout:
         return 2
     except OSError:
         return 3
+
+def udp(dst, port, src=None, timeout=1.0):
+    return _udp_ask(dst, port, b"hello", lambda d: d == b"ok:hello", src, timeout)
 
 def serve(*ports):
     def tcp_loop(ls):
@@ -103,31 +105,15 @@ def serve(*ports):
     print("ready", flush=True)
     sys.stdin.read()  # exit when the test closes our stdin
 
-def udpsize(dst, port, size, timeout=1.0):
+def udpsize(dst, port, size):
     """Send one datagram of size bytes; the server reports the size it got."""
-    s = socket.socket(fam(dst), socket.SOCK_DGRAM)
-    s.settimeout(timeout)
-    s.connect((dst, int(port)))
-    s.send(b"x" * int(size))
-    try:
-        return 0 if s.recv(100) == b"ok:len=%d" % int(size) else 4
-    except socket.timeout:
-        return 2
-    except OSError:
-        return 3
+    n = int(size)
+    return _udp_ask(dst, port, b"x" * n, lambda d: d == b"ok:len=%d" % n)
 
-def udpget(dst, port, size, timeout=1.0):
+def udpget(dst, port, size):
     """Ask for one datagram of size bytes and check it arrives whole."""
-    s = socket.socket(fam(dst), socket.SOCK_DGRAM)
-    s.settimeout(timeout)
-    s.connect((dst, int(port)))
-    s.send(b"big:%d" % int(size))
-    try:
-        return 0 if len(s.recv(65535)) == int(size) else 4
-    except socket.timeout:
-        return 2
-    except OSError:
-        return 3
+    n = int(size)
+    return _udp_ask(dst, port, b"big:%d" % n, lambda d: len(d) == n)
 
 def sendframe(hexframe, count=1, ifname="eth0"):
     """Send a raw Ethernet frame (AF_PACKET: only CAP_NET_RAW needed)."""
