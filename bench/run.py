@@ -51,6 +51,7 @@ def main() -> None:
         results = {
             "docker_run": run_module("docker_run", "--json"),
             "tcp_throughput": run_module("throughput", "--cilium", str(BIN / "cilium")),
+            "datapath_compile": run_module("datapath_compile", "--json"),
         }
     finally:
         if proc is not None:

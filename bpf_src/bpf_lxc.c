@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: Apache-2.0
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* docker-cilium endpoint datapath.
  *
  * One object, compiled once per datapath configuration, loaded once; the same
@@ -280,4 +280,6 @@ int to_container(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-char __license[] __section("license") = "GPL";
+/* GPL-compatible (as the SPDX line above): bpf_perf_event_output() is a
+ * GPL-only helper. */
+char __license[] __section("license") = "Dual BSD/GPL";

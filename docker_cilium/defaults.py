@@ -1,11 +1,45 @@
 """Paths and names users of Cilium expect; one place so CLI, agent and tests agree."""
 
+import os
+
 PLUGIN_SOCKET = "/run/docker/plugins/cilium.sock"
 API_SOCKET = "/var/run/cilium/cilium.sock"
 LIB_DIR = "/var/lib/cilium"
 STATE_DIR = "/var/run/cilium/state"
 DOCKER_SOCKET = "/var/run/docker.sock"
 BPFFS_ROOT = "/sys/fs/bpf"
+
+# Under the bpffs root: maps pinned by name (Cilium's TCGlobalsPath) and the
+# two pinned datapath programs. Under the state dir: the compiled objects.
+TC_GLOBALS_PATH = "tc/globals"
+PROGS_PATH = "cilium/progs"
+BPF_OBJ_PATH = "bpf"
+
+
+def bpf_pin_root(bpf_root: str = BPFFS_ROOT) -> str:
+    """Where the datapath's maps are pinned: ``<bpf_root>/tc/globals``."""
+    return os.path.join(bpf_root, TC_GLOBALS_PATH)
+
+
+def bpf_prog_dir(bpf_root: str = BPFFS_ROOT) -> str:
+    """Where the datapath's programs are pinned: ``<bpf_root>/cilium/progs``."""
+    return os.path.join(bpf_root, PROGS_PATH)
+
+
+def bpf_root_of(pin_root: str) -> str:
+    """The bpffs root a map pin root hangs under (inverse of :func:`bpf_pin_root`)."""
+    root = os.path.normpath(pin_root)
+    for _ in TC_GLOBALS_PATH.split("/"):
+        root = os.path.dirname(root)
+    return root
+
+
+def bpf_object_dir(state_dir: str = STATE_DIR) -> str:
+    """Where compiled datapath objects are cached: ``<state_dir>/bpf``."""
+    return os.path.join(state_dir, BPF_OBJ_PATH)
+
+
+BPF_PIN_ROOT = bpf_pin_root()
 
 HOST_DEVICE = "cilium_host"
 HOST_PEER_DEVICE = "cilium_net"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build a local busybox image from Debian's busybox-static: Docker Hub is not
-# reachable here, and tests need an image with sh, ping, wget, nc and httpd.
+# Build a local busybox image from Debian's busybox-static, so the tests need
+# no registry (Docker Hub may be unreachable or rate-limited) and get an image
+# with sh, ping, wget, nc and httpd.
 # Idempotent: does nothing when the image already exists.
 set -euo pipefail
 IMAGE=${1:-busybox:latest}

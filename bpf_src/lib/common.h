@@ -1,8 +1,10 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Shared types and constants for the docker-cilium datapath.
  *
- * Every struct here is mirrored EXACTLY by a ctypes.Structure in
- * docker_cilium/datapath/maps.py (tests/unit/test_maps_layout.py checks it).
+ * Every struct here is mirrored EXACTLY by a ctypes.Structure in the module
+ * of its map, docker_cilium/datapath/maps/<name>.py, and every number Python
+ * shares has one Python copy (tests/unit/test_maps_layout.py and
+ * tests/unit/test_c_constants.py check both).
  * All padding is explicit so that keys hashed by the kernel never contain
  * uninitialised bytes.
  */

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Connection tracking (cilium_ct4 / cilium_ct6, LRU hashes).
  *
  * An entry is created only after policy allowed a NEW flow; it is keyed by the

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Metrics, drop notifications and (optional) trace notifications. */
 #ifndef __LIB_DROP_H_
 #define __LIB_DROP_H_

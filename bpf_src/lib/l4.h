@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* L4 parsing shared by IPv4 and IPv6: fills ports, TCP flags and the ICMP
  * classification of a struct flow. */
 #ifndef __LIB_L4_H_

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* All datapath maps. Every map is pinned by name (LIBBPF_PIN_BY_NAME) under
  * the loader's pin root (default /sys/fs/bpf/tc/globals), so enforcement
  * survives an agent restart and the restarted agent reuses the maps. */

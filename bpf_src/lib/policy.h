@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Policy map lookup: (endpoint, direction, peer identity, dport, proto).
  *
  * Order: exact (identity, dport, proto) -> (identity, 0, 0) [L3-only: all

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from docker_cilium import __version__
+from docker_cilium import __version__, defaults
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.servers import UnixServer
 from docker_cilium.api.app import build_app as build_api
@@ -25,14 +25,17 @@ from docker_cilium.datapath.loader import Datapath, compile_datapath
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity.allocator import IdentityAllocator
+from docker_cilium.identity.cache import IdentityCache
 from docker_cilium.ipam.allocator import IPAM
 from docker_cilium.ipam.ranges import NodeAddressing
-from docker_cilium.kvstore import new_backend
+from docker_cilium.ipcache import IPCache
+from docker_cilium.kvstore import keys, new_backend
 from docker_cilium.kvstore.backend import Backend
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 from docker_cilium.plugin.app import build_app as build_plugin
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
+from docker_cilium.policy.manager import PolicyManager
 from docker_cilium.workloads.docker import DockerWatcher
 
 log = structlog.get_logger(__name__)
@@ -50,7 +53,9 @@ class Daemon:
         self.mtu = 0
         self._ipam: IPAM | None = None
         self._endpoints: EndpointManager | None = None
-        self._policy: Regenerator | None = None
+        self._policy: PolicyManager | None = None
+        self._identities: IdentityCache | None = None
+        self._regenerator: Regenerator | None = None
         self.allocator: IdentityAllocator | None = None
         self.datapath: Datapath | None = None
         self._gc: asyncio.Task[None] | None = None
@@ -63,9 +68,14 @@ class Daemon:
         return self._ipam
 
     @property
-    def policy(self) -> Regenerator:
+    def policy(self) -> PolicyManager:
         assert self._policy is not None
         return self._policy
+
+    @property
+    def identities(self) -> IdentityCache:
+        assert self._identities is not None
+        return self._identities
 
     @property
     def endpoints(self) -> EndpointManager:
@@ -94,21 +104,24 @@ class Daemon:
 
         # The datapath is compiled once per configuration (cached by hash) and
         # loaded once; pinned maps from a previous run are reused as they are.
-        obj = await asyncio.to_thread(compile_datapath, out_dir=os.path.join(cfg.state_dir, "bpf"))
+        obj = await asyncio.to_thread(compile_datapath, out_dir=defaults.bpf_object_dir(cfg.state_dir))
         self.datapath = await asyncio.to_thread(
-            Datapath.load, obj, os.path.join(cfg.bpf_root, "tc", "globals"),
-            os.path.join(cfg.bpf_root, "cilium", "progs"))
+            Datapath.load, obj, defaults.bpf_pin_root(cfg.bpf_root), defaults.bpf_prog_dir(cfg.bpf_root))
 
         self.allocator = IdentityAllocator(self.kvstore, cfg.node_name)
         await self.allocator.start()
 
         self._ipam = IPAM(self.store, self.node, enable_ipv6=cfg.enable_ipv6)
         held = await self._ipam.restore()
-        self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu)
-        self._policy = Regenerator(self.store, self.allocator, self.datapath, cfg.policy_enforcement)
-        self._policy.save_endpoint = self._endpoints.save
-        await self._policy.start(await self.links.host_addresses())
-        self._endpoints.hooks = self._policy
+        assert self.datapath.maps is not None
+        ipcache = IPCache(self.store, self.datapath.maps.ipcache)
+        await ipcache.start(await self.links.host_addresses())
+        self._identities = IdentityCache(self.allocator, ipcache)
+        self._policy = PolicyManager(self.store, ipcache, self._identities, cfg.policy_enforcement)
+        await self._policy.start()
+        self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath)
+        self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu,
+                                          self._regenerator)
         await self._endpoints.restore()
         await self._endpoints.restore_datapath()
         self._gc = asyncio.create_task(self._garbage_collect(), name="gc")
@@ -121,7 +134,7 @@ class Daemon:
         for server in self.servers:
             await server.start()
         self.watcher = DockerWatcher(cfg.docker_socket, lambda nid: nid in self.endpoints.networks,
-                                     self._endpoints.update_container)
+                                     self._endpoints.update_container, self.iptables.ensure_nat_first)
         self.watcher.start()
         self.started = time.time()
         log.info("agent.started", version=__version__, node=self.node.to_dict(), mtu=self.mtu,
@@ -154,8 +167,8 @@ class Daemon:
             await self.watcher.stop()
         for server in reversed(self.servers):
             await server.stop()
-        if self._policy is not None:
-            await self._policy.close()
+        if self._regenerator is not None:
+            await self._regenerator.close()
         if self.allocator is not None:
             await self.allocator.close()
         for store in (self.kvstore, self.store):
@@ -181,7 +194,7 @@ class Daemon:
         kv_ok = True
         try:
             assert self.kvstore is not None
-            await self.kvstore.get("cilium/.health")
+            await self.kvstore.get(keys.HEALTH)
         except Exception as exc:  # report, don't fail the health call
             kv_ok, kv_msg = False, str(exc)
         else:
@@ -198,4 +211,13 @@ class Daemon:
             "ipam": self.ipam.status(),
             "endpoints": len(self.endpoints.endpoints),
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
+            "identity-allocation": self._identity_status(),
         }
+
+    def _identity_status(self) -> dict[str, Any]:
+        """Allocator health: a number that came back owned by other labels is a Warning."""
+        assert self.allocator is not None
+        st = self.allocator.status()
+        moved = ", ".join(f"{c['id']}->{c['new-id']} ({c['labels']})" for c in st["conflicts"])
+        return {**st, "msg": f"{st['identities']} in use, {st['session-losses']} session losses"
+                + (f"; identities moved after conflicts: {moved}" if moved else "")}

@@ -30,7 +30,9 @@ def _opts(values: tuple[str, ...]) -> dict[str, str]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--kvstore", type=click.Choice(["local", "etcd"]), default="local",
               help="Key-value store for cluster state (local = embedded, no server)")
-@click.option("--kvstore-opt", multiple=True, help="Store options, e.g. etcd.address=127.0.0.1:2379")
+@click.option("--kvstore-opt", multiple=True,
+              help="Store options: etcd.address=HOST:PORT[,...], etcd.config=PATH (Cilium's etcd YAML: "
+                   "endpoints, trusted-ca-file, cert-file, key-file, username, password), lease.ttl=SECONDS")
 @click.option("--ipv4-range", default=None, help="Node IPv4 range (default 10.X.0.0/16 from the node IP)")
 @click.option("--ipv6-range", default=None, help="Node IPv6 range (default f00d::<v4 range>:0:0/96)")
 @click.option("--enable-ipv6/--disable-ipv6", default=True, help="IPv6 addressing for endpoints")
@@ -50,8 +52,8 @@ def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:
     """Cilium-style networking and security agent for Docker."""
     config = DaemonConfig(kvstore=kvstore, kvstore_opts=_opts(kvstore_opt), **kw)  # type: ignore[arg-type]
     dclog.setup(config.debug, config.log_format)
-    if config.kvstore == "etcd" and "etcd.address" not in config.kvstore_opts:
-        raise click.UsageError("--kvstore etcd needs --kvstore-opt etcd.address=HOST:PORT")
+    if config.kvstore == "etcd" and not {"etcd.address", "etcd.config"} & set(config.kvstore_opts):
+        raise click.UsageError("--kvstore etcd needs --kvstore-opt etcd.address=HOST:PORT or etcd.config=PATH")
     asyncio.run(_run(config))
 
 

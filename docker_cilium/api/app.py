@@ -8,12 +8,13 @@ from aiohttp import web
 
 from docker_cilium.api import config, endpoint, identity, ipam, openapi, policy
 from docker_cilium.api.keys import DAEMON
-from docker_cilium.api.errors import error_middleware, error_response
+from docker_cilium.api.errors import error_middleware
+from docker_cilium.errors import NotFound
 
 
 
 async def _not_found(request: web.Request) -> web.Response:
-    return error_response(404, f"no such API path: {request.method} {request.path}")
+    raise NotFound(f"no such API path: {request.method} {request.path}")
 
 
 def build_app(daemon: Any) -> web.Application:

@@ -9,7 +9,8 @@ from aiohttp import web
 from docker_cilium.api.keys import DAEMON
 
 from docker_cilium.policy.resolve import parse_enforcement
-from docker_cilium.api.errors import APIError, json_body, reject_unknown
+from docker_cilium.api.errors import json_body, reject_unknown
+from docker_cilium.errors import BadRequest
 
 routes = web.RouteTableDef()
 
@@ -53,18 +54,15 @@ async def patch_config(request: web.Request) -> web.Response:
     reject_unknown(body, {"policy-enforcement", "options"})
     options = body.get("options", {})
     if not isinstance(options, dict):
-        raise APIError(400, "options must be a JSON object of Key: Value")
+        raise BadRequest("options must be a JSON object of Key: Value")
     for key in options:
         if key not in MUTABLE_OPTIONS:
-            raise APIError(400, f"unknown or read-only option {key!r} (changeable: {', '.join(MUTABLE_OPTIONS)})")
+            raise BadRequest(f"unknown or read-only option {key!r} (changeable: {', '.join(MUTABLE_OPTIONS)})")
     wanted = [(k, v) for k, v in (("policy-enforcement", body.get("policy-enforcement")),
                                   ("PolicyEnforcement", options.get("PolicyEnforcement"))) if v is not None]
-    try:
-        modes = {parse_enforcement(value, key) for key, value in wanted}
-    except ValueError as exc:
-        raise APIError(400, str(exc)) from None
+    modes = {parse_enforcement(value, key) for key, value in wanted}
     if len(modes) > 1:
-        raise APIError(400, "policy-enforcement and options.PolicyEnforcement disagree")
+        raise BadRequest("policy-enforcement and options.PolicyEnforcement disagree")
     if modes:
         await daemon.policy.set_enforcement(modes.pop())
     return web.json_response(_config_model(daemon))

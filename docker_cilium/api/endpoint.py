@@ -7,17 +7,14 @@ from aiohttp import web
 from docker_cilium.api.keys import DAEMON
 
 from docker_cilium.policy.resolve import parse_enforcement
-from docker_cilium.api.errors import APIError, json_body, reject_unknown
-from docker_cilium.endpoint.manager import EndpointError
+from docker_cilium.api.errors import json_body, reject_unknown
+from docker_cilium.errors import BadRequest
 
 routes = web.RouteTableDef()
 
 
 def _endpoint(request: web.Request):
-    try:
-        return request.app[DAEMON].endpoints.lookup(request.match_info["id"])
-    except EndpointError as exc:
-        raise APIError(exc.status, str(exc)) from None
+    return request.app[DAEMON].endpoints.lookup(request.match_info["id"])
 
 
 @routes.get("/v1/endpoint")
@@ -47,24 +44,18 @@ def _config_model(ep) -> dict[str, str]:
 def _string_list(body: dict, key: str) -> list[str]:
     value = body.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise APIError(400, f"{key} must be a JSON array of label strings")
+        raise BadRequest(f"{key} must be a JSON array of label strings")
     return [v.strip() for v in value if v.strip()]
 
 
 async def _apply_labels(request: web.Request, ep, add: list[str], delete: list[str]) -> None:
-    try:
-        await request.app[DAEMON].policy.update_endpoint_labels(ep, add, delete)
-    except ValueError as exc:
-        raise APIError(400, str(exc)) from None
+    await request.app[DAEMON].endpoints.update_labels(ep, add, delete)
 
 
 async def _apply_config(request: web.Request, ep, changes: dict[str, str]) -> None:
     if not changes:
         return
-    try:
-        await request.app[DAEMON].policy.update_endpoint_config(ep, changes)
-    except ValueError as exc:
-        raise APIError(400, str(exc)) from None
+    await request.app[DAEMON].endpoints.update_options(ep, changes)
 
 
 @routes.patch("/v1/endpoint/{id}")
@@ -76,10 +67,7 @@ async def patch_endpoint(request: web.Request) -> web.Response:
     reject_unknown(body, {"labels", "policy-enforcement"})
     changes = {}
     if "policy-enforcement" in body:  # checked before any label changes
-        try:
-            changes = {"PolicyEnforcement": parse_enforcement(body["policy-enforcement"], "policy-enforcement")}
-        except ValueError as exc:
-            raise APIError(400, str(exc)) from None
+        changes = {"PolicyEnforcement": parse_enforcement(body["policy-enforcement"], "policy-enforcement")}
     if "labels" in body:
         wanted = _string_list(body, "labels")
         current = _labels_model(ep)["effective"]
@@ -104,7 +92,7 @@ async def patch_endpoint_labels(request: web.Request) -> web.Response:
     add, delete = _string_list(body, "add"), _string_list(body, "delete")
     both = sorted(set(add) & set(delete))
     if both:
-        raise APIError(400, f"label {both[0]!r} is both added and deleted")
+        raise BadRequest(f"label {both[0]!r} is both added and deleted")
     if add or delete:
         await _apply_labels(request, ep, add, delete)
     return web.json_response(_labels_model(ep))
@@ -123,6 +111,6 @@ async def patch_endpoint_config(request: web.Request) -> web.Response:
         reject_unknown(body, {"options"})
         body = body["options"]
         if not isinstance(body, dict):
-            raise APIError(400, "options must be a JSON object of Key: Value")
+            raise BadRequest("options must be a JSON object of Key: Value")
     await _apply_config(request, ep, body)
     return web.json_response(_config_model(ep))

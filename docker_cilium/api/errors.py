@@ -1,4 +1,9 @@
-"""One error shape for the whole REST API, and JSON body decoding with precise messages."""
+"""The REST API's one error reply, and JSON body decoding with precise messages.
+
+Every ``docker_cilium.errors.APIError`` becomes ``{"code", "message"}`` with
+the status its class carries; nothing here reads message text. Anything else
+is a bug: answered 500 and logged, and the agent keeps serving.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +13,45 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from docker_cilium.errors import APIError, BadRequest, PayloadTooLarge
+
 log = structlog.get_logger(__name__)
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"code": status, "message": message}, status=status)
 
 
-async def json_body(request: web.Request, expect: type = dict) -> Any:
-    raw = await request.read()
-    if not raw.strip():
-        raise APIError(400, "request body is empty: expected JSON")
+async def read_body(request: web.Request) -> bytes:
+    """The raw body; one larger than the server's limit is a PayloadTooLarge."""
     try:
-        body = json.loads(raw)
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"request body too large: {exc.text}") from None
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
     except ValueError as exc:
-        raise APIError(400, f"malformed JSON: {exc}") from None
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+async def json_body(request: web.Request, expect: type = dict) -> Any:
+    raw = await read_body(request)
+    if not raw.strip():
+        raise BadRequest("request body is empty: expected JSON")
+    body = parse_json(raw)
     if not isinstance(body, expect):
         kind = {dict: "an object", list: "an array"}.get(expect, expect.__name__)
-        raise APIError(400, f"request body must be a JSON {kind}, got {type(body).__name__}")
+        raise BadRequest(f"request body must be a JSON {kind}, got {type(body).__name__}")
     return body
 
 
 def reject_unknown(body: dict[str, Any], allowed: set[str], where: str = "") -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise APIError(400, f"{where}unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        raise BadRequest(f"{where}unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
 @web.middleware
@@ -47,6 +59,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)
     except APIError as exc:
+        if exc.status >= 500:
+            log.warning("api.error", path=request.path, status=exc.status, error=exc.message)
         return error_response(exc.status, exc.message)
     except web.HTTPException as exc:
         if exc.status >= 400:

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from docker_cilium.api.keys import DAEMON
 
-from docker_cilium.api.errors import APIError
+from docker_cilium.errors import BadRequest, NotFound
 from docker_cilium.identity.labels import Label
 
 routes = web.RouteTableDef()
@@ -26,8 +26,8 @@ async def list_identities(request: web.Request) -> web.Response:
     try:
         selector = [Label.parse_selector(s) for s in raw]
     except ValueError as exc:
-        raise APIError(400, f"labels: {exc}") from None
-    idents = sorted(request.app[DAEMON].policy.identities(), key=lambda i: i.id)
+        raise BadRequest(f"labels: {exc}") from None
+    idents = sorted(request.app[DAEMON].identities.identities(), key=lambda i: i.id)
     if selector:
         idents = [i for i in idents if i.labels.matches(selector)]
     return web.json_response([identity_model(i) for i in idents])
@@ -39,8 +39,8 @@ async def get_identity(request: web.Request) -> web.Response:
     try:
         num = int(raw)
     except ValueError:
-        raise APIError(400, f"invalid identity {raw!r}: expected a number") from None
-    ident = request.app[DAEMON].policy.identity(num)
+        raise BadRequest(f"invalid identity {raw!r}: expected a number") from None
+    ident = request.app[DAEMON].identities.identity(num)
     if ident is None:
-        raise APIError(404, f"identity {num} not found")
+        raise NotFound(f"identity {num} not found")
     return web.json_response(identity_model(ident))

@@ -6,8 +6,7 @@ from aiohttp import web
 
 from docker_cilium.api.keys import DAEMON
 
-from docker_cilium.api.errors import APIError
-from docker_cilium.ipam.allocator import IPAMError
+from docker_cilium.errors import BadRequest, NotFound
 
 routes = web.RouteTableDef()
 
@@ -18,7 +17,7 @@ async def allocate(request: web.Request) -> web.Response:
     family = request.query.get("family", "")
     owner = request.query.get("owner", "api")
     if family not in ("", "ipv4", "ipv6"):
-        raise APIError(400, f"family must be ipv4 or ipv6, got {family!r}")
+        raise BadRequest(f"family must be ipv4 or ipv6, got {family!r}")
     ipam = daemon.ipam
     out: dict[str, str] = {}
     allocated: list[str] = []
@@ -30,10 +29,10 @@ async def allocate(request: web.Request) -> web.Response:
         if family in ("", "ipv6") and ipam.enable_ipv6:
             ip = await ipam.allocate(ipam.request_pool(True), owner)
             out["ipv6"] = str(ip)
-    except IPAMError as exc:
+    except BaseException:
         for ip in allocated:  # all or nothing
             await ipam.release(ip)
-        raise APIError(502 if "no free" in str(exc) else 400, str(exc)) from None
+        raise
     return web.json_response(
         {"address": out, "host-addressing": daemon.host_addressing()}, status=201
     )
@@ -44,21 +43,15 @@ async def allocate_ip(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     ip = request.match_info["ip"]
     owner = request.query.get("owner", "api")
-    try:
-        v6 = ":" in ip
-        await daemon.ipam.allocate(daemon.ipam.request_pool(v6), owner, ip)
-    except IPAMError as exc:
-        raise APIError(409 if "already allocated" in str(exc) else 400, str(exc)) from None
+    v6 = ":" in ip
+    await daemon.ipam.allocate(daemon.ipam.request_pool(v6), owner, ip)
     return web.json_response({}, status=200)
 
 
 @routes.delete("/v1/ipam/{ip}")
 async def release(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    try:
-        found = await daemon.ipam.release(request.match_info["ip"])
-    except IPAMError as exc:
-        raise APIError(400, str(exc)) from None
+    found = await daemon.ipam.release(request.match_info["ip"])
     if not found:
-        raise APIError(404, f"IP {request.match_info['ip']} is not allocated")
+        raise NotFound(f"IP {request.match_info['ip']} is not allocated")
     return web.json_response({}, status=200)

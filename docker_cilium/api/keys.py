@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-DAEMON: web.AppKey[Any] = web.AppKey("daemon", object)
+if TYPE_CHECKING:  # the daemon builds the API app: no import at run time
+    from docker_cilium.agent.daemon import Daemon
+
+# The agent whose endpoints, IPAM and policy the handlers serve.
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")

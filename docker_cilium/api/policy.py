@@ -2,7 +2,7 @@
 
 Cilium returns the rules as a *string* of pretty JSON (``{"revision", "policy"}``),
 so ``cilium policy get`` can print exactly what the user imported; kept here.
-All mutations go through the daemon's regenerator (``daemon.policy``), which
+All mutations go through the daemon's policy manager (``daemon.policy``), which
 validates everything before changing anything.
 """
 
@@ -15,20 +15,20 @@ from aiohttp import web
 
 from docker_cilium.api.keys import DAEMON
 
-from docker_cilium.api.errors import APIError, json_body, reject_unknown
-from docker_cilium.policy.api import PolicyValidationError
-from docker_cilium.policy.repository import PolicyRepositoryError
+from docker_cilium.api.errors import json_body, read_body, reject_unknown
+from docker_cilium.errors import BadRequest, NotFound
+from docker_cilium.policy.manager import PolicyManager
 
 routes = web.RouteTableDef()
 
 TRACE_PROTOCOLS = ("TCP", "UDP", "ANY", "ICMP")
 
 
-def _policy(request: web.Request) -> Any:
+def _policy(request: web.Request) -> PolicyManager:
     return request.app[DAEMON].policy
 
 
-def _reply(policy: Any, labels: list[str] | None = None) -> web.Response:
+def _reply(policy: PolicyManager, labels: list[str] | None = None) -> web.Response:
     rules = policy.get_rules(labels or [])
     return web.json_response({"revision": policy.revision, "policy": json.dumps(rules, indent=2)})
 
@@ -40,13 +40,13 @@ def _query_list(request: web.Request, name: str) -> list[str]:
 
 def _string_list(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise APIError(400, f"{where} must be a JSON array of strings, got {json.dumps(value)[:80]}")
+        raise BadRequest(f"{where} must be a JSON array of strings, got {json.dumps(value)[:80]}")
     return [v.strip() for v in value if v.strip()]
 
 
 async def _optional_body(request: web.Request) -> Any:
     """Decoded JSON body, or None when the request has none (GET/DELETE may omit it)."""
-    if not (await request.read()).strip():
+    if not (await read_body(request)).strip():
         return None
     return await json_body(request, object)
 
@@ -54,7 +54,7 @@ async def _optional_body(request: web.Request) -> Any:
 def _flag(request: web.Request, name: str) -> bool:
     raw = request.query.get(name, "false").lower()
     if raw not in ("true", "false", "1", "0", ""):
-        raise APIError(400, f"query parameter {name} must be true or false, got {raw!r}")
+        raise BadRequest(f"query parameter {name} must be true or false, got {raw!r}")
     return raw in ("true", "1")
 
 
@@ -65,24 +65,18 @@ async def get_policy(request: web.Request) -> web.Response:
     if body is not None:  # Cilium's client sends the labels as a JSON array body
         labels += _string_list(body, "request body")
     policy = _policy(request)
-    try:
-        if labels and not policy.get_rules(labels):
-            raise APIError(404, f"no policy rules found with labels {', '.join(labels)}")
-    except PolicyRepositoryError as exc:
-        raise APIError(400, str(exc)) from None
+    if labels and not policy.get_rules(labels):
+        raise NotFound(f"no policy rules found with labels {', '.join(labels)}")
     return _reply(policy, labels)
 
 
 @routes.put("/v1/policy")
 async def put_policy(request: web.Request) -> web.Response:
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
-        raise APIError(400, "request body is empty: expected a JSON array of policy rules")
+        raise BadRequest("request body is empty: expected a JSON array of policy rules")
     policy = _policy(request)
-    try:
-        await policy.import_rules(raw)
-    except PolicyValidationError as exc:
-        raise APIError(400, str(exc)) from None
+    await policy.import_rules(raw)
     return _reply(policy)
 
 
@@ -93,13 +87,10 @@ async def delete_policy(request: web.Request) -> web.Response:
     labels = _string_list(body, "request body") if body is not None else []
     labels += _query_list(request, "labels")
     if not labels and not all_:
-        raise APIError(400, "refusing to delete policy rules without labels: "
-                            "send a JSON array of labels, or ?all=true to delete every rule")
+        raise BadRequest("refusing to delete policy rules without labels: "
+                         "send a JSON array of labels, or ?all=true to delete every rule")
     policy = _policy(request)
-    try:
-        await policy.delete_rules(labels, all_ and not labels)
-    except PolicyRepositoryError as exc:
-        raise APIError(400, str(exc)) from None
+    await policy.delete_rules(labels, all_ and not labels)
     return _reply(policy)
 
 
@@ -108,13 +99,13 @@ def parse_dport(text: str) -> tuple[int, str]:
     port_s, _, proto = str(text).strip().partition("/")
     proto = (proto or "TCP").upper()
     if proto not in TRACE_PROTOCOLS:
-        raise APIError(400, f"dports: invalid protocol in {text!r}: must be one of {', '.join(TRACE_PROTOCOLS)}")
+        raise BadRequest(f"dports: invalid protocol in {text!r}: must be one of {', '.join(TRACE_PROTOCOLS)}")
     try:
         port = int(port_s)
     except ValueError:
-        raise APIError(400, f"dports: invalid port in {text!r}: expected PORT[/PROTOCOL], e.g. 80/TCP") from None
+        raise BadRequest(f"dports: invalid port in {text!r}: expected PORT[/PROTOCOL], e.g. 80/TCP") from None
     if not 1 <= port <= 65535:
-        raise APIError(400, f"dports: port {port} is out of range 1-65535")
+        raise BadRequest(f"dports: port {port} is out of range 1-65535")
     return port, proto
 
 
@@ -133,11 +124,11 @@ async def resolve_policy(request: web.Request) -> web.Response:
         allowed_q = {"from", "to", "dports"}
         unknown = sorted(set(request.query) - allowed_q)
         if unknown:
-            raise APIError(400, f"unknown query parameter {unknown[0]!r} (allowed: {', '.join(sorted(allowed_q))})")
+            raise BadRequest(f"unknown query parameter {unknown[0]!r} (allowed: {', '.join(sorted(allowed_q))})")
         src, dst, dports = (_query_list(request, k) for k in ("from", "to", "dports"))
     else:
         if not isinstance(body, dict):
-            raise APIError(400, f"request body must be a JSON object, got {type(body).__name__}")
+            raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
         reject_unknown(body, {"from", "to", "dports", "verbose"})
         src = _selector_labels(body.get("from", []), "from")
         dst = _selector_labels(body.get("to", []), "to")
@@ -146,18 +137,15 @@ async def resolve_policy(request: web.Request) -> web.Response:
         if isinstance(to, dict) and "dports" in to:  # Cilium: to.dports [{port, protocol}]
             for p in to["dports"] if isinstance(to["dports"], list) else [None]:
                 if not isinstance(p, dict) or not isinstance(p.get("port"), (int, str)):
-                    raise APIError(400, "to.dports must be a list of {port, protocol} objects")
+                    raise BadRequest("to.dports must be a list of {port, protocol} objects")
                 dports.append(f"{p['port']}/{p.get('protocol') or 'TCP'}")
     if not src or not dst:
-        raise APIError(400, "both 'from' and 'to' need at least one label")
+        raise BadRequest("both 'from' and 'to' need at least one label")
     policy = _policy(request)
     checks = [parse_dport(d) for d in dports] or [(None, "ANY")]
     verdicts, log = [], []
     for port, proto in checks:
-        try:
-            verdict, lines = policy.trace(src, dst, port, proto)
-        except ValueError as exc:
-            raise APIError(400, str(exc)) from None
+        verdict, lines = policy.trace(src, dst, port, proto)
         verdicts.append(verdict)
         log += lines
     allowed = all(v == "ALLOWED" for v in verdicts)

@@ -10,6 +10,7 @@ identity numbers into labels.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import os
 from typing import Any, Callable
@@ -18,17 +19,20 @@ import click
 
 from docker_cilium import defaults
 
-from docker_cilium.cli.client import APIError
+from docker_cilium.errors import APIError
 from docker_cilium.cli.common import Context, output_option, pass_ctx
 from docker_cilium.cli.output import emit_json, table
-from docker_cilium.datapath import maps as bpfmaps
+from docker_cilium.datapath.maps.ctmap import CT4_MAP, CT6_MAP, CT_INGRESS, monotonic_seconds
+from docker_cilium.datapath.maps.lxcmap import EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED
+from docker_cilium.datapath.maps.policymap import PROTO_NAMES
+from docker_cilium.datapath.maps.registry import DatapathMaps
 
 PIN_ROOT_ENV = "CILIUM_BPF_ROOT"
 
 
 def open_maps(pin_root: str) -> Any:
     """Open every pinned map (a seam for tests, which substitute fakes)."""
-    return bpfmaps.DatapathMaps.open(pin_root)
+    return DatapathMaps.open(pin_root)
 
 
 def _with_maps(pin_root: str, fn: Callable[[Any], Any]) -> Any:
@@ -36,9 +40,9 @@ def _with_maps(pin_root: str, fn: Callable[[Any], Any]) -> Any:
         dp = open_maps(pin_root)
     except OSError as exc:
         hint = ""
-        if getattr(exc, "errno", None) in (1, 13):  # EPERM, EACCES
+        if exc.errno in (errno.EPERM, errno.EACCES):
             hint = " (bpf verbs read the kernel's maps directly: run as root)"
-        elif getattr(exc, "errno", None) == 2:
+        elif exc.errno == errno.ENOENT:
             hint = " (is the agent's datapath loaded? maps are pinned when the agent starts)"
         raise click.ClickException(f"cannot open BPF maps under {pin_root}: {exc}{hint}") from None
     try:
@@ -54,7 +58,7 @@ def bpf_root_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     maps live under ``<root>/tc/globals``."""
     return click.option("--bpf-root", "pin_root", envvar=PIN_ROOT_ENV, default=defaults.BPFFS_ROOT,
                         hidden=True, help="bpffs root the agent pins under",
-                        callback=lambda ctx, param, value: os.path.join(value, "tc", "globals"))(fn)
+                        callback=lambda ctx, param, value: defaults.bpf_pin_root(value))(fn)
 
 
 @click.group()
@@ -136,8 +140,8 @@ def _addr(ip: str, port: int) -> str:
 
 
 def ct_line(e: Any, now: int | None = None) -> str:
-    proto = bpfmaps.PROTO_NAMES.get(e.proto, str(e.proto))
-    direction = "IN" if e.direction == bpfmaps.CT_INGRESS else "OUT"
+    proto = PROTO_NAMES.get(e.proto, str(e.proto))
+    direction = "IN" if e.direction == CT_INGRESS else "OUT"
     expires = e.expires_in(now)
     return (f"{proto} {direction} {_addr(e.saddr, e.sport)} -> {_addr(e.daddr, e.dport)} "
             f"expires={expires}{' (expired)' if expires < 0 else ''} packets={e.packets} bytes={e.bytes} "
@@ -164,7 +168,7 @@ def ct_list(ctx: Context, table_name: str, pin_root: str) -> None:
     _check_table(table_name)
     entries = _with_maps(pin_root, lambda dp: dp.ct.dump())
     entries.sort(key=lambda e: (e.family, e.proto, e.saddr, e.sport, e.daddr, e.dport, e.direction))
-    now = bpfmaps.monotonic_seconds()
+    now = monotonic_seconds()
     if ctx.output == "json":
         emit_json([dataclasses.asdict(e) | {"expires": e.expires_in(now)} for e in entries])
         return
@@ -184,8 +188,8 @@ def ct_flush(ctx: Context, table_name: str, pin_root: str) -> None:
     if ctx.output == "json":
         emit_json({"flushed": n})
     else:
-        click.echo(f"Flushed {n} entries from {os.path.join(pin_root, 'cilium_ct4')} and "
-                   f"{os.path.join(pin_root, 'cilium_ct6')}")
+        click.echo(f"Flushed {n} entries from {os.path.join(pin_root, CT4_MAP)} and "
+                   f"{os.path.join(pin_root, CT6_MAP)}")
 
 
 # --- endpoints / ipcache ------------------------------------------------------------
@@ -206,8 +210,8 @@ def endpoint_list(ctx: Context, pin_root: str) -> None:
         return
     rows = []
     for i in infos:
-        flags = ((bpfmaps.EP_F_INGRESS_ENFORCED if i.ingress_enforced else 0)
-                 | (bpfmaps.EP_F_EGRESS_ENFORCED if i.egress_enforced else 0))
+        flags = ((EP_F_INGRESS_ENFORCED if i.ingress_enforced else 0)
+                 | (EP_F_EGRESS_ENFORCED if i.egress_enforced else 0))
         info = (f"id={i.lxc_id} ifindex={i.ifindex} mac={i.mac} nodemac={i.node_mac} "
                 f"identity={i.sec_identity} flags=0x{flags:x}")
         for ip in (i.ipv4, i.ipv6):

@@ -13,12 +13,9 @@ from typing import Any
 from urllib.parse import quote
 
 from docker_cilium import defaults
+from docker_cilium.errors import APIError, Unavailable, error_for_status
 
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+__all__ = ["APIError", "Client"]
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -49,7 +46,7 @@ class Client:
                 conn.request(method, "/v1" + path, body=data,
                              headers={"Content-Type": "application/json"} if data is not None else {})
             except (FileNotFoundError, ConnectionRefusedError) as exc:
-                raise APIError(0, f"cannot reach the cilium agent at {self.path}: {exc.strerror}. "
+                raise Unavailable(f"cannot reach the cilium agent at {self.path}: {exc.strerror}. "
                                   "Is the agent running?") from None
             resp = conn.getresponse()
             payload = resp.read()
@@ -61,7 +58,7 @@ class Client:
             decoded = payload.decode(errors="replace")
         if resp.status >= 400:
             msg = decoded.get("message") if isinstance(decoded, dict) else decoded
-            raise APIError(resp.status, f"{msg} ({resp.status})")
+            raise error_for_status(resp.status, f"{msg} ({resp.status})")
         return decoded
 
     def get(self, path: str, **kw: Any) -> Any:

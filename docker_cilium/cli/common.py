@@ -8,7 +8,8 @@ from typing import Any, Callable
 import click
 
 from docker_cilium import defaults
-from docker_cilium.cli.client import APIError, Client
+from docker_cilium.cli.client import Client
+from docker_cilium.errors import APIError
 
 
 class Context:

@@ -6,6 +6,7 @@ import click
 
 from docker_cilium.cli.common import Context, api_call, output_option, parse_options, pass_ctx
 from docker_cilium.cli.output import emit_json, table
+from docker_cilium.identity.reserved import INIT_LABEL
 
 
 def _enforcement(ep: dict, direction: str) -> str:
@@ -33,7 +34,7 @@ def list_(ctx: Context) -> None:
         return
     rows = []
     for ep in eps:
-        labels = ep["labels"].get("effective", ep["labels"]["orchestration-identity"]) or ["reserved:init"]
+        labels = ep["labels"].get("effective", ep["labels"]["orchestration-identity"]) or [INIT_LABEL]
         rows.append([
             ep["id"], _enforcement(ep, "ingress"), _enforcement(ep, "egress"), ep["identity"]["id"],
             "\n".join(labels), ep["addressing"]["ipv6"], ep["addressing"]["ipv4"], ep["state"],

@@ -25,6 +25,8 @@ def status(ctx: Context) -> None:
     line("ContainerRuntime", st["container-runtime"])
     line("Kubernetes", st["kubernetes"])
     line("Cilium", st["cilium"])
+    if "identity-allocation" in st:
+        line("Identities", st["identity-allocation"])
     click.echo(f"{'Endpoints:':<20}{st['endpoints']}")
     click.echo(f"{'IPv4 address pool:':<20}{st['ipam']['ipv4']}")
     click.echo(f"{'IPv6 address pool:':<20}{st['ipam']['ipv6']}")

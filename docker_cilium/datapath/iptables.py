@@ -6,6 +6,20 @@ live in ``CILIUM_*`` chains with one jump each from the built-in chains, so
 they can be inspected and removed as a unit, and re-running ``ensure`` after a
 restart is idempotent. The rules stay when the agent stops: containers keep
 their connectivity while the agent is down.
+
+Traffic routed into an endpoint from elsewhere (a container on Docker's
+``bridge`` or any other bridge network) keeps its own source address: Docker
+masquerades its bridges' traffic to a host address, which the ipcache maps to
+identity ``host``, so every non-cilium container would pass ``fromEntities:
+host``. Cilium's rule is that only the host's own addresses are ``host``; the
+first rule of ``CILIUM_POST_nat`` therefore ACCEPTs (ends NAT for) traffic
+leaving by ``lxc+`` whose source is not a local address, before Docker's
+MASQUERADE can see it. Replies need no NAT: the endpoint answers the bridge
+address, which the host routes back. Host processes keep their local source
+and the ``host`` identity. Docker inserts its MASQUERADE rules at the top of
+POSTROUTING whenever it creates a bridge network (also on every dockerd
+start), so ``ensure_nat_first`` puts our jump back in front; the agent calls
+it on those Docker events.
 """
 
 from __future__ import annotations
@@ -19,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 FORWARD_CHAIN = "CILIUM_FORWARD"
 NAT_CHAIN = "CILIUM_POST_nat"
+KEEP_SOURCE_RULE = ("-o", "lxc+", "-m", "addrtype", "!", "--src-type", "LOCAL", "-m", "comment",
+                    "--comment", "cilium: non-host sources keep their address into endpoints", "-j", "ACCEPT")
 
 
 class IptablesError(RuntimeError):
@@ -67,10 +83,44 @@ class Iptables:
                     await self._run(binary, "-A", FORWARD_CHAIN, *args, "-m", "comment",
                                     "--comment", "cilium: container traffic", "-j", "ACCEPT")
                 await self._ensure_chain(binary, "nat", NAT_CHAIN, "POSTROUTING")
+                await self._jump_first(binary, "nat", NAT_CHAIN, "POSTROUTING")
+                await self._run(binary, "-t", "nat", "-A", NAT_CHAIN, *KEEP_SOURCE_RULE)
                 self._masq_sources[family] = set()
                 if self.masquerade:
                     for src in masq_sources.get(family, []):
                         await self._add_masq(family, binary, src)
+
+    async def _jump_positions(self, binary: str, table: str, chain: str, parent: str) -> list[int]:
+        proc = await asyncio.create_subprocess_exec(binary, "-w", "5", "-t", table, "-S", parent,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise IptablesError(f"{binary} -t {table} -S {parent}: {err.decode().strip()}")
+        rules = [line.strip() for line in out.decode().splitlines() if line.startswith("-A ")]
+        return [i + 1 for i, rule in enumerate(rules) if rule == f"-A {parent} -j {chain}"]
+
+    async def _jump_first(self, binary: str, table: str, chain: str, parent: str) -> bool:
+        """Make ``-j chain`` the first rule of ``parent``; True if it had to move.
+
+        The new jump goes in before the old one is deleted, so no packet
+        passes while neither is there; each deletion is by a position read
+        just before it, as the rule spec would match the new jump first.
+        """
+        positions = await self._jump_positions(binary, table, chain, parent)
+        if positions == [1]:
+            return False
+        if positions[:1] != [1]:
+            await self._run(binary, "-t", table, "-I", parent, "1", "-j", chain)
+        while len(positions := await self._jump_positions(binary, table, chain, parent)) > 1:
+            await self._run(binary, "-t", table, "-D", parent, str(positions[-1]))
+        return True
+
+    async def ensure_nat_first(self) -> None:
+        """Put our nat jump back in front of rules Docker inserted since (see module doc)."""
+        async with self._lock:
+            for _, binary in self._binaries():
+                if await self._jump_first(binary, "nat", NAT_CHAIN, "POSTROUTING"):
+                    log.info("iptables.nat_jump_restored", binary=binary)
 
     async def _add_masq(self, family: int, binary: str, source: str) -> None:
         if source in self._masq_sources[family]:
@@ -98,7 +148,7 @@ class Iptables:
             self._masq_sources[family].discard(source)
 
     async def remove_all(self) -> None:
-        """Remove every rule and chain we installed (``cilium cleanup``, tests)."""
+        """Remove every rule and chain we installed (the end-to-end tests' cleanup)."""
         for _, binary in (self._binaries() if self.ipv6 else [(4, "iptables"), (6, "ip6tables")]):
             if shutil.which(binary) is None:
                 continue

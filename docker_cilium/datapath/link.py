@@ -54,11 +54,6 @@ def write_sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
-def read_sysctl(path: str) -> str:
-    with open("/proc/sys/" + path.replace(".", "/")) as f:
-        return f.read().strip()
-
-
 @dataclass(frozen=True)
 class EndpointLink:
     host_ifname: str
@@ -148,8 +143,9 @@ class LinkManager:
     async def ensure_host_device(self, router4: str, router6: str | None, mtu: int) -> int:
         """cilium_host <-> cilium_net veth carrying the router addresses.
 
-        A veth, not a dummy: this kernel has no CONFIG_DUMMY, and Cilium used
-        the same pair. Returns cilium_host's ifindex.
+        A veth, not a dummy: dummy links need CONFIG_DUMMY, which some kernels
+        are built without, while veth is there wherever containers run; Cilium
+        used the same pair. Returns cilium_host's ifindex.
         """
 
         def _ensure() -> int:

@@ -40,30 +40,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .maps import (
+import structlog
+
+from docker_cilium import defaults
+from docker_cilium.datapath.bpf import (
     BPFError,
-    DEFAULT_PIN_ROOT,
-    DatapathMaps,
-    MAP_TYPES,
-    BpfMap,
-    _check,
+    bpf_object_open_opts,
+    check,
     ensure_bpffs,
     libbpf,
     map_info,
 )
+from docker_cilium.datapath.maps.registry import DatapathMaps
 
-try:  # structlog is a project dependency; keep the module importable without it
-    import structlog
-
-    log = structlog.get_logger(__name__)
-except Exception:  # pragma: no cover
-    import logging
-
-    log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 SRC_DIR = Path(__file__).resolve().parents[2] / "bpf_src"
-DEFAULT_OBJ_DIR = "/var/lib/docker-cilium/bpf"
-DEFAULT_PROG_DIR = "/sys/fs/bpf/cilium/progs"
 PROGRAMS = {"from_container": "ingress", "to_container": "egress"}
 TC_PARENT = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
 TC_PRIO = 1
@@ -111,16 +103,17 @@ def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str) -> str:
 
 
 def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
-                     out_dir: str | os.PathLike = DEFAULT_OBJ_DIR,
+                     out_dir: str | os.PathLike | None = None,
                      defines: Mapping[str, Any] | None = None) -> Path:
-    """Compile bpf_lxc.c into ``out_dir/<sha256>.o`` unless that file exists.
+    """Compile bpf_lxc.c into ``out_dir/<sha256>.o`` unless that file exists
+    (``out_dir`` defaults to the agent's: ``<state dir>/bpf``).
 
     ``defines``: ``{"NAME": value}`` -> ``-DNAME=value`` (``None`` -> ``-DNAME``),
     e.g. ``{"POLICY_MAP_SIZE": 16384, "DISABLE_IPV6": None}``.
     """
     defines = dict(defines or {})
     src_dir = Path(src_dir)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir if out_dir is not None else defaults.bpf_object_dir())
     clang = clang_binary()
     digest = datapath_hash(src_dir, defines, clang)
     obj = out_dir / f"{digest}.o"
@@ -149,34 +142,16 @@ def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
 # --------------------------------------------------------------------------
 # load
 # --------------------------------------------------------------------------
-class _OpenOpts(ctypes.Structure):
-    """struct bpf_object_open_opts (libbpf 1.x)."""
-    _fields_ = [
-        ("sz", ctypes.c_size_t),
-        ("object_name", ctypes.c_char_p),
-        ("relaxed_maps", ctypes.c_bool),
-        ("pin_root_path", ctypes.c_char_p),
-        ("_attach_prog_fd", ctypes.c_uint32),
-        ("kconfig", ctypes.c_char_p),
-        ("btf_custom_path", ctypes.c_char_p),
-        ("kernel_log_buf", ctypes.c_char_p),
-        ("kernel_log_size", ctypes.c_size_t),
-        ("kernel_log_level", ctypes.c_uint32),
-    ]
-
-
 def _prog_dir_for(pin_root: str) -> str:
-    if os.path.normpath(pin_root) == DEFAULT_PIN_ROOT:
-        return DEFAULT_PROG_DIR
-    # /X/tc/globals -> /X/cilium/progs (keeps test pin roots self-contained)
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.normpath(pin_root))),
-                        "cilium", "progs")
+    """The program pin dir beside a map pin root: /X/tc/globals -> /X/cilium/progs
+    (so test pin roots stay self-contained)."""
+    return defaults.bpf_prog_dir(defaults.bpf_root_of(pin_root))
 
 
 class Datapath:
     """The loaded datapath: program fds, pinned maps, tc attach/detach."""
 
-    def __init__(self, pin_root: str = DEFAULT_PIN_ROOT, prog_dir: str | None = None):
+    def __init__(self, pin_root: str = defaults.BPF_PIN_ROOT, prog_dir: str | None = None):
         self.pin_root = pin_root
         self.prog_dir = prog_dir or _prog_dir_for(pin_root)
         self._obj = None
@@ -189,7 +164,7 @@ class Datapath:
 
     # ---- loading ---------------------------------------------------------
     @classmethod
-    def load(cls, obj_path: str | os.PathLike, pin_root: str = DEFAULT_PIN_ROOT,
+    def load(cls, obj_path: str | os.PathLike, pin_root: str = defaults.BPF_PIN_ROOT,
              prog_dir: str | None = None) -> "Datapath":
         dp = cls(pin_root, prog_dir)
         dp._load(str(obj_path))
@@ -197,21 +172,21 @@ class Datapath:
 
     def _load(self, obj_path: str) -> None:
         t0 = time.perf_counter()
-        if os.path.normpath(self.pin_root).startswith("/sys/fs/bpf"):
-            ensure_bpffs("/sys/fs/bpf")
+        if os.path.normpath(self.pin_root).startswith(defaults.BPFFS_ROOT):
+            ensure_bpffs(defaults.BPFFS_ROOT)
         os.makedirs(self.pin_root, exist_ok=True)
         os.makedirs(self.prog_dir, exist_ok=True)
         lib = libbpf()
         logbuf = ctypes.create_string_buffer(1 << 20)
-        opts = _OpenOpts()
-        opts.sz = ctypes.sizeof(_OpenOpts)
+        opts = bpf_object_open_opts()
+        opts.sz = ctypes.sizeof(bpf_object_open_opts)
         opts.pin_root_path = self.pin_root.encode()
         opts.kernel_log_buf = ctypes.cast(logbuf, ctypes.c_char_p)
         opts.kernel_log_size = ctypes.sizeof(logbuf)
         opts.kernel_log_level = 0
         obj = lib.bpf_object__open_file(obj_path.encode(), ctypes.byref(opts))
         if not obj:
-            _check(-ctypes.get_errno() or -errno.EINVAL, f"bpf_object__open_file({obj_path})")
+            check(-ctypes.get_errno() or -errno.EINVAL, f"bpf_object__open_file({obj_path})")
         try:
             # "tc/<name>" sections are not in libbpf's exact-match table:
             # set the program type explicitly.
@@ -232,12 +207,12 @@ class Datapath:
                 prog = lib.bpf_object__find_program_by_name(obj, name.encode())
                 if not prog:
                     raise BPFError(errno.ENOENT, f"program {name} not in {obj_path}")
-                self.prog_fds[name] = _check(lib.bpf_program__fd(prog), f"fd of {name}")
+                self.prog_fds[name] = check(lib.bpf_program__fd(prog), f"fd of {name}")
                 pin = os.path.join(self.prog_dir, name)
                 tmp = pin + "_new"  # bpffs forbids "." in names
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-                _check(lib.bpf_obj_pin(self.prog_fds[name], tmp.encode()), f"pin {tmp}")
+                check(lib.bpf_obj_pin(self.prog_fds[name], tmp.encode()), f"pin {tmp}")
                 os.replace(tmp, pin)  # atomic re-pin (rename works on bpffs)
         except Exception:
             lib.bpf_object__close(obj)
@@ -281,14 +256,14 @@ class Datapath:
                 os.unlink(path)
 
     @classmethod
-    def from_pinned(cls, pin_root: str = DEFAULT_PIN_ROOT,
+    def from_pinned(cls, pin_root: str = defaults.BPF_PIN_ROOT,
                     prog_dir: str | None = None) -> "Datapath":
         """Attach-capable Datapath from pinned programs and maps (no load)."""
         dp = cls(pin_root, prog_dir)
         for name in PROGRAMS:
             path = os.path.join(dp.prog_dir, name)
-            dp.prog_fds[name] = _check(libbpf().bpf_obj_get(path.encode()),
-                                       f"bpf_obj_get({path})")
+            dp.prog_fds[name] = check(libbpf().bpf_obj_get(path.encode()),
+                                      f"bpf_obj_get({path})")
         dp._own_prog_fds = True
         dp.maps = DatapathMaps.open(pin_root)
         dp.warm_up()
@@ -395,7 +370,7 @@ class Datapath:
 
 
 def unpin_all(pin_root: str, prog_dir: str | None = None) -> None:
-    """Remove every pinned map/program of a datapath (tests, `cilium cleanup`)."""
+    """Remove every pinned map/program of a datapath (the tests' cleanup)."""
     prog_dir = prog_dir or _prog_dir_for(pin_root)
     for d in (pin_root, prog_dir):
         if os.path.isdir(d):
@@ -403,5 +378,4 @@ def unpin_all(pin_root: str, prog_dir: str | None = None) -> None:
                 os.unlink(os.path.join(d, n))
 
 
-__all__ = ["compile_datapath", "Datapath", "ensure_bpffs", "unpin_all", "SRC_DIR",
-           "BpfMap", "MAP_TYPES"]
+__all__ = ["compile_datapath", "Datapath", "unpin_all", "SRC_DIR"]

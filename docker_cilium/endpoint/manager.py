@@ -13,7 +13,7 @@ import ipaddress
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -21,38 +21,39 @@ from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager, container_mac
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.network import (
-    CILIUM_ADDRESS_SPACES,
     Network,
     bare_ip,
+    network_conflict,
     parse_mtu,
     pool_network,
 )
-from docker_cilium.ipam.allocator import IPAM
+from docker_cilium.errors import BadRequest, Conflict, InsufficientStorage, NotFound
+from docker_cilium.ipam.allocator import CILIUM_ADDRESS_SPACES, IPAM
+from docker_cilium.identity.labels import Label
 from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
+from docker_cilium.policy.resolve import parse_enforcement
+
+if TYPE_CHECKING:
+    from docker_cilium.plugin.schemas import IPAMData
 
 log = structlog.get_logger(__name__)
 
-NET_PREFIX = "cilium/state/networks/v1/"
-EP_PREFIX = "cilium/state/endpoints/v1/"
+NET_PREFIX = keys.NETWORKS
+EP_PREFIX = keys.ENDPOINTS
+ENDPOINT_OPTIONS = ("PolicyEnforcement",)  # what `cilium endpoint config` may change
 RTYPE_NEXTHOP = 0
 RTYPE_CONNECTED = 1
 
 
-class EndpointError(Exception):
-    """A request about endpoints that cannot be served; ``status`` is the HTTP code."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class DatapathHooks(Protocol):
-    """What the manager tells the policy/BPF layer; all optional no-ops by default."""
+    """What the manager tells the policy/BPF layer (the Regenerator)."""
 
     async def endpoint_created(self, ep: Endpoint) -> None: ...
     async def endpoint_changed(self, ep: Endpoint) -> None: ...
     async def endpoint_deleted(self, ep: Endpoint) -> None: ...
+    async def regenerate(self, ep: Endpoint) -> None: ...
 
 
 class NoDatapath:
@@ -63,6 +64,9 @@ class NoDatapath:
         return None
 
     async def endpoint_deleted(self, ep: Endpoint) -> None:
+        return None
+
+    async def regenerate(self, ep: Endpoint) -> None:
         return None
 
 
@@ -90,6 +94,7 @@ class EndpointManager:
         node: NodeAddressing,
         ipam: IPAM,
         default_mtu: int,
+        hooks: DatapathHooks | None = None,
     ) -> None:
         self.store = store
         self.links = links
@@ -97,11 +102,12 @@ class EndpointManager:
         self.node = node
         self.ipam = ipam
         self.default_mtu = default_mtu
-        self.hooks: DatapathHooks = NoDatapath()
+        self.hooks: DatapathHooks = hooks or NoDatapath()
         self.networks: dict[str, Network] = {}
         self.endpoints: dict[str, Endpoint] = {}  # by Docker endpoint ID
         self._lock = asyncio.Lock()
         self._creating: dict[str, int] = {}  # Docker endpoint ID -> reserved endpoint ID
+        self._creating_addrs: dict[str, str] = {}  # address -> Docker endpoint ID being created
 
     # ---- persistence -------------------------------------------------------------
 
@@ -118,8 +124,7 @@ class EndpointManager:
             self.networks[net.id] = net
             await self._plumb_network(net)
         for key, raw in (await self.store.get_prefix(EP_PREFIX)).items():
-            ep = Endpoint.from_record(json.loads(raw))
-            ep.state = State.RESTORING
+            ep = Endpoint.from_record(json.loads(raw))  # in state RESTORING
             idx = await self.links.link_index(ep.ifname)
             if idx is None:
                 # Host rebooted or someone deleted the link: dockerd will call
@@ -143,20 +148,20 @@ class EndpointManager:
                 # Its BPF state from before the restart stays in place and
                 # enforcing; the next label event or regeneration retries.
                 log.error("endpoint.restore_failed", endpoint=ep.id, error=str(exc))
-                ep.state = State.NOT_READY
+                ep.set_state(State.NOT_READY, f"restore failed: {exc}")
             await self._save_endpoint(ep)
 
     # ---- networks ----------------------------------------------------------------
 
-    async def create_network(self, network_id: str, ipv4_data: list[dict], ipv6_data: list[dict],
+    async def create_network(self, network_id: str, ipv4_data: list[IPAMData], ipv6_data: list[IPAMData],
                              options: dict[str, Any]) -> Network:
         generic = options.get("com.docker.network.generic") or {}
         if not isinstance(generic, dict):
-            raise EndpointError("Options.com.docker.network.generic must be an object")
+            raise BadRequest("Options.com.docker.network.generic must be an object")
         try:
             mtu = parse_mtu(generic, self.default_mtu)
         except ValueError as exc:
-            raise EndpointError(str(exc)) from None
+            raise BadRequest(str(exc)) from None
         v4 = ipv4_data[0] if ipv4_data else {}
         v6 = ipv6_data[0] if ipv6_data else {}
         spaces = {d.get("AddressSpace", "") for d in (v4, v6) if d}
@@ -176,6 +181,9 @@ class EndpointManager:
         if net.cilium_ipam and net.ipv6 and net.gateway6 is None:
             net.gateway6 = str(self.node.router6)
         async with self._lock:
+            conflict = network_conflict(net, self.networks.values(), self.node)
+            if conflict is not None:
+                raise Conflict(conflict)
             await self._save_network(net)
             self.networks[net.id] = net
         await self._plumb_network(net)
@@ -201,7 +209,10 @@ class EndpointManager:
             if busy:
                 log.warning("network.delete.endpoints_left", network=network_id[:12], endpoints=busy)
             await self.store.delete(NET_PREFIX + network_id)
+        # The router addresses are never a network's to remove, whatever an
+        # older record says; a gateway another network uses stays too.
         still_used = {g for n in self.networks.values() for g in n.host_gateways}
+        still_used |= {str(self.node.router4), str(self.node.router6)}
         for gw in net.host_gateways:
             if gw not in still_used:
                 await self.links.del_host_address(gw)
@@ -216,7 +227,7 @@ class EndpointManager:
     def network(self, network_id: str) -> Network:
         net = self.networks.get(network_id)
         if net is None:
-            raise EndpointError(f"network {network_id} not found (was it created while the agent was running?)", 404)
+            raise NotFound(f"network {network_id} not found (was it created while the agent was running?)")
         return net
 
     # ---- endpoints ---------------------------------------------------------------
@@ -231,7 +242,7 @@ class EndpointManager:
         for cand in range(1, 0x10000):
             if cand not in used:
                 return cand
-        raise EndpointError("no free endpoint ID on this node", 507)
+        raise InsufficientStorage("no free endpoint ID on this node")
 
     async def create_endpoint(self, network_id: str, endpoint_id: str, address: str, address6: str,
                               mac: str) -> tuple[Endpoint, bool]:
@@ -239,11 +250,11 @@ class EndpointManager:
         t0 = time.perf_counter()
         net = self.network(network_id)
         if endpoint_id in self.endpoints:
-            raise EndpointError(f"endpoint {endpoint_id} already exists", 409)
+            raise Conflict(f"endpoint {endpoint_id} already exists")
         ipv4 = bare_ip(address) if address else None
         ipv6 = bare_ip(address6) if address6 else None
         if ipv4 is None and ipv6 is None:
-            raise EndpointError("Interface has neither Address nor AddressIPv6: "
+            raise BadRequest("Interface has neither Address nor AddressIPv6: "
                                 "create the network with --ipam-driver cilium or a subnet")
         chosen_mac = not mac
         mac = mac or container_mac(endpoint_id)
@@ -251,9 +262,13 @@ class EndpointManager:
         # parallel, and none waits for another's netlink or BPF work.
         async with self._lock:
             if endpoint_id in self.endpoints or endpoint_id in self._creating:
-                raise EndpointError(f"endpoint {endpoint_id} already exists", 409)
+                raise Conflict(f"endpoint {endpoint_id} already exists")
+            for addr in (ipv4, ipv6):
+                if addr:
+                    self._check_address_free(addr)
             eid = self._pick_id(ipv4, ipv6)
             self._creating[endpoint_id] = eid
+            self._creating_addrs.update({a: endpoint_id for a in (ipv4, ipv6) if a})
         try:
             link = await self.links.create_endpoint_link(endpoint_id, net.mtu, mac)
             ep = Endpoint(
@@ -277,12 +292,36 @@ class EndpointManager:
             self.endpoints[endpoint_id] = ep
         finally:
             self._creating.pop(endpoint_id, None)
+            for addr in (ipv4, ipv6):
+                if addr and self._creating_addrs.get(addr) == endpoint_id:
+                    del self._creating_addrs[addr]
         for addr in (ipv4, ipv6):
             if addr and net.cilium_ipam:
                 await self.ipam.set_owner(addr, f"endpoint {eid}")
         ms = (time.perf_counter() - t0) * 1000
         log.info("endpoint.create", endpoint=eid, ifname=ep.ifname, ipv4=ipv4, ipv6=ipv6, duration_ms=round(ms, 2))
         return ep, chosen_mac
+
+    def _check_address_free(self, addr: str) -> None:
+        """Refuse an address the node or another endpoint holds (caller holds the lock).
+
+        A second endpoint on one address would replace the first one's host
+        route and endpoint-map entry, taking its traffic; the router and the
+        pool gateways live on cilium_host and belong to no endpoint.
+        """
+        if addr in (str(self.node.router4), str(self.node.router6)):
+            raise Conflict(f"address {addr} is this node's router address and cannot be given to an endpoint")
+        for net in self.networks.values():
+            if addr in net.host_gateways:
+                raise Conflict(f"address {addr} is the gateway of network {net.id[:12]} and cannot be given "
+                               "to an endpoint")
+        for ep in self.endpoints.values():
+            if addr in (ep.ipv4, ep.ipv6):
+                raise Conflict(f"address {addr} is already held by endpoint {ep.id} "
+                               f"(Docker endpoint {ep.docker_endpoint_id[:12]})")
+        other = self._creating_addrs.get(addr)
+        if other is not None:
+            raise Conflict(f"address {addr} is being given to Docker endpoint {other[:12]} right now")
 
     async def _plumb_endpoint(self, ep: Endpoint) -> None:
         net = self.networks.get(ep.docker_network_id)
@@ -295,11 +334,13 @@ class EndpointManager:
                                              str(self.node.router6) if ep.ipv6 else None, proxy)
 
     def join_info(self, ep: Endpoint) -> JoinInfo:
-        """Routes that work alone AND beside another network (see machines.md).
+        """Routes that work alone AND beside another network.
 
         An IPv4 Gateway plus connected /32 to it lets dockerd pick one default
-        gateway across networks; node-range routes via the router keep other
-        cilium endpoints reachable when another network owns the default.
+        gateway across networks (a 0.0.0.0/0 static route, Cilium's way, fails
+        when the container is also on Docker's bridge); node-range routes via
+        the router keep other cilium endpoints reachable when another network
+        owns the default.
         """
         net = self.network(ep.docker_network_id)
         info = JoinInfo(src_name=ep.peer_ifname)
@@ -354,7 +395,7 @@ class EndpointManager:
     def by_docker_id(self, endpoint_id: str, network_id: str | None = None) -> Endpoint:
         ep = self.endpoints.get(endpoint_id)
         if ep is None or (network_id and ep.docker_network_id != network_id):
-            raise EndpointError(f"endpoint {endpoint_id} not found", 404)
+            raise NotFound(f"endpoint {endpoint_id} not found")
         return ep
 
     def lookup(self, ref: str) -> Endpoint:
@@ -371,10 +412,10 @@ class EndpointManager:
             if kind == "docker-endpoint" and value and ep.docker_endpoint_id.startswith(value):
                 return ep
         if kind not in ("cilium-local", "container-id", "container-name", "docker-endpoint"):
-            raise EndpointError(f"invalid endpoint reference {ref!r}: unknown prefix {kind!r}", 400)
+            raise BadRequest(f"invalid endpoint reference {ref!r}: unknown prefix {kind!r}")
         if kind == "cilium-local" and not value.isdigit():
-            raise EndpointError(f"invalid endpoint ID {ref!r}: expected a number or a prefixed reference", 400)
-        raise EndpointError(f"endpoint {ref} not found", 404)
+            raise BadRequest(f"invalid endpoint ID {ref!r}: expected a number or a prefixed reference")
+        raise NotFound(f"endpoint {ref} not found")
 
     def list(self) -> list[Endpoint]:
         return sorted(self.endpoints.values(), key=lambda e: e.id)
@@ -399,6 +440,33 @@ class EndpointManager:
         await self._save_endpoint(ep)
         log.info("endpoint.labels", endpoint=ep.id, container=container_id[:12], labels=ep.labels)
 
-    async def save(self, ep: Endpoint) -> None:
+    async def update_labels(self, ep: Endpoint, add: list[str], delete: list[str]) -> None:
+        """``cilium endpoint labels``: user labels added, container labels disabled."""
+        for raw in list(add) + list(delete):
+            try:
+                label = Label.parse(raw)
+            except ValueError as exc:
+                raise BadRequest(f"invalid label {raw!r}: {exc}") from None
+            if raw in add and label.source in ("reserved", "cidr"):
+                raise BadRequest(f"label {raw!r}: source {label.source!r} is reserved for the agent")
+        add_s = {str(Label.parse(l)) for l in add}
+        del_s = {str(Label.parse(l)) for l in delete}
+        before = (ep.user_labels, ep.disabled_labels)
+        ep.user_labels = sorted((set(ep.user_labels) | add_s) - del_s)
+        ep.disabled_labels = sorted((set(ep.disabled_labels) | (del_s & set(ep.labels))) - add_s)
+        try:
+            await self.hooks.endpoint_changed(ep)
+        except BaseException:
+            ep.user_labels, ep.disabled_labels = before
+            raise
+        await self._save_endpoint(ep)
+
+    async def update_options(self, ep: Endpoint, changes: dict[str, str]) -> None:
+        """``cilium endpoint config``: per-endpoint options (``ENDPOINT_OPTIONS``)."""
+        for key in changes:
+            if key not in ENDPOINT_OPTIONS:
+                raise BadRequest(f"unknown endpoint option {key!r} (known: {', '.join(ENDPOINT_OPTIONS)})")
+        ep.policy_enforcement = parse_enforcement(changes.get("PolicyEnforcement", ep.policy_enforcement))
+        await self.hooks.regenerate(ep)
         await self._save_endpoint(ep)
 

@@ -101,8 +101,10 @@ class Endpoint:
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> "Endpoint":
+        """A persisted endpoint, starting life in this process as RESTORING
+        (as Cilium's ParseEndpoint): the recorded state was the old process's."""
         d = dict(d)
-        d["state"] = State(d.get("state", State.RESTORING.value))
+        d["state"] = State.RESTORING
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
-CILIUM_ADDRESS_SPACES = {"CiliumLocal", "CiliumGlobal"}
+from docker_cilium.ipam.ranges import NodeAddressing
+
 MTU_OPTION = "com.docker.network.driver.mtu"
 
 
@@ -42,6 +43,38 @@ class Network:
         if self.cilium_ipam:
             return []
         return [g for g in (self.gateway4, self.gateway6) if g]
+
+
+def network_conflict(net: Network, others: Iterable[Network], node: NodeAddressing) -> str | None:
+    """Why a Docker-IPAM network cannot be served next to what exists, or None.
+
+    Docker's default IPAM knows nothing of the node range our IPAM hands out,
+    so a Docker-IPAM ``--subnet`` inside it would give containers addresses
+    that cilium endpoints already hold, and its gateway ``10.X.0.1`` would be
+    the router: ``docker network rm`` would then take the router address off
+    cilium_host with every route using it. Two Docker-IPAM pools that overlap
+    would put two endpoints on one address. Networks on our IPAM share the
+    node range on purpose (one allocator, no address twice) and are not
+    compared.
+    """
+    if net.cilium_ipam:
+        return None
+    for family, gateway, router, node_range in ((4, net.gateway4, node.router4, node.ipv4_range),
+                                                 (6, net.gateway6, node.router6, node.ipv6_range)):
+        if gateway and ipaddress.ip_address(gateway) == router:
+            return (f"gateway {gateway} is this node's router address (on cilium_host); a network on Docker's "
+                    f"IPAM cannot use it: use --ipam-driver cilium, or a --subnet outside {node_range}")
+        pool = net.pool4 if family == 4 else net.pool6
+        if pool and ipaddress.ip_network(pool).overlaps(node_range):  # type: ignore[arg-type]
+            return (f"subnet {pool} overlaps this node's IPv{family} range {node_range}, which the cilium IPAM "
+                    f"hands out: use --ipam-driver cilium for a subnet inside it, or a --subnet outside it")
+    for other in others:
+        if other.id == net.id or other.cilium_ipam:
+            continue
+        for mine, theirs in ((net.pool4, other.pool4), (net.pool6, other.pool6)):
+            if mine and theirs and ipaddress.ip_network(mine).overlaps(ipaddress.ip_network(theirs)):
+                return f"subnet {mine} overlaps subnet {theirs} of network {other.id[:12]}"
+    return None
 
 
 def parse_mtu(generic: dict[str, Any], default: int) -> int:

@@ -29,6 +29,16 @@ for other labels in the meantime is never deleted).  As defence in depth
 an allocation re-reads the master key after writing its reference and
 recreates or retries if it vanished.  The lock is leased, so a node that
 dies holding it blocks others for at most one lease TTL.
+
+Session loss: when the store replaces this node's lease (it expired during
+an outage longer than the TTL), every reference this node wrote is gone and
+other nodes' GC may free the numbers.  The allocator then first writes all
+its references again, then re-checks each master key under its lock: a
+freed one is recreated; one that meanwhile went to other labels is never
+used again for ours: the conflict is logged as an error and kept for
+``status()``, the labels get a new number, and the subscribers are called so that
+endpoints move to it.  A watch that had to re-list (and so may have missed
+the deletions) triggers the same resync.
 """
 
 from __future__ import annotations
@@ -36,20 +46,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, AsyncIterator
+from typing import Any, Callable, AsyncIterator
 
 import structlog
 
-from docker_cilium.kvstore import Backend, EventType, KVStoreError
+from docker_cilium.errors import Unavailable
+from docker_cilium.kvstore import Backend, EventType, KVStoreError, keys
 
 from . import reserved
 from .labels import Labels
 
 log = structlog.get_logger(__name__)
 
-PREFIX = "cilium/state/identities/v1/"
+PREFIX = keys.IDENTITIES
 ID_PREFIX = PREFIX + "id/"
 VALUE_PREFIX = PREFIX + "value/"
 LOCK_PREFIX = PREFIX + "locks/"
@@ -58,7 +70,7 @@ MAX_ATTEMPTS = 200
 LOCK_TIMEOUT_S = 30.0
 
 
-class IdentityAllocationError(Exception):
+class IdentityAllocationError(Unavailable):
     """No identity could be allocated (pool exhausted, lock never acquired...)."""
 
 
@@ -117,20 +129,37 @@ class IdentityAllocator:
         self._watch_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._bg: set[asyncio.Task[None]] = set()
-        # Called (no arguments) when the set of identities changes, e.g. another
-        # node allocated one: local policies may select it.
-        self.on_change: Callable[[], None] | None = None
+        self._observers: list[Callable[[], None]] = []  # see subscribe()
+        # Numbers that came back owned by other labels after a session loss.
+        self.conflicts: list[dict[str, Any]] = []
+        self.session_losses = 0
+        self._recovering: asyncio.Task[None] | None = None
+        self._recover_again = False
+        self._closed = False
+        backend.add_session_listener(self._on_session_lost)
+
+    def _notify(self) -> None:
+        for observer in self._observers:
+            observer()
+
+    def subscribe(self, observer: Callable[[], None]) -> None:
+        """Call ``observer`` (no arguments) whenever the set of identities
+        changes, e.g. another node allocated one: local policies may select it;
+        also when one of our label sets had to move to a new number (see current())."""
+        self._observers.append(observer)
 
     # -------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         """Load the identity cache and keep it fresh with a watch."""
+        self._closed = False
         if self._watch_task is None:
             self._watch_task = asyncio.create_task(self._watch_loop(), name=f"identity-watch-{self.node_name}")
             await self._synced.wait()
 
     async def close(self) -> None:
         """Stop the watch; node references stay until the session ends."""
+        self._closed = True
         tasks = [t for t in (self._watch_task, *self._bg) if t is not None]
         self._watch_task = None
         for t in tasks:
@@ -253,9 +282,14 @@ class IdentityAllocator:
         log.info("identity.released", id=identity.id, labels=str(identity.labels), node=self.node_name)
         return True
 
-    def local_refcount(self, identity: Identity) -> int:
+    def current(self, identity: Identity) -> Identity:
+        """The number this node uses now for ``identity``'s labels.
+
+        Differs from ``identity.id`` only after a resync found that number
+        given to other labels: holders must switch (the old one is refused).
+        """
         ref = self._local.get(identity.labels.sorted_key())
-        return ref.refcount if ref else 0
+        return Identity(ref.id, identity.labels) if ref is not None else identity
 
     # ----------------------------------------------------------------- lookup
 
@@ -292,20 +326,6 @@ class IdentityAllocator:
                 out.append(Identity(n, Labels.from_sorted_key(v.decode())))
         return out
 
-    async def lookup_by_labels(self, labels: Labels) -> Identity | None:
-        """The identity of ``labels`` if one exists cluster-wide; never allocates."""
-        num = reserved.lookup(labels)
-        if num is not None:
-            return Identity(num, labels)
-        key = labels.sorted_key()
-        ref = self._local.get(key)
-        if ref is not None:
-            return Identity(ref.id, labels)
-        kb = key.encode()
-        masters = await self.backend.get_prefix(ID_PREFIX)
-        found = sorted(n for k, v in masters.items() if v == kb and (n := _parse_id_key(k)) is not None)
-        return Identity(found[0], labels) if found else None
-
     # --------------------------------------------------------------------- gc
 
     async def gc(self) -> list[int]:
@@ -339,24 +359,14 @@ class IdentityAllocator:
     # ----------------------------------------------------------------- resync
 
     async def resync(self) -> None:
-        """Re-assert this node's references, e.g. after its session lease was lost.
+        """Re-assert this node's references (run on its own after a session loss).
 
         Runs under each label set's lock and recreates a missing master key;
-        if the number was meanwhile given to other labels the conflict is
-        logged (the endpoints using it must be regenerated by the caller).
+        a number meanwhile given to other labels is replaced (see the module
+        docstring) and the subscribers are called.
         """
         for key in list(self._local):
             await self._resync_key(key)
-
-    async def _resync_key_retrying(self, key: str) -> None:
-        delay = 0.1
-        while True:
-            try:
-                return await self._resync_key(key)
-            except (KVStoreError, IdentityAllocationError) as e:
-                log.warning("identity.resync_failed", labels=key, error=str(e))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _resync_key(self, key: str) -> None:
         async with self._key_lock(key):
@@ -364,14 +374,83 @@ class IdentityAllocator:
             if ref is None:
                 return
             kb = key.encode()
+            numb = str(ref.id).encode()
             async with self._kv_lock(key):
                 cur = await self.backend.get(_id_key(ref.id))
                 if cur is None and await self.backend.create_only(_id_key(ref.id), kb):
+                    log.warning("identity.master_key_recreated", id=ref.id, labels=key, node=self.node_name)
                     cur = kb
-                if cur != kb:
-                    log.error("identity.conflict_on_resync", id=ref.id, labels=key, now=cur)
+                if cur == kb:
+                    await self.backend.put(self._ref_key(key), numb, lease=True)
                     return
+                # Our number now means other labels: never use it again for ours.
+                await self.backend.compare_and_delete(self._ref_key(key), numb)
+            old = ref.id
+            ref.id = await self._allocate_global(key)
+            self._cache[ref.id] = key
+            now = cur.decode() if cur is not None else None
+            self.conflicts.append({"id": old, "labels": key, "now-owned-by": now, "new-id": ref.id,
+                                   "time": time.time()})
+            log.error("identity.conflict_on_resync", id=old, labels=key, now_owned_by=now, new_id=ref.id,
+                      node=self.node_name, hint="endpoints with these labels move to the new identity")
+        self._notify()
+
+    def _on_session_lost(self) -> None:
+        """The store replaced our lease: every reference we wrote is gone."""
+        if self._closed:
+            return
+        self.session_losses += 1
+        log.error("identity.session_lost", node=self.node_name, identities=len(self._local))
+        self._schedule_recovery()
+
+    def _schedule_recovery(self) -> None:
+        if self._recovering is not None and not self._recovering.done():
+            self._recover_again = True
+            return
+        t = self._recovering = asyncio.get_running_loop().create_task(
+            self._recover(), name=f"identity-recover-{self.node_name}")
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    async def _recover(self) -> None:
+        """References first (so no GC frees what we use), then a full resync."""
+        self._recover_again = True
+        while self._recover_again:
+            self._recover_again = False
+            for key in list(self._local):
+                await self._retrying(key, self._reput_ref)
+            for key in list(self._local):
+                await self._retrying(key, self._resync_key)
+            log.info("identity.resynced", node=self.node_name, identities=len(self._local))
+
+    async def _reput_ref(self, key: str) -> None:
+        async with self._key_lock(key):
+            ref = self._local.get(key)
+            if ref is not None:
                 await self.backend.put(self._ref_key(key), str(ref.id).encode(), lease=True)
+
+    async def _resync_key_retrying(self, key: str) -> None:
+        await self._retrying(key, self._resync_key)
+
+    @staticmethod
+    async def _retrying(key: str, step: Callable[[str], Any]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                return await step(key)
+            except (KVStoreError, IdentityAllocationError) as e:
+                log.warning("identity.resync_failed", labels=key, error=str(e))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def status(self) -> dict[str, Any]:
+        """What `cilium status` shows about allocation health on this node."""
+        return {
+            "state": "Warning" if self.conflicts else "Ok",
+            "identities": len(self._local),
+            "session-losses": self.session_losses,
+            "conflicts": list(self.conflicts),
+        }
 
     # ------------------------------------------------------------------ watch
 
@@ -381,6 +460,10 @@ class IdentityAllocator:
                 # List, then watch from the listed revision (no gap).
                 masters = await self.backend.get_prefix(ID_PREFIX)
                 self._cache = {n: v.decode() for k, v in masters.items() if (n := _parse_id_key(k)) is not None}
+                if self._synced.is_set() and self._local:
+                    # A re-list: deletions of our references may have happened
+                    # while the watch was down and will never be replayed.
+                    self._schedule_recovery()
                 self._synced.set()
                 events = self.backend.watch(PREFIX)
                 try:
@@ -405,8 +488,8 @@ class IdentityAllocator:
                 self._cache[num] = value.decode()
             else:
                 self._cache.pop(num, None)
-            if self.on_change is not None and self._cache.get(num) != before:
-                self.on_change()
+            if self._cache.get(num) != before:
+                self._notify()
         elif typ is EventType.DELETE and key.startswith(VALUE_PREFIX) and key.endswith("/" + self.node_name):
             label_key = self._label_key_of_ref(key)
             if label_key in self._local:

@@ -171,9 +171,6 @@ class Labels:
                 return lbl
         return None
 
-    def has_source(self, source: str) -> bool:
-        return any(lbl.source == source for lbl in self._items)
-
     def matches(self, selector: Iterable[Label]) -> bool:
         """True if every selector label selects some label of this set."""
         return all(any(sel.matches(lbl) for lbl in self._items) for sel in selector)

@@ -18,6 +18,9 @@ INIT = 5
 
 MIN_ALLOCATED = 256
 MAX = 65535
+# Node-local identities (CIDR) have this bit set, as Cilium's IdentityScopeLocal;
+# the datapath tests it (IDENTITY_LOCAL_SCOPE_FLAG in bpf_src/lib/policy.h).
+LOCAL_SCOPE = 1 << 24
 
 _NAMES: dict[int, str] = {
     HOST: "host",
@@ -27,6 +30,11 @@ _NAMES: dict[int, str] = {
     INIT: "init",
 }
 _BY_NAME: dict[str, int] = {name: num for num, name in _NAMES.items()}
+
+#: The ``reserved:<name>`` label strings policy code matches on.
+HOST_LABEL = f"{SOURCE_RESERVED}:{_NAMES[HOST]}"
+WORLD_LABEL = f"{SOURCE_RESERVED}:{_NAMES[WORLD]}"
+INIT_LABEL = f"{SOURCE_RESERVED}:{_NAMES[INIT]}"
 
 
 def labels_for(number: int) -> Labels | None:

@@ -23,7 +23,9 @@ from typing import Union
 
 import structlog
 
+from docker_cilium.errors import AllocationFailed, BadRequest, Conflict
 from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
 
 log = structlog.get_logger(__name__)
@@ -31,13 +33,22 @@ log = structlog.get_logger(__name__)
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-PREFIX = "cilium/state/ipam/v1/"
+PREFIX = keys.IPAM
 POOL_V4 = "CiliumPoolv4"
 POOL_V6 = "CiliumPoolv6"
+# The address spaces this IPAM driver announces to dockerd (GetDefaultAddressSpaces
+# replies them under LocalDefaultAddressSpace / GlobalDefaultAddressSpace);
+# a network whose pools name one of them is on our IPAM.
+ADDRESS_SPACE_LOCAL = "CiliumLocal"
+ADDRESS_SPACE_GLOBAL = "CiliumGlobal"
+CILIUM_ADDRESS_SPACES = frozenset({ADDRESS_SPACE_LOCAL, ADDRESS_SPACE_GLOBAL})
 
 
-class IPAMError(Exception):
-    """A request that cannot be satisfied; the message is shown to the user."""
+class IPAMError(BadRequest):
+    """A request the IPAM refuses as asked (400); the message is shown to the user.
+
+    An address someone holds is a ``Conflict`` (409) and an exhausted pool an
+    ``AllocationFailed`` (502) instead."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +209,7 @@ class IPAM:
             raise IPAMError(f"IP {ip} is reserved in {self.node_range(pool.family)}")
         if ip in self._allocated or not await self._claim(ip, owner, pool):
             holder = self._allocated.get(ip, {}).get("owner", "another endpoint")
-            raise IPAMError(f"IP {ip} is already allocated (to {holder})")
+            raise Conflict(f"IP {ip} is already allocated (to {holder})")
         return ip
 
     async def _allocate_next(self, pool: Pool, owner: str) -> IPAddress:
@@ -214,7 +225,7 @@ class IPAM:
             if await self._claim(ip, owner, pool):
                 self._cursor[pool.family] = offset + 1
                 return ip
-        raise IPAMError(f"no free address left in {rng}")
+        raise AllocationFailed(f"no free address left in {rng}")
 
     async def _claim(self, ip: IPAddress, owner: str, pool: Pool) -> bool:
         record = {"owner": owner, "pool": pool.id, "time": int(time.time())}

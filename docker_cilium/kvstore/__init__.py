@@ -11,26 +11,12 @@ import os
 
 from .backend import Backend, Event, EventType, KVStoreError
 
-__all__ = ["Backend", "Event", "EventType", "KVStoreError", "new_backend", "parse_etcd_endpoints"]
+from .etcd_config import EtcdConfigError, load_etcd_config
+
+__all__ = ["Backend", "Event", "EventType", "KVStoreError", "EtcdConfigError", "new_backend"]
 
 KINDS = ("local", "etcd")
-
-
-def parse_etcd_endpoints(address: str) -> list[str]:
-    """Turn ``"http://a:2379, b:2379"`` into ``["a:2379", "b:2379"]``.
-
-    Cilium's etcd.address takes URLs; aetcd wants bare host:port.
-    """
-    eps = []
-    for part in address.split(","):
-        part = part.strip()
-        for scheme in ("http://", "https://"):
-            if part.startswith(scheme):
-                part = part[len(scheme):]
-        part = part.rstrip("/")
-        if part:
-            eps.append(part)
-    return eps
+LOCAL_OPTS = ("lease.ttl",)
 
 
 def new_backend(kind: str, options: dict[str, str], lib_dir: str) -> Backend:
@@ -39,22 +25,24 @@ def new_backend(kind: str, options: dict[str, str], lib_dir: str) -> Backend:
     ``options`` are the agent's ``--kvstore-opt`` pairs; ``lib_dir`` is the
     agent state directory where the local store lives.  Optional
     ``lease.ttl`` (seconds) overrides the session lease TTL for both kinds.
+    An option the kind does not know is refused (EtcdConfigError, a
+    ValueError), never ignored: a misspelt TLS option must not mean plaintext.
     """
     ttl_opt = options.get("lease.ttl")
     if kind == "local":
         from .sqlite import SQLiteBackend
 
+        unknown = sorted(set(options) - set(LOCAL_OPTS))
+        if unknown:
+            raise EtcdConfigError(
+                f"unsupported --kvstore-opt {', '.join(unknown)} for kvstore local (supported: {', '.join(LOCAL_OPTS)})"
+            )
         path = os.path.join(lib_dir, "kvstore.db")
         return SQLiteBackend(path, lease_ttl=float(ttl_opt)) if ttl_opt else SQLiteBackend(path)
     if kind == "etcd":
         from .etcd import EtcdBackend
 
-        address = options.get("etcd.address", "")
-        endpoints = parse_etcd_endpoints(address)
-        if not endpoints:
-            raise ValueError(
-                "kvstore 'etcd' needs the option etcd.address=HOST:PORT[,HOST:PORT...] "
-                "(e.g. --kvstore-opt etcd.address=127.0.0.1:2379)"
-            )
-        return EtcdBackend(endpoints, lease_ttl=int(float(ttl_opt))) if ttl_opt else EtcdBackend(endpoints)
+        config = load_etcd_config(options)
+        ttl = int(float(ttl_opt)) if ttl_opt else 15
+        return EtcdBackend(config.endpoints, lease_ttl=ttl, config=config)
     raise ValueError(f"unknown kvstore kind {kind!r}: expected one of {', '.join(KINDS)}")

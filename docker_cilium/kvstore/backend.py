@@ -14,7 +14,9 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
+
+from docker_cilium.errors import Unavailable
 
 
 class EventType(enum.Enum):
@@ -31,8 +33,8 @@ class Event:
     value: bytes | None
 
 
-class KVStoreError(Exception):
-    """A backend failed (server unreachable, lease expired, ...)."""
+class KVStoreError(Unavailable):
+    """A backend failed (server unreachable, lease expired, ...): 503 to API callers."""
 
 
 class Backend(abc.ABC):
@@ -44,6 +46,23 @@ class Backend(abc.ABC):
     """
 
     name: str = "abstract"
+    _session_listeners: list[Callable[[], None]]
+
+    def add_session_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the event loop) each time the session lease is replaced.
+
+        A replaced lease means every ``lease=True`` key this client wrote is
+        gone (expired while the store was unreachable, or revoked): owners of
+        such keys must write them again before other nodes act on their
+        absence (identity GC).
+        """
+        if "_session_listeners" not in self.__dict__:
+            self._session_listeners = []
+        self._session_listeners.append(callback)
+
+    def _session_lost(self) -> None:
+        for cb in self.__dict__.get("_session_listeners", []):
+            cb()
 
     @abc.abstractmethod
     async def connect(self) -> None:

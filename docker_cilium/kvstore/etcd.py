@@ -8,6 +8,11 @@ transactions comparing on ``version == 0`` (absent) or on the value.
 aetcd talks to a single ``host:port``; with several endpoints we try them in
 order at connect time and stay on the first that answers (no mid-session
 failover, which a single-node test etcd does not need).
+
+TLS and username/password come from Cilium's etcd config file (see
+etcd_config.py).  aetcd 1.0 only opens plaintext channels, so ``_Client``
+opens a TLS one itself; an ``https://`` endpoint without TLS settings is
+refused, never downgraded.
 """
 
 from __future__ import annotations
@@ -16,17 +21,34 @@ import asyncio
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import aetcd
+import aetcd.client
 import aetcd.exceptions
+import aetcd.rpc
 import aetcd.rtypes
+import grpc
 import structlog
 
 from .backend import Backend, Event, EventType, KVStoreError
+from .etcd_config import EtcdConfig, EtcdConfigError, split_endpoints
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 RPC_TIMEOUT_S = 10
+
+
+class LeaseNotFound(KVStoreError):
+    """etcd no longer knows the lease a write names (expired while we were cut off).
+
+    Recognised by its gRPC status, NOT_FOUND, which etcd's KV and transaction
+    calls return for nothing else (``ErrGRPCLeaseNotFound``)."""
+
+
+def _grpc_code(e: BaseException) -> aetcd.rpc.StatusCode | None:
+    """The gRPC status behind an aetcd error (aetcd chains the AioRpcError as cause)."""
+    cause = e.__cause__
+    return cause.code() if isinstance(cause, aetcd.rpc.AioRpcError) else None
 
 
 def _b(s: str) -> bytes:
@@ -48,15 +70,101 @@ def _split_endpoint(ep: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _credentials(config: EtcdConfig) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the config's files (None: plaintext)."""
+    if not config.tls:
+        return None
+    try:
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(config.ca_file),
+            private_key=_read(config.key_file),
+            certificate_chain=_read(config.cert_file),
+        )
+    except OSError as e:
+        raise EtcdConfigError(f"etcd TLS files: {e}") from e
+
+
+class _Client(aetcd.Client):
+    """aetcd's client, on a TLS channel when ``credentials`` are given.
+
+    aetcd 1.0's connect() hard-codes an insecure channel (and would send the
+    password over it), so this repeats its few lines with grpc's
+    secure_channel; the stubs, watcher and auth token are aetcd's own.
+    """
+
+    def __init__(self, *, credentials: grpc.ChannelCredentials | None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._credentials = credentials
+
+    @aetcd.client._handle_errors
+    async def connect(self) -> None:
+        if self._credentials is None:
+            return await super().connect()
+        if self._connected.is_set():
+            return
+        if self._is_connecting:
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        try:
+            self._is_connecting = True
+            target = f"{self._host}:{self._port}"
+            self.channel = aetcd.rpc.secure_channel(target, self._credentials, options=self._options.items())
+            if self._username is not None:
+                await self._authenticate()
+            self.kvstub = aetcd.rpc.KVStub(self.channel)
+            self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
+            self.leasestub = aetcd.rpc.LeaseStub(self.channel)
+            self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+            self._watcher = aetcd.client.watcher.Watcher(
+                aetcd.rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata
+            )
+            self._connected.set()
+        finally:
+            self._is_connecting = False
+
+    async def _authenticate(self) -> None:
+        self.auth_stub = aetcd.rpc.AuthStub(self.channel)
+        resp = await self.auth_stub.Authenticate(
+            aetcd.rpc.AuthenticateRequest(name=self._username, password=self._password), timeout=self._timeout
+        )
+        self.metadata = (("token", resp.token),)
+        if self._watcher is not None:
+            self._watcher._metadata = self.metadata
+
+    @aetcd.client._handle_errors
+    async def reauthenticate(self) -> None:
+        """Get a new auth token (etcd forgets tokens on restart and after their TTL)."""
+        if self._username is not None and self.channel is not None:
+            await self._authenticate()
+
+
 class EtcdBackend(Backend):
     """Backend on an etcd v3 cluster."""
 
     name = "etcd"
 
-    def __init__(self, endpoints: list[str], lease_ttl: int = 15) -> None:
+    def __init__(self, endpoints: list[str], lease_ttl: int = 15, *, config: EtcdConfig | None = None) -> None:
         if not endpoints:
             raise ValueError("EtcdBackend needs at least one endpoint (host:port)")
-        self.endpoints = [e.strip() for e in endpoints if e.strip()]
+        bare, scheme_tls = split_endpoints(endpoints)
+        self.config = config or EtcdConfig(endpoints=bare)
+        if scheme_tls and not self.config.tls:
+            raise EtcdConfigError(
+                f"https etcd endpoint {', '.join(endpoints)} needs TLS settings "
+                "(--kvstore-opt etcd.config=PATH with trusted-ca-file); refusing to downgrade to plaintext"
+            )
+        self._credentials = _credentials(self.config)
+        if self.config.username is not None and not self.config.tls:
+            log.warning("kvstore.etcd_auth_without_tls", endpoints=bare,
+                        hint="the password and token cross the network in clear")
+        self.endpoints = bare
         self.lease_ttl = int(lease_ttl)
         self.address = self.endpoints[0]
         self._client: aetcd.Client | None = None
@@ -71,15 +179,31 @@ class EtcdBackend(Backend):
     # ------------------------------------------------------------------ infra
 
     def _err(self, what: str, e: BaseException) -> KVStoreError:
-        return KVStoreError(f"etcd {self.address}: {what} failed: {e.__class__.__name__}: {e}")
+        """The store error for an aetcd/gRPC failure, its class chosen by gRPC status."""
+        cls = LeaseNotFound if _grpc_code(e) == aetcd.rpc.StatusCode.NOT_FOUND else KVStoreError
+        return cls(f"etcd {self.address}: {what} failed: {e.__class__.__name__}: {e}")
 
     async def _call(self, what: str, aw: Awaitable[T]) -> T:
         try:
             return await aw
+        except aetcd.exceptions.UnauthenticatedError as e:
+            await self._reauthenticate()
+            raise self._err(what, e) from e
         except aetcd.exceptions.ClientError as e:
             raise self._err(what, e) from e
         except (asyncio.TimeoutError, OSError) as e:
             raise self._err(what, e) from e
+
+    async def _reauthenticate(self) -> None:
+        """The token expired or etcd restarted: fetch a new one for the next calls."""
+        client = self._client
+        if client is None or self.config.username is None:
+            return
+        try:
+            await client.reauthenticate()
+            log.info("kvstore.reauthenticated", address=self.address, user=self.config.username)
+        except aetcd.exceptions.ClientError as e:
+            log.error("kvstore.reauthenticate_failed", address=self.address, error=str(e))
 
     @property
     def client(self) -> aetcd.Client:
@@ -100,12 +224,15 @@ class EtcdBackend(Backend):
         errors = []
         for ep in self.endpoints:
             host, port = _split_endpoint(ep)
-            client = aetcd.Client(host=host, port=port, timeout=RPC_TIMEOUT_S)
+            client = _Client(
+                host=host, port=port, timeout=RPC_TIMEOUT_S, credentials=self._credentials,
+                username=self.config.username, password=self.config.password,
+            )
             self.address = f"{host}:{port}"
             try:
-                # aetcd's connect() is lazy (no I/O); granting the session
-                # lease is the first real round-trip and proves the server
-                # is up.
+                # aetcd's connect() does no I/O without credentials; granting
+                # the session lease is the first real round-trip and proves
+                # the server is up (and, with TLS, the handshake).
                 lease = await self._call("connect (lease grant)", client.lease(self.lease_ttl))
             except KVStoreError as e:
                 errors.append(str(e))
@@ -123,6 +250,8 @@ class EtcdBackend(Backend):
             "kvstore.connected",
             backend="etcd",
             address=self.address,
+            tls=self.config.tls,
+            user=self.config.username,
             server_version=status.version,
             lease=hex(self._lease.id),
             ttl=self._lease.ttl,
@@ -168,6 +297,7 @@ class EtcdBackend(Backend):
         self._lease = await self._call("lease grant", self.client.lease(self.lease_ttl))
         await self._call("lease revoke", self.client.revoke_lease(old.id))
         log.info("kvstore.session_revoked", address=self.address, old_lease=hex(old.id), new_lease=hex(self._lease.id))
+        self._session_lost()
 
     async def _renew_session(self, dead_id: int) -> None:
         """Replace a lease etcd no longer knows (expired while we were cut off)."""
@@ -178,6 +308,7 @@ class EtcdBackend(Backend):
             log.error(
                 "kvstore.session_lost", address=self.address, old_lease=hex(dead_id), new_lease=hex(self._lease.id)
             )
+        self._session_lost()
 
     async def _leased(self, lease: bool, op: Callable[[int | None], Awaitable[T]]) -> T:
         """Run a write bound (or not) to the session lease; retry once on a lost lease.
@@ -188,8 +319,8 @@ class EtcdBackend(Backend):
         lease_id = self._lease.id if lease else None
         try:
             return await op(lease_id)
-        except KVStoreError as e:
-            if not lease or "lease not found" not in str(e):
+        except LeaseNotFound:
+            if not lease:
                 raise
         await self._renew_session(lease_id)  # type: ignore[arg-type]
         return await op(self._lease.id)

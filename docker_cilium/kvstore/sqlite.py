@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import sqlite3
 import time
 from typing import Any, AsyncIterator, Callable, TypeVar
@@ -33,6 +32,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 import structlog
 
 from .backend import Backend, Event, EventType, KVStoreError
+from .files import secure_store_files
 
 log = structlog.get_logger(__name__)
 
@@ -113,13 +113,12 @@ class SQLiteBackend(Backend):
         # so that "get_prefix, then watch" misses nothing in between.
         self._revision = 0
         self._last_trim = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ infra
 
     def _open(self) -> None:
-        d = os.path.dirname(self.path)
-        if d:
-            os.makedirs(d, exist_ok=True)
+        secure_store_files(self.path)
         conn = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
         )
@@ -213,6 +212,7 @@ class SQLiteBackend(Backend):
             old = self._lease_id
             self._lease_id = self._grant_lease_locked(conn)
             log.error("kvstore.session_lost", path=self.path, old_lease=old, new_lease=self._lease_id)
+            self._session_lost_threadsafe()
 
     def _drop_lease_locked(self, conn: sqlite3.Connection, lease_id: int) -> None:
         keys = [r[0] for r in conn.execute("SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease_id,))]
@@ -241,9 +241,15 @@ class SQLiteBackend(Backend):
             self._executor.shutdown(wait=False)
             self._executor = None
             raise KVStoreError(f"sqlite kvstore {self.path}: cannot open: {e}") from e
+        self._loop = loop
         self._lease_id = await self._run(self._write, self._grant_lease_locked)
         self._keepalive_task = asyncio.create_task(self._keepalive(), name="kvstore-sqlite-keepalive")
         log.info("kvstore.connected", backend="local", path=self.path, lease=self._lease_id)
+
+    def _session_lost_threadsafe(self) -> None:
+        """Notify session listeners on the loop (this runs on the worker thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._session_lost)
 
     def _grant_lease_locked(self, conn: sqlite3.Connection) -> int:
         cur = conn.execute("INSERT INTO leases(expires_at) VALUES (?)", (time.time() + self.lease_ttl,))
@@ -296,6 +302,7 @@ class SQLiteBackend(Backend):
             old = self._lease_id
             self._lease_id = self._grant_lease_locked(conn)
             log.error("kvstore.session_lost", path=self.path, old_lease=old, new_lease=self._lease_id)
+            self._session_lost_threadsafe()
         if now - self._last_trim > 5.0:
             self._last_trim = now
             self._trim_changes_locked(conn, now)
@@ -318,6 +325,7 @@ class SQLiteBackend(Backend):
 
         new = await self._run(self._write, revoke)
         log.info("kvstore.session_revoked", path=self.path, new_lease=new)
+        self._session_lost()
 
     # ---------------------------------------------------------------- reading
 

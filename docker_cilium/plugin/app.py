@@ -16,16 +16,16 @@ from typing import Any, Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from docker_cilium.endpoint.manager import EndpointError
-from docker_cilium.ipam.allocator import IPAMError
+from docker_cilium.api.errors import parse_json, read_body
+from docker_cilium.errors import APIError
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
-from docker_cilium.plugin.schemas import EMPTY_BODY, IPAM_SCHEMAS, NETWORK_SCHEMAS, SchemaError, validate
+from docker_cilium.plugin.schemas import EMPTY_BODY, Empty, SchemaError, parse_request, request_type
 
 log = structlog.get_logger(__name__)
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Handler = Callable[[Any], Awaitable[dict[str, Any]]]  # takes its method's request TypedDict
 
 
 def _reply(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -40,19 +40,27 @@ def _error(method: str, message: str, status: int) -> web.Response:
     return _reply(body, status)
 
 
-def _schema_for(method: str) -> dict | None:
-    iface, _, name = method.partition(".")
-    if iface == "NetworkDriver":
-        return NETWORK_SCHEMAS.get(name)
-    if iface == "IpamDriver":
-        return IPAM_SCHEMAS.get(name)
-    return None
+async def _request(method: str, request: web.Request) -> Any:
+    """The body of ``method`` as its typed request; an APIError says what is wrong."""
+    raw = await read_body(request)
+    if not raw.strip():
+        if method in EMPTY_BODY:
+            return Empty()
+        raise SchemaError("request body is empty, expected a JSON object")
+    body = parse_json(raw)
+    kind = request_type(method)
+    if kind is Empty:
+        return Empty()
+    typed, unknown = parse_request(kind, body)
+    if unknown:
+        log.debug("plugin.unknown_fields", method=method, fields=unknown)
+    return typed
 
 
 def build_app(network: NetworkDriver, ipam: IpamDriver) -> web.Application:
     routes: dict[str, Handler] = {}
 
-    async def activate(_: dict[str, Any]) -> dict[str, Any]:
+    async def activate(_: Empty) -> dict[str, Any]:
         return {"Implements": ["NetworkDriver", "IpamDriver"]}
 
     routes["Plugin.Activate"] = activate
@@ -64,32 +72,16 @@ def build_app(network: NetworkDriver, ipam: IpamDriver) -> web.Application:
         handler = routes.get(method)
         if handler is None:
             return _error(method, f"{method} is not implemented by the cilium plugin", 404)
-        raw = await request.read()
-        body: Any = {}
-        if method not in EMPTY_BODY or raw.strip():
-            if not raw.strip():
-                return _error(method, f"{method}: request body is empty, expected a JSON object", 400)
-            try:
-                body = json.loads(raw)
-            except ValueError as exc:
-                return _error(method, f"{method}: malformed JSON: {exc}", 400)
-            schema = _schema_for(method)
-            if schema is not None:
-                try:
-                    unknown = validate(schema, body)
-                except SchemaError as exc:
-                    return _error(method, f"{method}: {exc}", 400)
-                if unknown:
-                    log.debug("plugin.unknown_fields", method=method, fields=unknown)
         t0 = time.perf_counter()
         try:
-            result = await handler(body)
-        except SchemaError as exc:
-            return _error(method, f"{method}: {exc}", 400)
-        except (EndpointError, IPAMError) as exc:
-            status = getattr(exc, "status", 400)
-            log.warning("plugin.error", method=method, error=str(exc))
-            return _error(method, str(exc), status)
+            req = await _request(method, request)
+        except APIError as exc:  # the request itself: name the call it was for
+            return _error(method, f"{method}: {exc.message}", exc.status)
+        try:
+            result = await handler(req)
+        except APIError as exc:
+            log.warning("plugin.error", method=method, status=exc.status, error=exc.message)
+            return _error(method, exc.message, exc.status)
         except Exception as exc:  # keep serving dockerd whatever happens
             log.exception("plugin.failure", method=method)
             return _error(method, f"{method}: internal error: {exc}", 500)

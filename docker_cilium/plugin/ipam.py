@@ -4,48 +4,60 @@ from __future__ import annotations
 
 from typing import Any
 
-from docker_cilium.ipam.allocator import IPAM, IPAMError
+from docker_cilium.ipam.allocator import (
+    ADDRESS_SPACE_GLOBAL,
+    ADDRESS_SPACE_LOCAL,
+    CILIUM_ADDRESS_SPACES,
+    IPAM,
+    IPAMError,
+)
+from docker_cilium.plugin.schemas import (
+    Empty,
+    ReleaseAddressRequest,
+    ReleasePoolRequest,
+    RequestAddressRequest,
+    RequestPoolRequest,
+)
 
 Reply = dict[str, Any]
 
 GATEWAY_OPTION = "com.docker.network.gateway"
 REQUEST_TYPE = "RequestAddressType"
-ADDRESS_SPACES = {"LocalDefaultAddressSpace": "CiliumLocal", "GlobalDefaultAddressSpace": "CiliumGlobal"}
 
 
 class IpamDriver:
     def __init__(self, ipam: IPAM) -> None:
         self.ipam = ipam
 
-    async def get_capabilities(self, _: Reply) -> Reply:
+    async def get_capabilities(self, _: Empty) -> Reply:
         return {"RequiresMACAddress": False, "RequiresRequestReplay": False}
 
-    async def get_default_address_spaces(self, _: Reply) -> Reply:
-        return dict(ADDRESS_SPACES)
+    async def get_default_address_spaces(self, _: Empty) -> Reply:
+        return {"LocalDefaultAddressSpace": ADDRESS_SPACE_LOCAL, "GlobalDefaultAddressSpace": ADDRESS_SPACE_GLOBAL}
 
-    async def request_pool(self, req: Reply) -> Reply:
-        space = req.get("AddressSpace", "")
-        if space and space not in ADDRESS_SPACES.values():
-            raise IPAMError(f"unknown address space {space!r}: expected CiliumLocal or CiliumGlobal")
-        pool = self.ipam.request_pool(bool(req.get("V6")), req.get("Pool", ""), req.get("SubPool", ""))
+    async def request_pool(self, req: RequestPoolRequest) -> Reply:
+        space = req["AddressSpace"]
+        if space and space not in CILIUM_ADDRESS_SPACES:
+            raise IPAMError(f"unknown address space {space!r}: "
+                            f"expected {ADDRESS_SPACE_LOCAL} or {ADDRESS_SPACE_GLOBAL}")
+        pool = self.ipam.request_pool(req["V6"], req["Pool"], req["SubPool"])
         # Whole-range IPv4 pools are announced as 0.0.0.0/0, as Cilium did: it
         # skips dockerd's overlap check against host routes, and containers get
         # /32 addresses anyway.
         announced = "0.0.0.0/0" if pool.family == 4 and pool.whole_range else str(pool.network)
         return {"PoolID": pool.id, "Pool": announced, "Data": {GATEWAY_OPTION: self.ipam.gateway(pool)}}
 
-    async def release_pool(self, req: Reply) -> Reply:
+    async def release_pool(self, req: ReleasePoolRequest) -> Reply:
         self.ipam.decode_pool_id(req["PoolID"], self.ipam.node)  # validates it
         return {}
 
-    async def request_address(self, req: Reply) -> Reply:
+    async def request_address(self, req: RequestAddressRequest) -> Reply:
         pool = self.ipam.decode_pool_id(req["PoolID"], self.ipam.node)
-        options = req.get("Options") or {}
-        owner = "gateway" if options.get(REQUEST_TYPE) == GATEWAY_OPTION else "docker"
-        ip = await self.ipam.allocate(pool, owner, req.get("Address", ""))
+        owner = "gateway" if req["Options"].get(REQUEST_TYPE) == GATEWAY_OPTION else "docker"
+        ip = await self.ipam.allocate(pool, owner, req["Address"])
         return {"Address": f"{ip}/{pool.host_prefixlen}", "Data": {}}
 
-    async def release_address(self, req: Reply) -> Reply:
+    async def release_address(self, req: ReleaseAddressRequest) -> Reply:
         self.ipam.decode_pool_id(req["PoolID"], self.ipam.node)
         await self.ipam.release(req["Address"])
         return {}

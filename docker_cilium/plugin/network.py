@@ -11,6 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from docker_cilium.endpoint.manager import EndpointManager
+from docker_cilium.plugin.schemas import (
+    AllocateNetworkRequest,
+    CreateEndpointRequest,
+    CreateNetworkRequest,
+    DiscoveryNotification,
+    Empty,
+    EndpointRequest,
+    JoinRequest,
+    NetworkRequest,
+    ProgramExternalConnectivityRequest,
+)
 
 Reply = dict[str, Any]
 
@@ -19,39 +30,36 @@ class NetworkDriver:
     def __init__(self, endpoints: EndpointManager) -> None:
         self.endpoints = endpoints
 
-    async def get_capabilities(self, _: Reply) -> Reply:
+    async def get_capabilities(self, _: Empty) -> Reply:
         return {"Scope": "local", "ConnectivityScope": "local"}
 
-    async def create_network(self, req: Reply) -> Reply:
-        await self.endpoints.create_network(
-            req["NetworkID"], req.get("IPv4Data") or [], req.get("IPv6Data") or [], req.get("Options") or {}
-        )
+    async def create_network(self, req: CreateNetworkRequest) -> Reply:
+        await self.endpoints.create_network(req["NetworkID"], req["IPv4Data"], req["IPv6Data"], req["Options"])
         return {}
 
-    async def delete_network(self, req: Reply) -> Reply:
+    async def delete_network(self, req: NetworkRequest) -> Reply:
         await self.endpoints.delete_network(req["NetworkID"])
         return {}
 
-    async def create_endpoint(self, req: Reply) -> Reply:
-        iface = req.get("Interface") or {}
+    async def create_endpoint(self, req: CreateEndpointRequest) -> Reply:
+        iface = req["Interface"]
         ep, chose_mac = await self.endpoints.create_endpoint(
-            req["NetworkID"], req["EndpointID"], iface.get("Address", ""), iface.get("AddressIPv6", ""),
-            iface.get("MacAddress", ""),
+            req["NetworkID"], req["EndpointID"], iface["Address"], iface["AddressIPv6"], iface["MacAddress"],
         )
         # Echo only what dockerd left empty: changing a value it set makes it
         # fail with "driver modified interface address/MAC".
         return {"Interface": {"MacAddress": ep.mac}} if chose_mac else {}
 
-    async def endpoint_oper_info(self, req: Reply) -> Reply:
+    async def endpoint_oper_info(self, req: EndpointRequest) -> Reply:
         ep = self.endpoints.by_docker_id(req["EndpointID"], req["NetworkID"])
         return {"Value": {"id": ep.id, "ifname": ep.ifname, "identity": ep.identity, "state": ep.state.value}}
 
-    async def delete_endpoint(self, req: Reply) -> Reply:
+    async def delete_endpoint(self, req: EndpointRequest) -> Reply:
         await self.endpoints.delete_endpoint(req["NetworkID"], req["EndpointID"])
         return {}
 
-    async def join(self, req: Reply) -> Reply:
-        info = await self.endpoints.join(req["NetworkID"], req["EndpointID"], req.get("SandboxKey", ""))
+    async def join(self, req: JoinRequest) -> Reply:
+        info = await self.endpoints.join(req["NetworkID"], req["EndpointID"], req["SandboxKey"])
         reply: Reply = {
             "InterfaceName": {"SrcName": info.src_name, "DstPrefix": "cilium"},
             "StaticRoutes": [
@@ -66,24 +74,24 @@ class NetworkDriver:
             reply["GatewayIPv6"] = info.gateway6
         return reply
 
-    async def leave(self, req: Reply) -> Reply:
+    async def leave(self, req: EndpointRequest) -> Reply:
         await self.endpoints.leave(req["NetworkID"], req["EndpointID"])
         return {}
 
-    async def program_external_connectivity(self, req: Reply) -> Reply:
+    async def program_external_connectivity(self, req: ProgramExternalConnectivityRequest) -> Reply:
         # Published ports (-p) come with the service load-balancer work.
         return {}
 
-    async def revoke_external_connectivity(self, req: Reply) -> Reply:
+    async def revoke_external_connectivity(self, req: EndpointRequest) -> Reply:
         return {}
 
-    async def discover(self, req: Reply) -> Reply:
+    async def discover(self, req: DiscoveryNotification) -> Reply:
         return {}
 
-    async def allocate_network(self, req: Reply) -> Reply:
+    async def allocate_network(self, req: AllocateNetworkRequest) -> Reply:
         return {"Options": {}}
 
-    async def free_network(self, req: Reply) -> Reply:
+    async def free_network(self, req: NetworkRequest) -> Reply:
         return {}
 
     def routes(self) -> dict[str, Any]:

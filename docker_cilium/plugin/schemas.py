@@ -6,18 +6,29 @@ generic schema libraries make verbose to express, and the error must name the
 exact field path (``IPv4Data[0].Gateway``) for the user reading dockerd's
 message. Unknown fields are tolerated (logged): the protocol belongs to
 dockerd, and a newer dockerd adding a field must not break networking.
+
+Each request is a TypedDict named after libnetwork's Go struct (requests with
+the same fields share one), its fields spelled as on the wire and annotated with the ``Field`` that checks them, so
+the type the drivers see and the check that admits it are one declaration.
+``parse_request`` checks a body and builds the typed request: every declared
+field present, ``null`` or absent ones replaced by their empty value, unknown
+ones dropped (and reported).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, TypedDict, TypeVar, cast, get_args, get_type_hints
+
+from docker_cilium.errors import BadRequest
 
 Check = Callable[[str, Any], None]
+R = TypeVar("R")
 
 
-class SchemaError(ValueError):
+class SchemaError(BadRequest):
     """Names the offending field; turned into a 400 {"Err": ...} reply."""
 
 
@@ -27,7 +38,7 @@ class Field:
     required: bool = False
     nullable: bool = False
     check: Check | None = None
-    item: "dict[str, Field] | None" = None  # schema of list items / nested object
+    item: type | None = None  # the request TypedDict of list items / a nested object
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
@@ -77,6 +88,13 @@ def _bool_strict(kind: type | tuple[type, ...], value: Any) -> bool:
     return isinstance(value, kinds)
 
 
+@functools.cache
+def schema_of(request: type) -> dict[str, Field]:
+    """The checks a request TypedDict declares: ``{wire name: Field}``."""
+    hints = get_type_hints(request, include_extras=True)
+    return {name: next(a for a in get_args(hint) if isinstance(a, Field)) for name, hint in hints.items()}
+
+
 def validate(schema: dict[str, Field], body: Any, path: str = "") -> list[str]:
     """Raise SchemaError for the first bad field; return unknown field paths."""
     if not isinstance(body, dict):
@@ -100,79 +118,176 @@ def validate(schema: dict[str, Field], body: Any, path: str = "") -> list[str]:
         if spec.item is not None:
             if isinstance(value, list):
                 for i, item in enumerate(value):
-                    unknown += validate(spec.item, item, f"{fpath}[{i}].")
+                    unknown += validate(schema_of(spec.item), item, f"{fpath}[{i}].")
             elif isinstance(value, dict):
-                unknown += validate(spec.item, value, f"{fpath}.")
+                unknown += validate(schema_of(spec.item), value, f"{fpath}.")
     return unknown
+
+
+def _empty(spec: Field) -> Any:
+    """What an absent or ``null`` field means: the empty value of its type."""
+    if isinstance(spec.kind, tuple):
+        return None
+    if spec.kind is dict and spec.item is not None:
+        return build(spec.item, {})
+    return spec.kind()
+
+
+def build(request: type[R], body: dict[str, Any]) -> R:
+    """A validated body as ``request``: every declared field, nothing else."""
+    out: dict[str, Any] = {}
+    for name, spec in schema_of(request).items():
+        value = body.get(name)
+        if value is None:
+            value = _empty(spec)
+        elif spec.item is not None:
+            value = [build(spec.item, v) for v in value] if isinstance(value, list) else build(spec.item, value)
+        out[name] = value
+    return cast(R, out)
+
+
+def parse_request(request: type[R], body: Any) -> tuple[R, list[str]]:
+    """Check ``body`` against ``request``; the typed request and unknown field paths."""
+    unknown = validate(schema_of(request), body)
+    return build(request, body), unknown
 
 
 NETWORK_ID = Field(str, required=True, check=non_empty)
 ENDPOINT_ID = Field(str, required=True, check=non_empty)
+POOL_ID = Field(str, required=True, check=non_empty)
 OPTIONS = Field(dict, nullable=True)
+Options = Annotated[dict[str, Any], OPTIONS]
 
-IPAM_DATA = {
-    "AddressSpace": Field(str),
-    "Pool": Field(str, check=ip_or_cidr_or_empty),
-    "Gateway": Field(str, check=cidr_or_empty),
-    "AuxAddresses": Field(dict, nullable=True),
+
+class IPAMData(TypedDict):
+    AddressSpace: Annotated[str, Field(str)]
+    Pool: Annotated[str, Field(str, check=ip_or_cidr_or_empty)]
+    Gateway: Annotated[str, Field(str, check=cidr_or_empty)]
+    AuxAddresses: Annotated[dict[str, str], Field(dict, nullable=True)]
+
+
+class EndpointInterface(TypedDict):
+    Address: Annotated[str, Field(str, check=cidr_or_empty)]
+    AddressIPv6: Annotated[str, Field(str, check=cidr_or_empty)]
+    MacAddress: Annotated[str, Field(str, check=mac_or_empty)]
+
+
+# ---- NetworkDriver ------------------------------------------------------------
+
+class Empty(TypedDict):
+    """Methods dockerd calls without a body (Activate, GetCapabilities...)."""
+
+
+class CreateNetworkRequest(TypedDict):
+    NetworkID: Annotated[str, NETWORK_ID]
+    Options: Options
+    IPv4Data: Annotated[list[IPAMData], Field(list, nullable=True, item=IPAMData)]
+    IPv6Data: Annotated[list[IPAMData], Field(list, nullable=True, item=IPAMData)]
+
+
+class NetworkRequest(TypedDict):
+    """DeleteNetwork and FreeNetwork."""
+
+    NetworkID: Annotated[str, NETWORK_ID]
+
+
+class CreateEndpointRequest(TypedDict):
+    NetworkID: Annotated[str, NETWORK_ID]
+    EndpointID: Annotated[str, ENDPOINT_ID]
+    Interface: Annotated[EndpointInterface, Field(dict, nullable=True, item=EndpointInterface)]
+    Options: Options
+
+
+class EndpointRequest(TypedDict):
+    """EndpointOperInfo, DeleteEndpoint, Leave and RevokeExternalConnectivity."""
+
+    NetworkID: Annotated[str, NETWORK_ID]
+    EndpointID: Annotated[str, ENDPOINT_ID]
+
+
+class JoinRequest(TypedDict):
+    NetworkID: Annotated[str, NETWORK_ID]
+    EndpointID: Annotated[str, ENDPOINT_ID]
+    SandboxKey: Annotated[str, Field(str)]
+    Options: Options
+
+
+class ProgramExternalConnectivityRequest(TypedDict):
+    NetworkID: Annotated[str, NETWORK_ID]
+    EndpointID: Annotated[str, ENDPOINT_ID]
+    Options: Options
+
+
+class DiscoveryNotification(TypedDict):
+    """DiscoverNew and DiscoverDelete."""
+
+    DiscoveryType: Annotated[int, Field(int, required=True)]
+    DiscoveryData: Annotated[dict[str, Any] | str | None, Field((dict, str), nullable=True)]
+
+
+class AllocateNetworkRequest(TypedDict):
+    NetworkID: Annotated[str, NETWORK_ID]
+    Options: Options
+    IPv4Data: Annotated[list[dict[str, Any]], Field(list, nullable=True)]
+    IPv6Data: Annotated[list[dict[str, Any]], Field(list, nullable=True)]
+
+
+NETWORK_REQUESTS: dict[str, type] = {
+    "CreateNetwork": CreateNetworkRequest,
+    "DeleteNetwork": NetworkRequest,
+    "CreateEndpoint": CreateEndpointRequest,
+    "EndpointOperInfo": EndpointRequest,
+    "DeleteEndpoint": EndpointRequest,
+    "Join": JoinRequest,
+    "Leave": EndpointRequest,
+    "ProgramExternalConnectivity": ProgramExternalConnectivityRequest,
+    "RevokeExternalConnectivity": EndpointRequest,
+    "DiscoverNew": DiscoveryNotification,
+    "DiscoverDelete": DiscoveryNotification,
+    "AllocateNetwork": AllocateNetworkRequest,
+    "FreeNetwork": NetworkRequest,
 }
 
-NETWORK_SCHEMAS: dict[str, dict[str, Field]] = {
-    "CreateNetwork": {
-        "NetworkID": NETWORK_ID,
-        "Options": OPTIONS,
-        "IPv4Data": Field(list, nullable=True, item=IPAM_DATA),
-        "IPv6Data": Field(list, nullable=True, item=IPAM_DATA),
-    },
-    "DeleteNetwork": {"NetworkID": NETWORK_ID},
-    "CreateEndpoint": {
-        "NetworkID": NETWORK_ID,
-        "EndpointID": ENDPOINT_ID,
-        "Interface": Field(dict, nullable=True, item={
-            "Address": Field(str, check=cidr_or_empty),
-            "AddressIPv6": Field(str, check=cidr_or_empty),
-            "MacAddress": Field(str, check=mac_or_empty),
-        }),
-        "Options": OPTIONS,
-    },
-    "EndpointOperInfo": {"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_ID},
-    "DeleteEndpoint": {"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_ID},
-    "Join": {
-        "NetworkID": NETWORK_ID,
-        "EndpointID": ENDPOINT_ID,
-        "SandboxKey": Field(str),
-        "Options": OPTIONS,
-    },
-    "Leave": {"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_ID},
-    "ProgramExternalConnectivity": {"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_ID, "Options": OPTIONS},
-    "RevokeExternalConnectivity": {"NetworkID": NETWORK_ID, "EndpointID": ENDPOINT_ID},
-    "DiscoverNew": {"DiscoveryType": Field(int, required=True), "DiscoveryData": Field((dict, str), nullable=True)},
-    "DiscoverDelete": {"DiscoveryType": Field(int, required=True), "DiscoveryData": Field((dict, str), nullable=True)},
-    "AllocateNetwork": {"NetworkID": NETWORK_ID, "Options": OPTIONS,
-                        "IPv4Data": Field(list, nullable=True), "IPv6Data": Field(list, nullable=True)},
-    "FreeNetwork": {"NetworkID": NETWORK_ID},
-}
 
-IPAM_SCHEMAS: dict[str, dict[str, Field]] = {
-    "RequestPool": {
-        "AddressSpace": Field(str),
-        "Pool": Field(str, check=ip_or_cidr_or_empty),
-        "SubPool": Field(str, check=ip_or_cidr_or_empty),
-        "Options": OPTIONS,
-        "V6": Field(bool),
-    },
-    "ReleasePool": {"PoolID": Field(str, required=True, check=non_empty)},
-    "RequestAddress": {
-        "PoolID": Field(str, required=True, check=non_empty),
-        "Address": Field(str, check=ip_or_cidr_or_empty),
-        "Options": OPTIONS,
-    },
-    "ReleaseAddress": {
-        "PoolID": Field(str, required=True, check=non_empty),
-        "Address": Field(str, required=True, check=ip_or_cidr_or_empty),
-    },
+# ---- IpamDriver ---------------------------------------------------------------
+
+class RequestPoolRequest(TypedDict):
+    AddressSpace: Annotated[str, Field(str)]
+    Pool: Annotated[str, Field(str, check=ip_or_cidr_or_empty)]
+    SubPool: Annotated[str, Field(str, check=ip_or_cidr_or_empty)]
+    Options: Options
+    V6: Annotated[bool, Field(bool)]
+
+
+class ReleasePoolRequest(TypedDict):
+    PoolID: Annotated[str, POOL_ID]
+
+
+class RequestAddressRequest(TypedDict):
+    PoolID: Annotated[str, POOL_ID]
+    Address: Annotated[str, Field(str, check=ip_or_cidr_or_empty)]
+    Options: Options
+
+
+class ReleaseAddressRequest(TypedDict):
+    PoolID: Annotated[str, POOL_ID]
+    Address: Annotated[str, Field(str, required=True, check=ip_or_cidr_or_empty)]
+
+
+IPAM_REQUESTS: dict[str, type] = {
+    "RequestPool": RequestPoolRequest,
+    "ReleasePool": ReleasePoolRequest,
+    "RequestAddress": RequestAddressRequest,
+    "ReleaseAddress": ReleaseAddressRequest,
 }
 
 # Methods dockerd calls with an empty body.
 EMPTY_BODY = {"Plugin.Activate", "NetworkDriver.GetCapabilities", "IpamDriver.GetCapabilities",
               "IpamDriver.GetDefaultAddressSpaces"}
+
+
+def request_type(method: str) -> type:
+    """The request TypedDict of ``Interface.Method`` (``Empty`` for body-less calls)."""
+    iface, _, name = method.partition(".")
+    table = {"NetworkDriver": NETWORK_REQUESTS, "IpamDriver": IPAM_REQUESTS}.get(iface, {})
+    return table.get(name, Empty)

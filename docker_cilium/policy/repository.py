@@ -1,12 +1,13 @@
 """The policy repository: the ordered list of imported rules plus a revision.
 
 Revision numbering (a decision, documented because users see it): a fresh
-repository has revision 1, as Cilium's ``NewPolicyRepository`` does, and every
-successful import or *effective* delete bumps it by one, so the first
-``cilium policy import`` reports ``Revision: 2``. Endpoints record the revision
-they enforce, which is what ``cilium policy wait REV`` waits for. A delete that
-matches no rule changes nothing and keeps the revision (Cilium does the same),
-and a failed import changes nothing at all (everything is validated first).
+repository has revision 0 (``INITIAL_REVISION``), and every successful import
+or *effective* delete bumps it by one, so the first ``cilium policy import``
+reports ``Revision: 1``, as users of Cilium's Docker guide see it. Endpoints
+record the revision they enforce, which is what ``cilium policy wait REV``
+waits for. A delete that matches no rule changes nothing and keeps the
+revision (Cilium does the same), and a failed import changes nothing at all
+(everything is validated first).
 
 Not thread-safe by design: the agent mutates it from its single asyncio loop.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import json
 from typing import Any, Iterable, Sequence
+
+from docker_cilium.errors import BadRequest
 
 from .api.errors import PolicyValidationError
 from .api.parse import load_json, parse_rules
@@ -26,7 +29,7 @@ from .api.selector import ANY_SOURCE, split_label
 INITIAL_REVISION = 0
 
 
-class PolicyRepositoryError(ValueError):
+class PolicyRepositoryError(BadRequest):
     """A repository operation was refused (e.g. delete without labels)."""
 
 

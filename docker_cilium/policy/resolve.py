@@ -54,7 +54,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
+from docker_cilium.errors import BadRequest
+from docker_cilium import u8proto
 from docker_cilium.identity import reserved
+from docker_cilium.identity.reserved import HOST_LABEL, WORLD_LABEL
+from docker_cilium.u8proto import PROTO_NAMES
 
 from .api.cidr import cidr_identity_labels, cidr_label
 from .api.entities import entity_matches
@@ -92,8 +96,6 @@ RESERVED_IDENTITIES: Mapping[int, frozenset[str]] = {
 
 DIRECTIONS = ("ingress", "egress")
 ENFORCEMENT_MODES = ("default", "always", "never")
-PROTO_NAMES = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP"}
-WORLD_LABEL = "reserved:world"
 
 
 @dataclass(frozen=True, order=True)
@@ -121,27 +123,6 @@ class EndpointPolicy:
     egress_enforced: bool
     entries: frozenset[PolicyEntry]
     revision: int
-
-    def enforced(self, direction: str) -> bool:
-        if direction == "ingress":
-            return self.ingress_enforced
-        if direction == "egress":
-            return self.egress_enforced
-        raise ValueError(f"unknown direction {direction!r}")
-
-    def entries_for(self, direction: str) -> list[PolicyEntry]:
-        return sorted(e for e in self.entries if e.direction == direction)
-
-    def allows(self, direction: str, identity: int, port: int = 0, proto: int = 0) -> bool:
-        """Datapath lookup order: exact (identity, port, proto), then
-        (identity, any), then (any, port, proto), then (any, any). Port 0 /
-        ICMP traffic only matches L3-only entries."""
-        if not self.enforced(direction):
-            return True
-        keys = {(identity, 0, 0), (WILDCARD_IDENTITY, 0, 0)}
-        if port and proto:
-            keys |= {(identity, port, proto), (WILDCARD_IDENTITY, port, proto)}
-        return any((e.identity, e.port, e.proto) in keys for e in self.entries if e.direction == direction)
 
 
 # ---------------------------------------------------------------------------
@@ -188,7 +169,7 @@ def parse_enforcement(value: object, field: str = "PolicyEnforcement") -> str:
 
     Case-insensitive; the error names the field, as the API reports it."""
     if not isinstance(value, str) or value.lower() not in ENFORCEMENT_MODES:
-        raise ValueError(f"invalid value {value!r} for {field}: must be one of {', '.join(ENFORCEMENT_MODES)}")
+        raise BadRequest(f"invalid value {value!r} for {field}: must be one of {', '.join(ENFORCEMENT_MODES)}")
     return value.lower()
 
 
@@ -302,7 +283,7 @@ def _describe_peers(entry: PeerRule) -> str:
 
 
 def _is_endpoint(ls: LabelSet) -> bool:
-    return WORLD_LABEL not in ls.strings and "reserved:host" not in ls.strings
+    return WORLD_LABEL not in ls.strings and HOST_LABEL not in ls.strings
 
 
 def _trace_direction(
@@ -349,7 +330,7 @@ def _trace_direction(
                 covered |= got
             lines.append(f"    {_describe_peers(entry)}: {'match' if hit else 'no match'}")
     lines.append(f"{len(selected)}/{len(rules)} rules selected")
-    if allow_localhost and direction == "ingress" and "reserved:host" in peer.strings:
+    if allow_localhost and direction == "ingress" and HOST_LABEL in peer.strings:
         covered |= protos
         lines.append("Host is always allowed (allow-localhost)")
     allowed_by_rule = bool(covered) and protos <= covered
@@ -387,15 +368,15 @@ def trace(
     """
     proto_u = proto.upper()
     if proto_u == "ICMP":
-        protos, dport = frozenset({1}), None
+        protos, dport = frozenset({u8proto.ICMP}), None
     elif proto_u == "ANY":
-        protos = frozenset({6, 17})
+        protos = frozenset({u8proto.TCP, u8proto.UDP})
     elif proto_u in PROTO_NUMBERS:
         protos = frozenset({PROTO_NUMBERS[proto_u]})
     else:
-        raise ValueError(f"invalid protocol {proto!r}, must be TCP, UDP, ANY or ICMP")
+        raise BadRequest(f"invalid protocol {proto!r}, must be TCP, UDP, ANY or ICMP")
     if dport is not None and not 1 <= dport <= 65535:
-        raise ValueError(f"port {dport} is out of range 1-65535")
+        raise BadRequest(f"port {dport} is out of range 1-65535")
     rules = repo.rules if isinstance(repo, Repository) else tuple(repo)
     src, dst = LabelSet.of(src_labels), LabelSet.of(dst_labels)
     ports = f"[{dport}/{proto_u}]" if dport is not None else "[]"

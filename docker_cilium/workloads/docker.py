@@ -6,7 +6,10 @@ our reply). So this watcher runs on its own: it follows ``/events`` for
 network connects and container starts, inspects the container, finds our
 endpoint by its EndpointID and hands the labels to the endpoint manager. On
 every (re)connection it also resynchronises all running containers, which
-covers events missed while the agent or dockerd was down.
+covers events missed while the agent or dockerd was down. Network
+``create`` events and every (re)connection also call ``on_networks_changed``:
+Docker then may have put rules of its own in front of the agent's
+(see ``datapath.iptables``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from docker_cilium.identity.labels import from_docker
 log = structlog.get_logger(__name__)
 
 Update = Callable[[str, str, str, list[str]], Awaitable[None]]
+Notify = Callable[[], Awaitable[None]]
 
 
 def docker_labels(labels: dict[str, str] | None) -> list[str]:
@@ -31,10 +35,12 @@ def docker_labels(labels: dict[str, str] | None) -> list[str]:
 
 
 class DockerWatcher:
-    def __init__(self, socket_path: str, is_ours: Callable[[str], bool], update: Update) -> None:
+    def __init__(self, socket_path: str, is_ours: Callable[[str], bool], update: Update,
+                 on_networks_changed: Notify | None = None) -> None:
         self.socket_path = socket_path
         self.is_ours = is_ours  # network ID -> bool
         self.update = update
+        self.on_networks_changed = on_networks_changed
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.connected = False
@@ -92,13 +98,14 @@ class DockerWatcher:
             backoff = min(backoff * 2, 5.0)
 
     async def _follow(self) -> None:
-        filters = json.dumps({"type": ["network", "container"], "event": ["connect", "start"]})
+        filters = json.dumps({"type": ["network", "container"], "event": ["connect", "start", "create"]})
         async with self._client().get("http://docker/events", params={"filters": filters}) as resp:
             resp.raise_for_status()
             self.connected = True
             self.last_error = ""
             # Subscribe first, then resync: nothing can fall between the two.
             self._spawn(self.resync())
+            self._spawn(self._networks_changed())
             buf = b""
             async for chunk in resp.content.iter_any():
                 buf += chunk
@@ -111,6 +118,10 @@ class DockerWatcher:
     async def _on_event(self, event: dict[str, Any]) -> None:
         try:
             actor = event.get("Actor") or {}
+            if event.get("Action") == "create":
+                if event.get("Type") == "network":
+                    await self._networks_changed()
+                return
             if event.get("Type") == "network":
                 if not self.is_ours(actor.get("ID", "")):
                     return
@@ -121,6 +132,14 @@ class DockerWatcher:
                 await self.sync_container(container)
         except Exception:
             log.exception("docker.event.failed", event=event.get("Action"))
+
+    async def _networks_changed(self) -> None:
+        if self.on_networks_changed is None:
+            return
+        try:
+            await self.on_networks_changed()
+        except Exception:
+            log.exception("docker.networks_changed.failed")
 
     async def sync_container(self, container_id: str) -> None:
         info = await self._get(f"/containers/{container_id}/json")

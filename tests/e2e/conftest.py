@@ -46,6 +46,15 @@ def cleanup_host() -> None:
     asyncio.run(Iptables().remove_all())
 
 
+def iptables_leaks() -> list[str]:
+    """Rules or chains of the agent's still in the host's iptables (``CILIUM_*``, ``cilium`` comments)."""
+    leaks = []
+    for binary in ("iptables-save", "ip6tables-save"):
+        out = run(binary, check=False).stdout
+        leaks += [f"{binary}: {line}" for line in out.splitlines() if "CILIUM_" in line or "cilium" in line]
+    return leaks
+
+
 def host_leaks() -> list[str]:
     leaks = []
     with IPRoute() as ip:
@@ -78,6 +87,7 @@ def agent(dockerd, tmp_path_factory):
         a.stop()
         cleanup_host()
         cleanup_bpf(a.bpf_root)
+    assert iptables_leaks() == [], "agent cleanup left iptables rules behind"
 
 
 @pytest.fixture

@@ -1,12 +1,18 @@
-"""The agent on a real etcd (--kvstore etcd): identities live in etcd, policy works."""
+"""The agent on a real etcd (--kvstore etcd): identities live in etcd, policy
+works, and `cilium status` reports the store going away and coming back."""
 
 from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import cleanup_bpf, cleanup_docker, cleanup_host, create_network, exec_, net_settings, \
     run_container
 from tests.helpers import Agent, run, wait_until
+from tests.integration.conftest import ETCD_BIN, _etcd_healthy, _free_port
 from tests.integration.conftest import etcd_server  # noqa: F401  (a real etcd for this module)
 
 pytestmark = pytest.mark.etcd
@@ -70,3 +76,57 @@ def agent_node() -> str:
     import socket
 
     return socket.gethostname()
+
+
+class PrivateEtcd:
+    """An etcd of one test alone (own ports and data directory), so the test
+    can stop it and start it again without touching anyone else's."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.client_url = f"http://127.0.0.1:{_free_port()}"
+        self.peer_url = f"http://127.0.0.1:{_free_port()}"
+        self.address = self.client_url.removeprefix("http://")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "PrivateEtcd":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "etcd.log", "ab")
+        self.proc = subprocess.Popen([
+            ETCD_BIN, "--name", "status-test", "--data-dir", str(self.data_dir / "member"),
+            "--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url,
+            "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", f"status-test={self.peer_url}"], stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: _etcd_healthy(self.client_url), timeout=30, what="private etcd")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+
+
+def test_status_reports_kvstore_down_and_back(dockerd, tmp_path):
+    """The real Daemon.status: Ok with etcd up, Failure naming etcd while it is
+    down (the agent keeps answering), Ok again once it is back."""
+    etcd = PrivateEtcd(tmp_path / "etcd").start()
+    cleanup_host()
+    a = Agent(tmp_path / "agent", extra=["--kvstore", "etcd", "--kvstore-opt", f"etcd.address={etcd.address}"])
+    try:
+        a.start()
+        assert a.cli_json("status")["kvstore"] == {"state": "Ok", "msg": f"etcd {etcd.address}"}
+        etcd.stop()
+        t0 = time.monotonic()
+        down = a.cli_json("status")
+        assert down["kvstore"]["state"] == "Failure", down
+        assert f"etcd {etcd.address}" in down["kvstore"]["msg"], down
+        assert down["cilium"]["state"] == "Ok" and time.monotonic() - t0 < 15  # answered, not hung
+        etcd.start()
+        wait_until(lambda: a.cli_json("status")["kvstore"]["state"] == "Ok", timeout=60,
+                   what="kvstore Ok after etcd is back")
+        assert a.proc is not None and a.proc.poll() is None
+    finally:
+        a.stop()
+        etcd.stop()
+        cleanup_host()
+        cleanup_bpf(a.bpf_root)

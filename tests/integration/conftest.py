@@ -10,13 +10,6 @@ so that every test written once runs against SQLite and etcd.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
-import urllib.request
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
@@ -25,85 +18,17 @@ from docker_cilium.kvstore import Backend
 from docker_cilium.kvstore.etcd import EtcdBackend
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 
-ETCD_BIN = os.environ.get("ETCD_BIN", "/usr/bin/etcd")
-ETCD_START_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _etcd_healthy(client_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{client_url}/health", timeout=1) as r:
-            return b'"health":"true"' in r.read()
-    except OSError:
-        return False
+from tests.integration.etcd_proc import start_cluster
 
 
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[str]:
     """A throw-away single-member etcd; yields ``"127.0.0.1:PORT"``."""
-    if not (os.path.isfile(ETCD_BIN) and os.access(ETCD_BIN, os.X_OK)):
-        pytest.fail(
-            f"etcd binary not found at {ETCD_BIN}: install it (apt-get install etcd-server) "
-            "or set ETCD_BIN; etcd tests must not be skipped",
-            pytrace=False,
-        )
-    data_dir = tempfile.mkdtemp(prefix="docker-cilium-etcd-")
-    log_path = os.path.join(data_dir, "etcd.log")
-    proc: subprocess.Popen[bytes] | None = None
+    cluster = start_cluster(1)
     try:
-        # Free ports can be taken between probing and etcd binding them:
-        # retry a few times with new ports.
-        for attempt in range(3):
-            client_port, peer_port = _free_port(), _free_port()
-            client_url = f"http://127.0.0.1:{client_port}"
-            peer_url = f"http://127.0.0.1:{peer_port}"
-            member_dir = os.path.join(data_dir, f"member-{attempt}")
-            cmd = [
-                ETCD_BIN,
-                "--name", "test",
-                "--data-dir", member_dir,
-                "--listen-client-urls", client_url,
-                "--advertise-client-urls", client_url,
-                "--listen-peer-urls", peer_url,
-                "--initial-advertise-peer-urls", peer_url,
-                "--initial-cluster", f"test={peer_url}",
-                "--initial-cluster-state", "new",
-                "--initial-cluster-token", f"docker-cilium-test-{os.getpid()}",
-                # Fast lease expiry checks for the TTL tests.
-                "--heartbeat-interval", "100",
-                "--election-timeout", "1000",
-            ]
-            with open(log_path, "ab") as logf:
-                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + ETCD_START_TIMEOUT_S
-            while time.monotonic() < deadline and proc.poll() is None:
-                if _etcd_healthy(client_url):
-                    break
-                time.sleep(0.1)
-            if proc.poll() is None and _etcd_healthy(client_url):
-                break
-            proc.kill()
-            proc.wait()
-            proc = None
-        if proc is None:
-            with open(log_path, "rb") as f:
-                tail = f.read()[-3000:].decode(errors="replace")
-            pytest.fail(f"etcd did not become healthy; log tail:\n{tail}", pytrace=False)
-        yield f"127.0.0.1:{client_port}"
+        yield cluster.members[0].address
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        cluster.stop()
 
 
 BACKEND_KINDS = [

@@ -38,8 +38,6 @@ async def test_allocate_is_stable_and_distinct(backend) -> None:
     assert await backend.get(f"{ID_PREFIX}{web.id}") == key.encode()
     assert await backend.get(f"{VALUE_PREFIX}{key}/node1") == str(web.id).encode()
     assert await a.get(web.id) == Identity(web.id, L(app="web"))
-    assert await a.lookup_by_labels(L(app="db")) == db
-    assert await a.lookup_by_labels(L(app="nope")) is None
     assert [i.id for i in await a.list()] == sorted([web.id, db.id])
 
 
@@ -61,7 +59,6 @@ async def test_reserved_labels_give_reserved_ids_without_store(backend) -> None:
         ident = await a.allocate(lbls)
         assert ident.id == num and ident.is_reserved
         assert (await a.get(num)).labels == lbls
-        assert await a.lookup_by_labels(lbls) == ident
         assert await a.release(ident) is False
     assert await backend.get_prefix("cilium/") == {}
     assert [i.id for i in await a.list(include_reserved=True)] == [1, 2, 3, 4, 5]
@@ -71,8 +68,7 @@ async def test_release_refcount_then_gc_frees(backend) -> None:
     a = IdentityAllocator(backend, "node1")
     i1 = await a.allocate(L(app="web"))
     await a.allocate(L(app="web"))
-    assert a.local_refcount(i1) == 2
-    assert await a.release(i1) is False  # still used locally
+    assert await a.release(i1) is False  # still used locally (allocated twice)
     assert await a.gc() == []
     assert await a.release(i1) is True
     assert await backend.get_prefix(VALUE_PREFIX) == {}

@@ -28,7 +28,10 @@ from pathlib import Path
 import pytest
 
 from docker_cilium.datapath.loader import Datapath, compile_datapath, unpin_all
-from docker_cilium.datapath.maps import EndpointInfo, IDENTITY_HOST, ensure_bpffs
+from docker_cilium import defaults
+from docker_cilium.datapath.bpf import ensure_bpffs
+from docker_cilium.datapath.maps.lxcmap import EndpointInfo
+from docker_cilium.identity import reserved
 
 PYTHON = sys.executable  # stdlib only inside the namespaces
 
@@ -307,11 +310,11 @@ def sweep_stale() -> None:
                 for line in sh(binary, "-S", "FORWARD", check=False).stdout.splitlines():
                     if f"dc{run_id}" in line and line.startswith("-A "):
                         sh(binary, "-D", *line.split()[1:], check=False)
-    for d in os.listdir("/sys/fs/bpf"):
+    for d in os.listdir(defaults.BPFFS_ROOT):
         parts = d.split("-")
         if d.startswith("dctest-") and len(parts) == 3 and parts[1].isdigit() \
                 and not _pid_alive(int(parts[1])):
-            shutil.rmtree(os.path.join("/sys/fs/bpf", d), ignore_errors=True)
+            shutil.rmtree(os.path.join(defaults.BPFFS_ROOT, d), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -329,8 +332,8 @@ def datapath_object(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def pin_root():
-    base = f"/sys/fs/bpf/dctest-{os.getpid()}-{random.randrange(1 << 30):x}"
-    root = f"{base}/tc/globals"
+    base = os.path.join(defaults.BPFFS_ROOT, f"dctest-{os.getpid()}-{random.randrange(1 << 30):x}")
+    root = defaults.bpf_pin_root(base)
     yield root
     unpin_all(root)
     for dirpath, dirnames, filenames in os.walk(base, topdown=False):
@@ -372,8 +375,8 @@ def make_abc(topo: Topology, datapath: Datapath) -> list[Container]:
           topo.add_container("b", 3, 12, 1002),
           topo.add_container("c", 4, 13, 1003)]
     ipc = datapath.maps.ipcache
-    ipc.upsert(f"{topo.router4}/32", IDENTITY_HOST)
-    ipc.upsert(f"{topo.router6}/128", IDENTITY_HOST)
+    ipc.upsert(f"{topo.router4}/32", reserved.HOST)
+    ipc.upsert(f"{topo.router6}/128", reserved.HOST)
     timings = []
     for c in cs:
         t0 = time.perf_counter()

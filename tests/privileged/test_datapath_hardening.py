@@ -14,15 +14,23 @@ import time
 import pytest
 
 from docker_cilium.datapath.loader import Datapath, compile_datapath
-from docker_cilium.datapath.maps import DROP_REASONS, PolicyEntry, monotonic_seconds
+from docker_cilium.datapath.drop import (
+    DROP_CT_CREATE_FAILED,
+    DROP_INVALID_SIP as DROP_SIP,
+    DROP_INVALID_SMAC as DROP_SMAC,
+    DROP_POLICY,
+    DROP_REASONS,
+    DROP_UNKNOWN_L3,
+    DROP_VLAN_FILTERED,
+)
+from docker_cilium.datapath.maps.ctmap import monotonic_seconds
+from docker_cilium.datapath.maps.policymap import PolicyEntry
 
 from tests.privileged.conftest import make_abc, sh
 
 pytestmark = pytest.mark.privileged
 
 OK, TIMEOUT, REFUSED = 0, 2, 3
-DROP_SMAC, DROP_SIP, DROP_POLICY = 130, 132, 133
-DROP_UNKNOWN_L3, DROP_CT_CREATE_FAILED, DROP_VLAN_FILTERED = 139, 155, 182
 ETH_P_IP, ETH_P_ARP, ETH_P_8021Q = 0x0800, 0x0806, 0x8100
 ETH_P_UNKNOWN = 0x88B5          # IEEE "local experimental" ethertype
 

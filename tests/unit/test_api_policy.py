@@ -1,5 +1,7 @@
 """The agent REST API for policy, identity, endpoint labels/config and agent
-config, against a fake daemon whose policy side is the real repository."""
+config, served by the agent's own objects minus the kernel
+(tests/unit/unit_daemon.py). /v1/healthz, i.e. the real Daemon.status, is
+checked on a real agent in tests/e2e/test_etcd_agent.py."""
 
 from __future__ import annotations
 
@@ -229,7 +231,7 @@ async def test_config(api):
     await _err(await client.patch("/v1/config", data=b"nope"), 400)
     assert daemon.policy.enforcement == "never"
     # still serving after all that
-    assert (await client.get("/v1/healthz")).status == 200
+    assert (await client.get("/v1/config")).status == 200
 
 
 # --- OpenAPI -------------------------------------------------------------------

@@ -1,13 +1,17 @@
-"""The `cilium` CLI against the real API app on a private Unix socket (fake
-daemon behind it), plus the bpf verbs against fake maps."""
+"""The `cilium` CLI against the real API app on a private Unix socket, served by
+the agent's own objects minus the kernel (tests/unit/unit_daemon.py), plus the
+bpf verbs against fake maps."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -16,8 +20,12 @@ from click.testing import CliRunner
 
 from docker_cilium.api.app import build_app
 from docker_cilium.cli import bpf as bpf_cli
+from docker_cilium.cli.client import Client
 from docker_cilium.cli.main import cli
-from docker_cilium.datapath.maps import CTEntry, EndpointInfo, IPCacheEntry, PolicyStat
+from docker_cilium.datapath.maps.ctmap import CTEntry
+from docker_cilium.datapath.maps.ipcache import IPCacheEntry
+from docker_cilium.datapath.maps.lxcmap import EndpointInfo
+from docker_cilium.datapath.maps.policymap import PolicyStat
 from tests.unit.unit_daemon import UnitDaemon
 
 POLICY = [{
@@ -130,11 +138,42 @@ def test_policy_trace(agent, policy_file):
     assert res.exit_code == 1 and "out of range" in res.output and "(400)" in res.output
 
 
-def test_policy_wait(agent):
+def test_policy_wait(agent, monkeypatch):
+    """`policy wait` polls until every endpoint enforces the revision: one that
+    is imported while it waits ends the wait, one that never comes times out."""
     sock, daemon = agent
     assert run(sock, "policy", "wait", "0").exit_code == 0
+    polls: list[int] = []  # endpoint revisions seen by each poll
+    polled_twice = threading.Event()
+    request = Client.request
+
+    def counting(self, method, path, *args, **kwargs):
+        reply = request(self, method, path, *args, **kwargs)
+        if (method, path) == ("GET", "/endpoint"):
+            polls.append(min(ep["policy"]["revision"] for ep in reply))
+            if len(polls) >= 2:
+                polled_twice.set()
+        return reply
+
+    def import_later() -> None:
+        assert polled_twice.wait(10)
+        request(Client(sock), "PUT", "/policy", body=POLICY)
+
+    monkeypatch.setattr(Client, "request", counting)
+    importer = threading.Thread(target=import_later)
+    importer.start()
+    res = run(sock, "policy", "wait", "1", "--max-wait-time", "10s", "--sleep-time", "20ms")
+    importer.join(10)
+    assert res.exit_code == 0, res.output
+    assert res.output == "Waiting for endpoints to run policy revision 1: 2/2\nDone.\n"
+    assert polls[:2] == [0, 0] and polls[-1] == 1  # it waited through polls that saw revision 0
+    assert daemon.policy.revision == 1
+
+    polls.clear()
+    t0 = time.monotonic()
     res = run(sock, "policy", "wait", "7", "--max-wait-time", "300ms", "--sleep-time", "50ms")
-    assert res.exit_code == 1 and "timeout" in res.output and "0/2" in res.output
+    assert res.exit_code == 1 and "timeout after 300ms" in res.output and "0/2" in res.output
+    assert time.monotonic() - t0 >= 0.3 and len(polls) >= 3  # it polled for the whole 300 ms
     assert run(sock, "policy", "wait", "1", "--max-wait-time", "soon").exit_code == 2
 
 
@@ -288,3 +327,20 @@ def test_bpf_maps_missing():
     res = run(None, "bpf", "endpoint", "list", "--bpf-root", "/tmp/dc-no-such-pins")
     assert res.exit_code == 1
     assert "cannot open BPF maps under /tmp/dc-no-such-pins" in res.output
+
+
+@pytest.mark.parametrize("err, hint", [
+    (errno.EPERM, "run as root"),
+    (errno.EACCES, "run as root"),
+    (errno.ENOENT, "is the agent's datapath loaded?"),
+    (errno.EINVAL, None),
+])
+def test_bpf_open_failure_hint_by_errno(monkeypatch, err, hint):
+    def fail(root):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(bpf_cli, "open_maps", fail)
+    res = run(None, "bpf", "endpoint", "list", "--bpf-root", "/tmp/pins")
+    assert res.exit_code == 1 and "cannot open BPF maps under /tmp/pins/tc/globals" in res.output
+    hints = ("run as root", "is the agent's datapath loaded?")
+    assert [h for h in hints if h in res.output] == ([hint] if hint else [])

@@ -1,4 +1,4 @@
-"""The ctypes mirrors in docker_cilium.datapath.maps match the C structs.
+"""The ctypes mirrors in docker_cilium.datapath.maps.<name> match the C structs.
 
 Two independent checks (no root needed, clang required):
 * against the BTF of the compiled datapath object (what the BPF programs
@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from docker_cilium.datapath import maps
+from docker_cilium.datapath.maps import registry
 from docker_cilium.datapath.loader import SRC_DIR, compile_datapath, clang_binary
 
 # structs that appear in the object's BTF (map keys/values); notify_msg is a
@@ -69,7 +69,7 @@ def test_struct_matches_btf(btf, name):
     found = [t for t in btf.values() if t["kind"] == "STRUCT" and t.get("name") == name]
     assert found, f"struct {name} not in the object's BTF"
     t = found[0]
-    cls = maps.C_STRUCTS[name]
+    cls = registry.C_STRUCTS[name]
     assert ctypes.sizeof(cls) == t["size"], name
     btf_members = [(m["name"], m["bits_offset"] // 8, _type_size(btf, m["type_id"]))
                    for m in t["members"]]
@@ -79,8 +79,8 @@ def test_struct_matches_btf(btf, name):
 def test_map_key_value_sizes_match_btf(btf):
     """Every map definition's key/value type has the ctypes size we use."""
     sizes = {t["name"]: t["size"] for t in btf.values()
-             if t["kind"] == "STRUCT" and t.get("name") in maps.C_STRUCTS}
-    for mname, (k, v, _percpu) in maps.MAP_TYPES.items():
+             if t["kind"] == "STRUCT" and t.get("name") in registry.C_STRUCTS}
+    for mname, (k, v, _percpu) in registry.MAP_TYPES.items():
         for part in (k, v):
             cname = part.__name__
             if cname in sizes:
@@ -91,7 +91,7 @@ def test_struct_matches_host_c(tmp_path):
     """sizeof/offsetof from the real header compiled for the host."""
     lines = ['#include "lib/common.h"', "#include <stdio.h>", "#include <stddef.h>",
              "int main(void) {"]
-    for name, cls in maps.C_STRUCTS.items():
+    for name, cls in registry.C_STRUCTS.items():
         lines.append(f'printf("{name} size %zu\\n", sizeof(struct {name}));')
         anon = set(getattr(cls, "_anonymous_", ()))
         for fname, _t in cls._fields_:
@@ -106,7 +106,7 @@ def test_struct_matches_host_c(tmp_path):
     got = dict(line.rsplit(" ", 1) for line in
                subprocess.run([str(exe)], capture_output=True, text=True,
                               check=True).stdout.splitlines())
-    for name, cls in maps.C_STRUCTS.items():
+    for name, cls in registry.C_STRUCTS.items():
         assert int(got[f"{name} size"]) == ctypes.sizeof(cls), name
         for fname, _t in cls._fields_:
             assert int(got[f"{name}.{fname}"]) == getattr(cls, fname).offset, (name, fname)

@@ -95,7 +95,7 @@ async def test_requested_ip_is_honoured_and_never_doubled(plugin):
     status, reply = await call(client, "IpamDriver.RequestAddress", {"PoolID": "CiliumPoolv4", "Address": "10.77.3.4"})
     assert status == 200 and reply == {"Address": "10.77.3.4/32", "Data": {}}
     status, reply = await call(client, "IpamDriver.RequestAddress", {"PoolID": "CiliumPoolv4", "Address": "10.77.3.4"})
-    assert status == 400 and "already allocated" in reply["Error"]
+    assert status == 409 and "already allocated" in reply["Error"]
     # Release is idempotent; afterwards the address can be had again.
     for _ in range(2):
         status, _r = await call(client, "IpamDriver.ReleaseAddress", {"PoolID": "CiliumPoolv4", "Address": "10.77.3.4"})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.unit.conftest import NODE
+
 CAPTURE = Path(__file__).parent.parent / "fixtures" / "dockerd-20.10-capture.jsonl"
 CT = "application/vnd.docker.plugins.v1.2+json"
 
@@ -18,9 +20,16 @@ async def test_replay_full_capture(plugin):
     entries = load_capture()
     assert len(entries) >= 50
     seen_methods = set()
+    gateway4: dict[str, str] = {}  # network ID -> the one IPv4 gateway Join must name
     for entry in entries:
         method = entry["path"].lstrip("/")
         seen_methods.add(method)
+        if method == "NetworkDriver.CreateNetwork":
+            body = json.loads(entry["body"])
+            (v4,) = body["IPv4Data"]
+            # Our IPAM: the router on cilium_host. Docker's IPAM: its pool's gateway.
+            gateway4[body["NetworkID"]] = (str(NODE.router4) if v4["AddressSpace"] == "CiliumLocal"
+                                           else v4["Gateway"].split("/")[0])
         resp = await client.post(entry["path"], data=entry["body"].encode(), headers=entry["headers"])
         text = await resp.text()
         assert resp.status == 200, f"{method}: {resp.status} {text}"
@@ -40,8 +49,8 @@ async def test_replay_full_capture(plugin):
             assert reply["InterfaceName"]["DstPrefix"] == "cilium"
             assert reply["InterfaceName"]["SrcName"].startswith("tmp")
             assert reply["DisableGatewayService"] is True
-            assert reply["Gateway"] in ("10.77.0.1", "172.18.0.1")
             body = json.loads(entry["body"])
+            assert reply["Gateway"] == gateway4[body["NetworkID"]], body["NetworkID"]
             ep = mgr.endpoints[body["EndpointID"]]
             if ep.ipv6:
                 assert reply["GatewayIPv6"] == "f00d::a4d:0:0:1"
@@ -54,6 +63,8 @@ async def test_replay_full_capture(plugin):
             # dockerd gave the addresses: echo nothing but the MAC it left empty.
             assert set(reply) <= {"Interface"}
             assert set(reply.get("Interface", {})) <= {"MacAddress"}
+    # Both kinds of network were joined: one on our IPAM, one on Docker's.
+    assert sorted(gateway4.values()) == ["10.77.0.1", "172.18.0.1"]
     assert {"NetworkDriver.CreateNetwork", "NetworkDriver.Join", "IpamDriver.ReleasePool",
             "NetworkDriver.DeleteNetwork"} <= seen_methods
     # Everything the capture created it also removed: nothing leaks.

@@ -123,12 +123,19 @@ def test_string_labels_and_description() -> None:
 
 
 def test_fromcidr_with_toports_is_allowed() -> None:
-    parse_rules('[{"endpointSelector":{},"ingress":[{"fromCIDR":["10.0.0.0/8"],"toPorts":[{"ports":[{"port":"80"}]}]}]}]')
+    """fromCIDR combines with toPorts (only peer kinds are exclusive): both
+    survive parsing and the round trip back to JSON."""
+    doc = [{"endpointSelector": {}, "ingress": [{"fromCIDR": ["10.0.0.0/8"], "toPorts": [{"ports": [{"port": "80"}]}]}]}]
+    (rule,) = parse_rules(json.dumps(doc))
+    (entry,) = rule.ingress
+    assert [str(c.network) for c in entry.cidr] == ["10.0.0.0/8"]
+    assert entry.l4_pairs() == {(80, 6), (80, 17)}  # protocol ANY: TCP and UDP
+    assert entry.to_dict() == {"fromCIDR": ["10.0.0.0/8"], "toPorts": [{"ports": [{"port": "80", "protocol": "ANY"}]}]}
 
 
 def test_empty_selector_selects_everything() -> None:
     sel = EndpointSelector.from_json({}, "x")
-    assert sel.is_wildcard and sel.matches([]) and sel.matches(["reserved:host"])
+    assert sel.matches([]) and sel.matches(["reserved:host"])
 
 
 def test_accepts_bytes_and_decoded_list() -> None:

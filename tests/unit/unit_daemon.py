@@ -1,10 +1,12 @@
 """The agent's own objects, minus the kernel, for API and CLI unit tests.
 
 Everything behind the API is real: EndpointManager, IPAM, the identity
-allocator on a SQLite store, the Regenerator with its policy repository and
-resolution. Only netlink (FakeLinks) and the BPF maps (datapath=None) are
-absent, so these tests follow the real label, identity and enforcement
-semantics instead of a stand-in's.
+allocator on a SQLite store, the identity cache, the ipcache's CIDR
+identities, the policy manager and the Regenerator. Only netlink (FakeLinks)
+and the BPF maps (no datapath, no ipcache map) are absent, so these tests
+follow the real label, identity and enforcement semantics instead of a
+stand-in's. There is no status(): /v1/healthz is the real Daemon.status,
+checked on a real agent (tests/e2e/test_etcd_agent.py).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity.allocator import IdentityAllocator
+from docker_cilium.identity.cache import IdentityCache
 from docker_cilium.ipam.allocator import IPAM
 from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore.sqlite import SQLiteBackend
+from docker_cilium.policy.manager import PolicyManager
 from tests.unit.fakes import FakeLinks
 
 NODE = NodeAddressing.derive("192.0.2.2")  # 10.2.0.0/16, f00d::a02:0:0:0/96
@@ -40,11 +45,14 @@ class UnitDaemon:
         self.allocator = IdentityAllocator(self.store, "unit")
         await self.allocator.start()
         self.ipam = IPAM(self.store, NODE)
-        self.endpoints = EndpointManager(self.store, FakeLinks(), None, NODE, self.ipam, self.mtu)  # type: ignore[arg-type]
-        self.policy = Regenerator(self.store, self.allocator, None, self.config.policy_enforcement)
-        self.policy.save_endpoint = self.endpoints.save
-        await self.policy.start([])
-        self.endpoints.hooks = self.policy
+        ipcache = IPCache(self.store, None)
+        await ipcache.start([])
+        self.identities = IdentityCache(self.allocator, ipcache)
+        self.policy = PolicyManager(self.store, ipcache, self.identities, self.config.policy_enforcement)
+        await self.policy.start()
+        self.regenerator = Regenerator(self.policy, self.allocator, self.identities, ipcache, None)
+        self.endpoints = EndpointManager(self.store, FakeLinks(), None, NODE, self.ipam, self.mtu,  # type: ignore[arg-type]
+                                         self.regenerator)
         await self.endpoints.create_network(NETWORK, [{"AddressSpace": "CiliumLocal", "Pool": "0.0.0.0/0",
                                                        "Gateway": f"{NODE.router4}/32"}], [], {})
         for eid, name, labels, ipv4 in ENDPOINTS:
@@ -54,7 +62,7 @@ class UnitDaemon:
         return self
 
     async def stop(self) -> None:
-        await self.policy.close()
+        await self.regenerator.close()
         await self.allocator.close()
         await self.store.close()
 
@@ -65,9 +73,3 @@ class UnitDaemon:
         return {"ipv4": {"enabled": True, "ip": str(NODE.router4), "alloc-range": str(NODE.ipv4_range)},
                 "ipv6": {"enabled": True, "ip": str(NODE.router6), "alloc-range": str(NODE.ipv6_range)},
                 "node-ip": NODE.node_ip}
-
-    async def status(self) -> dict[str, Any]:
-        return {"kvstore": {"state": "Ok", "msg": "local"}, "container-runtime": {"state": "Ok", "msg": ""},
-                "kubernetes": {"state": "Disabled"}, "cilium": {"state": "Ok", "msg": "unit"},
-                "endpoints": len(self.endpoints.list()), "ipam": self.ipam.status(),
-                "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement}}

@@ -16,13 +16,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from docker_cilium.identity.reserved import WORLD_LABEL
+
 from ._util import check_fields, expect_object, expect_string, field_path, get_list, index_path
 from .errors import PolicyValidationError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 CIDR_SOURCE = "cidr"
-WORLD_LABEL = "reserved:world"
 
 
 def parse_network(text: str) -> Network:

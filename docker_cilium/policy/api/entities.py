@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from docker_cilium.identity.reserved import HOST_LABEL, INIT_LABEL, WORLD_LABEL
+
 from ._util import expect_string
 from .errors import PolicyValidationError
 from .selector import LabelSet
@@ -25,8 +27,6 @@ ENTITY_CLUSTER = "cluster"
 ENTITY_HOST = "host"
 ENTITY_INIT = "init"
 ENTITIES = (ENTITY_ALL, ENTITY_WORLD, ENTITY_CLUSTER, ENTITY_HOST, ENTITY_INIT)
-
-WORLD_LABEL = "reserved:world"
 
 
 def parse_entity(data: Any, path: str) -> str:
@@ -46,7 +46,7 @@ def entity_matches(entity: str, labels: LabelSet) -> bool:
     if entity == ENTITY_CLUSTER:
         return WORLD_LABEL not in labels.strings
     if entity == ENTITY_HOST:
-        return "reserved:host" in labels.strings
+        return HOST_LABEL in labels.strings
     if entity == ENTITY_INIT:
-        return "reserved:init" in labels.strings
+        return INIT_LABEL in labels.strings
     raise AssertionError(f"unvalidated entity {entity!r}")

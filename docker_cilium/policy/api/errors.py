@@ -8,8 +8,10 @@ instead of a bare "invalid policy".
 
 from __future__ import annotations
 
+from docker_cilium.errors import BadRequest
 
-class PolicyValidationError(ValueError):
+
+class PolicyValidationError(BadRequest):
     """A policy document (or part of it) is invalid.
 
     ``path`` is the JSON path of the bad element (``""`` for the document

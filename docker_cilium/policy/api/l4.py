@@ -16,12 +16,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from docker_cilium import u8proto
+
 from ._util import check_fields, expect_object, field_path, get_list, index_path, json_type
 from .errors import PolicyValidationError
 
 MAX_PORTS = 40
 PROTOCOLS = ("TCP", "UDP", "ANY")
-PROTO_NUMBERS = {"TCP": 6, "UDP": 17}
+PROTO_NUMBERS = {"TCP": u8proto.TCP, "UDP": u8proto.UDP}  # what toPorts may name
 
 L7_UNSUPPORTED = {
     "http": "L7 HTTP rules are not supported by docker-cilium yet (no L7 proxy)",
@@ -46,7 +48,7 @@ class PortProtocol:
     def proto_numbers(self) -> tuple[int, ...]:
         """IP protocol numbers this entry covers (ANY -> TCP and UDP)."""
         if self.protocol == "ANY":
-            return (6, 17)
+            return (u8proto.TCP, u8proto.UDP)
         return (PROTO_NUMBERS[self.protocol],)
 
     def to_dict(self) -> dict[str, Any]:

@@ -158,11 +158,6 @@ class EndpointSelector:
     match_labels: tuple[tuple[str, str], ...] = ()
     match_expressions: tuple[SelectorRequirement, ...] = ()
 
-    @property
-    def is_wildcard(self) -> bool:
-        """``{}``: no terms, selects everything."""
-        return not self.match_labels and not self.match_expressions
-
     def keys(self) -> list[str]:
         return [k for k, _ in self.match_labels] + [e.key for e in self.match_expressions]
 

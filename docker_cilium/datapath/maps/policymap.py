@@ -1,0 +1,206 @@
+"""cilium_policy: per-endpoint allow/deny entries with packet and byte
+counters (Cilium's ``pkg/maps/policymap``)."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Iterable
+
+from docker_cilium import u8proto
+from docker_cilium.datapath.bpf import BpfMap, htons, ntohs, u8, u16, u32, u64
+
+POLICY_MAP = "cilium_policy"
+
+# bpf_src/lib/common.h: directions (policy_key.direction)
+POLICY_INGRESS = 0
+POLICY_EGRESS = 1
+# bpf_src/lib/common.h: a policy_key.proto that only marks "this identity has
+# L4 rules", so that a miss is reported as DROP_POLICY_L4; it allows nothing.
+POLICY_PROTO_L4_MARKER = 255
+
+PROTOS = u8proto.PROTO_IDS
+PROTO_NAMES = u8proto.PROTO_NAMES
+
+
+class policy_key(ctypes.Structure):
+    """bpf_src/lib/common.h ``struct policy_key``."""
+    _fields_ = [
+        ("sec_identity", u32),
+        ("lxc_id", u16),
+        ("dport", u16),
+        ("proto", u8),
+        ("direction", u8),
+        ("pad", u8 * 2),
+    ]
+
+
+class policy_entry(ctypes.Structure):
+    """bpf_src/lib/common.h ``struct policy_entry``."""
+    _fields_ = [
+        ("proxy_port", u16),
+        ("deny", u8),
+        ("pad", u8 * 5),
+        ("packets", u64),
+        ("bytes", u64),
+    ]
+
+
+def proto_num(proto: int | str) -> int:
+    if isinstance(proto, int):
+        return proto
+    return PROTOS[proto.lower()]
+
+
+def direction_num(direction: int | str) -> int:
+    if isinstance(direction, int):
+        return direction
+    return {"ingress": POLICY_INGRESS, "egress": POLICY_EGRESS}[direction.lower()]
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """One allow (or deny) rule of an endpoint. identity 0 = any peer, dport 0
+    and proto 0 = all ports/protocols (L3-only). dport is host byte order."""
+    identity: int
+    direction: int | str = POLICY_INGRESS
+    dport: int = 0
+    proto: int | str = 0
+    proxy_port: int = 0
+    deny: bool = False
+
+    def key(self, lxc_id: int) -> policy_key:
+        if not 0 <= lxc_id <= 0xFFFF or not 0 <= self.dport <= 0xFFFF:
+            raise ValueError(f"lxc_id {lxc_id} / dport {self.dport} out of u16 range")
+        k = policy_key()
+        k.sec_identity = self.identity
+        k.lxc_id = lxc_id
+        k.dport = htons(self.dport)
+        k.proto = proto_num(self.proto)
+        k.direction = direction_num(self.direction)
+        return k
+
+    def value(self) -> policy_entry:
+        v = policy_entry()
+        v.proxy_port = htons(self.proxy_port)
+        v.deny = 1 if self.deny else 0
+        return v
+
+    def normalized(self) -> "PolicyEntry":
+        return PolicyEntry(self.identity, direction_num(self.direction), self.dport,
+                           proto_num(self.proto), self.proxy_port, bool(self.deny))
+
+
+@dataclass
+class PolicyStat:
+    lxc_id: int
+    identity: int
+    direction: int
+    dport: int
+    proto: int
+    proxy_port: int
+    deny: bool
+    packets: int
+    bytes: int
+
+    @property
+    def direction_name(self) -> str:
+        return "Ingress" if self.direction == POLICY_INGRESS else "Egress"
+
+    @property
+    def port_proto(self) -> str:
+        if not self.dport and not self.proto:
+            return "ANY"
+        return f"{self.dport}/{PROTO_NAMES.get(self.proto, self.proto)}"
+
+
+class PolicyMap:
+    """cilium_policy: per-endpoint allow entries with packet/byte counters."""
+
+    def __init__(self, m: BpfMap):
+        self.m = m
+        # lxc_id -> {entry tuple: (key, proxy_port, deny)}, built by one scan
+        # and then kept by our own writes (the agent is the only writer), so
+        # a regeneration costs syscalls for its own entries only, not for
+        # the whole map.
+        self._index: dict[int, dict[tuple, tuple[policy_key, int, bool]]] | None = None
+
+    @staticmethod
+    def _tuple(k: policy_key) -> tuple:
+        return (k.lxc_id, k.sec_identity, k.direction, ntohs(k.dport), k.proto)
+
+    def _endpoint_index(self, lxc_id: int) -> dict[tuple, tuple[policy_key, int, bool]]:
+        if self._index is None:
+            index: dict[int, dict[tuple, tuple[policy_key, int, bool]]] = {}
+            for k, v in self.m.items():
+                index.setdefault(k.lxc_id, {})[self._tuple(k)] = (k, ntohs(v.proxy_port), bool(v.deny))
+            self._index = index
+        return self._index.setdefault(lxc_id, {})
+
+    def set_endpoint_policy(self, lxc_id: int, entries: Iterable[PolicyEntry]) -> tuple[int, int]:
+        """Make the endpoint's entries exactly ``entries``: add missing ones,
+        delete stale ones, keep (and their counters) unchanged ones. L4
+        marker entries (so misses report "Policy denied (L4)") are maintained
+        automatically. Returns (added_or_changed, deleted)."""
+        want: dict[tuple, PolicyEntry] = {}
+        markers: set[tuple[int, int]] = set()
+        for e in entries:
+            e = e.normalized()
+            want[(lxc_id, e.identity, e.direction, e.dport, e.proto)] = e
+            if e.dport or e.proto:
+                markers.add((e.identity, e.direction))
+        for ident, d in markers:
+            want[(lxc_id, ident, d, 0, POLICY_PROTO_L4_MARKER)] = PolicyEntry(
+                ident, d, 0, POLICY_PROTO_L4_MARKER)
+        have = self._endpoint_index(lxc_id)
+        added = deleted = 0
+        # add/modify first, then delete: never a window of "deny all"
+        for t, e in want.items():
+            known = have.get(t)
+            if known is not None and known[1] == e.proxy_port and known[2] == e.deny:
+                continue
+            v = e.value()
+            cur = self.m.lookup(known[0]) if known is not None else None
+            if cur is not None:
+                v.packets, v.bytes = cur.packets, cur.bytes
+            key = e.key(lxc_id)
+            self.m.update(key, v)
+            have[t] = (key, e.proxy_port, e.deny)
+            added += 1
+        for t in [t for t in have if t not in want]:
+            deleted += self.m.delete(have.pop(t)[0])
+        return added, deleted
+
+    def delete_endpoint(self, lxc_id: int) -> int:
+        have = self._endpoint_index(lxc_id)
+        n = 0
+        for key, _, _ in have.values():
+            n += self.m.delete(key)
+        have.clear()
+        return n
+
+    def dump(self, lxc_id: int | None = None, include_markers: bool = False) -> list[PolicyStat]:
+        out = []
+        for k, v in self.m.items():
+            if lxc_id is not None and k.lxc_id != lxc_id:
+                continue
+            if k.proto == POLICY_PROTO_L4_MARKER and not include_markers:
+                continue
+            out.append(PolicyStat(k.lxc_id, k.sec_identity, k.direction, ntohs(k.dport),
+                                  k.proto, ntohs(v.proxy_port), bool(v.deny), v.packets,
+                                  v.bytes))
+        out.sort(key=lambda s: (s.lxc_id, s.direction, s.identity, s.dport, s.proto))
+        return out
+
+    def get(self, lxc_id: int, entry: PolicyEntry) -> PolicyStat | None:
+        v = self.m.lookup(entry.key(lxc_id))
+        if v is None:
+            return None
+        e = entry.normalized()
+        return PolicyStat(lxc_id, e.identity, e.direction, e.dport, e.proto,
+                          ntohs(v.proxy_port), bool(v.deny), v.packets, v.bytes)
+
+
+# pinned name -> (key, value, per-CPU); the structs this module mirrors
+MAP_TYPES = {POLICY_MAP: (policy_key, policy_entry, False)}
+C_STRUCTS = (policy_key, policy_entry)

@@ -1,0 +1,24 @@
+"""Every key and key prefix the agent writes, in Cilium's ``cilium/state/...`` layout.
+
+One home, so two modules can never disagree on where a record lives (and a
+restarted agent reads exactly what the previous one wrote).
+"""
+
+from __future__ import annotations
+
+BASE = "cilium"
+STATE = f"{BASE}/state"
+
+#: Cluster-wide identities (kvstore): ``id/<ID>``, ``value/<labels>/<node>``, ``locks/<labels>``.
+IDENTITIES = f"{STATE}/identities/v1/"
+#: Node-local address allocations: ``<ip>`` -> owner.
+IPAM = f"{STATE}/ipam/v1/"
+#: Node-local Docker networks and endpoints: ``<docker id>`` -> record.
+NETWORKS = f"{STATE}/networks/v1/"
+ENDPOINTS = f"{STATE}/endpoints/v1/"
+#: Node-local policy repository and enforcement mode (one JSON document).
+POLICY_RULES = f"{STATE}/policy/v1/rules"
+#: Node-local CIDR identities: prefix -> identity number.
+CIDR_IDENTITIES = f"{STATE}/policy/v1/cidr-identities"
+#: Read by the health check to prove the kvstore answers.
+HEALTH = f"{BASE}/.health"
