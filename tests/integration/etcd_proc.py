@@ -107,20 +107,19 @@ def _resume_quietly(m: Member) -> None:
         pass
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def healthy(client_url: str, tls: TLSFiles | None = None) -> bool:
-    """Whether the etcd serving ``client_url`` answers its /health as healthy."""
+def _healthy(m: Member, tls: TLSFiles | None) -> bool:
     ctx = None
     if tls is not None:
         ctx = ssl.create_default_context(cafile=tls.ca)
         ctx.load_cert_chain(tls.client_cert, tls.client_key)
     try:
-        with urllib.request.urlopen(f"{client_url}/health", timeout=1, context=ctx) as r:
+        with urllib.request.urlopen(f"{m.client_url}/health", timeout=1, context=ctx) as r:
             return b'"health":"true"' in r.read()
     except OSError:
         return False
@@ -164,7 +163,7 @@ def start_cluster(size: int = 1, *, tls: bool = False) -> Cluster:
     # Free ports can be taken between probing and etcd binding them: retry.
     for attempt in range(3):
         cluster.members = [
-            Member(f"m{i}", f"{scheme}://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}")
+            Member(f"m{i}", f"{scheme}://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}")
             for i in range(size)
         ]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in cluster.members)
@@ -188,7 +187,7 @@ def start_cluster(size: int = 1, *, tls: bool = False) -> Cluster:
         while time.monotonic() < deadline:
             if any(m.proc.poll() is not None for m in cluster.members):  # type: ignore[union-attr]
                 break
-            if all(healthy(m.client_url, files) for m in cluster.members):
+            if all(_healthy(m, files) for m in cluster.members):
                 return cluster
             time.sleep(0.1)
         tail = cluster.log_tail()
