@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass, field
 
 from docker_cilium import defaults
 
-from docker_cilium.policy.resolve import ENFORCEMENT_MODES  # noqa: F401  (re-exported for flags)
-
 
 @dataclass
 class DaemonConfig:

@@ -10,8 +10,9 @@ import structlog
 
 from docker_cilium import defaults
 from docker_cilium import logging as dclog
-from docker_cilium.agent.config import ENFORCEMENT_MODES, DaemonConfig
+from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.daemon import Daemon
+from docker_cilium.policy.resolve import ENFORCEMENT_MODES
 
 
 def _opts(values: tuple[str, ...]) -> dict[str, str]:
