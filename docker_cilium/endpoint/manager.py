@@ -19,7 +19,7 @@ import structlog
 
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager, container_mac, host_ifname, peer_ifname
-from docker_cilium.endpoint import faults
+from docker_cilium import faults
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.restore import RestoreMixin
 from docker_cilium.endpoint.network import (

@@ -49,7 +49,7 @@ class DockerReconciler:
         times = list(self._endpoints.values()) + list(self._addresses.values())
         if times:
             await asyncio.sleep(min(max(max(times) + self.grace - time.time(), 0.0), self.grace))
-        backoff, last = 0.5, ""
+        backoff, last = min(0.5, max_backoff), ""
         while True:
             try:
                 current = await view()

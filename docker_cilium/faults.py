@@ -1,9 +1,9 @@
 """Crash points for the restart tests: the agent kills itself where a test asks.
 
-``CILIUM_TEST_CRASH_AT=<point>`` (read at each call, so only the process
-started with it is affected) makes :func:`point` send SIGKILL to the agent
-itself at that point: the tests then prove that a restarted agent collects
-what a kill -9 at the worst moment leaves behind. Unset (always, outside the
+``CILIUM_TEST_CRASH_AT=<point>`` in an agent's environment makes
+:func:`point` send SIGKILL to that agent at that point: the tests then prove
+that a restarted agent collects what a kill -9 at the worst moment leaves
+behind. Unset (always, outside the
 tests) a point costs one dictionary lookup.
 """
 
