@@ -337,15 +337,18 @@ class LinkManager:
 
     async def delete_orphan_routes(self, ranges: list[Any], keep_ifindexes: set[int]) -> list[str]:
         """Remove main-table host routes (``/32``, ``/128``) into ``ranges`` that
-        leave by a device no endpoint owns; returns the destinations removed."""
+        leave by an endpoint veth other than ``keep_ifindexes`` (the live
+        endpoints'); returns the destinations removed. Routes by any other
+        device (cilium_host's own prefix routes among them) are not ours."""
 
         def _sweep() -> list[str]:
             ip = self._ip()
+            veths = {l["index"] for l in ip.get_links() if is_endpoint_ifname(l.get("ifname") or "")}
             removed = []
             for family, plen in ((2, 32), (10, 128)):
                 for route in ip.get_routes(family=family, table=RT_TABLE_MAIN):
                     dst, oif = route.get_attr("RTA_DST"), route.get_attr("RTA_OIF")
-                    if route["dst_len"] != plen or not dst or oif is None or oif in keep_ifindexes:
+                    if route["dst_len"] != plen or not dst or oif not in veths or oif in keep_ifindexes:
                         continue
                     addr = ipaddress.ip_address(dst)
                     if not any(addr in net for net in ranges if net.version == addr.version):

@@ -3,9 +3,10 @@
 A kill -9 after the store write and before the reply leaves an address our
 IPAM holds (``RequestAddress``) or an endpoint record (``CreateEndpoint``)
 that dockerd never learnt of: it will never release or delete them. Once
-dockerd answers, every endpoint and address restored at this start that
-dockerd does not know (none of its containers' endpoints, addresses or
-network gateways) and no endpoint of ours holds is removed.
+dockerd answers, every endpoint restored at this start that dockerd does not
+know is deleted, and every address dockerd asked for before this start that
+it does not know (none of its containers' addresses or network gateways) and
+no endpoint of ours holds is released.
 
 Never blindly: nothing happens until dockerd's whole view was read (it may be
 down when the agent starts: then this waits, retrying). Only what existed
@@ -31,6 +32,12 @@ log = structlog.get_logger(__name__)
 DEFAULT_GRACE = 60.0  # > dockerd's 30 s plugin-call retry window
 
 
+def _for_docker(owner: str) -> bool:
+    """Addresses dockerd asked for (``RequestAddress``, then ``CreateEndpoint``
+    names the endpoint); gateways and ``/v1/ipam`` callers' are not dockerd's."""
+    return owner == "docker" or owner.startswith("endpoint ")
+
+
 class DockerReconciler:
     """Snapshot the restored state at construction (before the plugin socket
     opens); :meth:`run` applies dockerd's view to that snapshot only."""
@@ -42,7 +49,7 @@ class DockerReconciler:
         self.done = False
         self._endpoints = {d: ep.created for d, ep in endpoints.endpoints.items()}
         self._addresses = {ip: rec.get("time", 0) for ip, rec in ipam.allocations().items()
-                           if rec.get("owner") != "gateway"}
+                           if _for_docker(rec.get("owner", ""))}
 
     async def run(self, view: Callable[[], Awaitable[DockerView]], max_backoff: float = 10.0) -> None:
         """Wait for the candidates to age and for dockerd, then apply its view."""

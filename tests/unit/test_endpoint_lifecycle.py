@@ -165,6 +165,7 @@ async def test_reconcile_releases_only_what_dockerd_and_we_do_not_know(store) ->
     for name in ("lost", "docker", "ours", "orphan_ep"):
         addr[name] = str(await ipam.allocate(pool, "docker"))
     await ipam.allocate(pool, "gateway", "10.2.200.1")
+    await ipam.allocate(pool, "api", "10.2.200.2")  # POST /v1/ipam: not dockerd's to reclaim
     await mgr.create_endpoint(NET, "o" * 64, addr["ours"] + "/32", "", "")
     await mgr.create_endpoint(NET, "z" * 64, addr["orphan_ep"] + "/32", "", "")
     reconciler = DockerReconciler(mgr, ipam, grace=0)
@@ -175,7 +176,7 @@ async def test_reconcile_releases_only_what_dockerd_and_we_do_not_know(store) ->
     await reconciler.run(docker, max_backoff=0.01)
     assert docker.calls == 3 and time.monotonic() - t0 < 5
     held = set(ipam.allocations())
-    assert held == {addr["docker"], addr["ours"], "10.2.200.1", later}
+    assert held == {addr["docker"], addr["ours"], "10.2.200.1", "10.2.200.2", later}
     assert list(mgr.endpoints) == ["o" * 64]  # the endpoint dockerd never got is removed
     assert set(dp.entries) == {mgr.endpoints["o" * 64].id}
 
