@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from docker_cilium import faults
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager, container_mac, host_ifname, peer_ifname
-from docker_cilium import faults
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.restore import RestoreMixin
 from docker_cilium.endpoint.network import (

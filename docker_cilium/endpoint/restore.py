@@ -34,14 +34,8 @@ class RestoreMixin:
     """EndpointManager's start-up half (kept apart to keep each module small)."""
 
     async def restore(self: EndpointManager) -> tuple[int, int]:
-        """Load networks and endpoints; re-plumb what the host still has.
-
-        Each record is restored on its own: one that cannot be read or
-        plumbed is logged and listed in ``restore_failures`` (shown by
-        ``cilium status``), and the agent starts with the rest. Records a
-        crash left half-done (``creating``, ``disconnecting``) are not
-        endpoints: restore_datapath removes what they had set up.
-        """
+        """Load networks and endpoints, each record on its own; re-plumb what
+        the host still has. Half-done records wait for restore_datapath."""
         for key, raw in (await self.store.get_prefix(keys.NETWORKS)).items():
             try:
                 net = Network.from_record(json.loads(raw))
@@ -68,7 +62,8 @@ class RestoreMixin:
                 idx = await self.links.link_index(ep.ifname)
                 if idx is None:
                     # Host rebooted or someone deleted the link: dockerd will call
-                    # DeleteEndpoint for it; keep the record so that succeeds cleanly.
+                    # DeleteEndpoint for it (or no longer knows it: then the
+                    # reconciliation with dockerd deletes it); keep the record.
                     ep.set_state(State.NOT_READY, "interface is gone; waiting for Docker to remove the endpoint")
                 else:
                     ep.ifindex = idx
