@@ -65,6 +65,8 @@ class Agent:
         self.lib_dir = workdir / "lib"
         self.state_dir = workdir / "state"
         self.api_socket = str(workdir / "cilium.sock")
+        if len(self.api_socket.encode()) >= 108:  # sun_path: the agent could not bind it
+            raise ValueError(f"agent directory too deep for a unix socket: {self.api_socket}")
         self.plugin_socket = plugin_socket
         self.extra = extra or []
         self.env = env or {}  # added to the agent's environment (e.g. a crash point)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 
 import pytest
 from pyroute2 import IPRoute
@@ -47,7 +48,9 @@ def agents(dockerd, tmp_path):
     made: list[Agent] = []
 
     def make(name: str = "agent", **kw) -> Agent:
-        a = Agent(tmp_path / f"{tmp_path.name}-{name}", **kw)  # also names its private bpffs dir
+        # The directory also names its private bpffs dir, so it is unique; it
+        # stays short because the API socket inside it must fit sun_path.
+        a = Agent(tmp_path / f"{name}-{uuid.uuid4().hex[:8]}", **kw)
         made.append(a)
         return a
 
