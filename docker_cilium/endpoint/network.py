@@ -9,9 +9,12 @@ on cilium_host so the containers' default route resolves on the host).
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from docker_cilium.errors import BadRequest
 from docker_cilium.ipam.ranges import NodeAddressing
 
 MTU_OPTION = "com.docker.network.driver.mtu"
@@ -77,17 +80,44 @@ def network_conflict(net: Network, others: Iterable[Network], node: NodeAddressi
     return None
 
 
-def parse_mtu(generic: dict[str, Any], default: int) -> int:
+MIN_MTU = 68  # RFC 791: the least every IPv4 link must carry
+MIN_MTU_IPV6 = 1280  # RFC 8200; the kernel drops IPv6 from a link below it
+MAX_MTU = 65535  # the largest a veth takes (ETH_MAX_MTU)
+
+
+def parse_mtu(generic: dict[str, Any], default: int, ipv6: bool = False) -> int:
+    """The ``-o com.docker.network.driver.mtu`` of a network, or ``default``.
+
+    Docker's CLI sends the option as a string and its API lets a number
+    through; both must be a whole number of bytes in the range the veth pair
+    takes. Only ASCII digits count (``int()`` would also take ``'٣٠٠٠'``,
+    ``'1_500'`` or a float it silently truncates), and ``true`` is no number.
+    """
     raw = generic.get(MTU_OPTION)
-    if raw in (None, ""):
+    if raw is None or raw == "":
         return default
-    try:
+    mtu: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        mtu = raw
+    elif isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
         mtu = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"option {MTU_OPTION}: {raw!r} is not an integer") from None
-    if not 68 <= mtu <= 65535:
-        raise ValueError(f"option {MTU_OPTION}: {mtu} is outside 68-65535")
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit():
+        digits = raw.lstrip("0") or "0"
+        mtu = int(digits) if len(digits) <= 6 else MAX_MTU + 1  # no int() of a huge string
+    low = MIN_MTU_IPV6 if ipv6 else MIN_MTU
+    if mtu is None:
+        raise BadRequest(f"option {MTU_OPTION}: {_shown(raw)} is not a whole number of bytes "
+                         f"(expected an integer in {low}-{MAX_MTU})")
+    if not low <= mtu <= MAX_MTU:
+        why = " for a network with IPv6" if ipv6 else ""
+        raise BadRequest(f"option {MTU_OPTION}: {_shown(raw)} is outside {low}-{MAX_MTU}{why}")
     return mtu
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message, cut short: the request may be a megabyte."""
+    text = value if isinstance(value, str) and value.isascii() and value.isdigit() else json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:40]}..."
 
 
 def bare_ip(cidr: str | None) -> str | None:
