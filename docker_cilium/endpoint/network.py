@@ -80,6 +80,32 @@ def network_conflict(net: Network, others: Iterable[Network], node: NodeAddressi
     return None
 
 
+def check_endpoint_address(net: Network, family: int, address: str, node: NodeAddressing) -> None:
+    """Raise BadRequest unless ``address`` (CIDR) can be an endpoint's on ``net``.
+
+    The address becomes a /32 or /128 route to the container and an entry in
+    the endpoint map, so one dockerd never allocated (another family's, the
+    loopback, an address outside the network's pool or outside the node range
+    our IPAM owns) would route someone else's traffic into the container.
+    """
+    where = "Interface.Address" if family == 4 else "Interface.AddressIPv6"
+    ip = ipaddress.ip_interface(address).ip
+    if ip.version != family:
+        raise BadRequest(f"{where}: {ip} is not an IPv{family} address")
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise BadRequest(f"{where}: {ip} is not a unicast address a container can hold")
+    if net.cilium_ipam:
+        rng = node.ipv4_range if family == 4 else node.ipv6_range
+        if ip not in rng:
+            raise BadRequest(f"{where}: {ip} is outside this node's IPv{family} range {rng}, "
+                             f"which the network's cilium IPAM hands out")
+        if ip == rng.network_address or (family == 4 and ip == rng.broadcast_address):
+            raise BadRequest(f"{where}: {ip} is reserved in {rng}")
+    pool = net.pool4 if family == 4 else net.pool6
+    if pool and ip not in ipaddress.ip_network(pool):
+        raise BadRequest(f"{where}: {ip} is outside the network's subnet {pool}")
+
+
 MIN_MTU = 68  # RFC 791: the least every IPv4 link must carry
 MIN_MTU_IPV6 = 1280  # RFC 8200; the kernel drops IPv6 from a link below it
 MAX_MTU = 65535  # the largest a veth takes (ETH_MAX_MTU)
