@@ -12,9 +12,10 @@ cannot be written back as UTF-8. Here every one of those is a ``JSONError``
 
 The depth bound is checked on the raw bytes before decoding, in C-speed byte
 operations: every bracket pair with nothing inside is removed, pass after
-pass; a document still holding a pair after ``MAX_DEPTH`` passes is deeper
-than that. Brackets inside strings may make that estimate too high, so only
-then is the depth counted exactly with the strings taken out.
+pass, so the passes bound how deep the pairs nest, and each unmatched
+opening bracket left adds one. Brackets inside strings may make that bound
+too high, so only when it exceeds ``MAX_DEPTH`` is the depth counted exactly,
+with the strings taken out.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def nesting_depth(raw: bytes) -> int:
 def check_depth(raw: bytes, limit: int = MAX_DEPTH) -> None:
     """Raise JSONError when ``raw`` nests deeper than ``limit``."""
     pairs = raw.translate(_PAIRS, _NOT_BRACKET)
-    for _ in range(limit):
-        if b"()" not in pairs:
-            return
+    passes = 0
+    while b"()" in pairs and passes <= limit:
         pairs = pairs.replace(b"()", b"")
-    if b"()" in pairs and nesting_depth(raw) > limit:
+        passes += 1
+    # Matched pairs nest at most ``passes`` deep; an unmatched '[' or '{'
+    # (a truncated or hostile body) encloses everything after it.
+    if passes + pairs.count(b"(") > limit and nesting_depth(raw) > limit:
         raise JSONError(f"JSON nested deeper than {limit} levels")
 
 
