@@ -32,6 +32,9 @@ from docker_cilium.errors import BadRequest
 # Cilium's deepest policy rule (toPorts -> rules -> http -> headerMatches ->
 # secret) is about a dozen levels; nothing the agent accepts comes near this.
 MAX_DEPTH = 64
+# Passes of the quick bound: real documents are done in about ten; past this
+# the exact count is cheaper than a pass per level of a hostile body.
+_PASSES = 16
 
 _PAIRS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
@@ -54,12 +57,13 @@ def check_depth(raw: bytes, limit: int = MAX_DEPTH) -> None:
     """Raise JSONError when ``raw`` nests deeper than ``limit``."""
     pairs = raw.translate(_PAIRS, _NOT_BRACKET)
     passes = 0
-    while b"()" in pairs and passes <= limit:
+    while b"()" in pairs and passes < _PASSES:
         pairs = pairs.replace(b"()", b"")
         passes += 1
-    # Matched pairs nest at most ``passes`` deep; an unmatched '[' or '{'
-    # (a truncated or hostile body) encloses everything after it.
-    if passes + pairs.count(b"(") > limit and nesting_depth(raw) > limit:
+    # Matched pairs nest at most ``passes`` deep unless some are left; an
+    # unmatched '[' or '{' (a truncated or hostile body) encloses all after it.
+    bound = limit + 1 if b"()" in pairs else passes + pairs.count(b"(")
+    if bound > limit and nesting_depth(raw) > limit:
         raise JSONError(f"JSON nested deeper than {limit} levels")
 
 
