@@ -21,6 +21,39 @@
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 
+/* ARP from a container: well-formed Ethernet/IPv4 request or reply whose
+ * sender is the endpoint itself (its MAC and its IPv4). 0 or a drop reason. */
+static __always_inline int arp_check(struct __sk_buff *skb, const struct endpoint_info *ep)
+{
+	__u8 arp[28] __attribute__((aligned(4)));	/* header, sha, spa, tha, tpa */
+	__u32 spa;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, arp, sizeof(arp)) < 0)
+		return DROP_INVALID;
+	/* hardware Ethernet (1), protocol IPv4, lengths 6 and 4, op 1 or 2 */
+	if (arp[0] != 0 || arp[1] != 1 || arp[2] != 0x08 || arp[3] != 0x00 ||
+	    arp[4] != 6 || arp[5] != 4 || arp[6] != 0 || (arp[7] != 1 && arp[7] != 2))
+		return DROP_INVALID;
+	if (eth_addrcmp(&arp[8], ep->mac))
+		return DROP_INVALID_SMAC;
+	__builtin_memcpy(&spa, &arp[14], 4);
+	if (!ep->ipv4 || spa != ep->ipv4)
+		return DROP_INVALID_SIP;
+	return 0;
+}
+
+/* Neighbour discovery that passes without policy: towards the endpoint's
+ * own link (link-local or link-scope multicast destinations, e.g. the
+ * solicited-node groups) or towards the host (the router; never forwarded). */
+static __always_inline int nd_is_link_local(const struct flow *f)
+{
+	if (ipv6_addr_is_linklocal(&f->daddr))
+		return 1;
+	if (f->daddr.addr[0] == 0xff && (f->daddr.addr[1] & 0x0f) == 0x02)
+		return 1;
+	return ipcache_identity(f, &f->daddr) == IDENTITY_HOST;
+}
+
 static __always_inline int parse_ip(struct __sk_buff *skb, __u16 proto, struct flow *f)
 {
 #ifndef DISABLE_IPV4
@@ -72,18 +105,31 @@ int from_container(struct __sk_buff *skb)
 	lxc_id = ep->lxc_id;
 	src_id = ep->sec_identity;
 
+	/* The kernel moves an 802.1Q tag into skb metadata before tc runs (and
+	 * would then deliver the inner frame, or untag a second tag, past
+	 * these checks): a container's frame carries no VLAN tag. */
+	if (skb->vlan_present)
+		return send_drop_notify(skb, DROP_VLAN_FILTERED, METRIC_EGRESS, lxc_id, src_id, 0, 0);
 	if (eth_load(skb, &eth) < 0)
 		return send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id, src_id, 0, 0);
 	/* The source MAC is checked for every frame, ARP included. */
 	if (eth_addrcmp(eth.h_source, ep->mac))
 		return send_drop_notify(skb, DROP_INVALID_SMAC, METRIC_EGRESS, lxc_id, src_id, 0, 0);
-	if (eth.h_proto != bpf_htons(ETH_P_IP) && eth.h_proto != bpf_htons(ETH_P_IPV6))
-		return TC_ACT_OK;	/* ARP and other non-IP */
+	if (eth.h_proto == bpf_htons(ETH_P_ARP)) {
+		ret = arp_check(skb, ep);
+		if (ret)
+			return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+		return TC_ACT_OK;
+	}
 
+	/* IPv4 and IPv6 only: anything else (802.1Q, 802.1ad, unknown
+	 * ethertypes, a disabled family) is dropped as Cilium does. */
 	ret = parse_ip(skb, eth.h_proto, &f);
-	if (ret != 0)
-		return ret > 0 ? TC_ACT_OK :
-		       send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+	if (ret > 0)
+		return send_drop_notify(skb, DROP_UNKNOWN_L3, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+	if (ret < 0)
+		return send_drop_notify(skb, parse_drop_reason(ret), METRIC_EGRESS, lxc_id,
+					src_id, 0, 0);
 
 	/* anti-spoofing */
 	if (f.family == 4) {
@@ -94,8 +140,10 @@ int from_container(struct __sk_buff *skb)
 		int own = ipv6_addr_equals(&f.saddr, ep->ipv6);
 		int local_src = ipv6_addr_is_linklocal(&f.saddr) || ipv6_addr_is_zero(&f.saddr);
 
-		/* Neighbour discovery passes, but only as ND (hop limit 255)
-		 * and only from the endpoint's own or a link-local/DAD source. */
+		/* Neighbour discovery passes, but only as ND (hop limit 255),
+		 * only from the endpoint's own or a link-local/DAD source and
+		 * only towards its link or the host; ND sent anywhere else
+		 * faces conntrack and policy like any ICMPv6. */
 		if (f.is_nd) {
 			if (!ipv6_hoplimit_is_255(skb))
 				return send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id,
@@ -103,7 +151,8 @@ int from_container(struct __sk_buff *skb)
 			if (!own && !local_src)
 				return send_drop_notify(skb, DROP_INVALID_SIP, METRIC_EGRESS, lxc_id,
 							src_id, 0, 0);
-			return TC_ACT_OK;
+			if (nd_is_link_local(&f))
+				return TC_ACT_OK;
 		}
 		if (!own) {
 			/* A link-local source is only for link-scope traffic (it
@@ -124,7 +173,7 @@ int from_container(struct __sk_buff *skb)
 
 	ct = ct_lookup(&f, CT_EGRESS, len, now, &ct_src_id);
 	if (ct == CT_NEW && f.is_error)
-		ct = ct_lookup_related(skb, &f, now);
+		ct = ct_lookup_related(skb, &f, now, 1);
 	if (ct == CT_ESTABLISHED) {
 		/* established flows pass without a verdict; the lookups only keep
 		 * the per-entry policy counters counting every forward packet */
@@ -148,8 +197,12 @@ int from_container(struct __sk_buff *skb)
 				return send_drop_notify(skb, ret, METRIC_INGRESS, dst_ep->lxc_id,
 							src_id, dst_id, dst_ep->lxc_id);
 		}
-		if (!f.is_error)	/* an unrelated ICMP error opens no flow */
-			ct_create(&f, CT_EGRESS, src_id, len, now);
+		if (!f.is_error) {	/* an unrelated ICMP error opens no flow */
+			ret = ct_create(&f, CT_EGRESS, src_id, len, now, lxc_id);
+			if (ret)
+				return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id,
+							dst_id, dst_ep ? dst_ep->lxc_id : 0);
+		}
 	}
 
 	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
@@ -182,9 +235,10 @@ int to_container(struct __sk_buff *skb)
 		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
 	ret = parse_ip(skb, eth.h_proto, &f);
 	if (ret > 0)
-		return TC_ACT_OK;	/* ARP and other non-IP */
+		return TC_ACT_OK;	/* ARP and other non-IP, from the host */
 	if (ret < 0)
-		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
+		return send_drop_notify(skb, parse_drop_reason(ret), METRIC_INGRESS, lxc_id, 0,
+					dst_id, lxc_id);
 
 	if (f.family == 6) {
 		/* ND and MLD from the host side pass as such; every other IPv6
@@ -199,7 +253,7 @@ int to_container(struct __sk_buff *skb)
 	now = bpf_now_sec();
 	ct = ct_lookup(&f, CT_INGRESS, len, now, &ct_src_id);
 	if (ct == CT_NEW && f.is_error)
-		ct = ct_lookup_related(skb, &f, now);
+		ct = ct_lookup_related(skb, &f, now, 0);
 	if (ct == CT_NEW) {
 		src_ep = lookup_lxc(&f, &f.saddr);
 		src_id = src_ep ? src_ep->sec_identity : ipcache_identity(&f, &f.saddr);
@@ -209,8 +263,12 @@ int to_container(struct __sk_buff *skb)
 				return send_drop_notify(skb, ret, METRIC_INGRESS, lxc_id, src_id,
 							dst_id, lxc_id);
 		}
-		if (!f.is_error)
-			ct_create(&f, CT_INGRESS, src_id, len, now);
+		if (!f.is_error) {
+			ret = ct_create(&f, CT_INGRESS, src_id, len, now, lxc_id);
+			if (ret)
+				return send_drop_notify(skb, ret, METRIC_INGRESS, lxc_id, src_id,
+							dst_id, lxc_id);
+		}
 	} else {
 		src_id = ct_src_id;
 		if (ct == CT_ESTABLISHED && (ep->flags & EP_F_INGRESS_ENFORCED))

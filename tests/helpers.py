@@ -60,13 +60,14 @@ class Agent:
     """A real cilium-agent process with its own state directories."""
 
     def __init__(self, workdir: Path, plugin_socket: str = "/run/docker/plugins/cilium.sock",
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.lib_dir = workdir / "lib"
         self.state_dir = workdir / "state"
         self.api_socket = str(workdir / "cilium.sock")
         self.plugin_socket = plugin_socket
         self.extra = extra or []
+        self.env = env or {}  # added to the agent's environment (e.g. a crash point)
         self.log_path = workdir / "agent.log"
         # A private bpffs directory: pinned maps never collide with a real agent's.
         self.bpf_root = f"/sys/fs/bpf/dctest-{workdir.name}"
@@ -82,7 +83,8 @@ class Agent:
     def start(self, timeout: float = 30) -> "Agent":
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **self.env})
         wait_until(self._ready, timeout=timeout, what=f"agent API (log: {self.log_path})")
         return self
 

@@ -67,6 +67,7 @@
 #define CT_F_SEEN_NON_SYN	(1 << 2)
 #define CT_F_NODE_PORT		(1 << 3)	/* reserved (load balancer) */
 #define CT_F_PROXY_REDIRECT	(1 << 4)	/* reserved (L7 proxy) */
+#define CT_F_SEEN_REPLY		(1 << 5)	/* a packet went the reply way */
 
 /* ---- conntrack timeouts (seconds) ---- */
 #ifndef CT_LIFETIME_TCP
@@ -80,6 +81,19 @@
 #endif
 #ifndef CT_CLOSE_TIMEOUT
 #define CT_CLOSE_TIMEOUT	10
+#endif
+
+/* ---- per-endpoint conntrack budget ----
+ * An endpoint may create at most CT_EP_BUDGET entries per CT_BUDGET_WINDOW
+ * seconds that have not (yet) seen a reply; the first reply gives the
+ * entry back. An unreplied entry lives at most CT_SYN_TIMEOUT /
+ * CT_LIFETIME_NONTCP from its creation, so one endpoint holds at most about
+ * 2 x CT_EP_BUDGET unreplied entries of the shared LRU tables. */
+#ifndef CT_EP_BUDGET
+#define CT_EP_BUDGET		4096
+#endif
+#ifndef CT_BUDGET_WINDOW
+#define CT_BUDGET_WINDOW	60
 #endif
 
 /* ---- map sizes (overridable with -D through loader.compile_datapath) ---- */
@@ -97,6 +111,10 @@
  * 18 MB (v6). Raise with compile_datapath(defines={"CT_MAP_SIZE": N}). */
 #define CT_MAP_SIZE		131072
 #endif
+#ifndef FRAG_MAP_SIZE
+/* datagrams in flight whose later fragments still need the first one's ports */
+#define FRAG_MAP_SIZE		8192
+#endif
 #ifndef METRICS_MAP_SIZE
 #define METRICS_MAP_SIZE	1024
 #endif
@@ -111,9 +129,12 @@
 #define DROP_CT_INVALID_HDR	135
 #define DROP_UNKNOWN_L3		139
 #define DROP_NO_LXC		152
+#define DROP_CT_CREATE_FAILED	155
 #define DROP_POLICY_L4		159
 #define DROP_POLICY_CIDR	162
+#define DROP_FRAG_NOT_FOUND	175
 #define DROP_POLICY_DENY	181
+#define DROP_VLAN_FILTERED	182
 
 /* ---- notification types (cilium monitor) ---- */
 #define NOTIFY_DROP		1
@@ -235,6 +256,37 @@ struct ct_entry {
 	__u16 flags;		/* CT_F_* */
 	__u32 src_sec_id;
 	__u32 last_report;
+};
+
+/* cilium_ipv4_frag_datagrams key (Cilium's layout) */
+struct ipv4_frag_id {
+	__u32 daddr;
+	__u32 saddr;
+	__u16 id;		/* network byte order */
+	__u8  proto;
+	__u8  pad;
+};
+
+/* cilium_ipv6_frag_datagrams key (Cilium's layout) */
+struct ipv6_frag_id {
+	__u32 id;		/* network byte order */
+	__u8  proto;
+	__u8  pad1;
+	__u16 pad2;
+	__u8  saddr[16];
+	__u8  daddr[16];
+};
+
+/* value of both fragment maps: the first fragment's L4 "ports" */
+struct frag_l4ports {
+	__u16 sport;
+	__u16 dport;
+};
+
+/* cilium_ct_budget (ARRAY indexed by lxc_id) */
+struct ct_budget {
+	__u32 window_start;	/* seconds of CLOCK_MONOTONIC */
+	__u32 count;		/* unreplied entries created in this window */
 };
 
 /* cilium_metrics (per-CPU) */

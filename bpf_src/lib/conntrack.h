@@ -7,7 +7,18 @@
  * endpoint opened it; CT_INGRESS: to-container, the peer opened it). Packets
  * of the same tuple (established) or of its reverse (replies) pass without a
  * policy lookup. Expired entries are treated as absent; the agent garbage
- * collects them (CTMap.gc). */
+ * collects them (CTMap.gc).
+ *
+ * Lifetimes: until a packet went the reply way (CT_F_SEEN_REPLY) an entry
+ * lives CT_SYN_TIMEOUT (TCP) / CT_LIFETIME_NONTCP from its creation and the
+ * originator's packets do not extend it; replied TCP entries live
+ * CT_LIFETIME_TCP (CT_CLOSE_TIMEOUT once closing), other replied entries
+ * CT_LIFETIME_NONTCP from their last packet. A TCP packet without SYN still
+ * creates an entry when policy allows it (connections survive a CT flush, as
+ * in Cilium and nf_conntrack), but only a short one until the peer answers.
+ * Unreplied entries are charged to the endpoint they were created for
+ * (cilium_ct_budget, CT_EP_BUDGET per CT_BUDGET_WINDOW), so that one
+ * endpoint cannot evict everyone's entries from the shared LRU tables. */
 #ifndef __LIB_CONNTRACK_H_
 #define __LIB_CONNTRACK_H_
 
@@ -79,11 +90,51 @@ static __always_inline int ct_is_closed(const struct ct_entry *e)
 	       (CT_F_RX_CLOSING | CT_F_TX_CLOSING);
 }
 
-static __always_inline void ct_update(struct ct_entry *e, const struct flow *f,
-				      int is_reply, __u32 len, __u32 now)
+/* Take one unit of lxc_id's budget; 0 when it is used up for this window. */
+static __always_inline int ct_budget_take(__u16 lxc_id, __u32 now)
+{
+	__u32 key = lxc_id;
+	struct ct_budget *b = bpf_map_lookup_elem(&cilium_ct_budget, &key);
+
+	if (!b)
+		return 1;
+	if (now - b->window_start >= CT_BUDGET_WINDOW) {
+		/* racing CPUs may both reset: the budget is a bound, not a count */
+		b->window_start = now;
+		b->count = 0;
+	}
+	if (b->count >= CT_EP_BUDGET)
+		return 0;
+	__sync_fetch_and_add(&b->count, 1);
+	return 1;
+}
+
+/* The first reply of an entry gives its unit back to the endpoint it was
+ * charged to: the originator for CT_EGRESS entries, the originator's peer
+ * for CT_INGRESS ones. 'f' is the reply, so the roles are swapped. */
+static __always_inline void ct_budget_refund(const struct flow *f, __u8 key_flags)
+{
+	const union v6addr *owner = key_flags == CT_EGRESS ? &f->daddr : &f->saddr;
+	struct endpoint_info *ep = lookup_lxc(f, owner);
+	struct ct_budget *b;
+	__u32 key;
+
+	if (!ep)
+		return;
+	key = ep->lxc_id;
+	b = bpf_map_lookup_elem(&cilium_ct_budget, &key);
+	if (b && b->count > 0)
+		__sync_fetch_and_add(&b->count, -1);
+}
+
+/* Account a packet of entry e and move its lifetime; returns 1 if this was
+ * the entry's first reply. */
+static __always_inline int ct_update(struct ct_entry *e, const struct flow *f,
+				     int is_reply, __u32 len, __u32 now)
 {
 	__u32 lifetime = CT_LIFETIME_NONTCP;
 	__u16 flags = e->flags;
+	int first_reply = 0;
 
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, len);
@@ -106,10 +157,21 @@ static __always_inline void ct_update(struct ct_entry *e, const struct flow *f,
 		else
 			lifetime = CT_SYN_TIMEOUT;
 	}
+	if (is_reply && !(flags & CT_F_SEEN_REPLY)) {
+		flags |= CT_F_SEEN_REPLY;
+		first_reply = 1;
+	}
 	if (flags != e->flags)
 		e->flags = flags;
+	if (!(flags & CT_F_SEEN_REPLY)) {
+		/* unreplied: the creation deadline stands, closing may shorten it */
+		if (lifetime == CT_CLOSE_TIMEOUT && e->lifetime > now + lifetime)
+			e->lifetime = now + lifetime;
+		return 0;
+	}
 	if (e->lifetime != now + lifetime)
 		e->lifetime = now + lifetime;
+	return first_reply;
 }
 
 /* Classify f against the CT table from the point of view of a program whose
@@ -118,7 +180,7 @@ static __always_inline void ct_update(struct ct_entry *e, const struct flow *f,
 static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
 				     __u32 now, __u32 *src_sec_id)
 {
-	__u8 other = dir == CT_EGRESS ? CT_INGRESS : CT_EGRESS;
+	__u8 key_flags, other = dir == CT_EGRESS ? CT_INGRESS : CT_EGRESS;
 	struct ct_entry *e;
 
 	e = ct_lookup_live(f, 0, dir, now);
@@ -131,11 +193,15 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
 		*src_sec_id = e->src_sec_id;
 		return CT_ESTABLISHED;
 	}
+	key_flags = other;
 	e = ct_lookup_live(f, 1, other, now);
-	if (!e)
+	if (!e) {
+		key_flags = dir;
 		e = ct_lookup_live(f, 1, dir, now);
+	}
 	if (e) {
-		ct_update(e, f, 1, len, now);
+		if (ct_update(e, f, 1, len, now))
+			ct_budget_refund(f, key_flags);
 		*src_sec_id = e->src_sec_id;
 		return CT_REPLY;
 	}
@@ -148,9 +214,11 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
 	return CT_NEW;
 }
 
-/* ICMP error: is the quoted packet part of a tracked connection? */
+/* ICMP error: is the quoted packet part of a tracked connection?
+ * 'from_endpoint': the error was sent by the local endpoint (from-container),
+ * which is no router: it can only report on packets addressed to itself. */
 static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct flow *f,
-					     __u32 now)
+					     __u32 now, int from_endpoint)
 {
 	struct flow inner = {};
 	int ret;
@@ -167,6 +235,13 @@ static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct
 	if (inner.saddr.p32[0] != f->daddr.p32[0] || inner.saddr.p32[1] != f->daddr.p32[1] ||
 	    inner.saddr.p32[2] != f->daddr.p32[2] || inner.saddr.p32[3] != f->daddr.p32[3])
 		return CT_NEW;
+	/* ...and, from an endpoint, sent to the error's sender: otherwise a
+	 * container could inject errors into flows between two others. Errors
+	 * arriving from the host side may come from any router on the path. */
+	if (from_endpoint &&
+	    (inner.daddr.p32[0] != f->saddr.p32[0] || inner.daddr.p32[1] != f->saddr.p32[1] ||
+	     inner.daddr.p32[2] != f->saddr.p32[2] || inner.daddr.p32[3] != f->saddr.p32[3]))
+		return CT_NEW;
 	if (ct_lookup_live(&inner, 0, CT_EGRESS, now) ||
 	    ct_lookup_live(&inner, 0, CT_INGRESS, now) ||
 	    ct_lookup_live(&inner, 1, CT_EGRESS, now) ||
@@ -175,10 +250,16 @@ static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct
 	return CT_NEW;
 }
 
+/* Create the entry of a NEW flow that policy allowed, charged to lxc_id.
+ * Returns 0 or DROP_CT_CREATE_FAILED (budget used up, map update failed). */
 static __always_inline int ct_create(const struct flow *f, __u8 dir, __u32 src_sec_id,
-				     __u32 len, __u32 now)
+				     __u32 len, __u32 now, __u16 lxc_id)
 {
 	struct ct_entry e = {};
+	int ret;
+
+	if (!ct_budget_take(lxc_id, now))
+		return DROP_CT_CREATE_FAILED;
 
 	e.packets = 1;
 	e.bytes = len;
@@ -187,12 +268,10 @@ static __always_inline int ct_create(const struct flow *f, __u8 dir, __u32 src_s
 	if (f->nexthdr == IPPROTO_TCP) {
 		__u8 tf = f->tcp_flags;
 
-		if ((tf & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
-			e.lifetime = now + CT_SYN_TIMEOUT;
-		} else {
+		/* no reply seen yet: short, whatever the flags */
+		e.lifetime = now + CT_SYN_TIMEOUT;
+		if ((tf & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
 			e.flags |= CT_F_SEEN_NON_SYN;
-			e.lifetime = now + CT_LIFETIME_TCP;
-		}
 		if (tf & (TCP_FLAG_RST | TCP_FLAG_FIN)) {
 			e.flags |= CT_F_RX_CLOSING | CT_F_TX_CLOSING;
 			e.lifetime = now + CT_CLOSE_TIMEOUT;
@@ -209,7 +288,7 @@ static __always_inline int ct_create(const struct flow *f, __u8 dir, __u32 src_s
 		k.dport = f->dport;
 		k.nexthdr = f->nexthdr;
 		k.flags = dir;
-		return bpf_map_update_elem(&cilium_ct4, &k, &e, BPF_ANY);
+		ret = bpf_map_update_elem(&cilium_ct4, &k, &e, BPF_ANY);
 	} else {
 		struct ipv6_ct_tuple k = {};
 
@@ -219,8 +298,9 @@ static __always_inline int ct_create(const struct flow *f, __u8 dir, __u32 src_s
 		k.dport = f->dport;
 		k.nexthdr = f->nexthdr;
 		k.flags = dir;
-		return bpf_map_update_elem(&cilium_ct6, &k, &e, BPF_ANY);
+		ret = bpf_map_update_elem(&cilium_ct6, &k, &e, BPF_ANY);
 	}
+	return ret < 0 ? DROP_CT_CREATE_FAILED : 0;
 }
 
 #endif /* __LIB_CONNTRACK_H_ */

@@ -4,30 +4,61 @@
 
 #include "common.h"
 #include "l4.h"
+#include "maps.h"
 
 #define IPV4_OFF	ETH_HLEN
+#define IPV4_MF		0x2000
+#define IPV4_OFFSET	0x1fff
 
 /* Parse an IPv4 header at 'off' into f (addresses, protocol, L4 offset).
- * Non-first fragments carry no L4 header: ports stay 0. */
+ * Fragments (as Cilium tracks them): the first fragment of a datagram
+ * records its ports in cilium_ipv4_frag_datagrams under (addresses, IP id,
+ * protocol); later fragments, which carry no L4 header, take them from there
+ * (PARSE_FRAG_NOT_FOUND without it). A quoted packet ('inner') is only
+ * parsed, never tracked. */
 static __always_inline int ipv4_parse_hdr(struct __sk_buff *skb, __u32 off,
 					  struct flow *f, int inner)
 {
+	struct ipv4_frag_id fid = {};
+	struct frag_l4ports ports = {}, *known;
 	struct iphdr ip;
 	__u32 ihl;
+	int ret;
 
 	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
-		return -1;
+		return PARSE_INVALID;
 	if (ip.version != 4 || ip.ihl < 5)
-		return -1;
+		return PARSE_INVALID;
 	ihl = ip.ihl * 4;
 	f->family = 4;
 	f->saddr.p32[0] = ip.saddr;
 	f->daddr.p32[0] = ip.daddr;
 	f->nexthdr = ip.protocol;
 	f->l4_off = off + ihl;
-	if (ip.frag_off & bpf_htons(0x1fff))
-		return 0;	/* non-first fragment */
-	return parse_l4(skb, f, inner);
+	if (inner) {
+		if (ip.frag_off & bpf_htons(IPV4_OFFSET))
+			return 0;
+		return parse_l4(skb, f, inner);
+	}
+	fid.daddr = ip.daddr;
+	fid.saddr = ip.saddr;
+	fid.id = ip.id;
+	fid.proto = ip.protocol;
+	if (ip.frag_off & bpf_htons(IPV4_OFFSET)) {
+		known = bpf_map_lookup_elem(&cilium_ipv4_frag_datagrams, &fid);
+		if (!known)
+			return PARSE_FRAG_NOT_FOUND;
+		f->sport = known->sport;
+		f->dport = known->dport;
+		return 0;
+	}
+	ret = parse_l4(skb, f, inner);
+	if (ret == 0 && (ip.frag_off & bpf_htons(IPV4_MF))) {
+		ports.sport = f->sport;
+		ports.dport = f->dport;
+		bpf_map_update_elem(&cilium_ipv4_frag_datagrams, &fid, &ports, BPF_ANY);
+	}
+	return ret;
 }
 
 /* Decrement the TTL, fixing the header checksum. Returns -1 if the packet

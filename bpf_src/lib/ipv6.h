@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "l4.h"
+#include "maps.h"
 
 #define IPV6_OFF	ETH_HLEN
 #define IPV6_MAX_EXTHDRS 4
@@ -40,18 +41,22 @@ static __always_inline int ipv6_addr_equals(const union v6addr *a, const __u8 *b
 	       a->p32[2] == bb->p32[2] && a->p32[3] == bb->p32[3];
 }
 
-/* Parse an IPv6 header (skipping up to IPV6_MAX_EXTHDRS extension headers). */
+/* Parse an IPv6 header (skipping up to IPV6_MAX_EXTHDRS extension headers).
+ * Fragments are tracked like IPv4's (ipv4_parse_hdr), in
+ * cilium_ipv6_frag_datagrams keyed by the fragment header's id. */
 static __always_inline int ipv6_parse_hdr(struct __sk_buff *skb, __u32 off,
 					  struct flow *f, int inner)
 {
+	struct ipv6_frag_id fid = {};
+	struct frag_l4ports ports = {}, *known;
 	struct ipv6hdr ip6;
 	__u8 nh, hdr[8] __attribute__((aligned(8)));
-	int i, nonfirst_frag = 0;
+	int i, ret, frag = 0, nonfirst_frag = 0;
 
 	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
-		return -1;
+		return PARSE_INVALID;
 	if (ip6.version != 6)
-		return -1;
+		return PARSE_INVALID;
 	f->family = 6;
 	__builtin_memcpy(f->saddr.addr, &ip6.saddr, 16);
 	__builtin_memcpy(f->daddr.addr, &ip6.daddr, 16);
@@ -65,10 +70,13 @@ static __always_inline int ipv6_parse_hdr(struct __sk_buff *skb, __u32 off,
 		    nh != NEXTHDR_AUTH)
 			break;
 		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
-			return -1;
+			return PARSE_INVALID;
 		if (nh == NEXTHDR_FRAGMENT) {
 			if ((*(__u16 *)&hdr[2]) & bpf_htons(0xfff8))
 				nonfirst_frag = 1;
+			/* offset 0 and M clear: an atomic fragment, a whole datagram */
+			frag = (*(__u16 *)&hdr[2]) & bpf_htons(0xfff9);
+			fid.id = *(__u32 *)&hdr[4];
 			off += 8;
 		} else if (nh == NEXTHDR_AUTH) {
 			off += ((__u32)hdr[1] + 2) * 4;
@@ -79,9 +87,31 @@ static __always_inline int ipv6_parse_hdr(struct __sk_buff *skb, __u32 off,
 	}
 	f->nexthdr = nh;
 	f->l4_off = off;
-	if (nonfirst_frag)
+	if (inner) {
+		if (nonfirst_frag)
+			return 0;
+		return parse_l4(skb, f, inner);
+	}
+	if (frag) {
+		fid.proto = nh;
+		__builtin_memcpy(fid.saddr, &ip6.saddr, 16);
+		__builtin_memcpy(fid.daddr, &ip6.daddr, 16);
+	}
+	if (nonfirst_frag) {
+		known = bpf_map_lookup_elem(&cilium_ipv6_frag_datagrams, &fid);
+		if (!known)
+			return PARSE_FRAG_NOT_FOUND;
+		f->sport = known->sport;
+		f->dport = known->dport;
 		return 0;
-	return parse_l4(skb, f, inner);
+	}
+	ret = parse_l4(skb, f, inner);
+	if (ret == 0 && frag) {
+		ports.sport = f->sport;
+		ports.dport = f->dport;
+		bpf_map_update_elem(&cilium_ipv6_frag_datagrams, &fid, &ports, BPF_ANY);
+	}
+	return ret;
 }
 
 /* Neighbour discovery must arrive with hop limit 255 (RFC 4861): anything

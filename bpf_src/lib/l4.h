@@ -10,6 +10,15 @@
 #define IPPROTO_ICMPV6 58
 #endif
 
+/* negative results of the header parsers */
+#define PARSE_INVALID		(-1)	/* truncated or malformed: DROP_INVALID */
+#define PARSE_FRAG_NOT_FOUND	(-2)	/* later fragment, first one unseen */
+
+static __always_inline int parse_drop_reason(int ret)
+{
+	return ret == PARSE_FRAG_NOT_FOUND ? DROP_FRAG_NOT_FOUND : DROP_INVALID;
+}
+
 static __always_inline int icmp4_is_error(__u8 type)
 {
 	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||

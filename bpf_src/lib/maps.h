@@ -59,6 +59,33 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_ct6 __section(".maps");
 
+/* first fragment's ports by (addresses, fragment id, protocol), read by the
+ * datagram's later fragments; LRU: a datagram whose entry is gone is dropped */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipv4_frag_id);
+	__type(value, struct frag_l4ports);
+	__uint(max_entries, FRAG_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_ipv4_frag_datagrams __section(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipv6_frag_id);
+	__type(value, struct frag_l4ports);
+	__uint(max_entries, FRAG_MAP_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_ipv6_frag_datagrams __section(".maps");
+
+/* per-endpoint budget of unreplied conntrack entries (lib/conntrack.h) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ct_budget);
+	__uint(max_entries, 65536);	/* every lxc_id */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_ct_budget __section(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__type(key, struct metrics_key);

@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass, field
 
 from docker_cilium import defaults
 
-from docker_cilium.policy.resolve import ENFORCEMENT_MODES  # noqa: F401  (re-exported for flags)
-
 
 @dataclass
 class DaemonConfig:
@@ -29,6 +27,7 @@ class DaemonConfig:
     debug: bool = False
     log_format: str = "auto"
     policy_enforcement: str = "default"
+    docker_reconcile_grace: float = 60.0  # seconds; see endpoint/reconcile.py
 
     def to_dict(self) -> dict:
         return asdict(self)

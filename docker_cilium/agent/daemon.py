@@ -17,12 +17,15 @@ import structlog
 
 from docker_cilium import __version__, defaults
 from docker_cilium.agent.config import DaemonConfig
-from docker_cilium.agent.servers import UnixServer
+from docker_cilium.agent.lock import AgentLock
+from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
 from docker_cilium.datapath.loader import Datapath, compile_datapath
 from docker_cilium.endpoint.manager import EndpointManager
+from docker_cilium.endpoint.orphans import collect_orphans
+from docker_cilium.endpoint.reconcile import DockerReconciler
 from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity.allocator import IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
@@ -61,6 +64,9 @@ class Daemon:
         self._gc: asyncio.Task[None] | None = None
         self.watcher: DockerWatcher | None = None
         self.servers: list[UnixServer] = []
+        self.lock = AgentLock([config.lib_dir, config.state_dir])
+        self.reconciler: DockerReconciler | None = None
+        self._reconcile: asyncio.Task[None] | None = None
 
     @property
     def ipam(self) -> IPAM:
@@ -87,6 +93,10 @@ class Daemon:
         cfg = self.config
         for d in (cfg.lib_dir, cfg.state_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
+        # Before any socket, link or map is touched: a second agent stops here.
+        self.lock.acquire()
+        for path in (cfg.socket_path, cfg.plugin_socket):
+            ensure_socket_free(path)
         self.store = SQLiteBackend(os.path.join(cfg.lib_dir, "node-state.db"))
         await self.store.connect()
         self.kvstore = new_backend(cfg.kvstore, cfg.kvstore_opts, cfg.lib_dir)
@@ -124,6 +134,8 @@ class Daemon:
                                           self._regenerator)
         await self._endpoints.restore()
         await self._endpoints.restore_datapath()
+        await collect_orphans(self.links, self.datapath.maps, self._endpoints.endpoints.values(), self.node)
+        self.reconciler = DockerReconciler(self._endpoints, self._ipam, cfg.docker_reconcile_grace)
         self._gc = asyncio.create_task(self._garbage_collect(), name="gc")
 
         self.servers = [
@@ -136,6 +148,7 @@ class Daemon:
         self.watcher = DockerWatcher(cfg.docker_socket, lambda nid: nid in self.endpoints.networks,
                                      self._endpoints.update_container, self.iptables.ensure_nat_first)
         self.watcher.start()
+        self._reconcile = asyncio.create_task(self.reconciler.run(self.watcher.view), name="docker-reconcile")
         self.started = time.time()
         log.info("agent.started", version=__version__, node=self.node.to_dict(), mtu=self.mtu,
                  kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
@@ -159,10 +172,11 @@ class Daemon:
                 log.exception("gc.failed")
 
     async def stop(self) -> None:
-        if self._gc is not None:
-            self._gc.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gc
+        for task in (self._gc, self._reconcile):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.watcher:
             await self.watcher.stop()
         for server in reversed(self.servers):
@@ -178,6 +192,7 @@ class Daemon:
         if self.datapath is not None:
             # Programs stay attached and maps pinned: enforcement goes on.
             await asyncio.to_thread(self.datapath.close)
+        self.lock.release()
         log.info("agent.stopped")
 
     def host_addressing(self) -> dict[str, Any]:
@@ -207,12 +222,20 @@ class Daemon:
                                   "msg": "docker events connected" if docker_ok else
                                   (self.watcher.last_error if self.watcher else "") or "not connected"},
             "kubernetes": {"state": "Disabled"},
-            "cilium": {"state": "Ok", "msg": f"docker-cilium {__version__}, up {int(time.time() - self.started)}s"},
+            "cilium": self._cilium_status(),
             "ipam": self.ipam.status(),
             "endpoints": len(self.endpoints.endpoints),
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
         }
+
+    def _cilium_status(self) -> dict[str, str]:
+        """Ok, or Warning naming the records restore had to skip."""
+        msg = f"docker-cilium {__version__}, up {int(time.time() - self.started)}s"
+        failures = self.endpoints.restore_failures
+        if not failures:
+            return {"state": "Ok", "msg": msg}
+        return {"state": "Warning", "msg": f"{msg}; {len(failures)} record(s) not restored: " + "; ".join(failures)}
 
     def _identity_status(self) -> dict[str, Any]:
         """Allocator health: a number that came back owned by other labels is a Warning."""

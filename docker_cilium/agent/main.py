@@ -10,8 +10,9 @@ import structlog
 
 from docker_cilium import defaults
 from docker_cilium import logging as dclog
-from docker_cilium.agent.config import ENFORCEMENT_MODES, DaemonConfig
+from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.daemon import Daemon
+from docker_cilium.policy.resolve import ENFORCEMENT_MODES
 
 
 def _opts(values: tuple[str, ...]) -> dict[str, str]:
@@ -46,6 +47,9 @@ def _opts(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--mtu", default=0, type=int, help="Endpoint MTU (0 = follow the uplink)")
 @click.option("--enable-policy", "policy_enforcement", type=click.Choice(ENFORCEMENT_MODES), default="default",
               help="Policy enforcement mode")
+@click.option("--docker-reconcile-grace", type=click.FloatRange(min=0), default=60.0,
+              help="Seconds an address or endpoint restored at start must be old before it is released "
+                   "when dockerd does not know it")
 @click.option("--debug", "-D", is_flag=True, help="Debug logging")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:

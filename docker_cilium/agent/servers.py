@@ -8,11 +8,27 @@ fly because /run is a tmpfs that starts empty after a reboot.
 from __future__ import annotations
 
 import os
+import socket
 
 import structlog
 from aiohttp import web
 
 log = structlog.get_logger(__name__)
+
+
+def ensure_socket_free(path: str) -> None:
+    """Refuse a socket another process still serves; a dead one may be replaced."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return  # stale socket from a crashed agent
+    finally:
+        probe.close()
+    raise RuntimeError(f"{path} is served by another process (another cilium-agent?): stop it first")
 
 
 class UnixServer:
@@ -22,6 +38,7 @@ class UnixServer:
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        ensure_socket_free(self.path)
         if os.path.exists(self.path):
             os.unlink(self.path)  # stale socket from a crashed agent
         await self.runner.setup()

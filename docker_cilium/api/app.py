@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from docker_cilium.api import config, endpoint, identity, ipam, openapi, policy
-from docker_cilium.api.keys import DAEMON
+from docker_cilium.api.keys import DAEMON, APIDaemon
 from docker_cilium.api.errors import error_middleware
 from docker_cilium.errors import NotFound
-
 
 
 async def _not_found(request: web.Request) -> web.Response:
     raise NotFound(f"no such API path: {request.method} {request.path}")
 
 
-def build_app(daemon: Any) -> web.Application:
+def build_app(daemon: APIDaemon) -> web.Application:
+    """The REST app over ``daemon``; unknown paths are a 404 in the API's error shape."""
     app = web.Application(middlewares=[error_middleware])
     app[DAEMON] = daemon
     for module in (config, endpoint, identity, ipam, policy, openapi):

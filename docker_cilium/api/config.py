@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from docker_cilium.api.keys import DAEMON
+from docker_cilium.api.keys import DAEMON, APIDaemon
 
 from docker_cilium.policy.resolve import parse_enforcement
 from docker_cilium.api.errors import json_body, reject_unknown
@@ -23,14 +23,9 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(await request.app[DAEMON].status())
 
 
-def _enforcement(daemon: Any) -> str:
-    policy = getattr(daemon, "policy", None)
-    return policy.enforcement if policy is not None else daemon.config.policy_enforcement
-
-
-def _config_model(daemon: Any) -> dict[str, Any]:
+def _config_model(daemon: APIDaemon) -> dict[str, Any]:
     configuration = daemon.config.to_dict()
-    mode = _enforcement(daemon)
+    mode = daemon.policy.enforcement
     configuration["policy_enforcement"] = mode  # the live value, not the start flag
     return {
         "configuration": configuration,

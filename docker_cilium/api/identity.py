@@ -9,12 +9,13 @@ from aiohttp import web
 from docker_cilium.api.keys import DAEMON
 
 from docker_cilium.errors import BadRequest, NotFound
+from docker_cilium.identity.allocator import Identity
 from docker_cilium.identity.labels import Label
 
 routes = web.RouteTableDef()
 
 
-def identity_model(ident: Any) -> dict[str, Any]:
+def identity_model(ident: Identity) -> dict[str, Any]:
     return {"id": ident.id, "labels": ident.labels.to_strings()}
 
 

@@ -1,13 +1,48 @@
-"""Typed application keys (aiohttp's AppKey) shared by the API handlers."""
+"""What the REST API needs from the agent, and the typed AppKey that carries it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-if TYPE_CHECKING:  # the daemon builds the API app: no import at run time
-    from docker_cilium.agent.daemon import Daemon
+if TYPE_CHECKING:  # the daemon builds the API app: no import of its parts at run time
+    from docker_cilium.agent.config import DaemonConfig
+    from docker_cilium.endpoint.manager import EndpointManager
+    from docker_cilium.identity.cache import IdentityCache
+    from docker_cilium.ipam.allocator import IPAM
+    from docker_cilium.policy.manager import PolicyManager
+
+
+class APIDaemon(Protocol):
+    """The agent as the handlers see it: ``agent.daemon.Daemon`` in the agent,
+    ``tests/unit/unit_daemon.UnitDaemon`` (the same objects minus the kernel)
+    in unit tests. Read-only: the handlers call into these, never replace them."""
+
+    @property
+    def config(self) -> DaemonConfig: ...
+
+    @property
+    def mtu(self) -> int: ...
+
+    @property
+    def ipam(self) -> IPAM: ...
+
+    @property
+    def policy(self) -> PolicyManager: ...
+
+    @property
+    def identities(self) -> IdentityCache: ...
+
+    @property
+    def endpoints(self) -> EndpointManager: ...
+
+    def host_addressing(self) -> dict[str, Any]: ...
+
+    async def status(self) -> dict[str, Any]:
+        """Cilium's StatusResponse (``/v1/healthz``)."""
+        ...
+
 
 # The agent whose endpoints, IPAM and policy the handlers serve.
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+DAEMON: web.AppKey[APIDaemon] = web.AppKey("daemon")

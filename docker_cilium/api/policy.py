@@ -141,7 +141,7 @@ async def resolve_policy(request: web.Request) -> web.Response:
     if not src or not dst:
         raise BadRequest("both 'from' and 'to' need at least one label")
     policy = _policy(request)
-    checks = [parse_dport(d) for d in dports] or [(None, "ANY")]
+    checks: list[tuple[int | None, str]] = [parse_dport(d) for d in dports] or [(None, "ANY")]
     verdicts, log = [], []
     for port, proto in checks:
         verdict, lines = policy.trace(src, dst, port, proto)

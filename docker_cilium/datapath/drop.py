@@ -14,9 +14,12 @@ DROP_INVALID = 134
 DROP_CT_INVALID_HDR = 135
 DROP_UNKNOWN_L3 = 139
 DROP_NO_LXC = 152
+DROP_CT_CREATE_FAILED = 155
 DROP_POLICY_L4 = 159
 DROP_POLICY_CIDR = 162
+DROP_FRAG_NOT_FOUND = 175
 DROP_POLICY_DENY = 181
+DROP_VLAN_FILTERED = 182
 
 DROP_REASONS = {
     REASON_FORWARDED: "Forwarded",
@@ -26,9 +29,12 @@ DROP_REASONS = {
     DROP_POLICY: "Policy denied (L3)",
     DROP_INVALID: "Invalid packet",
     DROP_CT_INVALID_HDR: "CT: Truncated or invalid header",
-    DROP_UNKNOWN_L3: "Unknown L3 target address",
+    DROP_UNKNOWN_L3: "Unsupported L3 protocol",
     DROP_NO_LXC: "No matching local container found",
+    DROP_CT_CREATE_FAILED: "CT: Map insertion failed",
     DROP_POLICY_L4: "Policy denied (L4)",
     DROP_POLICY_CIDR: "Policy denied (CIDR)",
+    DROP_FRAG_NOT_FOUND: "First logical datagram fragment not found",
     DROP_POLICY_DENY: "Policy denied by denylist",
+    DROP_VLAN_FILTERED: "VLAN traffic disallowed by VLAN filter",
 }

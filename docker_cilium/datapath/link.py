@@ -29,16 +29,32 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 RT_SCOPE_LINK = 253
+RT_TABLE_MAIN = 254
+PEER_IFNAME_PREFIX = "tmp"
+
+
+def _endpoint_hash(endpoint_id: str) -> str:
+    return hashlib.sha256(endpoint_id.encode()).hexdigest()[:12]
 
 
 def host_ifname(endpoint_id: str) -> str:
     """``lxc`` + 12 hex of sha256(EndpointID): stable, unique, fits IFNAMSIZ."""
-    return defaults.ENDPOINT_IFNAME_PREFIX + hashlib.sha256(endpoint_id.encode()).hexdigest()[:12]
+    return defaults.ENDPOINT_IFNAME_PREFIX + _endpoint_hash(endpoint_id)
 
 
 def peer_ifname(endpoint_id: str) -> str:
-    """The container side before dockerd renames it ``cilium<N>``."""
-    return "tmp" + endpoint_id[:5]
+    """The container side before dockerd renames it ``cilium<N>``: ``tmp`` + the
+    same 12 hex as the host side. Derived from the whole EndpointID, so two
+    endpoints whose IDs share a prefix never get one name (and never delete
+    each other's link as a leftover)."""
+    return PEER_IFNAME_PREFIX + _endpoint_hash(endpoint_id)
+
+
+def is_endpoint_ifname(name: str) -> bool:
+    """Whether ``name`` is a host-side endpoint veth of ours (``lxc`` + 12 hex)."""
+    prefix = defaults.ENDPOINT_IFNAME_PREFIX
+    tail = name[len(prefix):]
+    return name.startswith(prefix) and len(tail) == 12 and all(c in "0123456789abcdef" for c in tail)
 
 
 def container_mac(endpoint_id: str) -> str:
@@ -286,6 +302,66 @@ class LinkManager:
             return removed
 
         return await self._run(_delete)
+
+    # ---- orphans (what a crash left behind) ---------------------------------------
+
+    async def endpoint_links(self) -> dict[str, int]:
+        """Host-side endpoint veths present now (name -> ifindex)."""
+
+        def _list() -> dict[str, int]:
+            out = {}
+            for link in self._ip().get_links():
+                name = link.get("ifname") or ""
+                if is_endpoint_ifname(name):
+                    out[name] = link["index"]
+            return out
+
+        return await self._run(_list)
+
+    async def delete_link(self, name: str) -> bool:
+        """Delete one link by name (its veth peer and routes go with it)."""
+
+        def _delete() -> bool:
+            idx = self._index(name)
+            if idx is None:
+                return False
+            try:
+                self._ip().link("del", index=idx)
+            except NetlinkError as exc:
+                if exc.code != errno.ENODEV:
+                    raise
+                return False
+            return True
+
+        return await self._run(_delete)
+
+    async def delete_orphan_routes(self, ranges: list[Any], keep_ifindexes: set[int]) -> list[str]:
+        """Remove main-table host routes (``/32``, ``/128``) into ``ranges`` that
+        leave by an endpoint veth other than ``keep_ifindexes`` (the live
+        endpoints'); returns the destinations removed. Routes by any other
+        device (cilium_host's own prefix routes among them) are not ours."""
+
+        def _sweep() -> list[str]:
+            ip = self._ip()
+            veths = {l["index"] for l in ip.get_links() if is_endpoint_ifname(l.get("ifname") or "")}
+            removed = []
+            for family, plen in ((2, 32), (10, 128)):
+                for route in ip.get_routes(family=family, table=RT_TABLE_MAIN):
+                    dst, oif = route.get_attr("RTA_DST"), route.get_attr("RTA_OIF")
+                    if route["dst_len"] != plen or not dst or oif not in veths or oif in keep_ifindexes:
+                        continue
+                    addr = ipaddress.ip_address(dst)
+                    if not any(addr in net for net in ranges if net.version == addr.version):
+                        continue
+                    try:
+                        ip.route("del", dst=f"{dst}/{plen}", oif=oif, table=RT_TABLE_MAIN)
+                        removed.append(f"{dst}/{plen}")
+                    except NetlinkError as exc:
+                        if exc.code not in (errno.ESRCH, errno.ENOENT):
+                            raise
+            return removed
+
+        return await self._run(_sweep)
 
     async def delete_routes(self, ipv4: str | None, ipv6: str | None) -> None:
         """Drop host routes left behind when the link is already gone."""

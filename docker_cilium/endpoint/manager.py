@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from docker_cilium import faults
 from docker_cilium.datapath.iptables import Iptables
-from docker_cilium.datapath.link import LinkManager, container_mac
+from docker_cilium.datapath.link import LinkManager, container_mac, host_ifname, peer_ifname
 from docker_cilium.endpoint.model import Endpoint, State
+from docker_cilium.endpoint.restore import RestoreMixin
 from docker_cilium.endpoint.network import (
     Network,
     bare_ip,
@@ -86,7 +88,7 @@ class JoinInfo:
     routes: list[StaticRoute] = field(default_factory=list)
 
 
-class EndpointManager:
+class EndpointManager(RestoreMixin):
     def __init__(
         self,
         store: Backend,
@@ -109,6 +111,8 @@ class EndpointManager:
         self._lock = asyncio.Lock()
         self._creating: dict[str, int] = {}  # Docker endpoint ID -> reserved endpoint ID
         self._creating_addrs: dict[str, str] = {}  # address -> Docker endpoint ID being created
+        self._unfinished: list[Endpoint] = []  # records of creates/deletes a crash interrupted
+        self.restore_failures: list[str] = []  # "<key>: <error>" of records restore skipped
 
     # ---- persistence -------------------------------------------------------------
 
@@ -117,40 +121,6 @@ class EndpointManager:
 
     async def _save_network(self, net: Network) -> None:
         await self.store.put(NET_PREFIX + net.id, json.dumps(net.to_record()).encode())
-
-    async def restore(self) -> tuple[int, int]:
-        """Load networks and endpoints; re-plumb what the host still has."""
-        for key, raw in (await self.store.get_prefix(NET_PREFIX)).items():
-            net = Network.from_record(json.loads(raw))
-            self.networks[net.id] = net
-            await self._plumb_network(net)
-        for key, raw in (await self.store.get_prefix(EP_PREFIX)).items():
-            ep = Endpoint.from_record(json.loads(raw))  # in state RESTORING
-            idx = await self.links.link_index(ep.ifname)
-            if idx is None:
-                # Host rebooted or someone deleted the link: dockerd will call
-                # DeleteEndpoint for it; keep the record so that succeeds cleanly.
-                ep.set_state(State.NOT_READY, "interface is gone; waiting for Docker to remove the endpoint")
-            else:
-                ep.ifindex = idx
-                await self._plumb_endpoint(ep)
-            self.endpoints[ep.docker_endpoint_id] = ep
-        log.info("endpoint.restore", networks=len(self.networks), endpoints=len(self.endpoints))
-        return len(self.networks), len(self.endpoints)
-
-    async def restore_datapath(self) -> None:
-        """Hand restored endpoints to the datapath (after it has been loaded)."""
-        for ep in list(self.endpoints.values()):
-            if ep.state != State.RESTORING:
-                continue
-            try:
-                await self.hooks.endpoint_created(ep)
-            except Exception as exc:
-                # Its BPF state from before the restart stays in place and
-                # enforcing; the next label event or regeneration retries.
-                log.error("endpoint.restore_failed", endpoint=ep.id, error=str(exc))
-                ep.set_state(State.NOT_READY, f"restore failed: {exc}")
-            await self._save_endpoint(ep)
 
     # ---- networks ----------------------------------------------------------------
 
@@ -186,9 +156,18 @@ class EndpointManager:
             conflict = network_conflict(net, self.networks.values(), self.node)
             if conflict is not None:
                 raise Conflict(conflict)
-            await self._save_network(net)
             self.networks[net.id] = net
-        await self._plumb_network(net)
+        # Saved only once plumbed: a record that cannot be plumbed would fail
+        # again at every start, for a network dockerd was told does not exist.
+        try:
+            await self._plumb_network(net)
+            await self._save_network(net)
+        except BaseException:
+            async with self._lock:
+                if self.networks.get(net.id) is net:
+                    del self.networks[net.id]
+            await self._unplumb_network(net)
+            raise
         log.info("network.create", network=network_id[:12], cilium_ipam=net.cilium_ipam, mtu=mtu,
                  gateway4=net.gateway4, gateway6=net.gateway6)
         return net
@@ -211,6 +190,11 @@ class EndpointManager:
             if busy:
                 log.warning("network.delete.endpoints_left", network=network_id[:12], endpoints=busy)
             await self.store.delete(NET_PREFIX + network_id)
+        await self._unplumb_network(net)
+        log.info("network.delete", network=network_id[:12])
+
+    async def _unplumb_network(self, net: Network) -> None:
+        """Undo _plumb_network for a network no longer registered."""
         # The router addresses are never a network's to remove, whatever an
         # older record says; a gateway another network uses stays too.
         still_used = {g for n in self.networks.values() for g in n.host_gateways}
@@ -224,7 +208,6 @@ class EndpointManager:
                 await self.iptables.remove_masquerade(4, net.pool4)
             if net.pool6 and all(p6 != net.pool6 for _, p6 in others):
                 await self.iptables.remove_masquerade(6, net.pool6)
-        log.info("network.delete", network=network_id[:12])
 
     def network(self, network_id: str) -> Network:
         net = self.networks.get(network_id)
@@ -272,24 +255,25 @@ class EndpointManager:
             self._creating[endpoint_id] = eid
             self._creating_addrs.update({a: endpoint_id for a in (ipv4, ipv6) if a})
         try:
-            link = await self.links.create_endpoint_link(endpoint_id, net.mtu, mac)
             ep = Endpoint(
                 id=eid, docker_endpoint_id=endpoint_id, docker_network_id=network_id,
-                ifname=link.host_ifname, ifindex=link.host_ifindex, peer_ifname=link.peer_ifname,
-                mac=mac, host_mac=link.host_mac, ipv4=ipv4, ipv6=ipv6, mtu=net.mtu,
+                ifname=host_ifname(endpoint_id), ifindex=0, peer_ifname=peer_ifname(endpoint_id),
+                mac=mac, host_mac="", ipv4=ipv4, ipv6=ipv6, mtu=net.mtu,
             )
+            # Recorded as `creating` before the kernel sees anything: a crash
+            # from here on leaves a record that restore undoes (see restore).
+            await self._save_endpoint(ep)
             try:
+                link = await self.links.create_endpoint_link(endpoint_id, net.mtu, mac)
+                ep.ifindex, ep.host_mac = link.host_ifindex, link.host_mac
                 await self._plumb_endpoint(ep)
                 ep.set_state(State.WAITING_FOR_IDENTITY, "created; container labels not known yet")
                 await self.hooks.endpoint_created(ep)
+                faults.point("endpoint-create-before-save")
                 await self._save_endpoint(ep)
             except BaseException:
                 log.warning("endpoint.create.rollback", endpoint=eid, endpoint_id=endpoint_id[:12])
-                try:
-                    await self.hooks.endpoint_deleted(ep)
-                finally:
-                    await self.links.delete_endpoint_link(endpoint_id)
-                    await self.links.delete_routes(ipv4, ipv6)
+                await self._teardown(ep)
                 raise
             self.endpoints[endpoint_id] = ep
         finally:
@@ -303,6 +287,10 @@ class EndpointManager:
         ms = (time.perf_counter() - t0) * 1000
         log.info("endpoint.create", endpoint=eid, ifname=ep.ifname, ipv4=ipv4, ipv6=ipv6, duration_ms=round(ms, 2))
         return ep, chosen_mac
+
+    def holds_address(self, addr: str) -> bool:
+        """Whether an endpoint (or one being created) has ``addr``."""
+        return addr in self._creating_addrs or any(addr in (ep.ipv4, ep.ipv6) for ep in self.endpoints.values())
 
     def _check_address_free(self, addr: str) -> None:
         """Refuse an address the node or another endpoint holds (caller holds the lock).
@@ -377,22 +365,37 @@ class EndpointManager:
         await self._save_endpoint(ep)
 
     async def delete_endpoint(self, network_id: str, endpoint_id: str) -> bool:
-        """Idempotent: dockerd re-deletes endpoints after crashes; unknown is fine."""
-        async with self._lock:
-            ep = self.endpoints.pop(endpoint_id, None)
+        """Idempotent: dockerd re-deletes endpoints after crashes; unknown is fine.
+
+        The endpoint stays known (``disconnecting``, in memory and in the
+        store) until every cleanup step succeeded: a step that fails leaves it
+        for the retry (or for restore, after a crash) to finish, instead of
+        forgetting what still has to be removed.
+        """
+        ep = self.endpoints.get(endpoint_id)
         if ep is None:
             await self.links.delete_endpoint_link(endpoint_id)
             return False
-        ep.set_state(State.DISCONNECTING, "deleted by Docker")
-        # The link goes first: while it exists its programs need its map
-        # entries, or they would let its traffic through unchecked.
-        await self.links.delete_endpoint_link(endpoint_id)
-        await self.hooks.endpoint_deleted(ep)
-        await self.links.delete_routes(ep.ipv4, ep.ipv6)
-        await self.store.delete(EP_PREFIX + endpoint_id)
+        if ep.state != State.DISCONNECTING:
+            ep.set_state(State.DISCONNECTING, "deleted by Docker")
+            await self._save_endpoint(ep)
+        await self._teardown(ep)
+        async with self._lock:
+            if self.endpoints.get(endpoint_id) is ep:
+                del self.endpoints[endpoint_id]
         ep.set_state(State.DISCONNECTED, "removed")
         log.info("endpoint.delete", endpoint=ep.id, ifname=ep.ifname)
         return True
+
+    async def _teardown(self, ep: Endpoint) -> None:
+        """Remove everything of ``ep`` from the kernel, then its record; each
+        step is idempotent, so a retry after a failure redoes all of them."""
+        # The link goes first: while it exists its programs need its map
+        # entries, or they would let its traffic through unchecked.
+        await self.links.delete_endpoint_link(ep.docker_endpoint_id)
+        await self.hooks.endpoint_deleted(ep)
+        await self.links.delete_routes(ep.ipv4, ep.ipv6)
+        await self.store.delete(EP_PREFIX + ep.docker_endpoint_id)
 
     def by_docker_id(self, endpoint_id: str, network_id: str | None = None) -> Endpoint:
         ep = self.endpoints.get(endpoint_id)

@@ -174,7 +174,6 @@ class Regenerator:
     async def endpoint_deleted(self, ep: Endpoint) -> None:
         async with self._lock:
             self.endpoints.pop(ep.id, None)
-            ident = self._ep_identity.pop(ep.id, None)
             ips = [ip for ip in (ep.ipv4, ep.ipv6) if ip]
             if self.dp is not None:
                 maps = self._maps()
@@ -185,8 +184,12 @@ class Regenerator:
                 # A later container on the same address must not inherit these
                 # flows (and skip policy through them).
                 await asyncio.to_thread(self._maps().ct.flush_addresses, *ips)
+            # Forgotten only once released: a retry after a failed step above
+            # (DeleteEndpoint runs again) still holds the reference to drop.
+            ident = self._ep_identity.get(ep.id)
             if ident is not None and not ident.is_reserved:
                 await self.allocator.release(ident)
+            self._ep_identity.pop(ep.id, None)
 
     async def regenerate(self, ep: Endpoint) -> None:
         """One endpoint's own settings (PolicyEnforcement) changed."""

@@ -1,34 +1,11 @@
 """Cluster-wide allocation of numeric security identities, Cilium style.
 
 An identity is the number the datapath and policy use instead of a label
-set, so the one hard rule is: every node must map one label set to one
-number, and no number may ever stand for two label sets (else one workload
-would inherit another's policy).
-
-KV layout (identical to Cilium's kvstore allocator):
-
-* ``cilium/state/identities/v1/id/<ID>`` -> the label set's sorted key.  The
-  *master key*: which label set owns the number.  Not leased.
-* ``cilium/state/identities/v1/value/<labelkey>/<node>`` -> ``<ID>``.  A
-  per-node *reference*, written with the session lease, so a dead node's
-  references vanish with it and GC can later free the number.
-* ``cilium/state/identities/v1/locks/<labelkey>`` -> holder token, leased.
-  A per-label-set lock, like Cilium's ``LockPath``.
-
-Why a lock when create_only already makes number claims atomic: create_only
-on ``id/<ID>`` stops two label sets sharing a number, but it cannot stop two
-nodes that both saw "no identity for L yet" from claiming two different
-free numbers for L (e.g. when the number the first saw as free is taken and
-freed in between).  Serializing "find or create" per label set closes that.
-The same lock also closes the GC race: GC would otherwise read "no
-references to L", a node would then find ``id/<N>`` = L and add its
-reference, and GC would delete ``id/<N>`` underneath it, letting N be
-reused for other labels.  GC therefore re-checks references while holding
-L's lock and deletes with compare_and_delete (so a master key recreated
-for other labels in the meantime is never deleted).  As defence in depth
-an allocation re-reads the master key after writing its reference and
-recreates or retries if it vanished.  The lock is leased, so a node that
-dies holding it blocks others for at most one lease TTL.
+set.  This module is the node's side (Cilium's ``pkg/allocator``): local
+references counted per label set (one store reference per node, however
+many endpoints share the labels), the watched cache of every master key,
+and recovery after a session loss.  How a number is claimed, locked,
+referenced and garbage-collected in the store is :mod:`.kvbackend`.
 
 Session loss: when the store replaces this node's lease (it expired during
 an outage longer than the TTL), every reference this node wrote is gone and
@@ -45,33 +22,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, AsyncIterator
+from typing import Any, Awaitable, Callable
 
 import structlog
 
-from docker_cilium.errors import Unavailable
-from docker_cilium.kvstore import Backend, EventType, KVStoreError, keys
+from docker_cilium.kvstore import Backend, EventType, KVStoreError
 
 from . import reserved
+from .kvbackend import (
+    ID_PREFIX,
+    LOCK_TIMEOUT_S,
+    PREFIX,
+    IdentityAllocationError,
+    KVStoreBackend,
+    label_key_of_ref,
+    parse_id_key,
+)
 from .labels import Labels
 
 log = structlog.get_logger(__name__)
 
-PREFIX = keys.IDENTITIES
-ID_PREFIX = PREFIX + "id/"
-VALUE_PREFIX = PREFIX + "value/"
-LOCK_PREFIX = PREFIX + "locks/"
-
-MAX_ATTEMPTS = 200
-LOCK_TIMEOUT_S = 30.0
-
-
-class IdentityAllocationError(Unavailable):
-    """No identity could be allocated (pool exhausted, lock never acquired...)."""
+__all__ = ["Identity", "IdentityAllocationError", "IdentityAllocator"]
 
 
 @dataclass(frozen=True)
@@ -93,15 +66,6 @@ class _LocalRef:
     refcount: int
 
 
-def _id_key(num: int) -> str:
-    return f"{ID_PREFIX}{num}"
-
-
-def _parse_id_key(key: str) -> int | None:
-    rest = key[len(ID_PREFIX):]
-    return int(rest) if rest.isdigit() else None
-
-
 class IdentityAllocator:
     """Allocates identities for one node; safe to run on many nodes at once."""
 
@@ -114,13 +78,10 @@ class IdentityAllocator:
         max_id: int = reserved.MAX,
         lock_timeout: float = LOCK_TIMEOUT_S,
     ) -> None:
-        if not node_name or "/" in node_name:
-            raise ValueError(f"invalid node name {node_name!r}: must be non-empty without '/'")
+        self.kv = KVStoreBackend(backend, node_name, min_id=min_id, max_id=max_id, lock_timeout=lock_timeout)
         self.backend = backend
         self.node_name = node_name
-        self.min_id = min_id
-        self.max_id = max_id
-        self.lock_timeout = lock_timeout
+        # Label key -> the number this node uses and how many holders it has.
         self._local: dict[str, _LocalRef] = {}
         self._key_locks: dict[str, asyncio.Lock] = {}
         # Cache of master keys (id -> label key), kept fresh by the watch so
@@ -193,72 +154,11 @@ class IdentityAllocator:
             if ref is not None:
                 ref.refcount += 1
                 return Identity(ref.id, labels)
-            num = await self._allocate_global(key)
+            num = await self.kv.allocate_id(key)
             self._local[key] = _LocalRef(num, 1)
             self._cache[num] = key
         log.info("identity.allocated", id=num, labels=str(labels), node=self.node_name)
         return Identity(num, labels)
-
-    async def _allocate_global(self, key: str) -> int:
-        kb = key.encode()
-        ref_key = self._ref_key(key)
-        async with self._kv_lock(key):
-            for attempt in range(MAX_ATTEMPTS):
-                masters = await self.backend.get_prefix(ID_PREFIX)
-                owned: list[int] = []
-                used: set[int] = set()
-                for k, v in masters.items():
-                    n = _parse_id_key(k)
-                    if n is None:
-                        continue
-                    used.add(n)
-                    # Exact comparison of the whole label key: a prefix match
-                    # would hand {a} the identity of {a, b}.
-                    if v == kb:
-                        owned.append(n)
-                if owned:
-                    num = min(owned)
-                    if len(owned) > 1:
-                        log.warning("identity.duplicate_master_keys", labels=key, ids=sorted(owned))
-                else:
-                    num = self._pick_free(used, attempt)
-                    if not await self.backend.create_only(_id_key(num), kb):
-                        # Another node claimed this number first (for other
-                        # labels: ours are serialized by the lock). Rescan.
-                        await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
-                        continue
-                numb = str(num).encode()
-                await self.backend.put(ref_key, numb, lease=True)
-                cur = await self.backend.get(_id_key(num))
-                if cur == kb:
-                    return num
-                if cur is None and await self.backend.create_only(_id_key(num), kb):
-                    log.warning("identity.master_key_recreated", id=num, labels=key)
-                    return num
-                # The number now belongs to other labels: drop our reference.
-                await self.backend.compare_and_delete(ref_key, numb)
-                log.warning("identity.master_key_lost", id=num, labels=key, attempt=attempt)
-        raise IdentityAllocationError(f"could not allocate an identity for {key!r} after {MAX_ATTEMPTS} attempts")
-
-    def _pick_free(self, used: set[int], attempt: int) -> int:
-        """Lowest free number first; after collisions, a random one of the lowest few.
-
-        Lowest-first keeps numbers small and predictable; spreading out after
-        a lost race stops every contending node from fighting over the same
-        slot again.
-        """
-        want = 1 if attempt == 0 else min(4 * attempt + 4, 64)
-        free: list[int] = []
-        n = self.min_id
-        while n <= self.max_id and len(free) < want:
-            if n not in used:
-                free.append(n)
-            n += 1
-        if not free:
-            raise IdentityAllocationError(
-                f"identity pool {self.min_id}-{self.max_id} exhausted ({len(used)} in use)"
-            )
-        return free[0] if want == 1 else random.choice(free)
 
     async def release(self, identity: Identity) -> bool:
         """Drop one local reference; True if this node no longer uses the identity.
@@ -278,7 +178,7 @@ class IdentityAllocator:
             if ref.refcount > 0:
                 return False
             del self._local[key]
-            await self.backend.compare_and_delete(self._ref_key(key), str(ref.id).encode())
+            await self.kv.release(key, ref.id)
         log.info("identity.released", id=identity.id, labels=str(identity.labels), node=self.node_name)
         return True
 
@@ -299,10 +199,9 @@ class IdentityAllocator:
             return Identity(id, labels)
         key = self._cache.get(id)
         if key is None:
-            raw = await self.backend.get(_id_key(id))
-            if raw is None:
+            key = await self.kv.get_by_id(id)
+            if key is None:
                 return None
-            key = raw.decode()
             self._cache[id] = key
         return Identity(id, Labels.from_sorted_key(key))
 
@@ -319,42 +218,19 @@ class IdentityAllocator:
         out = []
         if include_reserved:
             out = [Identity(n, lbls) for n, lbls in sorted(reserved.all_reserved().items())]
-        masters = await self.backend.get_prefix(ID_PREFIX)
-        for k, v in sorted(masters.items(), key=lambda kv: _parse_id_key(kv[0]) or 0):
-            n = _parse_id_key(k)
-            if n is not None:
-                out.append(Identity(n, Labels.from_sorted_key(v.decode())))
+        masters = await self.kv.masters()
+        out.extend(Identity(n, Labels.from_sorted_key(key)) for n, key in sorted(masters.items()))
         return out
-
-    # --------------------------------------------------------------------- gc
 
     async def gc(self) -> list[int]:
         """Delete master keys no node references any more; returns freed numbers.
 
-        Safe to run on every node concurrently (see the module docstring).
+        Safe to run on every node concurrently (see :mod:`.kvbackend`).
         """
-        masters = await self.backend.get_prefix(ID_PREFIX)
-        refs = await self.backend.get_prefix(VALUE_PREFIX)
-        referenced = {self._label_key_of_ref(k) for k in refs}
-        freed: list[int] = []
-        for k, v in masters.items():
-            num = _parse_id_key(k)
-            key = v.decode()
-            if num is None or key in referenced:
-                continue
-            async with self._kv_lock(key):
-                if key in self._local or await self._has_refs(key):
-                    continue
-                if await self.backend.compare_and_delete(k, v):
-                    freed.append(num)
-                    self._cache.pop(num, None)
-                    log.info("identity.gc_freed", id=num, labels=key, node=self.node_name)
-        return sorted(freed)
-
-    async def _has_refs(self, key: str) -> bool:
-        prefix = self._ref_prefix(key)
-        # Exact: the remainder after "<labelkey>/" must be a bare node name.
-        return any("/" not in k[len(prefix):] for k in await self.backend.get_prefix(prefix))
+        freed = await self.kv.gc(lambda key: key in self._local)
+        for num, _key in freed:
+            self._cache.pop(num, None)
+        return [num for num, _key in freed]
 
     # ----------------------------------------------------------------- resync
 
@@ -373,22 +249,13 @@ class IdentityAllocator:
             ref = self._local.get(key)
             if ref is None:
                 return
-            kb = key.encode()
-            numb = str(ref.id).encode()
-            async with self._kv_lock(key):
-                cur = await self.backend.get(_id_key(ref.id))
-                if cur is None and await self.backend.create_only(_id_key(ref.id), kb):
-                    log.warning("identity.master_key_recreated", id=ref.id, labels=key, node=self.node_name)
-                    cur = kb
-                if cur == kb:
-                    await self.backend.put(self._ref_key(key), numb, lease=True)
-                    return
-                # Our number now means other labels: never use it again for ours.
-                await self.backend.compare_and_delete(self._ref_key(key), numb)
+            kept, now = await self.kv.update_key(key, ref.id)
+            if kept:
+                return
+            # Our number now means other labels: never use it again for ours.
             old = ref.id
-            ref.id = await self._allocate_global(key)
+            ref.id = await self.kv.allocate_id(key)
             self._cache[ref.id] = key
-            now = cur.decode() if cur is not None else None
             self.conflicts.append({"id": old, "labels": key, "now-owned-by": now, "new-id": ref.id,
                                    "time": time.time()})
             log.error("identity.conflict_on_resync", id=old, labels=key, now_owned_by=now, new_id=ref.id,
@@ -427,13 +294,13 @@ class IdentityAllocator:
         async with self._key_lock(key):
             ref = self._local.get(key)
             if ref is not None:
-                await self.backend.put(self._ref_key(key), str(ref.id).encode(), lease=True)
+                await self.kv.put_reference(key, ref.id)
 
     async def _resync_key_retrying(self, key: str) -> None:
         await self._retrying(key, self._resync_key)
 
     @staticmethod
-    async def _retrying(key: str, step: Callable[[str], Any]) -> None:
+    async def _retrying(key: str, step: Callable[[str], Awaitable[None]]) -> None:
         delay = 0.1
         while True:
             try:
@@ -458,8 +325,7 @@ class IdentityAllocator:
         while True:
             try:
                 # List, then watch from the listed revision (no gap).
-                masters = await self.backend.get_prefix(ID_PREFIX)
-                self._cache = {n: v.decode() for k, v in masters.items() if (n := _parse_id_key(k)) is not None}
+                self._cache = await self.kv.masters()
                 if self._synced.is_set() and self._local:
                     # A re-list: deletions of our references may have happened
                     # while the watch was down and will never be replayed.
@@ -480,7 +346,7 @@ class IdentityAllocator:
 
     def _on_event(self, typ: EventType, key: str, value: bytes | None) -> None:
         if key.startswith(ID_PREFIX):
-            num = _parse_id_key(key)
+            num = parse_id_key(key)
             if num is None:
                 return
             before = self._cache.get(num)
@@ -490,8 +356,8 @@ class IdentityAllocator:
                 self._cache.pop(num, None)
             if self._cache.get(num) != before:
                 self._notify()
-        elif typ is EventType.DELETE and key.startswith(VALUE_PREFIX) and key.endswith("/" + self.node_name):
-            label_key = self._label_key_of_ref(key)
+        elif typ is EventType.DELETE and self.kv.is_own_reference(key):
+            label_key = label_key_of_ref(key)
             if label_key in self._local:
                 # Our reference vanished while still in use (lease expired or
                 # was revoked): put it back before GC frees the number.
@@ -501,43 +367,9 @@ class IdentityAllocator:
 
     # ---------------------------------------------------------------- helpers
 
-    def _ref_prefix(self, key: str) -> str:
-        return f"{VALUE_PREFIX}{key}/"
-
-    def _ref_key(self, key: str) -> str:
-        return f"{self._ref_prefix(key)}{self.node_name}"
-
-    @staticmethod
-    def _label_key_of_ref(ref_key: str) -> str:
-        # Node names never contain '/', label keys may: split on the last one.
-        return ref_key[len(VALUE_PREFIX):].rsplit("/", 1)[0]
-
     def _key_lock(self, key: str) -> asyncio.Lock:
+        """This node's lock for one label set (the store lock is :meth:`KVStoreBackend.lock`)."""
         lock = self._key_locks.get(key)
         if lock is None:
             lock = self._key_locks[key] = asyncio.Lock()
         return lock
-
-    @contextlib.asynccontextmanager
-    async def _kv_lock(self, key: str) -> AsyncIterator[None]:
-        """Cluster-wide mutex for one label set (leased, so a dead holder times out)."""
-        lock_key = LOCK_PREFIX + key
-        token = f"{self.node_name}/{uuid.uuid4().hex}".encode()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.lock_timeout
-        delay = 0.005
-        while not await self.backend.create_only(lock_key, token, lease=True):
-            if loop.time() > deadline:
-                holder = await self.backend.get(lock_key)
-                raise IdentityAllocationError(
-                    f"timed out after {self.lock_timeout}s waiting for lock {lock_key!r} held by {holder!r}"
-                )
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 1.5, 0.1)
-        try:
-            yield
-        finally:
-            # Shield the unlock: a cancelled allocation must not leave the
-            # lock held until its lease expires.
-            with contextlib.suppress(KVStoreError):
-                await asyncio.shield(self.backend.compare_and_delete(lock_key, token))

@@ -23,6 +23,7 @@ from typing import Union
 
 import structlog
 
+from docker_cilium import faults
 from docker_cilium.errors import AllocationFailed, BadRequest, Conflict
 from docker_cilium.ipam.ranges import NodeAddressing
 from docker_cilium.kvstore import keys
@@ -193,8 +194,11 @@ class IPAM:
         """Claim ``address`` (or the next free one) in ``pool`` for ``owner``."""
         async with self._lock:
             if address:
-                return await self._allocate_specific(pool, owner, address)
-            return await self._allocate_next(pool, owner)
+                ip = await self._allocate_specific(pool, owner, address)
+            else:
+                ip = await self._allocate_next(pool, owner)
+        faults.point("ipam-allocate-before-reply")
+        return ip
 
     async def _allocate_specific(self, pool: Pool, owner: str, address: str) -> IPAddress:
         try:

@@ -12,6 +12,8 @@ values are ``bytes`` (callers choose the encoding, usually JSON).
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import enum
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
@@ -47,6 +49,7 @@ class Backend(abc.ABC):
 
     name: str = "abstract"
     _session_listeners: list[Callable[[], None]]
+    _keepalive_task: asyncio.Task[None] | None = None
 
     def add_session_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the event loop) each time the session lease is replaced.
@@ -63,6 +66,14 @@ class Backend(abc.ABC):
     def _session_lost(self) -> None:
         for cb in self.__dict__.get("_session_listeners", []):
             cb()
+
+    async def _stop_keepalive(self) -> None:
+        """Cancel the session lease keep-alive and wait for it (first step of close())."""
+        task, self._keepalive_task = self._keepalive_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     @abc.abstractmethod
     async def connect(self) -> None:

@@ -259,13 +259,7 @@ class EtcdBackend(Backend):
         self._keepalive_task = asyncio.create_task(self._keepalive(), name="kvstore-etcd-keepalive")
 
     async def close(self) -> None:
-        task, self._keepalive_task = self._keepalive_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self._stop_keepalive()
         client, self._client = self._client, None
         if client is not None:
             try:

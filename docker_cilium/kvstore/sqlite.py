@@ -256,13 +256,7 @@ class SQLiteBackend(Backend):
         return int(cur.lastrowid)  # type: ignore[arg-type]
 
     async def close(self) -> None:
-        task, self._keepalive_task = self._keepalive_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self._stop_keepalive()
         if self._executor is not None and self._conn is not None:
             conn = self._conn
             loop = asyncio.get_running_loop()

@@ -15,7 +15,9 @@ Docker then may have put rules of its own in front of the agent's
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -27,6 +29,19 @@ log = structlog.get_logger(__name__)
 
 Update = Callable[[str, str, str, list[str]], Awaitable[None]]
 Notify = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class DockerView:
+    """What dockerd holds on this node: the endpoints of its containers and
+    every address it gave out (container addresses and network gateways)."""
+
+    endpoints: set[str] = field(default_factory=set)
+    addresses: set[str] = field(default_factory=set)
+
+    def add_address(self, value: str | None) -> None:
+        if value:
+            self.addresses.add(str(ipaddress.ip_interface(value).ip))
 
 
 def docker_labels(labels: dict[str, str] | None) -> list[str]:
@@ -80,6 +95,32 @@ class DockerWatcher:
             if resp.status != 200:
                 return None
             return await resp.json()
+
+    async def _get_strict(self, path: str) -> Any:
+        async with self._client().get("http://docker" + path, timeout=aiohttp.ClientTimeout(total=15)) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    async def view(self) -> DockerView:
+        """dockerd's networks and running containers, read completely or not at
+        all: any failed call raises, so a partial answer never counts as
+        "dockerd does not know this address"."""
+        view = DockerView()
+        for summary in await self._get_strict("/networks"):
+            net = await self._get_strict(f"/networks/{summary['Id']}")
+            for cfg in ((net.get("IPAM") or {}).get("Config")) or []:
+                view.add_address(cfg.get("Gateway"))
+            for attached in (net.get("Containers") or {}).values():
+                view.endpoints.add(attached.get("EndpointID", ""))
+                view.add_address(attached.get("IPv4Address"))
+                view.add_address(attached.get("IPv6Address"))
+        for c in await self._get_strict("/containers/json"):
+            for attached in (((c.get("NetworkSettings") or {}).get("Networks")) or {}).values():
+                view.endpoints.add(attached.get("EndpointID", ""))
+                view.add_address(attached.get("IPAddress"))
+                view.add_address(attached.get("GlobalIPv6Address"))
+        view.endpoints.discard("")
+        return view
 
     async def _run(self) -> None:
         backoff = 0.5

@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.conftest import cleanup_bpf, cleanup_docker, cleanup_host, create_network, exec_, net_settings, \
     run_container
 from tests.helpers import Agent, run, wait_until
-from tests.integration.conftest import ETCD_BIN, _etcd_healthy, _free_port
+from tests.integration.etcd_proc import ETCD_BIN, Member, _free_port, _healthy
 from tests.integration.conftest import etcd_server  # noqa: F401  (a real etcd for this module)
 
 pytestmark = pytest.mark.etcd
@@ -97,7 +97,7 @@ class PrivateEtcd:
             "--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url,
             "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", f"status-test={self.peer_url}"], stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: _etcd_healthy(self.client_url), timeout=30, what="private etcd")
+        wait_until(lambda: _healthy(Member("status-test", self.client_url, self.peer_url), None), timeout=30, what="private etcd")
         return self
 
     def stop(self) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from docker_cilium.identity import reserved
-from docker_cilium.identity.allocator import ID_PREFIX, VALUE_PREFIX, Identity, IdentityAllocator
+from docker_cilium.identity.allocator import Identity, IdentityAllocator
+from docker_cilium.identity.kvbackend import ID_PREFIX, VALUE_PREFIX
 from docker_cilium.identity.labels import Label, Labels, from_docker
 
 

@@ -14,7 +14,8 @@ from typing import AsyncIterator
 
 import pytest
 
-from docker_cilium.identity.allocator import ID_PREFIX, VALUE_PREFIX, IdentityAllocator
+from docker_cilium.identity.allocator import IdentityAllocator
+from docker_cilium.identity.kvbackend import ID_PREFIX, VALUE_PREFIX
 from docker_cilium.kvstore import KVStoreError
 from docker_cilium.kvstore.etcd import EtcdBackend
 from tests.integration.etcd_proc import Cluster, start_cluster

@@ -21,7 +21,6 @@ import random
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,152 +48,8 @@ def write_sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
-# --------------------------------------------------------------------------
-# traffic helper run inside namespaces (stdlib only): ping, tcp, udp, serve
-# --------------------------------------------------------------------------
-NETTOOL = textwrap.dedent(r'''
-import os, select, socket, struct, sys, threading, time
-
-def csum(b):
-    if len(b) % 2: b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    while s >> 16: s = (s & 0xffff) + (s >> 16)
-    return (~s) & 0xffff
-
-def fam(addr): return socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-def ping(dst, src=None, timeout=1.0, count=1):
-    f = fam(dst)
-    proto = socket.IPPROTO_ICMPV6 if f == socket.AF_INET6 else socket.IPPROTO_ICMP
-    s = socket.socket(f, socket.SOCK_RAW, proto)
-    if src: s.bind((src, 0))
-    ident = (os.getpid() ^ int(time.time() * 1000)) & 0xffff
-    ok = 0
-    for seq in range(count):
-        typ = 128 if f == socket.AF_INET6 else 8
-        hdr = struct.pack("!BBHHH", typ, 0, 0, ident, seq) + b"dctest-ping-payload"
-        if f == socket.AF_INET:
-            hdr = hdr[:2] + struct.pack("!H", csum(hdr)) + hdr[4:]
-        s.sendto(hdr, (dst, 0))
-        end = time.time() + timeout
-        while time.time() < end:
-            r, _, _ = select.select([s], [], [], max(0, end - time.time()))
-            if not r: break
-            data, addr = s.recvfrom(2048)
-            if f == socket.AF_INET:
-                data = data[(data[0] & 0x0f) * 4:]
-                want = 0
-            else:
-                want = 129
-            if len(data) >= 8 and data[0] == want and struct.unpack("!H", data[4:6])[0] == ident:
-                ok += 1
-                break
-    return 0 if ok == count else 2
-
-def tcp(dst, port, src=None, timeout=1.0):
-    s = socket.socket(fam(dst), socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    if src: s.bind((src, 0))
-    try:
-        s.connect((dst, int(port)))
-        s.sendall(b"hello")
-        data = s.recv(100)
-        return 0 if data == b"ok:hello" else 4
-    except socket.timeout:
-        return 2
-    except ConnectionRefusedError:
-        return 3
-    except OSError:
-        return 5
-
-def udp(dst, port, src=None, timeout=1.0):
-    s = socket.socket(fam(dst), socket.SOCK_DGRAM)
-    s.settimeout(timeout)
-    if src: s.bind((src, 0))
-    s.connect((dst, int(port)))  # connected: ICMP errors surface as ECONNREFUSED
-    s.send(b"hello")
-    try:
-        data = s.recv(100)
-        return 0 if data == b"ok:hello" else 4
-    except socket.timeout:
-        return 2
-    except OSError:
-        return 3
-
-def serve(*ports):
-    def tcp_loop(ls):
-        while True:
-            c, _ = ls.accept()
-            try:
-                c.settimeout(2)
-                d = c.recv(100)
-                c.sendall(b"ok:" + d)
-            except OSError:
-                pass
-            finally:
-                c.close()
-    def udp_loop(us):
-        while True:
-            d, a = us.recvfrom(100)
-            us.sendto(b"ok:" + d, a)
-    for p in ports:
-        ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("::", int(p))); ls.listen(64)
-        threading.Thread(target=tcp_loop, args=(ls,), daemon=True).start()
-        us = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        us.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        us.bind(("::", int(p)))
-        threading.Thread(target=udp_loop, args=(us,), daemon=True).start()
-    print("ready", flush=True)
-    sys.stdin.read()  # exit when the test closes our stdin
-
-def bulk(dst, port, mbytes, src=None):
-    """Send mbytes MiB, the server answers with the byte count it read."""
-    s = socket.socket(fam(dst), socket.SOCK_STREAM)
-    s.settimeout(20)
-    s.connect((dst, int(port)))
-    buf = b"x" * (1 << 20)
-    t0 = time.time()
-    for _ in range(int(mbytes)):
-        s.sendall(buf)
-    s.shutdown(socket.SHUT_WR)
-    got = int(s.recv(100))
-    dt = time.time() - t0
-    print("%.2f" % (got * 8 / dt / 1e9))
-    return 0 if got == int(mbytes) << 20 else 4
-
-def sink(port):
-    ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("::", int(port))); ls.listen(8)
-    def one(c):
-        n = 0
-        while True:
-            d = c.recv(1 << 20)
-            if not d: break
-            n += len(d)
-        c.sendall(str(n).encode()); c.close()
-    def loop():
-        while True:
-            c, _ = ls.accept()
-            threading.Thread(target=one, args=(c,), daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
-    print("ready", flush=True)
-    sys.stdin.read()
-
-if __name__ == "__main__":
-    cmd, args = sys.argv[1], sys.argv[2:]
-    kw = {}
-    rest = []
-    for a in args:
-        if a.startswith("src="): kw["src"] = a[4:]
-        else: rest.append(a)
-    sys.exit({"ping": ping, "tcp": tcp, "udp": udp, "serve": serve,
-              "bulk": bulk, "sink": sink}[cmd](*rest, **kw) or 0)
-''')
+# traffic helper run inside namespaces (stdlib only): see nettool.py
+NETTOOL = Path(__file__).with_name("nettool.py")
 
 
 # --------------------------------------------------------------------------
@@ -220,6 +75,17 @@ class Container:
                             ingress_enforced=ingress, egress_enforced=egress)
 
 
+class Sniffer:
+    """A running nettool sniff; ``count()`` waits for its result."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    def count(self) -> int:
+        out, _ = self.proc.communicate(timeout=30)
+        return int(out.strip())
+
+
 class Topology:
     """Namespaces + veths + routes for one test; ``cleanup()`` undoes all."""
 
@@ -228,6 +94,7 @@ class Topology:
         self.tool = tool_path
         self.undo: list[tuple[str, tuple]] = []
         self.containers: dict[str, Container] = {}
+        self.sniffers: list[subprocess.Popen] = []
         self.octet = self._pick_subnet()
         self.prefix4 = f"10.199.{self.octet}"
         self.prefix6 = f"fd99::{self.octet:x}:"
@@ -241,6 +108,10 @@ class Topology:
 
     def cleanup(self) -> list[str]:
         errors = []
+        for p in self.sniffers:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=5)
         for c in self.containers.values():
             for p in c.servers:
                 try:
@@ -332,6 +203,15 @@ class Topology:
         self.containers[name] = c
         return c
 
+    def blackhole(self, host_no: int) -> tuple[str, str]:
+        """Unused addresses of the test subnet that the host silently drops
+        (a destination that never answers, without leaving the machine)."""
+        v4, v6 = f"{self.prefix4}.{host_no}", f"{self.prefix6}{host_no:x}"
+        for fam, addr in (("-4", f"{v4}/32"), ("-6", f"{v6}/128")):
+            sh("ip", fam, "route", "add", "blackhole", addr)
+            self._record("route", fam, "route", "del", "blackhole", addr)
+        return v4, v6
+
     def wait_ready(self) -> None:
         """Let IPv6 link-local addresses come up (tentative -> ready)."""
         deadline = time.time() + 5
@@ -366,6 +246,22 @@ class Topology:
         res = sh("ip", "netns", "exec", src.netns, PYTHON, self.tool, "bulk", dst, str(port),
                  str(mbytes), check=False, timeout=60)
         return res.returncode, float(res.stdout.strip() or 0)
+
+    def run_tool(self, c: Container | None, *args: object) -> int:
+        """Run one nettool command in c's namespace (None: the host)."""
+        return self._exec(c, *map(str, args))
+
+    def sniff(self, c: Container | None, spec: str, marker: bytes,
+              seconds: float = 1.5) -> "Sniffer":
+        """Start counting packets with marker reaching spec in c (see nettool
+        sniff); returns once the socket is open."""
+        pre = ["ip", "netns", "exec", c.netns] if c is not None else []
+        p = subprocess.Popen(pre + [PYTHON, self.tool, "sniff", spec, marker.hex(), str(seconds)],
+                             stdout=subprocess.PIPE, text=True)
+        self.sniffers.append(p)
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"sniffer {spec} failed to start")
+        return Sniffer(p)
 
     def serve(self, c: Container, *ports: int, mode: str = "serve") -> None:
         p = subprocess.Popen(["ip", "netns", "exec", c.netns, PYTHON, self.tool, mode,
@@ -455,10 +351,8 @@ def datapath(datapath_object, pin_root):
 
 
 @pytest.fixture
-def topo(tmp_path):
-    tool = tmp_path / "nettool.py"
-    tool.write_text(NETTOOL)
-    t = Topology(str(tool))
+def topo():
+    t = Topology(str(NETTOOL))
     try:
         yield t
     finally:
@@ -471,6 +365,12 @@ def topo(tmp_path):
 def abc(topo, datapath):
     """Three containers A, B, C on attached host veths, registered in the
     endpoint map without enforcement; router addresses are identity host."""
+    return make_abc(topo, datapath)
+
+
+def make_abc(topo: Topology, datapath: Datapath) -> list[Container]:
+    """The ``abc`` containers on any loaded datapath (e.g. one compiled with
+    other defines)."""
     cs = [topo.add_container("a", 2, 11, 1001),
           topo.add_container("b", 3, 12, 1002),
           topo.add_container("c", 4, 13, 1003)]

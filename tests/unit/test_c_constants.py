@@ -35,6 +35,7 @@ MIRRORED = {
     "CT_F_RX_CLOSING": ctmap.CT_F_RX_CLOSING,
     "CT_F_TX_CLOSING": ctmap.CT_F_TX_CLOSING,
     "CT_F_SEEN_NON_SYN": ctmap.CT_F_SEEN_NON_SYN,
+    "CT_F_SEEN_REPLY": ctmap.CT_F_SEEN_REPLY,
     "CFG_F_TRACE": configmap.CFG_F_TRACE,
     "CFG_F_DEBUG": configmap.CFG_F_DEBUG,
     "NOTIFY_DROP": eventsmap.NOTIFY_DROP,

@@ -79,7 +79,7 @@ async def _client(app) -> TestClient:
 
 @pytest.mark.parametrize("cls,status", CLASSES + [(RuntimeError, 500)], ids=lambda v: getattr(v, "__name__", v))
 async def test_rest_answers_each_class_with_its_status(cls, status):
-    client = await _client(build_api(RaisingDaemon(cls("the reason"))))
+    client = await _client(build_api(RaisingDaemon(cls("the reason"))))  # type: ignore[arg-type]
     try:
         resp = await client.get("/v1/healthz")
         body = await resp.json()

@@ -5,8 +5,8 @@ allocator on a SQLite store, the identity cache, the ipcache's CIDR
 identities, the policy manager and the Regenerator. Only netlink (FakeLinks)
 and the BPF maps (no datapath, no ipcache map) are absent, so these tests
 follow the real label, identity and enforcement semantics instead of a
-stand-in's. There is no status(): /v1/healthz is the real Daemon.status,
-checked on a real agent (tests/e2e/test_etcd_agent.py).
+stand-in's. It has no agent status: /v1/healthz answers 503 here, and the
+real Daemon.status is checked on a real agent (tests/e2e/test_etcd_agent.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.endpoint.manager import EndpointManager
+from docker_cilium.errors import Unavailable
 from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity.allocator import IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
@@ -68,6 +69,10 @@ class UnitDaemon:
 
     def endpoint(self, eid: int):
         return self.endpoints.lookup(str(eid))
+
+    async def status(self) -> dict[str, Any]:
+        """No agent here (no datapath, no dockerd, no uptime): nothing honest to report."""
+        raise Unavailable("the unit-test daemon has no agent status")
 
     def host_addressing(self) -> dict[str, Any]:
         return {"ipv4": {"enabled": True, "ip": str(NODE.router4), "alloc-range": str(NODE.ipv4_range)},

@@ -27,6 +27,7 @@ CT_INGRESS = 1
 CT_F_RX_CLOSING = 1 << 0
 CT_F_TX_CLOSING = 1 << 1
 CT_F_SEEN_NON_SYN = 1 << 2
+CT_F_SEEN_REPLY = 1 << 5
 
 
 class ipv4_ct_tuple(ctypes.Structure):

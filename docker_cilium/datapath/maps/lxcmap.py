@@ -142,6 +142,18 @@ class EndpointMap:
     def dump(self) -> list[EndpointInfo]:
         return [EndpointInfo.from_c(v) for _, v in self.by_ifindex.items()]
 
+    def addresses(self) -> list[str]:
+        """Every address cilium_lxc has an entry for."""
+        out = []
+        for k, _ in self.by_ip.items():
+            raw = bytes(k.ip6)
+            out.append(be32_to_ip4(k.ip4) if k.family == 4 else str(ipaddress.IPv6Address(raw)))
+        return out
+
+    def delete_address(self, addr: str) -> bool:
+        """Drop one cilium_lxc entry (not the ifindex entry of its endpoint)."""
+        return self.by_ip.delete(_ep_key(addr))
+
 
 # pinned name -> (key, value, per-CPU); the structs this module mirrors
 MAP_TYPES = {

@@ -28,6 +28,9 @@ _MODULES = (lxcmap, policymap, ipcache, ctmap, metricsmap, eventsmap, configmap)
 
 # pinned map name -> (key type, value type, per-CPU)
 MAP_TYPES = {name: types for mod in _MODULES for name, types in mod.MAP_TYPES.items()}
+# Pinned maps only the programs use (the agent never reads them): fragment
+# tracking and the per-endpoint conntrack budget. unpin_all removes them.
+DATAPATH_ONLY_MAPS = ("cilium_ipv4_frag_datagrams", "cilium_ipv6_frag_datagrams", "cilium_ct_budget")
 # C struct name -> its ctypes mirror
 C_STRUCTS = {cls.__name__: cls for mod in _MODULES for cls in mod.C_STRUCTS}
 
