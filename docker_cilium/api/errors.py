@@ -7,12 +7,12 @@ is a bug: answered 500 and logged, and the agent keeps serving.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from docker_cilium import strictjson
 from docker_cilium.errors import APIError, BadRequest, PayloadTooLarge
 
 log = structlog.get_logger(__name__)
@@ -31,8 +31,9 @@ async def read_body(request: web.Request) -> bytes:
 
 
 def parse_json(raw: bytes) -> Any:
+    """``raw`` decoded within ``strictjson``'s bounds (depth, UTF-8, finite numbers)."""
     try:
-        return json.loads(raw)
+        return strictjson.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
 

@@ -37,10 +37,9 @@ async def list_identities(request: web.Request) -> web.Response:
 @routes.get("/v1/identity/{id}")
 async def get_identity(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
-    try:
-        num = int(raw)
-    except ValueError:
-        raise BadRequest(f"invalid identity {raw!r}: expected a number") from None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10:  # int() also reads '٣' as 3
+        raise BadRequest(f"invalid identity {raw[:80]!r}: expected a number (0-4294967295)")
+    num = int(raw)
     ident = request.app[DAEMON].identities.identity(num)
     if ident is None:
         raise NotFound(f"identity {num} not found")

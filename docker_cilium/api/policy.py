@@ -100,10 +100,9 @@ def parse_dport(text: str) -> tuple[int, str]:
     proto = (proto or "TCP").upper()
     if proto not in TRACE_PROTOCOLS:
         raise BadRequest(f"dports: invalid protocol in {text!r}: must be one of {', '.join(TRACE_PROTOCOLS)}")
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise BadRequest(f"dports: invalid port in {text!r}: expected PORT[/PROTOCOL], e.g. 80/TCP") from None
+    if not (port_s.isascii() and port_s.isdigit()) or len(port_s) > 5:  # int() also reads '٨٠' as 80
+        raise BadRequest(f"dports: invalid port in {text[:80]!r}: expected PORT[/PROTOCOL], e.g. 80/TCP")
+    port = int(port_s)
     if not 1 <= port <= 65535:
         raise BadRequest(f"dports: port {port} is out of range 1-65535")
     return port, proto

@@ -29,6 +29,7 @@ from docker_cilium.endpoint.network import (
     parse_mtu,
     pool_network,
 )
+from docker_cilium.endpoint.reference import parse_reference
 from docker_cilium.errors import BadRequest, Conflict, InsufficientStorage, NotFound
 from docker_cilium.ipam.allocator import CILIUM_ADDRESS_SPACES, IPAM
 from docker_cilium.identity.labels import Label
@@ -129,7 +130,8 @@ class EndpointManager(RestoreMixin):
         if not isinstance(generic, dict):
             raise BadRequest("Options.com.docker.network.generic must be an object")
         try:
-            mtu = parse_mtu(generic, self.default_mtu)
+            mtu = parse_mtu(generic, self.default_mtu,
+                            ipv6=bool(options.get("com.docker.network.enable_ipv6")) or any(ipv6_data))
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         v4 = ipv4_data[0] if ipv4_data else {}
@@ -404,20 +406,10 @@ class EndpointManager(RestoreMixin):
     def lookup(self, ref: str) -> Endpoint:
         """Resolve Cilium's endpoint references: ``N``, ``cilium-local:N``,
         ``container-id:ID``, ``container-name:NAME``, ``docker-endpoint:ID``."""
-        kind, _, value = ref.partition(":") if ":" in ref else ("cilium-local", "", ref)
+        wanted = parse_reference(ref)  # BadRequest if malformed
         for ep in self.endpoints.values():
-            if kind == "cilium-local" and value.isdigit() and ep.id == int(value):
+            if wanted.matches(ep):
                 return ep
-            if kind == "container-id" and value and ep.container_id.startswith(value):
-                return ep
-            if kind == "container-name" and value and ep.container_name.lstrip("/") == value.lstrip("/"):
-                return ep
-            if kind == "docker-endpoint" and value and ep.docker_endpoint_id.startswith(value):
-                return ep
-        if kind not in ("cilium-local", "container-id", "container-name", "docker-endpoint"):
-            raise BadRequest(f"invalid endpoint reference {ref!r}: unknown prefix {kind!r}")
-        if kind == "cilium-local" and not value.isdigit():
-            raise BadRequest(f"invalid endpoint ID {ref!r}: expected a number or a prefixed reference")
         raise NotFound(f"endpoint {ref} not found")
 
     def list(self) -> list[Endpoint]:

@@ -9,9 +9,12 @@ on cilium_host so the containers' default route resolves on the host).
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from docker_cilium.errors import BadRequest
 from docker_cilium.ipam.ranges import NodeAddressing
 
 MTU_OPTION = "com.docker.network.driver.mtu"
@@ -77,17 +80,70 @@ def network_conflict(net: Network, others: Iterable[Network], node: NodeAddressi
     return None
 
 
-def parse_mtu(generic: dict[str, Any], default: int) -> int:
+def check_endpoint_address(net: Network, family: int, address: str, node: NodeAddressing) -> None:
+    """Raise BadRequest unless ``address`` (CIDR) can be an endpoint's on ``net``.
+
+    The address becomes a /32 or /128 route to the container and an entry in
+    the endpoint map, so one dockerd never allocated (another family's, the
+    loopback, an address outside the network's pool or outside the node range
+    our IPAM owns) would route someone else's traffic into the container.
+    """
+    where = "Interface.Address" if family == 4 else "Interface.AddressIPv6"
+    ip = ipaddress.ip_interface(address).ip
+    if ip.version != family:
+        raise BadRequest(f"{where}: {ip} is not an IPv{family} address")
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise BadRequest(f"{where}: {ip} is not a unicast address a container can hold")
+    if net.cilium_ipam:
+        rng = node.ipv4_range if family == 4 else node.ipv6_range
+        if ip not in rng:
+            raise BadRequest(f"{where}: {ip} is outside this node's IPv{family} range {rng}, "
+                             f"which the network's cilium IPAM hands out")
+        if ip == rng.network_address or (family == 4 and ip == rng.broadcast_address):
+            raise BadRequest(f"{where}: {ip} is reserved in {rng}")
+    pool = net.pool4 if family == 4 else net.pool6
+    if pool and ip not in ipaddress.ip_network(pool):
+        raise BadRequest(f"{where}: {ip} is outside the network's subnet {pool}")
+
+
+MIN_MTU = 68  # RFC 791: the least every IPv4 link must carry
+MIN_MTU_IPV6 = 1280  # RFC 8200; the kernel drops IPv6 from a link below it
+MAX_MTU = 65535  # the largest a veth takes (ETH_MAX_MTU)
+
+
+def parse_mtu(generic: dict[str, Any], default: int, ipv6: bool = False) -> int:
+    """The ``-o com.docker.network.driver.mtu`` of a network, or ``default``.
+
+    Docker's CLI sends the option as a string and its API lets a number
+    through; both must be a whole number of bytes in the range the veth pair
+    takes. Only ASCII digits count (``int()`` would also take ``'٣٠٠٠'``,
+    ``'1_500'`` or a float it silently truncates), and ``true`` is no number.
+    """
     raw = generic.get(MTU_OPTION)
-    if raw in (None, ""):
+    if raw is None or raw == "":
         return default
-    try:
+    mtu: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        mtu = raw
+    elif isinstance(raw, float) and math.isfinite(raw) and raw.is_integer():
         mtu = int(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"option {MTU_OPTION}: {raw!r} is not an integer") from None
-    if not 68 <= mtu <= 65535:
-        raise ValueError(f"option {MTU_OPTION}: {mtu} is outside 68-65535")
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit():
+        digits = raw.lstrip("0") or "0"
+        mtu = int(digits) if len(digits) <= 6 else MAX_MTU + 1  # no int() of a huge string
+    low = MIN_MTU_IPV6 if ipv6 else MIN_MTU
+    if mtu is None:
+        raise BadRequest(f"option {MTU_OPTION}: {_shown(raw)} is not a whole number of bytes "
+                         f"(expected an integer in {low}-{MAX_MTU})")
+    if not low <= mtu <= MAX_MTU:
+        why = " for a network with IPv6" if ipv6 else ""
+        raise BadRequest(f"option {MTU_OPTION}: {_shown(raw)} is outside {low}-{MAX_MTU}{why}")
     return mtu
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message, cut short: the request may be a megabyte."""
+    text = value if isinstance(value, str) and value.isascii() and value.isdigit() else json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:40]}..."
 
 
 def bare_ip(cidr: str | None) -> str | None:

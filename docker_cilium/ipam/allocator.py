@@ -142,25 +142,31 @@ class IPAM:
                 raise IPAMError(f"--ip-range {sub} is not inside --subnet {network}")
         return Pool(family, network, sub, whole_range=network == node_range and sub is None)
 
-    @staticmethod
-    def decode_pool_id(pool_id: str, node: NodeAddressing) -> Pool:
-        parts = pool_id.split(":", 1)
-        base = parts[0]
+    def decode_pool_id(self, pool_id: str) -> Pool:
+        """The pool ``pool_id`` names, checked as ``request_pool`` checked it.
+
+        dockerd hands back the IDs RequestPool gave it, but the ID is all we
+        get: a forged or stale one (another family's subnet, a subnet outside
+        the node range, a range that changed with ``--ipv4-range``) would
+        otherwise make us allocate addresses we do not own. Only the exact ID
+        RequestPool would give for that pool today is accepted.
+        """
+        base, _, rest = pool_id.partition(":")
         if base not in (POOL_V4, POOL_V6):
-            raise IPAMError(f"unknown pool {pool_id!r}")
-        family = 4 if base == POOL_V4 else 6
-        node_range = node.ipv4_range if family == 4 else node.ipv6_range
-        if len(parts) == 1:
-            return Pool(family, node_range)
-        rest = parts[1]
-        # IPv6 subnets contain ':' themselves: split on the '/len:' boundary.
+            raise IPAMError(f"unknown pool {_cut(pool_id)!r}: cilium pool IDs start with {POOL_V4} or {POOL_V6}")
+        net_s = sub_s = ""
+        if rest:
+            try:
+                net_s, _, sub_s = _split_pool_rest(rest)
+            except ValueError:
+                raise IPAMError(f"malformed pool ID {_cut(pool_id)!r}: expected {base}[:<subnet>[:<ip-range>]]") from None
         try:
-            net_s, sep, sub_s = _split_pool_rest(rest)
-            network = ipaddress.ip_network(net_s)
-            sub = ipaddress.ip_network(sub_s) if sep else None
-        except ValueError:
-            raise IPAMError(f"malformed pool ID {pool_id!r}") from None
-        return Pool(family, network, sub, whole_range=False)
+            pool = self.request_pool(base == POOL_V6, net_s, sub_s)
+        except IPAMError as exc:
+            raise IPAMError(f"pool {_cut(pool_id)!r} is not a pool of this node: {exc.message}") from None
+        if pool.id != pool_id:
+            raise IPAMError(f"malformed pool ID {_cut(pool_id)!r}: this pool's ID is {pool.id!r}")
+        return pool
 
     def gateway(self, pool: Pool) -> str:
         return f"{self.router(pool.family)}/{pool.host_prefixlen}"
@@ -243,15 +249,24 @@ class IPAM:
                 self._allocated[ip] = json.loads(raw)
         return created
 
-    async def release(self, address: str) -> bool:
-        """Free ``address``; unknown addresses and the router are a no-op."""
+    async def release(self, address: str, pool: Pool | None = None) -> bool:
+        """Free ``address``; unknown addresses and the router are a no-op.
+
+        With ``pool`` (dockerd's ReleaseAddress) the address must lie in it
+        and have been allocated from it: one network must not free another's.
+        """
         try:
             ip = ipaddress.ip_address(address.split("/")[0])
         except ValueError:
-            raise IPAMError(f"invalid IP address {address!r}") from None
+            raise IPAMError(f"invalid IP address {_cut(address)!r}") from None
         if ip in (self.node.router4, self.node.router6):
             return False
+        if pool is not None and (ip.version != pool.family or ip not in pool.allocation_range):
+            raise IPAMError(f"IP {ip} is outside pool {pool.allocation_range} ({pool.id})")
         async with self._lock:
+            held_by = self._allocated.get(ip, {}).get("pool")
+            if pool is not None and held_by is not None and held_by != pool.id:
+                raise Conflict(f"IP {ip} was allocated from pool {held_by}, not {pool.id}")
             self._allocated.pop(ip, None)
             return await self.store.delete(PREFIX + str(ip))
 
@@ -276,6 +291,11 @@ class IPAM:
             "ipv4": f"{v4}/{self.node.ipv4_range.num_addresses - 3} allocated from {self.node.ipv4_range}",
             "ipv6": f"{v6}/{self.node.ipv6_range.num_addresses - 2} allocated from {self.node.ipv6_range}",
         }
+
+
+def _cut(text: str) -> str:
+    """A request's string for an error message, cut short."""
+    return text if len(text) <= 100 else f"{text[:100]}..."
 
 
 def _split_pool_rest(rest: str) -> tuple[str, str, str]:

@@ -40,6 +40,13 @@ def _error(method: str, message: str, status: int) -> web.Response:
     return _reply(body, status)
 
 
+def _failure(method: str, exc: Exception) -> web.Response:
+    """A bug, not bad input: logged with its traceback, answered 500, and
+    dockerd keeps being served."""
+    log.error("plugin.failure", method=method, error=repr(exc), exc_info=exc)
+    return _error(method, f"{method}: internal error: {exc}", 500)
+
+
 async def _request(method: str, request: web.Request) -> Any:
     """The body of ``method`` as its typed request; an APIError says what is wrong."""
     raw = await read_body(request)
@@ -77,14 +84,15 @@ def build_app(network: NetworkDriver, ipam: IpamDriver) -> web.Application:
             req = await _request(method, request)
         except APIError as exc:  # the request itself: name the call it was for
             return _error(method, f"{method}: {exc.message}", exc.status)
+        except Exception as exc:
+            return _failure(method, exc)
         try:
             result = await handler(req)
         except APIError as exc:
             log.warning("plugin.error", method=method, status=exc.status, error=exc.message)
             return _error(method, exc.message, exc.status)
-        except Exception as exc:  # keep serving dockerd whatever happens
-            log.exception("plugin.failure", method=method)
-            return _error(method, f"{method}: internal error: {exc}", 500)
+        except Exception as exc:
+            return _failure(method, exc)
         log.debug("plugin.call", method=method, duration_ms=round((time.perf_counter() - t0) * 1000, 2))
         return _reply(result)
 

@@ -48,18 +48,17 @@ class IpamDriver:
         return {"PoolID": pool.id, "Pool": announced, "Data": {GATEWAY_OPTION: self.ipam.gateway(pool)}}
 
     async def release_pool(self, req: ReleasePoolRequest) -> Reply:
-        self.ipam.decode_pool_id(req["PoolID"], self.ipam.node)  # validates it
+        self.ipam.decode_pool_id(req["PoolID"])  # validates it; pools hold no state to free
         return {}
 
     async def request_address(self, req: RequestAddressRequest) -> Reply:
-        pool = self.ipam.decode_pool_id(req["PoolID"], self.ipam.node)
+        pool = self.ipam.decode_pool_id(req["PoolID"])
         owner = "gateway" if req["Options"].get(REQUEST_TYPE) == GATEWAY_OPTION else "docker"
         ip = await self.ipam.allocate(pool, owner, req["Address"])
         return {"Address": f"{ip}/{pool.host_prefixlen}", "Data": {}}
 
     async def release_address(self, req: ReleaseAddressRequest) -> Reply:
-        self.ipam.decode_pool_id(req["PoolID"], self.ipam.node)
-        await self.ipam.release(req["Address"])
+        await self.ipam.release(req["Address"], self.ipam.decode_pool_id(req["PoolID"]))
         return {}
 
     def routes(self) -> dict[str, Any]:

@@ -8,9 +8,12 @@ the event watcher in ``docker_cilium.workloads``.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from docker_cilium.endpoint.manager import EndpointManager
+from docker_cilium.endpoint.network import check_endpoint_address
+from docker_cilium.errors import BadRequest
 from docker_cilium.plugin.schemas import (
     AllocateNetworkRequest,
     CreateEndpointRequest,
@@ -26,6 +29,16 @@ from docker_cilium.plugin.schemas import (
 Reply = dict[str, Any]
 
 
+def _check_families(req: CreateNetworkRequest) -> None:
+    """IPv4Data must carry IPv4 pools and gateways, IPv6Data IPv6 ones."""
+    for key, family, datas in (("IPv4Data", 4, req["IPv4Data"]), ("IPv6Data", 6, req["IPv6Data"])):
+        for i, data in enumerate(datas):
+            for name, value in (("Pool", data["Pool"]), ("Gateway", data["Gateway"])):
+                if value and ipaddress.ip_interface(value).version != family:
+                    kind = "subnet" if name == "Pool" else "address"
+                    raise BadRequest(f"{key}[{i}].{name}: {value} is not an IPv{family} {kind}")
+
+
 class NetworkDriver:
     def __init__(self, endpoints: EndpointManager) -> None:
         self.endpoints = endpoints
@@ -34,6 +47,7 @@ class NetworkDriver:
         return {"Scope": "local", "ConnectivityScope": "local"}
 
     async def create_network(self, req: CreateNetworkRequest) -> Reply:
+        _check_families(req)
         await self.endpoints.create_network(req["NetworkID"], req["IPv4Data"], req["IPv6Data"], req["Options"])
         return {}
 
@@ -43,6 +57,10 @@ class NetworkDriver:
 
     async def create_endpoint(self, req: CreateEndpointRequest) -> Reply:
         iface = req["Interface"]
+        net = self.endpoints.network(req["NetworkID"])
+        for family, address in ((4, iface["Address"]), (6, iface["AddressIPv6"])):
+            if address:
+                check_endpoint_address(net, family, address, self.endpoints.node)
         ep, chose_mac = await self.endpoints.create_endpoint(
             req["NetworkID"], req["EndpointID"], iface["Address"], iface["AddressIPv6"], iface["MacAddress"],
         )

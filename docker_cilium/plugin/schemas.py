@@ -78,6 +78,8 @@ def mac_or_empty(path: str, value: Any) -> None:
     parts = value.split(":")
     if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
         raise SchemaError(f"{path}: {value!r} is not a MAC address")
+    if int(parts[0], 16) & 1 or value.strip("0:") == "":  # the group bit: multicast or broadcast
+        raise SchemaError(f"{path}: {value} is not a unicast MAC address a container can hold")
 
 
 def _bool_strict(kind: type | tuple[type, ...], value: Any) -> bool:

@@ -179,7 +179,8 @@ def test_agent_api_ipam_and_errors(agent):
         ("POST", "/ipam", {"query": {"family": "ipx"}}, 400, "family must be"),
         ("PUT", "/policy", {"raw": b"[{oops"}, 400, "invalid JSON at line 1 column 3"),
         ("PUT", "/policy", {"raw": b'[{"endpointSelector": {}, "ingres": []}]'}, 400, "ingres"),
-        ("GET", "/endpoint/424242", {}, 404, "not found"),
+        ("GET", "/endpoint/424242", {}, 400, "invalid endpoint ID"),  # Cilium's IDs are uint16
+        ("GET", "/endpoint/container-name:no-such-container", {}, 404, "not found"),
         ("GET", "/endpoint/bogus:1", {}, 400, "unknown prefix"),
         ("GET", "/no/such/path", {}, 404, "no such API path"),
     ]:

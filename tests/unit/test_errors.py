@@ -67,7 +67,7 @@ class RaisingDomain:
     async def delete_network(self, network_id: str) -> None:
         raise self.exc
 
-    def decode_pool_id(self, pool_id: str, node: Any) -> None:
+    def decode_pool_id(self, pool_id: str) -> None:
         raise self.exc
 
 

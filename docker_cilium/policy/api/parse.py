@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
+from docker_cilium import strictjson
+
 from ._util import json_type
 from .errors import PolicyValidationError
 from .rule import Rule
@@ -24,9 +26,11 @@ def load_json(data: bytes | bytearray | str) -> Any:
         except UnicodeDecodeError as exc:
             raise PolicyValidationError("", f"policy is not valid UTF-8: {exc}") from None
     try:
-        return json.loads(data)
+        return strictjson.loads(data)
     except json.JSONDecodeError as exc:
         raise PolicyValidationError("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except strictjson.JSONError as exc:
+        raise PolicyValidationError("", f"invalid JSON: {exc}") from None
 
 
 def parse_rules(data: bytes | bytearray | str | list[Any]) -> list[Rule]:
