@@ -10,11 +10,16 @@ revision (Cilium does the same), and a failed import changes nothing at all
 (everything is validated first).
 
 Not thread-safe by design: the agent mutates it from its single asyncio loop.
+Changes are made on a :meth:`Repository.copy` (cheap: rules are immutable
+and shared), so an import costs in proportion to what it adds: old rules are
+neither re-parsed nor re-serialized, and the selector groups and CIDR prefix
+counts are updated, not rebuilt.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from docker_cilium.errors import BadRequest
@@ -22,7 +27,7 @@ from docker_cilium.errors import BadRequest
 from .api.errors import PolicyValidationError
 from .api.parse import load_json, parse_rules
 from .api.rule import Rule, RuleLabel
-from .api.selector import ANY_SOURCE, split_label
+from .api.selector import ANY_SOURCE, EndpointSelector, LabelSet, split_label
 
 # An empty repository is revision 0, so the first import prints `Revision: 1`
 # as users of Cilium's Docker guide expect.
@@ -53,12 +58,46 @@ def _rule_has_labels(rule: Rule, query: Sequence[tuple[str, str, str]]) -> bool:
     return all(any(has(q, lbl) for lbl in rule.labels) for q in query)
 
 
+def _rule_json(rule: Rule) -> str:
+    return json.dumps(rule.to_dict(), separators=(",", ":"))
+
+
+def rule_prefixes(rule: Rule) -> set[str]:
+    """The prefixes one rule needs a CIDR identity (and an ipcache entry) for:
+    its CIDR peers after except-subtraction, AND the except prefixes
+    themselves (so that LPM lookups inside an except find the except's
+    identity instead of falling into a wider, allowed prefix)."""
+    out: set[str] = set()
+    for entry in (*rule.ingress, *rule.egress):
+        for c in entry.cidr:
+            out.add(str(c.network))
+        for cs in entry.cidr_set:
+            out.update(str(n) for n in cs.allowed_prefixes())
+            out.update(str(e.network) for e in cs.except_)
+    return out
+
+
 class Repository:
     """Ordered rules + revision. All mutations are all-or-nothing."""
 
     def __init__(self, rules: Iterable[Rule] = (), revision: int = INITIAL_REVISION) -> None:
         self._rules: list[Rule] = list(rules)
         self._revision = revision
+        self._reset_derived()
+
+    def _reset_derived(self) -> None:
+        # Derived from _rules, built on first use, then kept up to date by add().
+        self._docs: list[str] | None = None  # each rule's JSON, for persisting
+        self._groups: dict[EndpointSelector, list[Rule]] | None = None
+        self._prefixes: Counter[str] | None = None
+
+    def copy(self) -> "Repository":
+        """An independent repository with the same rules (shared, immutable)."""
+        other = Repository(self._rules, self._revision)
+        other._docs = None if self._docs is None else list(self._docs)
+        other._groups = None if self._groups is None else {k: list(v) for k, v in self._groups.items()}
+        other._prefixes = None if self._prefixes is None else Counter(self._prefixes)
+        return other
 
     @property
     def revision(self) -> int:
@@ -83,8 +122,33 @@ class Repository:
             else:
                 new = parse_rules(items)
         self._rules.extend(new)
+        if self._docs is not None:
+            self._docs.extend(_rule_json(r) for r in new)
+        if self._groups is not None:
+            for r in new:
+                self._groups.setdefault(r.endpoint_selector, []).append(r)
+        if self._prefixes is not None:
+            for r in new:
+                self._prefixes.update(rule_prefixes(r))
         self._revision += 1
         return self._revision
+
+    def selecting(self, labels: LabelSet) -> list[Rule]:
+        """Rules whose endpointSelector selects ``labels`` (each distinct
+        selector is matched once), grouped by selector."""
+        if self._groups is None:
+            self._groups = {}
+            for r in self._rules:
+                self._groups.setdefault(r.endpoint_selector, []).append(r)
+        return [r for sel, rules in self._groups.items() if sel.matches(labels) for r in rules]
+
+    def cidr_prefixes(self) -> set[str]:
+        """Every prefix the rules need a CIDR identity for (see ``rule_prefixes``)."""
+        if self._prefixes is None:
+            self._prefixes = Counter()
+            for r in self._rules:
+                self._prefixes.update(rule_prefixes(r))
+        return set(self._prefixes)
 
     def get(self, labels: Iterable[str] | None = None) -> list[Rule]:
         """Rules whose labels contain all ``labels`` (all rules if None/empty)."""
@@ -112,12 +176,16 @@ class Repository:
         deleted = len(self._rules) - len(keep)
         if deleted:
             self._rules = keep
+            self._reset_derived()
             self._revision += 1
         return deleted, self._revision
 
     # --- persistence -----------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps({"revision": self._revision, "rules": [r.to_dict() for r in self._rules]}, indent=2)
+        """The persisted form; each rule is serialized once, when it is added."""
+        if self._docs is None:
+            self._docs = [_rule_json(r) for r in self._rules]
+        return '{"revision": %d, "rules": [%s]}' % (self._revision, ", ".join(self._docs))
 
     def load_json(self, data: bytes | str) -> None:
         """Replace the contents with a :meth:`to_json` dump (validated first)."""
@@ -129,6 +197,7 @@ class Repository:
             raise PolicyValidationError("revision", "revision must be a non-negative integer")
         rules = parse_rules(obj.get("rules") or [])
         self._rules = rules
+        self._reset_derived()
         self._revision = revision
 
     @classmethod
