@@ -16,8 +16,8 @@ from aiohttp import web
 from docker_cilium.api.keys import DAEMON
 
 from docker_cilium.api.errors import json_body, read_body, reject_unknown
-from docker_cilium.errors import BadRequest, NotFound
-from docker_cilium.policy.manager import PolicyManager
+from docker_cilium.errors import BadRequest, NotFound, PayloadTooLarge
+from docker_cilium.policy.manager import MAX_IMPORT_BYTES, PolicyManager
 
 routes = web.RouteTableDef()
 
@@ -70,9 +70,25 @@ async def get_policy(request: web.Request) -> web.Response:
     return _reply(policy, labels)
 
 
+async def read_policy_body(request: web.Request) -> bytes:
+    """A policy document, up to MAX_IMPORT_BYTES (above the API's general body
+    limit: 10,000 rules are a few MB); larger is a 413 naming the limit."""
+    too_large = PayloadTooLarge(f"policy document is larger than {MAX_IMPORT_BYTES} bytes, the most one "
+                                f"import may carry (MAX_IMPORT_BYTES): split it into several imports")
+    if request.content_length is not None and request.content_length > MAX_IMPORT_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > MAX_IMPORT_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @routes.put("/v1/policy")
 async def put_policy(request: web.Request) -> web.Response:
-    raw = await read_body(request)
+    raw = await read_policy_body(request)
     if not raw.strip():
         raise BadRequest("request body is empty: expected a JSON array of policy rules")
     policy = _policy(request)

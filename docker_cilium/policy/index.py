@@ -20,8 +20,9 @@ and shared by every endpoint resolved against it.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Generator, Iterable, Mapping
 
 from docker_cilium.identity.reserved import WORLD_LABEL
 
@@ -33,6 +34,13 @@ from .api.selector import EndpointSelector, LabelSet
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _prefix_range(prefix: str) -> tuple[int, int, int]:
+    """(IP version, first address, last address) of a prefix; parsed once."""
+    net = ipaddress.ip_network(prefix)
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
 class IdentityIndex:
     """Identity number -> labels, indexed for peer selection (see module doc).
 
@@ -42,13 +50,24 @@ class IdentityIndex:
     sets (``IdentitySnapshot``). ``reserved`` is added first.
     """
 
-    def __init__(self, identities: Mapping[int, Iterable[str]], reserved: Mapping[int, Iterable[str]]) -> None:
+    def __init__(self, identities: Mapping[int, Iterable[str]], reserved: Mapping[int, Iterable[str]],
+                 *, lazy: bool = False) -> None:
         self._source = identities
         self._labels: dict[int, LabelSet] = {}
         self.cluster: dict[int, LabelSet] = {}
         self.world: list[int] = []
         # version -> sorted [(network int, broadcast int, number)]
         self._cidr: dict[int, list[tuple[int, int, int]]] = {4: [], 6: []}
+        self._starts: dict[int, list[int]] = {}
+        #: The construction, as steps; run already unless ``lazy`` (then the
+        #: caller drives it, e.g. with loop turns, before using the index).
+        self.pending = self._fill(identities, reserved)
+        if not lazy:
+            for _ in self.pending:
+                pass
+
+    def _fill(self, identities: Mapping[int, Iterable[str]],
+              reserved: Mapping[int, Iterable[str]]) -> Generator[None, None, None]:
         cluster = getattr(identities, "cluster", None)
         cidrs: Mapping[str, int] | None = getattr(identities, "cidrs", None)
         plain = identities if cluster is None or cidrs is None else cluster
@@ -65,13 +84,12 @@ class IdentityIndex:
         for prefix, num in (cidrs or {}).items() if not self._by_label else ():
             if num not in table:
                 self.world.append(num)
-                self._add_cidr(ipaddress.ip_network(prefix), num)
+                version, lo, hi = _prefix_range(prefix)
+                self._cidr[version].append((lo, hi, num))
+                yield
         for entries in self._cidr.values():
             entries.sort()
         self._starts = {v: [e[0] for e in entries] for v, entries in self._cidr.items()}
-
-    def _add_cidr(self, net: Network, num: int) -> None:
-        self._cidr[net.version].append((int(net.network_address), int(net.broadcast_address), num))
 
     def labels(self, num: int) -> LabelSet:
         """An identity's label set (built on first use for CIDR identities)."""

@@ -58,7 +58,8 @@ def _rule_has_labels(rule: Rule, query: Sequence[tuple[str, str, str]]) -> bool:
     return all(any(has(q, lbl) for lbl in rule.labels) for q in query)
 
 
-def _rule_json(rule: Rule) -> str:
+def rule_json(rule: Rule) -> str:
+    """A rule's persisted form (compact JSON of what ``cilium policy get`` shows)."""
     return json.dumps(rule.to_dict(), separators=(",", ":"))
 
 
@@ -81,22 +82,29 @@ class Repository:
     """Ordered rules + revision. All mutations are all-or-nothing."""
 
     def __init__(self, rules: Iterable[Rule] = (), revision: int = INITIAL_REVISION) -> None:
-        self._rules: list[Rule] = list(rules)
+        self._rules: list[Rule] = []
         self._revision = revision
-        self._reset_derived()
+        # Derived from _rules and kept in step by every change:
+        self._docs: list[str] = []  # each rule's JSON, for persisting
+        self._groups: dict[EndpointSelector, tuple[Rule, ...]] = {}  # rules by endpointSelector
+        self._prefixes: Counter[str] = Counter()  # CIDR prefixes -> rules naming them
+        self._extend(list(rules))
 
-    def _reset_derived(self) -> None:
-        # Derived from _rules, built on first use, then kept up to date by add().
-        self._docs: list[str] | None = None  # each rule's JSON, for persisting
-        self._groups: dict[EndpointSelector, list[Rule]] | None = None
-        self._prefixes: Counter[str] | None = None
+    def _extend(self, new: list[Rule], docs: list[str] | None = None) -> None:
+        self._rules.extend(new)
+        self._docs.extend(docs if docs is not None else (rule_json(r) for r in new))
+        grouped: dict[EndpointSelector, list[Rule]] = {}
+        for r in new:
+            grouped.setdefault(r.endpoint_selector, []).append(r)
+            self._prefixes.update(rule_prefixes(r))
+        for sel, rules in grouped.items():
+            self._groups[sel] = self._groups.get(sel, ()) + tuple(rules)
 
     def copy(self) -> "Repository":
         """An independent repository with the same rules (shared, immutable)."""
-        other = Repository(self._rules, self._revision)
-        other._docs = None if self._docs is None else list(self._docs)
-        other._groups = None if self._groups is None else {k: list(v) for k, v in self._groups.items()}
-        other._prefixes = None if self._prefixes is None else Counter(self._prefixes)
+        other = Repository(revision=self._revision)
+        other._rules, other._docs = list(self._rules), list(self._docs)
+        other._groups, other._prefixes = dict(self._groups), Counter(self._prefixes)
         return other
 
     @property
@@ -110,9 +118,10 @@ class Repository:
     def __len__(self) -> int:
         return len(self._rules)
 
-    def add(self, rules: Iterable[Rule] | bytes | str | list[Any]) -> int:
+    def add(self, rules: Iterable[Rule] | bytes | str | list[Any], docs: list[str] | None = None) -> int:
         """Append rules (``Rule`` objects or a raw policy document) and return the
-        new revision. Everything is validated before anything changes."""
+        new revision. Everything is validated before anything changes. ``docs``
+        are the rules' :func:`rule_json`, when the caller made them already."""
         if isinstance(rules, (bytes, bytearray, str)):
             new = parse_rules(rules)
         else:
@@ -121,33 +130,17 @@ class Repository:
                 new = items
             else:
                 new = parse_rules(items)
-        self._rules.extend(new)
-        if self._docs is not None:
-            self._docs.extend(_rule_json(r) for r in new)
-        if self._groups is not None:
-            for r in new:
-                self._groups.setdefault(r.endpoint_selector, []).append(r)
-        if self._prefixes is not None:
-            for r in new:
-                self._prefixes.update(rule_prefixes(r))
+        self._extend(new, docs)
         self._revision += 1
         return self._revision
 
     def selecting(self, labels: LabelSet) -> list[Rule]:
         """Rules whose endpointSelector selects ``labels`` (each distinct
         selector is matched once), grouped by selector."""
-        if self._groups is None:
-            self._groups = {}
-            for r in self._rules:
-                self._groups.setdefault(r.endpoint_selector, []).append(r)
         return [r for sel, rules in self._groups.items() if sel.matches(labels) for r in rules]
 
     def cidr_prefixes(self) -> set[str]:
         """Every prefix the rules need a CIDR identity for (see ``rule_prefixes``)."""
-        if self._prefixes is None:
-            self._prefixes = Counter()
-            for r in self._rules:
-                self._prefixes.update(rule_prefixes(r))
         return set(self._prefixes)
 
     def get(self, labels: Iterable[str] | None = None) -> list[Rule]:
@@ -175,16 +168,16 @@ class Repository:
     def _replace(self, keep: list[Rule]) -> tuple[int, int]:
         deleted = len(self._rules) - len(keep)
         if deleted:
-            self._rules = keep
-            self._reset_derived()
+            kept = {id(r) for r in keep}
+            docs = [d for r, d in zip(self._rules, self._docs) if id(r) in kept]
+            self._rules, self._docs, self._groups, self._prefixes = [], [], {}, Counter()
+            self._extend(keep, docs)
             self._revision += 1
         return deleted, self._revision
 
     # --- persistence -----------------------------------------------------
     def to_json(self) -> str:
         """The persisted form; each rule is serialized once, when it is added."""
-        if self._docs is None:
-            self._docs = [_rule_json(r) for r in self._rules]
         return '{"revision": %d, "rules": [%s]}' % (self._revision, ", ".join(self._docs))
 
     def load_json(self, data: bytes | str) -> None:
@@ -196,8 +189,8 @@ class Repository:
         if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
             raise PolicyValidationError("revision", "revision must be a non-negative integer")
         rules = parse_rules(obj.get("rules") or [])
-        self._rules = rules
-        self._reset_derived()
+        self._rules, self._docs, self._groups, self._prefixes = [], [], {}, Counter()
+        self._extend(rules)
         self._revision = revision
 
     @classmethod

@@ -66,6 +66,7 @@ from .api.l4 import PROTO_NUMBERS
 from .api.rule import PeerRule, Rule
 from .api.selector import EndpointSelector, LabelSet
 from .index import IdentityIndex
+from .turns import Turns
 from .repository import Repository, rule_prefixes
 
 __all__ = [
@@ -201,6 +202,16 @@ def identity_index(identities: Mapping[int, Iterable[str]]) -> IdentityIndex:
     if isinstance(idx, IdentityIndex):
         return idx
     idx = IdentityIndex(identities, RESERVED_IDENTITIES)
+    if hasattr(identities, "index"):
+        identities.index = idx  # type: ignore[attr-defined]
+    return idx
+
+
+async def build_identity_index(identities: Mapping[int, Iterable[str]], turns: Turns) -> IdentityIndex:
+    """:func:`identity_index`, built with loop turns (thousands of new CIDR
+    identities take a while) and kept on the snapshot."""
+    idx = IdentityIndex(identities, RESERVED_IDENTITIES, lazy=True)
+    await turns.drive(idx.pending)
     if hasattr(identities, "index"):
         identities.index = idx  # type: ignore[attr-defined]
     return idx

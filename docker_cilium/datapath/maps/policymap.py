@@ -96,6 +96,8 @@ class PolicyEntry:
         return v
 
     def normalized(self) -> "PolicyEntry":
+        if type(self.direction) is int and type(self.proto) is int and type(self.deny) is bool:
+            return self
         return PolicyEntry(self.identity, direction_num(self.direction), self.dport,
                            proto_num(self.proto), self.proxy_port, bool(self.deny))
 
@@ -182,7 +184,7 @@ class PolicyMap:
         used = sum(len(v) for v in self._full_index().values())
         return {"entries": used, "max-entries": self.max_entries, "endpoint-max-entries": self.endpoint_limit}
 
-    def entries(self, lxc_id: int) -> list[PolicyEntry]:
+    def endpoint_entries(self, lxc_id: int) -> list[PolicyEntry]:
         """What the endpoint holds now (markers left out: they are derived)."""
         return [PolicyEntry(t[1], t[2], t[3], t[4], proxy, deny)
                 for t, (_, proxy, deny) in self._endpoint_index(lxc_id).items()
