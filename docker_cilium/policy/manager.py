@@ -36,7 +36,7 @@ from .api.rule import Rule
 from .repository import PolicyRepositoryError, Repository, rule_json
 from .resolve import (ENFORCEMENT_MODES, EndpointPolicy, build_identity_index, parse_enforcement, resolve_steps,
                       trace)
-from .turns import Turns
+from .turns import Turns, quiet_gc
 
 log = structlog.get_logger(__name__)
 
@@ -170,10 +170,11 @@ class PolicyManager:
     async def import_rules(self, raw: bytes) -> int:
         t0 = time.perf_counter()
         async with self._lock:
-            rules, docs = await self._parse(raw)  # raises PolicyValidationError; nothing changed
-            candidate = self.repo.copy()
-            rev = candidate.add(rules, docs)
-            await self._change(candidate, self.enforcement)
+            with quiet_gc():
+                rules, docs = await self._parse(raw)  # raises PolicyValidationError; nothing changed
+                candidate = self.repo.copy()
+                rev = candidate.add(rules, docs)
+                await self._change(candidate, self.enforcement)
         log.info("policy.import", revision=rev, rules=len(self.repo.rules), added=len(rules),
                  duration_ms=round((time.perf_counter() - t0) * 1000, 2))
         return rev
@@ -191,7 +192,8 @@ class PolicyManager:
                     raise PolicyRepositoryError("no labels given: pass labels or use --all to delete every rule")
                 deleted, rev = candidate.delete_by_labels(labels)
             if deleted:
-                await self._change(candidate, self.enforcement)
+                with quiet_gc():
+                    await self._change(candidate, self.enforcement)
         return deleted, rev
 
     def trace(self, src_labels: list[str], dst_labels: list[str], dport: int | None,

@@ -11,8 +11,10 @@ The data it works on is a snapshot, so the turns cannot change its result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
-from typing import Generator, TypeVar
+from typing import Generator, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -41,3 +43,21 @@ class Turns:
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
             await self()
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Keep the cyclic garbage collector from pausing the loop during a large
+    policy change: it stays off meanwhile (reference counting still frees
+    nearly everything; rules hold no cycles), and what is alive afterwards is
+    frozen (``gc.freeze``) so later collections do not scan thousands of
+    rules again. Measured with 10,000 rules: full collections of 10-80 ms
+    each, several per import, otherwise."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
