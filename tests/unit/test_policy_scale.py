@@ -11,15 +11,12 @@ import asyncio
 import json
 import time
 
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
-
-from docker_cilium.api.app import build_app
 from docker_cilium.ipcache import LOCAL_IDENTITY_BASE, IPCache
 from docker_cilium.kvstore import keys
 from docker_cilium.policy import manager as manager_mod
 from docker_cilium.policy.repository import Repository
 from docker_cilium.policy.api import rule as rule_mod
+from tests.unit.test_api_policy import api  # noqa: F401  (the fixture)
 from tests.unit.unit_daemon import UnitDaemon
 
 
@@ -32,16 +29,6 @@ def cidr_rules(n: int, start: int = 0) -> list[dict]:
 async def persisted(daemon: UnitDaemon) -> tuple:
     doc = json.loads(await daemon.store.get(keys.POLICY_RULES))
     return Repository.from_json(json.dumps(doc["repository"])).rules
-
-
-@pytest.fixture
-async def api(tmp_path):
-    daemon = await UnitDaemon(str(tmp_path)).start()
-    client = TestClient(TestServer(build_app(daemon)))
-    await client.start_server()
-    yield client, daemon
-    await client.close()
-    await daemon.stop()
 
 
 async def test_import_over_rule_limit_is_413_naming_it_and_changes_nothing(api, monkeypatch):

@@ -179,11 +179,6 @@ class PolicyMap:
         """The shared map's size (POLICY_MAP_SIZE of the loaded datapath)."""
         return map_info(self.m.fd).max_entries
 
-    def usage(self) -> dict[str, int]:
-        """Entries in use (markers included), the map's size and the per-endpoint limit."""
-        used = sum(len(v) for v in self._full_index().values())
-        return {"entries": used, "max-entries": self.max_entries, "endpoint-max-entries": self.endpoint_limit}
-
     def endpoint_entries(self, lxc_id: int) -> list[PolicyEntry]:
         """What the endpoint holds now (markers left out: they are derived)."""
         return [PolicyEntry(t[1], t[2], t[3], t[4], proxy, deny)
