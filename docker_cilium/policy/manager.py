@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import textwrap
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Generator, Iterable, Mapping, Protocol
+from typing import Awaitable, Callable, Generator, Iterable, Mapping, Protocol, Sequence
 
 import structlog
 
@@ -167,7 +168,8 @@ class PolicyManager:
             await turns()
         return rules, docs
 
-    async def import_rules(self, raw: bytes) -> int:
+    async def import_rules(self, raw: bytes) -> tuple[int, list[Rule]]:
+        """Add the document's rules; returns the new revision and the rules added."""
         t0 = time.perf_counter()
         async with self._lock:
             with quiet_gc():
@@ -177,10 +179,20 @@ class PolicyManager:
                 await self._change(candidate, self.enforcement)
         log.info("policy.import", revision=rev, rules=len(self.repo.rules), added=len(rules),
                  duration_ms=round((time.perf_counter() - t0) * 1000, 2))
-        return rev
+        return rev, rules
 
     def get_rules(self, labels: list[str]) -> list[dict]:
         return [r.to_dict() for r in self.repo.get(labels or None)]
+
+    @staticmethod
+    async def rules_json(rules: Sequence[Rule]) -> str:
+        """Rules as the API returns them (indented JSON, as Cilium's
+        JSONMarshalRules), built with loop turns: 10,000 rules take a while."""
+        turns, parts = Turns(), []
+        for rule in rules:
+            parts.append(textwrap.indent(json.dumps(rule.to_dict(), indent=2), "  "))
+            await turns()
+        return "[\n" + ",\n".join(parts) + "\n]" if parts else "[]"
 
     async def delete_rules(self, labels: list[str], all: bool = False) -> tuple[int, int]:
         async with self._lock:
