@@ -16,6 +16,19 @@ so run it under ``flock /tmp/dc-e2e.lock``), then for each size N:
   the agent's log (``plugin.call``).
 
     flock /tmp/dc-e2e.lock .venv/bin/python -m bench.policy_scale --sizes 1000,4000,10000
+
+Measured (2 shared cores, 3 resident endpoints; import s / max plugin-call ms / p99 ms):
+
+    rules  kind   before (main 0129bda)      after
+    1000   cidr   0.55 /  293 / 4.3          0.23 / 22 /  5.5
+    1000   label  0.15 /  106 / 1.8          0.12 / 18 / 10.9
+    4000   cidr   3.97 / 2601 / 20.9         0.73 / 30 / 15.1
+    4000   label  0.68 /  429 / 3.3          0.46 / 22 / 15.3
+    10000  cidr   413 (body over 1 MiB)      1.73 / 50 / 15.3
+    10000  label  413 (body over 1 MiB)      1.13 / 55 / 15.3
+
+CreateEndpoint with 4000 CIDR rules selecting the container: median 3059 ms
+before, 68 ms after (``docker run`` 6.5 s before, 0.36 s after).
 """
 
 from __future__ import annotations
