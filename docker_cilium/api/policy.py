@@ -9,15 +9,16 @@ validates everything before changing anything.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Sequence
 
 from aiohttp import web
 
 from docker_cilium.api.keys import DAEMON
 
 from docker_cilium.api.errors import json_body, read_body, reject_unknown
-from docker_cilium.errors import BadRequest, NotFound
-from docker_cilium.policy.manager import PolicyManager
+from docker_cilium.errors import BadRequest, NotFound, PayloadTooLarge
+from docker_cilium.policy.api.rule import Rule
+from docker_cilium.policy.manager import MAX_IMPORT_BYTES, PolicyManager
 
 routes = web.RouteTableDef()
 
@@ -28,9 +29,8 @@ def _policy(request: web.Request) -> PolicyManager:
     return request.app[DAEMON].policy
 
 
-def _reply(policy: PolicyManager, labels: list[str] | None = None) -> web.Response:
-    rules = policy.get_rules(labels or [])
-    return web.json_response({"revision": policy.revision, "policy": json.dumps(rules, indent=2)})
+async def _reply(policy: PolicyManager, rules: Sequence[Rule]) -> web.Response:
+    return web.json_response({"revision": policy.revision, "policy": await policy.rules_json(rules)})
 
 
 def _query_list(request: web.Request, name: str) -> list[str]:
@@ -65,19 +65,36 @@ async def get_policy(request: web.Request) -> web.Response:
     if body is not None:  # Cilium's client sends the labels as a JSON array body
         labels += _string_list(body, "request body")
     policy = _policy(request)
-    if labels and not policy.get_rules(labels):
+    rules = policy.repo.get(labels or None)
+    if labels and not rules:
         raise NotFound(f"no policy rules found with labels {', '.join(labels)}")
-    return _reply(policy, labels)
+    return await _reply(policy, rules)
+
+
+async def read_policy_body(request: web.Request) -> bytes:
+    """A policy document, up to MAX_IMPORT_BYTES (above the API's general body
+    limit: 10,000 rules are a few MB); larger is a 413 naming the limit."""
+    too_large = PayloadTooLarge(f"policy document is larger than {MAX_IMPORT_BYTES} bytes, the most one "
+                                f"import may carry (MAX_IMPORT_BYTES): split it into several imports")
+    if request.content_length is not None and request.content_length > MAX_IMPORT_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > MAX_IMPORT_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @routes.put("/v1/policy")
 async def put_policy(request: web.Request) -> web.Response:
-    raw = await read_body(request)
+    raw = await read_policy_body(request)
     if not raw.strip():
         raise BadRequest("request body is empty: expected a JSON array of policy rules")
     policy = _policy(request)
-    await policy.import_rules(raw)
-    return _reply(policy)
+    _, rules = await policy.import_rules(raw)
+    return await _reply(policy, rules)  # the rules imported, as Cilium's PutPolicy replies
 
 
 @routes.delete("/v1/policy")
@@ -91,7 +108,7 @@ async def delete_policy(request: web.Request) -> web.Response:
                          "send a JSON array of labels, or ?all=true to delete every rule")
     policy = _policy(request)
     await policy.delete_rules(labels, all_ and not labels)
-    return _reply(policy)
+    return await _reply(policy, policy.repo.rules)
 
 
 def parse_dport(text: str) -> tuple[int, str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Iterable, Protocol
+from typing import Iterable, Mapping, Protocol
 
 import structlog
 
@@ -31,8 +31,9 @@ from docker_cilium.identity.allocator import Identity, IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
 from docker_cilium.identity.labels import Labels
 from docker_cilium.ipcache import IPCache
-from docker_cilium.policy import EndpointPolicy
-from docker_cilium.policy.manager import PolicyManager
+from docker_cilium.policy import EndpointPolicy, resolve
+from docker_cilium.policy.manager import Commit, PolicyManager, PolicyState
+from docker_cilium.policy.turns import Turns
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +43,8 @@ class PolicyMapWriter(Protocol):
 
     def set_endpoint_policy(self, lxc_id: int, entries: Iterable[MapPolicyEntry]) -> tuple[int, int]: ...
     def delete_endpoint(self, lxc_id: int) -> int: ...
+    def endpoint_entries(self, lxc_id: int) -> list[MapPolicyEntry]: ...
+    def check_fits(self, changes: Mapping[int, Iterable[MapPolicyEntry]]) -> None: ...
 
 
 class EndpointMapWriter(Protocol):
@@ -70,6 +73,11 @@ class EndpointDatapath(Protocol):
     @property
     def maps(self) -> EndpointMaps | None: ...
     async def attach_async(self, ifindex: int) -> float: ...
+
+
+def _map_entries(pol: EndpointPolicy) -> list[MapPolicyEntry]:
+    return [MapPolicyEntry(identity=e.identity, direction=e.direction, dport=e.port, proto=e.proto,
+                           proxy_port=e.proxy_port) for e in pol.entries]
 
 
 class Regenerator:
@@ -104,9 +112,66 @@ class Regenerator:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._pending
 
-    async def policy_changed(self) -> None:
-        """Rules or the enforcement mode changed: every endpoint, now."""
-        await self.regenerate_all()
+    async def apply_policy(self, change: PolicyState, commit: Commit) -> None:
+        """Rules or the enforcement mode change: every endpoint, now, all or nothing.
+
+        Every endpoint's new policy is resolved first (a snapshot: the rules
+        and identities of ``change``), then refused as a whole if one would
+        not fit its policy map, before any map is touched. Then each endpoint
+        is written (each write is itself all or nothing) and ``commit`` makes
+        the change the repository's; if a write or the commit fails, the
+        endpoints already written get their previous entries back."""
+        async with self._lock:
+            self._follow_moved_identities()
+            eps = [ep for ep in self.endpoints.values() if ep.state not in (State.DISCONNECTING, State.DISCONNECTED)]
+            pols = await self._resolve_all(eps, change)
+            if self.dp is None:
+                await commit()
+            else:
+                await self._write_all(eps, pols, commit)
+            for ep in eps:
+                self._regenerated(ep, pols[ep.id])
+
+    async def _resolve_all(self, eps: list[Endpoint], state: PolicyState) -> dict[int, EndpointPolicy]:
+        """Each endpoint's policy under ``state``; endpoints with the same labels
+        and mode share one resolution. The loop gets turns meanwhile."""
+        turns = Turns()
+        by_key: dict[tuple[frozenset[str], str], EndpointPolicy] = {}
+        out: dict[int, EndpointPolicy] = {}
+        for ep in eps:
+            labels = ep.effective_labels or [reserved.INIT_LABEL]
+            key = (frozenset(labels), state.mode_for(ep.policy_enforcement))
+            if key not in by_key:
+                by_key[key] = await turns.drive(state.resolve_steps(labels, state.identities, ep.policy_enforcement))
+            out[ep.id] = by_key[key]
+        return out
+
+    def _prepare_writes(self, eps: list[Endpoint], pols: dict[int, EndpointPolicy]) -> tuple[
+            dict[int, list[MapPolicyEntry]], dict[int, list[MapPolicyEntry]]]:
+        """Runs in a worker thread (tens of thousands of entries): every
+        endpoint's new map entries, refused as a whole if one does not fit
+        (PolicyMapFull names the endpoint and the limit), and its current ones."""
+        maps = self._maps()
+        by_pol: dict[int, list[MapPolicyEntry]] = {}
+        wanted = {ep.id: by_pol.setdefault(id(pols[ep.id]), _map_entries(pols[ep.id])) for ep in eps}
+        maps.policy.check_fits(wanted)
+        return wanted, {ep.id: maps.policy.endpoint_entries(ep.id) for ep in eps}
+
+    async def _write_all(self, eps: list[Endpoint], pols: dict[int, EndpointPolicy], commit: Commit) -> None:
+        wanted, entries_before = await asyncio.to_thread(self._prepare_writes, eps, pols)
+        before = {ep.id: (entries_before[ep.id], ep.ingress_enforced, ep.egress_enforced) for ep in eps}
+        written: list[Endpoint] = []
+        try:
+            for ep in eps:
+                written.append(ep)
+                await asyncio.to_thread(self._write_endpoint_maps, ep, wanted[ep.id],
+                                        pols[ep.id].ingress_enforced, pols[ep.id].egress_enforced)
+            await commit()
+        except BaseException as exc:
+            log.warning("policy.rolled_back", endpoints=len(written), error=str(exc))
+            for ep in reversed(written):
+                await asyncio.to_thread(self._write_endpoint_maps, ep, *before[ep.id])
+            raise
 
     def identities_changed(self) -> None:
         """Another node (or we) allocated or freed an identity: re-resolve.
@@ -198,41 +263,62 @@ class Regenerator:
 
     # ---- regeneration -----------------------------------------------------------
 
-    def resolve_endpoint(self, ep: Endpoint, identities: dict[int, list[str]]) -> EndpointPolicy:
+    def resolve_endpoint(self, ep: Endpoint, identities: Mapping[int, list[str]]) -> EndpointPolicy:
+        state = self.policy.state
         labels = ep.effective_labels or [reserved.INIT_LABEL]
-        return self.policy.resolve(labels, identities, ep.policy_enforcement)
+        return resolve(state.repo, labels, identities, state.mode_for(ep.policy_enforcement))
 
-    async def _regenerate(self, ep: Endpoint, identities: dict[int, list[str]]) -> None:
-        if ep.state in (State.DISCONNECTING, State.DISCONNECTED):
+    async def _regenerate(self, ep: Endpoint, identities: Mapping[int, list[str]]) -> None:
+        """One endpoint under the current policy. All or nothing: if its new
+        policy does not fit its map (PolicyMapFull names the endpoint and the
+        limit), it keeps its previous entries and is not-ready."""
+        if not self._begin(ep):
             return
+        state = self.policy.state
+        labels = ep.effective_labels or [reserved.INIT_LABEL]
+        pol = await Turns().drive(state.resolve_steps(labels, identities, ep.policy_enforcement))
+        if self.dp is not None:
+            try:
+                await asyncio.to_thread(self._write_endpoint_maps, ep, _map_entries(pol),
+                                        pol.ingress_enforced, pol.egress_enforced)
+            except Exception as exc:
+                ep.set_state(State.NOT_READY, f"regeneration failed: {exc}")
+                raise
+        self._regenerated(ep, pol)
+
+    @staticmethod
+    def _begin(ep: Endpoint) -> bool:
+        """Move the endpoint to regenerating; False if it is going away."""
+        if ep.state in (State.DISCONNECTING, State.DISCONNECTED):
+            return False
         if ep.state == State.READY:
             ep.set_state(State.WAITING_TO_REGENERATE, "policy changed")
         if ep.state != State.REGENERATING:
             if ep.state != State.WAITING_TO_REGENERATE:
                 ep.set_state(State.WAITING_TO_REGENERATE, "regeneration requested")
             ep.set_state(State.REGENERATING, "writing datapath maps")
-        pol = self.resolve_endpoint(ep, identities)
-        if self.dp is not None:
-            await asyncio.to_thread(self._write_endpoint_maps, ep, pol)
+        return True
+
+    def _regenerated(self, ep: Endpoint, pol: EndpointPolicy) -> None:
+        if not self._begin(ep):
+            return
         ep.ingress_enforced, ep.egress_enforced = pol.ingress_enforced, pol.egress_enforced
         ep.policy_revision = pol.revision
         ep.set_state(State.READY, f"regenerated to policy revision {pol.revision}")
         # Nothing persisted changed here (revision and flags are recomputed on
         # restore): no fsync per endpoint on every policy import.
 
-    def _write_endpoint_maps(self, ep: Endpoint, pol: EndpointPolicy) -> None:
-        """Runs in a worker thread: a full policy-map diff is many syscalls."""
+    def _write_endpoint_maps(self, ep: Endpoint, entries: list[MapPolicyEntry], ingress_enforced: bool,
+                             egress_enforced: bool) -> None:
+        """Runs in a worker thread: a full policy-map diff is many syscalls.
+        The policy write is all or nothing (PolicyMap.set_endpoint_policy)."""
         maps = self._maps()
-        maps.policy.set_endpoint_policy(ep.id, [
-            MapPolicyEntry(identity=e.identity, direction=e.direction, dport=e.port, proto=e.proto,
-                           proxy_port=e.proxy_port)
-            for e in pol.entries
-        ])
+        maps.policy.set_endpoint_policy(ep.id, entries)
         # Flags last: the endpoint becomes enforced only once its allows are in.
         maps.endpoints.upsert(EndpointInfo(
             ifindex=ep.ifindex, lxc_id=ep.id, sec_identity=ep.identity, mac=ep.mac, node_mac=ep.host_mac,
-            ipv4=ep.ipv4, ipv6=ep.ipv6, ingress_enforced=pol.ingress_enforced,
-            egress_enforced=pol.egress_enforced))
+            ipv4=ep.ipv4, ipv6=ep.ipv6, ingress_enforced=ingress_enforced,
+            egress_enforced=egress_enforced))
 
     def _follow_moved_identities(self) -> None:
         """Endpoints whose number the allocator replaced (a resync after a lost
@@ -249,10 +335,16 @@ class Regenerator:
             self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
 
     async def _regenerate_all(self) -> None:
+        """Every endpoint under the current policy (identities changed). One
+        endpoint that cannot take it keeps its previous policy; the others
+        are still regenerated."""
         self._follow_moved_identities()
         identities = self.identities.identity_labels()
         for ep in list(self.endpoints.values()):
-            await self._regenerate(ep, identities)
+            try:
+                await self._regenerate(ep, identities)
+            except Exception as exc:
+                log.error("endpoint.regenerate_failed", endpoint=ep.id, error=str(exc))
 
     async def regenerate_all(self) -> None:
         async with self._lock:

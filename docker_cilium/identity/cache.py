@@ -9,7 +9,7 @@ match selectors against it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Iterator, Mapping, Protocol
 
 from . import reserved
 from .allocator import Identity, IdentityAllocator
@@ -20,6 +20,36 @@ class LocalIdentities(Protocol):
     """Node-local identities and their label strings (``ipcache.IPCache``)."""
 
     def local_identities(self) -> dict[int, list[str]]: ...
+    def cidr_identities(self) -> dict[str, int]: ...
+    def cidr_labels(self, prefix: str) -> list[str]: ...
+
+
+class IdentitySnapshot(Mapping[int, list[str]]):
+    """Identity number -> label strings, fixed at one moment.
+
+    Thousands of CIDR identities carry ~33 labels each, so their labels are
+    produced only when asked for; ``cluster`` (reserved and allocated) and
+    ``cidrs`` (prefix -> number) let policy resolution select CIDR identities
+    by prefix without building label sets at all."""
+
+    def __init__(self, cluster: dict[int, list[str]], cidrs: dict[str, int], local: LocalIdentities) -> None:
+        self.cluster = cluster
+        self.cidrs = cidrs
+        self._local = local
+        self._prefix_of = {num: prefix for prefix, num in cidrs.items() if num not in cluster}
+        self.index: object | None = None  # policy resolution's index over this snapshot, built once
+
+    def __getitem__(self, num: int) -> list[str]:
+        if num in self.cluster:
+            return self.cluster[num]
+        return self._local.cidr_labels(self._prefix_of[num])
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self.cluster
+        yield from self._prefix_of
+
+    def __len__(self) -> int:
+        return len(self.cluster) + len(self._prefix_of)
 
 
 class IdentityCache:
@@ -27,15 +57,17 @@ class IdentityCache:
         self.allocator = allocator
         self.local = local
 
-    def identity_labels(self) -> dict[int, list[str]]:
-        """Identity number -> label strings: reserved, cluster-allocated, local."""
+    def identity_labels(self, cidrs: Mapping[str, int] | None = None) -> IdentitySnapshot:
+        """Identity number -> label strings: reserved, cluster-allocated, local;
+        ``cidrs`` (prefix -> number) stands for the local CIDR identities, e.g.
+        those a policy change is about to allocate."""
         out: dict[int, list[str]] = {}
         for num, labels in reserved.all_reserved().items():
             out[num] = labels.to_strings()
         for ident in self.allocator.cached():
             out[ident.id] = ident.labels.to_strings()
-        out.update(self.local.local_identities())
-        return out
+        local = dict(cidrs) if cidrs is not None else self.local.cidr_identities()
+        return IdentitySnapshot(out, local, self.local)
 
     def identities(self) -> list[Identity]:
         """The same set as :meth:`identity_labels`, as identities, by number."""

@@ -15,10 +15,13 @@ exactly them: CIDR rules only describe non-endpoints.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+from dataclasses import dataclass
 from typing import Iterable, Protocol
 
+from docker_cilium.errors import InsufficientStorage
 from docker_cilium.identity import reserved
 from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
@@ -35,6 +38,16 @@ class IPCacheMap(Protocol):
     def delete(self, prefix: str) -> bool: ...
 
 
+@dataclass(frozen=True)
+class CIDRPlan:
+    """The CIDR identities a policy change needs: every prefix's number, and
+    which prefixes it adds and drops (see :meth:`IPCache.plan_cidrs`)."""
+
+    ids: dict[str, int]
+    added: list[str]
+    removed: list[str]
+
+
 def host_prefix(ip: str) -> str:
     """``10.0.0.1`` -> ``10.0.0.1/32``, ``f00d::1`` -> ``f00d::1/128``."""
     addr = ipaddress.ip_address(ip)
@@ -49,6 +62,8 @@ class IPCache:
         self.store = store
         self.map = bpf_map
         self._cidr_ids: dict[str, int] = {}
+        self._free: set[int] = set()  # numbers of dropped prefixes, given out again first
+        self._labels: dict[str, list[str]] = {}  # prefix -> its identity's labels
         self._host_ips: set[str] = set()
         self._endpoint_prefixes: dict[int, list[str]] = {}  # endpoint ID -> its /32 and /128
 
@@ -66,39 +81,77 @@ class IPCache:
 
     # ---- CIDR identities ---------------------------------------------------------
 
+    def cidr_identities(self) -> dict[str, int]:
+        """Prefix -> its node-local identity (a copy: a consistent snapshot)."""
+        return dict(self._cidr_ids)
+
+    def cidr_labels(self, prefix: str) -> list[str]:
+        """Labels of a prefix's CIDR identity, computed once per prefix."""
+        labels = self._labels.get(prefix)
+        if labels is None:
+            labels = self._labels[prefix] = sorted(cidr_identity_labels(prefix))
+        return labels
+
     def local_identities(self) -> dict[int, list[str]]:
         """Node-local identity -> its labels (``cidr:...`` and ``reserved:world``)."""
-        return {num: sorted(cidr_identity_labels(prefix)) for prefix, num in self._cidr_ids.items()}
+        return {num: self.cidr_labels(prefix) for prefix, num in self._cidr_ids.items()}
+
+    def plan_cidrs(self, wanted: set[str]) -> CIDRPlan:
+        """The CIDR identities ``wanted`` needs, without changing anything:
+        prefixes kept keep their number, new ones get free numbers (freed
+        ones first, then above the highest in use: no scan per prefix)."""
+        ids = {p: n for p, n in self._cidr_ids.items() if p in wanted}
+        removed = [p for p in self._cidr_ids if p not in wanted]
+        added = [p for p in wanted if p not in self._cidr_ids]
+        if added:
+            free = iter(sorted({self._cidr_ids[p] for p in removed} | self._free))
+            nxt = max(self._cidr_ids.values(), default=LOCAL_IDENTITY_BASE) + 1
+            for prefix in sorted(added):
+                num = next(free, None)
+                if num is None:
+                    num, nxt = nxt, nxt + 1
+                if num >= LOCAL_IDENTITY_BASE + (1 << 24):
+                    raise InsufficientStorage(f"no free node-local identity for CIDR {prefix}")
+                ids[prefix] = num
+        return CIDRPlan(ids, added, removed)
+
+    async def commit_cidrs(self, plan: CIDRPlan) -> None:
+        """Make ``plan`` the CIDR identities: ipcache entries for new prefixes,
+        stale ones out, numbers persisted. Called once the policy that names
+        the new prefixes is in the endpoints' maps."""
+        old = self._cidr_ids
+        self._free = ({old[p] for p in plan.removed} | self._free) - set(plan.ids.values())
+        self._cidr_ids = dict(plan.ids)
+        for prefix in plan.removed:
+            self._labels.pop(prefix, None)
+        if self.map is not None:
+            await asyncio.to_thread(self._write_cidrs, plan, self._protected_prefixes())
+        if plan.added or plan.removed:
+            await self.store.put(keys.CIDR_IDENTITIES, json.dumps(self._cidr_ids).encode())
+
+    def _write_cidrs(self, plan: CIDRPlan, protected: set[str]) -> None:
+        """Runs in a worker thread: thousands of prefixes are as many syscalls."""
+        assert self.map is not None
+        for prefix in plan.added:
+            if prefix not in WORLD_PREFIXES and prefix not in protected:
+                self.map.upsert(prefix, plan.ids[prefix])
+        for prefix in plan.removed:
+            if prefix in WORLD_PREFIXES:
+                self.map.upsert(prefix, reserved.WORLD)
+            elif prefix not in protected:
+                self.map.delete(prefix)
+        # A /0 CIDR rule must not take the world entry away from world.
+        for prefix in WORLD_PREFIXES:
+            if prefix in plan.ids:
+                self.map.upsert(prefix, plan.ids[prefix])
 
     async def allocate_cidrs(self, wanted: set[str]) -> None:
         """Give every prefix the rules use a node-local identity and an ipcache
         entry; free those no rule uses any more."""
-        changed = False
-        for prefix in sorted(wanted - set(self._cidr_ids)):
-            used = set(self._cidr_ids.values())
-            num = next(n for n in range(LOCAL_IDENTITY_BASE + 1, LOCAL_IDENTITY_BASE + (1 << 24)) if n not in used)
-            self._cidr_ids[prefix] = num
-            changed = True
-        stale = set(self._cidr_ids) - wanted
-        for prefix in stale:
-            del self._cidr_ids[prefix]
-            changed = True
-        if self.map is not None:
-            protected = self._protected_prefixes()
-            for prefix, num in self._cidr_ids.items():
-                if prefix not in WORLD_PREFIXES and prefix not in protected:
-                    self.map.upsert(prefix, num)
-            for prefix in stale:
-                if prefix in WORLD_PREFIXES:
-                    self.map.upsert(prefix, reserved.WORLD)
-                elif prefix not in protected:
-                    self.map.delete(prefix)
-            # A /0 CIDR rule must not take the world entry away from world.
-            for prefix in WORLD_PREFIXES:
-                if prefix in self._cidr_ids:
-                    self.map.upsert(prefix, self._cidr_ids[prefix])
-        if changed:
-            await self.store.put(keys.CIDR_IDENTITIES, json.dumps(self._cidr_ids).encode())
+        plan = self.plan_cidrs(wanted)
+        if self.map is not None:  # (re)write every entry: restore after a restart
+            plan = CIDRPlan(plan.ids, sorted(set(plan.ids) | set(plan.added)), plan.removed)
+        await self.commit_cidrs(plan)
 
     def _protected_prefixes(self) -> set[str]:
         out = {host_prefix(ip) for ip in self._host_ips}

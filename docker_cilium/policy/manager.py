@@ -1,36 +1,80 @@
 """The agent's policy repository: import, get and delete rules, revisions,
 persistence, the enforcement mode, trace.
 
-Every change is validated on a copy, persisted, and only then swapped in;
-the CIDR prefixes the rules name get their identities (``ipcache``), and the
-observers (the endpoint regenerator) are awaited, so when ``cilium policy
-import`` returns every local endpoint already enforces the new revision.
+Every change is one transaction: the new repository is built on a copy (old
+rules are shared, not re-parsed), the CIDR identities it needs are planned
+(``ipcache``), and the observer (the endpoint regenerator) resolves it for
+every endpoint and writes their maps; only then is it persisted and swapped
+in. If any endpoint cannot enforce it (e.g. its policy map would overflow),
+nothing changes: maps, revision and the persisted rules stay as they were.
+So when ``cilium policy import`` returns, every local endpoint already
+enforces the new revision, and when it fails, none does.
+
+Parsing and resolution run on the event loop in steps (``turns``), so plugin
+calls are answered during a large import; what one import may carry is
+bounded (``MAX_IMPORT_BYTES``, ``MAX_IMPORT_RULES``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import textwrap
 import time
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Generator, Iterable, Mapping, Protocol, Sequence
 
 import structlog
 
+from docker_cilium.errors import PayloadTooLarge
 from docker_cilium.identity.cache import IdentityCache
 from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
 
-from .repository import PolicyRepositoryError, Repository
-from .resolve import ENFORCEMENT_MODES, EndpointPolicy, cidr_prefixes, parse_enforcement, resolve, trace
+from .api.parse import iter_json_array
+from .api.rule import Rule
+from .repository import PolicyRepositoryError, Repository, rule_json
+from .resolve import (ENFORCEMENT_MODES, EndpointPolicy, build_identity_index, parse_enforcement, resolve_steps,
+                      trace)
+from .turns import Turns, quiet_gc
 
 log = structlog.get_logger(__name__)
 
+#: Largest policy document one import may send (bytes).
+MAX_IMPORT_BYTES = 16 << 20
+#: Most rules one import may carry.
+MAX_IMPORT_RULES = 16384
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """A repository and an enforcement mode: what endpoints enforce, or are
+    about to (a change not yet committed), and the identities to resolve with."""
+
+    repo: Repository
+    enforcement: str
+    identities: Mapping[int, list[str]] = field(default_factory=dict, compare=False)
+
+    def mode_for(self, endpoint_mode: str) -> str:
+        """An endpoint's own PolicyEnforcement, unless it is ``default``."""
+        return endpoint_mode if endpoint_mode != "default" else self.enforcement
+
+    def resolve_steps(self, labels: list[str], identities: Mapping[int, Iterable[str]],
+                      endpoint_mode: str) -> Generator[None, None, EndpointPolicy]:
+        return resolve_steps(self.repo, labels, identities, self.mode_for(endpoint_mode))
+
+
+Commit = Callable[[], Awaitable[None]]
+
 
 class PolicyObserver(Protocol):
-    """Told after every change of rules or enforcement mode (the regenerator)."""
+    """Enforces every change of rules or enforcement mode (the regenerator)."""
 
-    async def policy_changed(self) -> None: ...
+    async def apply_policy(self, change: PolicyState, commit: Commit) -> None:
+        """Make every endpoint enforce ``change``, then await ``commit``; all or
+        nothing: if it cannot (or ``commit`` raises), it puts back what it
+        wrote and raises."""
 
 
 class PolicyManager:
@@ -48,32 +92,52 @@ class PolicyManager:
     def subscribe(self, observer: PolicyObserver) -> None:
         self._observers.append(observer)
 
-    async def _rules_changed(self) -> None:
-        await self.ipcache.allocate_cidrs(cidr_prefixes(self.repo))
-        await self._notify()
+    @property
+    def state(self) -> PolicyState:
+        return PolicyState(self.repo, self.enforcement)
 
-    async def _notify(self) -> None:
-        for observer in self._observers:
-            await observer.policy_changed()
+    async def _change(self, repo: Repository, enforcement: str) -> None:
+        """The one path of every change (callers hold ``_lock``); see module doc."""
+        plan = self.ipcache.plan_cidrs(repo.cidr_prefixes())
+        change = PolicyState(repo, enforcement, self.identities.identity_labels(plan.ids))
+        await build_identity_index(change.identities, Turns())
+
+        async def commit() -> None:
+            await self._persist(repo, enforcement)
+            try:
+                await self.ipcache.commit_cidrs(plan)
+            except BaseException:
+                await self._persist()  # the previous repository, as the maps are again
+                raise
+            self.repo, self.enforcement = repo, enforcement
+
+        async def through(i: int) -> None:
+            if i == len(self._observers):
+                await commit()
+            else:
+                await self._observers[i].apply_policy(change, lambda: through(i + 1))
+
+        await through(0)
 
     async def start(self) -> None:
         """Restore the repository and mode; the ipcache must be started first."""
         raw = await self.store.get(keys.POLICY_RULES)
         if raw:
             doc = json.loads(raw)
-            self.repo = Repository.from_json(json.dumps(doc["repository"]))
+            self.repo = Repository.from_json(json.dumps(doc["repository"]))  # parsed once, at start
             # `cilium config PolicyEnforcement=...` survives restarts, unless the
             # agent was restarted with a different --enable-policy flag.
             if doc.get("flag") == self._flag_mode and doc.get("enforcement") in ENFORCEMENT_MODES:
                 self.enforcement = doc["enforcement"]
-        await self.ipcache.allocate_cidrs(cidr_prefixes(self.repo))
+        await self.ipcache.allocate_cidrs(self.repo.cidr_prefixes())
         log.info("policy.restored", revision=self.repo.revision, rules=len(self.repo.rules))
 
     async def _persist(self, repo: Repository | None = None, enforcement: str | None = None) -> None:
-        """Write the repository and mode; callers swap in-memory state only after this."""
-        doc = {"repository": json.loads((repo or self.repo).to_json()),
-               "enforcement": enforcement or self.enforcement, "flag": self._flag_mode}
-        await self.store.put(keys.POLICY_RULES, json.dumps(doc).encode())
+        """Write the repository and mode; callers swap in-memory state only after this.
+        Each rule's JSON was made when it was added: nothing is re-serialized."""
+        doc = '{"repository": %s, "enforcement": %s, "flag": %s}' % (
+            (repo or self.repo).to_json(), json.dumps(enforcement or self.enforcement), json.dumps(self._flag_mode))
+        await self.store.put(keys.POLICY_RULES, doc.encode())
 
     @property
     def revision(self) -> int:
@@ -83,40 +147,65 @@ class PolicyManager:
 
     def mode_for(self, endpoint_mode: str) -> str:
         """An endpoint's own PolicyEnforcement, unless it is ``default``."""
-        return endpoint_mode if endpoint_mode != "default" else self.enforcement
-
-    def resolve(self, labels: list[str], identities: dict[int, list[str]], endpoint_mode: str) -> EndpointPolicy:
-        return resolve(self.repo, labels, identities, self.mode_for(endpoint_mode))
+        return self.state.mode_for(endpoint_mode)
 
     # ---- operations (API) ------------------------------------------------------------
 
-    async def import_rules(self, raw: bytes) -> int:
+    async def _parse(self, raw: bytes) -> tuple[list[Rule], list[str]]:
+        """Decode and validate a policy document one rule at a time, giving the
+        loop turns; returns the rules and their persisted JSON."""
+        if len(raw) > MAX_IMPORT_BYTES:
+            raise PayloadTooLarge(f"policy document is {len(raw)} bytes; one import may carry at most "
+                                  f"{MAX_IMPORT_BYTES} bytes (MAX_IMPORT_BYTES): split it into several imports")
+        turns, rules, docs = Turns(), [], []
+        for i, item in enumerate(iter_json_array(raw)):
+            if i == MAX_IMPORT_RULES:
+                raise PayloadTooLarge(f"policy document has more than {MAX_IMPORT_RULES} rules, the most one "
+                                      f"import may carry (MAX_IMPORT_RULES): split it into several imports")
+            rule = Rule.from_json(item, f"[{i}]")
+            rules.append(rule)
+            docs.append(rule_json(rule))
+            await turns()
+        return rules, docs
+
+    async def import_rules(self, raw: bytes) -> tuple[int, list[Rule]]:
+        """Add the document's rules; returns the new revision and the rules added."""
         t0 = time.perf_counter()
         async with self._lock:
-            candidate = Repository.from_json(self.repo.to_json())
-            rev = candidate.add(raw)  # raises PolicyValidationError; nothing changed
-            await self._persist(candidate)
-            self.repo = candidate
-            await self._rules_changed()
-        log.info("policy.import", revision=rev, rules=len(self.repo.rules),
+            with quiet_gc():
+                rules, docs = await self._parse(raw)  # raises PolicyValidationError; nothing changed
+                candidate = self.repo.copy()
+                rev = candidate.add(rules, docs)
+                await self._change(candidate, self.enforcement)
+        log.info("policy.import", revision=rev, rules=len(self.repo.rules), added=len(rules),
                  duration_ms=round((time.perf_counter() - t0) * 1000, 2))
-        return rev
+        return rev, rules
 
     def get_rules(self, labels: list[str]) -> list[dict]:
         return [r.to_dict() for r in self.repo.get(labels or None)]
 
+    @staticmethod
+    async def rules_json(rules: Sequence[Rule]) -> str:
+        """Rules as the API returns them (indented JSON, as Cilium's
+        JSONMarshalRules), built with loop turns: 10,000 rules take a while."""
+        turns, parts = Turns(), []
+        for rule in rules:
+            parts.append(textwrap.indent(json.dumps(rule.to_dict(), indent=2), "  "))
+            await turns()
+        return "[\n" + ",\n".join(parts) + "\n]" if parts else "[]"
+
     async def delete_rules(self, labels: list[str], all: bool = False) -> tuple[int, int]:
         async with self._lock:
-            candidate = Repository.from_json(self.repo.to_json())
+            candidate = self.repo.copy()
             if all:
                 deleted, rev = candidate.delete_all()
             else:
                 if not labels:
                     raise PolicyRepositoryError("no labels given: pass labels or use --all to delete every rule")
                 deleted, rev = candidate.delete_by_labels(labels)
-            await self._persist(candidate)
-            self.repo = candidate
-            await self._rules_changed()
+            if deleted:
+                with quiet_gc():
+                    await self._change(candidate, self.enforcement)
         return deleted, rev
 
     def trace(self, src_labels: list[str], dst_labels: list[str], dport: int | None,
@@ -127,6 +216,4 @@ class PolicyManager:
     async def set_enforcement(self, mode: str) -> None:
         mode = parse_enforcement(mode)
         async with self._lock:
-            await self._persist(enforcement=mode)
-            self.enforcement = mode
-            await self._notify()
+            await self._change(self.repo, mode)

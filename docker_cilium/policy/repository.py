@@ -10,11 +10,16 @@ revision (Cilium does the same), and a failed import changes nothing at all
 (everything is validated first).
 
 Not thread-safe by design: the agent mutates it from its single asyncio loop.
+Changes are made on a :meth:`Repository.copy` (cheap: rules are immutable
+and shared), so an import costs in proportion to what it adds: old rules are
+neither re-parsed nor re-serialized, and the selector groups and CIDR prefix
+counts are updated, not rebuilt.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from docker_cilium.errors import BadRequest
@@ -22,7 +27,7 @@ from docker_cilium.errors import BadRequest
 from .api.errors import PolicyValidationError
 from .api.parse import load_json, parse_rules
 from .api.rule import Rule, RuleLabel
-from .api.selector import ANY_SOURCE, split_label
+from .api.selector import ANY_SOURCE, EndpointSelector, LabelSet, split_label
 
 # An empty repository is revision 0, so the first import prints `Revision: 1`
 # as users of Cilium's Docker guide expect.
@@ -53,12 +58,54 @@ def _rule_has_labels(rule: Rule, query: Sequence[tuple[str, str, str]]) -> bool:
     return all(any(has(q, lbl) for lbl in rule.labels) for q in query)
 
 
+def rule_json(rule: Rule) -> str:
+    """A rule's persisted form (compact JSON of what ``cilium policy get`` shows)."""
+    return json.dumps(rule.to_dict(), separators=(",", ":"))
+
+
+def rule_prefixes(rule: Rule) -> set[str]:
+    """The prefixes one rule needs a CIDR identity (and an ipcache entry) for:
+    its CIDR peers after except-subtraction, AND the except prefixes
+    themselves (so that LPM lookups inside an except find the except's
+    identity instead of falling into a wider, allowed prefix)."""
+    out: set[str] = set()
+    for entry in (*rule.ingress, *rule.egress):
+        for c in entry.cidr:
+            out.add(str(c.network))
+        for cs in entry.cidr_set:
+            out.update(str(n) for n in cs.allowed_prefixes())
+            out.update(str(e.network) for e in cs.except_)
+    return out
+
+
 class Repository:
     """Ordered rules + revision. All mutations are all-or-nothing."""
 
     def __init__(self, rules: Iterable[Rule] = (), revision: int = INITIAL_REVISION) -> None:
-        self._rules: list[Rule] = list(rules)
+        self._rules: list[Rule] = []
         self._revision = revision
+        # Derived from _rules and kept in step by every change:
+        self._docs: list[str] = []  # each rule's JSON, for persisting
+        self._groups: dict[EndpointSelector, tuple[Rule, ...]] = {}  # rules by endpointSelector
+        self._prefixes: Counter[str] = Counter()  # CIDR prefixes -> rules naming them
+        self._extend(list(rules))
+
+    def _extend(self, new: list[Rule], docs: list[str] | None = None) -> None:
+        self._rules.extend(new)
+        self._docs.extend(docs if docs is not None else (rule_json(r) for r in new))
+        grouped: dict[EndpointSelector, list[Rule]] = {}
+        for r in new:
+            grouped.setdefault(r.endpoint_selector, []).append(r)
+            self._prefixes.update(rule_prefixes(r))
+        for sel, rules in grouped.items():
+            self._groups[sel] = self._groups.get(sel, ()) + tuple(rules)
+
+    def copy(self) -> "Repository":
+        """An independent repository with the same rules (shared, immutable)."""
+        other = Repository(revision=self._revision)
+        other._rules, other._docs = list(self._rules), list(self._docs)
+        other._groups, other._prefixes = dict(self._groups), Counter(self._prefixes)
+        return other
 
     @property
     def revision(self) -> int:
@@ -71,9 +118,10 @@ class Repository:
     def __len__(self) -> int:
         return len(self._rules)
 
-    def add(self, rules: Iterable[Rule] | bytes | str | list[Any]) -> int:
+    def add(self, rules: Iterable[Rule] | bytes | str | list[Any], docs: list[str] | None = None) -> int:
         """Append rules (``Rule`` objects or a raw policy document) and return the
-        new revision. Everything is validated before anything changes."""
+        new revision. Everything is validated before anything changes. ``docs``
+        are the rules' :func:`rule_json`, when the caller made them already."""
         if isinstance(rules, (bytes, bytearray, str)):
             new = parse_rules(rules)
         else:
@@ -82,9 +130,18 @@ class Repository:
                 new = items
             else:
                 new = parse_rules(items)
-        self._rules.extend(new)
+        self._extend(new, docs)
         self._revision += 1
         return self._revision
+
+    def selecting(self, labels: LabelSet) -> list[Rule]:
+        """Rules whose endpointSelector selects ``labels`` (each distinct
+        selector is matched once), grouped by selector."""
+        return [r for sel, rules in self._groups.items() if sel.matches(labels) for r in rules]
+
+    def cidr_prefixes(self) -> set[str]:
+        """Every prefix the rules need a CIDR identity for (see ``rule_prefixes``)."""
+        return set(self._prefixes)
 
     def get(self, labels: Iterable[str] | None = None) -> list[Rule]:
         """Rules whose labels contain all ``labels`` (all rules if None/empty)."""
@@ -111,13 +168,17 @@ class Repository:
     def _replace(self, keep: list[Rule]) -> tuple[int, int]:
         deleted = len(self._rules) - len(keep)
         if deleted:
-            self._rules = keep
+            kept = {id(r) for r in keep}
+            docs = [d for r, d in zip(self._rules, self._docs) if id(r) in kept]
+            self._rules, self._docs, self._groups, self._prefixes = [], [], {}, Counter()
+            self._extend(keep, docs)
             self._revision += 1
         return deleted, self._revision
 
     # --- persistence -----------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps({"revision": self._revision, "rules": [r.to_dict() for r in self._rules]}, indent=2)
+        """The persisted form; each rule is serialized once, when it is added."""
+        return '{"revision": %d, "rules": [%s]}' % (self._revision, ", ".join(self._docs))
 
     def load_json(self, data: bytes | str) -> None:
         """Replace the contents with a :meth:`to_json` dump (validated first)."""
@@ -128,7 +189,8 @@ class Repository:
         if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
             raise PolicyValidationError("revision", "revision must be a non-negative integer")
         rules = parse_rules(obj.get("rules") or [])
-        self._rules = rules
+        self._rules, self._docs, self._groups, self._prefixes = [], [], {}, Counter()
+        self._extend(rules)
         self._revision = revision
 
     @classmethod

@@ -52,7 +52,7 @@ with no installed prefix) does not carry ``cidr:`` labels; it is selected by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Generator, Iterable, Mapping
 
 from docker_cilium.errors import BadRequest
 from docker_cilium import u8proto
@@ -65,7 +65,9 @@ from .api.entities import entity_matches
 from .api.l4 import PROTO_NUMBERS
 from .api.rule import PeerRule, Rule
 from .api.selector import EndpointSelector, LabelSet
-from .repository import Repository
+from .index import IdentityIndex
+from .turns import Turns
+from .repository import Repository, rule_prefixes
 
 __all__ = [
     "DIRECTIONS",
@@ -78,6 +80,7 @@ __all__ = [
     "cidr_identity_labels",
     "cidr_prefixes",
     "resolve",
+    "resolve_steps",
     "selecting_rules",
     "trace",
 ]
@@ -191,6 +194,29 @@ def identity_table(identities: Mapping[int, Iterable[str]]) -> dict[int, LabelSe
     return table
 
 
+def identity_index(identities: Mapping[int, Iterable[str]]) -> IdentityIndex:
+    """The index over ``identities``, built once per snapshot that can keep it
+    (``IdentitySnapshot.index``), so every endpoint resolved against the same
+    snapshot shares it."""
+    idx = getattr(identities, "index", None)
+    if isinstance(idx, IdentityIndex):
+        return idx
+    idx = IdentityIndex(identities, RESERVED_IDENTITIES)
+    if hasattr(identities, "index"):
+        identities.index = idx  # type: ignore[attr-defined]
+    return idx
+
+
+async def build_identity_index(identities: Mapping[int, Iterable[str]], turns: Turns) -> IdentityIndex:
+    """:func:`identity_index`, built with loop turns (thousands of new CIDR
+    identities take a while) and kept on the snapshot."""
+    idx = IdentityIndex(identities, RESERVED_IDENTITIES, lazy=True)
+    await turns.drive(idx.pending)
+    if hasattr(identities, "index"):
+        identities.index = idx  # type: ignore[attr-defined]
+    return idx
+
+
 def resolve(
     repo: Repository | Iterable[Rule],
     endpoint_labels: Iterable[str],
@@ -206,8 +232,28 @@ def resolve(
     ``allow_localhost`` adds (ingress, host, any) when ingress is enforced, as
     Cilium's ``allow-localhost`` option does for health checks.
     """
-    selected = selecting_rules(repo, endpoint_labels)
-    table = identity_table(identities)
+    steps = resolve_steps(repo, endpoint_labels, identities, enforcement, allow_localhost=allow_localhost)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+def resolve_steps(
+    repo: Repository | Iterable[Rule],
+    endpoint_labels: Iterable[str],
+    identities: Mapping[int, Iterable[str]],
+    enforcement: str = "default",
+    *,
+    allow_localhost: bool = False,
+) -> Generator[None, None, EndpointPolicy]:
+    """:func:`resolve` as a generator that yields between entries, so the
+    agent's event loop can serve other calls while a large policy resolves
+    (the caller decides how often to give it a turn)."""
+    ls = LabelSet.of(endpoint_labels)
+    selected = repo.selecting(ls) if isinstance(repo, Repository) else selecting_rules(repo, ls)
+    index = identity_index(identities)
     entries: set[PolicyEntry] = set()
     enforced: dict[str, bool] = {}
     for direction in DIRECTIONS:
@@ -217,17 +263,17 @@ def resolve(
         sections = [e for r in selected for e in r.section(direction)]
         requirements = [s for e in sections for s in e.requires]
         for entry in sections:
+            yield
             if not _is_effective(entry):
                 continue
-            match = peer_matcher(entry)
-            if match is None and not requirements:
+            peers = index.peers(entry, endpoint_selector_selects)
+            if peers is None and not requirements:
                 ids = {WILDCARD_IDENTITY}
+            elif requirements:
+                pool = index.all() if peers is None else peers
+                ids = {i for i in pool if all(r.matches(index.labels(i)) for r in requirements)}
             else:
-                ids = {
-                    ident
-                    for ident, ls in table.items()
-                    if (match is None or match(ls)) and all(r.matches(ls) for r in requirements)
-                }
+                ids = peers  # type: ignore[assignment]
             l4 = entry.l4_pairs()
             if l4 is None:
                 entries.update(PolicyEntry(direction, i) for i in ids)
@@ -244,15 +290,11 @@ def cidr_prefixes(repo: Repository | Iterable[Rule]) -> set[str]:
     the prefixes of every CIDR rule after except-subtraction, AND the except
     prefixes themselves (so that LPM lookups inside an except find the except's
     identity instead of falling into a wider, allowed prefix)."""
-    rules = repo.rules if isinstance(repo, Repository) else tuple(repo)
+    if isinstance(repo, Repository):
+        return repo.cidr_prefixes()
     out: set[str] = set()
-    for rule in rules:
-        for entry in (*rule.ingress, *rule.egress):
-            for c in entry.cidr:
-                out.add(str(c.network))
-            for cs in entry.cidr_set:
-                out.update(str(n) for n in cs.allowed_prefixes())
-                out.update(str(e.network) for e in cs.except_)
+    for rule in repo:
+        out |= rule_prefixes(rule)
     return out
 
 

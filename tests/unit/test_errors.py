@@ -148,7 +148,7 @@ async def test_rest_domain_errors(api):
     status, msg = await _status(await client.patch("/v1/config", json={"policy-enforcement": "sometimes"}))
     assert status == 400 and "invalid value 'sometimes'" in msg
     # A body over aiohttp's limit (1 MiB) is a 413 in the API's own shape.
-    status, msg = await _status(await client.put("/v1/policy", data=b" " * (1024 ** 2 + 1)))
+    status, msg = await _status(await client.patch("/v1/config", data=b" " * (1024 ** 2 + 1)))
     assert status == 413 and "request body too large" in msg
     # The KV store gone: the operation is Unavailable (503), and the agent still serves.
     await daemon.store.close()

@@ -53,6 +53,12 @@ class FakePolicyMap:
     def delete_endpoint(self, lxc_id: int) -> int:
         return len(self.entries.pop(lxc_id, set()))
 
+    def endpoint_entries(self, lxc_id: int) -> list[PolicyEntry]:
+        return list(self.entries.get(lxc_id, set()))
+
+    def check_fits(self, changes) -> None:
+        return None
+
 
 class FakeEndpointMap:
     def __init__(self, log: list[str]) -> None:

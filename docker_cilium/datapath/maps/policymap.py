@@ -4,11 +4,13 @@ counters (Cilium's ``pkg/maps/policymap``)."""
 from __future__ import annotations
 
 import ctypes
+import errno
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from docker_cilium import u8proto
-from docker_cilium.datapath.bpf import BpfMap, htons, ntohs, u8, u16, u32, u64
+from docker_cilium.datapath.bpf import BPFError, BpfMap, htons, map_info, ntohs, u8, u16, u32, u64
+from docker_cilium.errors import InsufficientStorage
 
 POLICY_MAP = "cilium_policy"
 
@@ -18,6 +20,13 @@ POLICY_EGRESS = 1
 # bpf_src/lib/common.h: a policy_key.proto that only marks "this identity has
 # L4 rules", so that a miss is reported as DROP_POLICY_L4; it allows nothing.
 POLICY_PROTO_L4_MARKER = 255
+
+#: Entries one endpoint may hold (markers included): Cilium's default
+#: per-endpoint policy map size (``--bpf-policy-map-max``). The map itself is
+#: shared by all endpoints and sized by bpf_src's POLICY_MAP_SIZE.
+ENDPOINT_MAX_ENTRIES = 16384
+# Errors the kernel gives when a hash map has no room left.
+_FULL_ERRNOS = (errno.E2BIG, errno.ENOMEM, errno.ENOSPC)
 
 PROTOS = u8proto.PROTO_IDS
 PROTO_NAMES = u8proto.PROTO_NAMES
@@ -87,8 +96,18 @@ class PolicyEntry:
         return v
 
     def normalized(self) -> "PolicyEntry":
+        if type(self.direction) is int and type(self.proto) is int and type(self.deny) is bool:
+            return self
         return PolicyEntry(self.identity, direction_num(self.direction), self.dport,
                            proto_num(self.proto), self.proxy_port, bool(self.deny))
+
+
+class PolicyMapFull(InsufficientStorage):
+    """An endpoint's policy does not fit (its own limit or the shared map's room);
+    refused before anything was written, or rolled back."""
+
+
+Want = dict[tuple, PolicyEntry]
 
 
 @dataclass
@@ -117,8 +136,9 @@ class PolicyStat:
 class PolicyMap:
     """cilium_policy: per-endpoint allow entries with packet/byte counters."""
 
-    def __init__(self, m: BpfMap):
+    def __init__(self, m: BpfMap, endpoint_limit: int = ENDPOINT_MAX_ENTRIES):
         self.m = m
+        self.endpoint_limit = endpoint_limit
         # lxc_id -> {entry tuple: (key, proxy_port, deny)}, built by one scan
         # and then kept by our own writes (the agent is the only writer), so
         # a regeneration costs syscalls for its own entries only, not for
@@ -129,20 +149,20 @@ class PolicyMap:
     def _tuple(k: policy_key) -> tuple:
         return (k.lxc_id, k.sec_identity, k.direction, ntohs(k.dport), k.proto)
 
-    def _endpoint_index(self, lxc_id: int) -> dict[tuple, tuple[policy_key, int, bool]]:
+    def _full_index(self) -> dict[int, dict[tuple, tuple[policy_key, int, bool]]]:
         if self._index is None:
             index: dict[int, dict[tuple, tuple[policy_key, int, bool]]] = {}
             for k, v in self.m.items():
                 index.setdefault(k.lxc_id, {})[self._tuple(k)] = (k, ntohs(v.proxy_port), bool(v.deny))
             self._index = index
-        return self._index.setdefault(lxc_id, {})
+        return self._index
 
-    def set_endpoint_policy(self, lxc_id: int, entries: Iterable[PolicyEntry]) -> tuple[int, int]:
-        """Make the endpoint's entries exactly ``entries``: add missing ones,
-        delete stale ones, keep (and their counters) unchanged ones. L4
-        marker entries (so misses report "Policy denied (L4)") are maintained
-        automatically. Returns (added_or_changed, deleted)."""
-        want: dict[tuple, PolicyEntry] = {}
+    def _endpoint_index(self, lxc_id: int) -> dict[tuple, tuple[policy_key, int, bool]]:
+        return self._full_index().setdefault(lxc_id, {})
+
+    def _want(self, lxc_id: int, entries: Iterable[PolicyEntry]) -> Want:
+        """The endpoint's complete entry set, L4 markers included."""
+        want: Want = {}
         markers: set[tuple[int, int]] = set()
         for e in entries:
             e = e.normalized()
@@ -152,24 +172,91 @@ class PolicyMap:
         for ident, d in markers:
             want[(lxc_id, ident, d, 0, POLICY_PROTO_L4_MARKER)] = PolicyEntry(
                 ident, d, 0, POLICY_PROTO_L4_MARKER)
+        return want
+
+    @property
+    def max_entries(self) -> int:
+        """The shared map's size (POLICY_MAP_SIZE of the loaded datapath)."""
+        return map_info(self.m.fd).max_entries
+
+    def endpoint_entries(self, lxc_id: int) -> list[PolicyEntry]:
+        """What the endpoint holds now (markers left out: they are derived)."""
+        return [PolicyEntry(t[1], t[2], t[3], t[4], proxy, deny)
+                for t, (_, proxy, deny) in self._endpoint_index(lxc_id).items()
+                if t[4] != POLICY_PROTO_L4_MARKER]
+
+    def check_fits(self, changes: Mapping[int, Iterable[PolicyEntry]]) -> None:
+        """Refuse, before anything is written, a set of new endpoint policies
+        that would not fit: one endpoint over its limit, or the shared map
+        running out of room at any point of writing them in order (each
+        endpoint's new entries go in before its stale ones go)."""
+        total = sum(len(v) for v in self._full_index().values())
+        cap = self.max_entries
+        for lxc_id, entries in changes.items():
+            want = self._want(lxc_id, entries)
+            if len(want) > self.endpoint_limit:
+                raise PolicyMapFull(
+                    f"endpoint {lxc_id}: its policy needs {len(want)} policy map entries, "
+                    f"more than the limit of {self.endpoint_limit} entries per endpoint")
+            have = self._endpoint_index(lxc_id)
+            added = sum(1 for t in want if t not in have)
+            if total + added > cap:
+                raise PolicyMapFull(
+                    f"endpoint {lxc_id}: its policy needs {added} more entries in {POLICY_MAP}, "
+                    f"which has {cap - total} of {cap} free")
+            total += added - sum(1 for t in have if t not in want)
+
+    def set_endpoint_policy(self, lxc_id: int, entries: Iterable[PolicyEntry]) -> tuple[int, int]:
+        """Make the endpoint's entries exactly ``entries``: add missing ones,
+        delete stale ones, keep (and their counters) unchanged ones. L4
+        marker entries (so misses report "Policy denied (L4)") are maintained
+        automatically. Returns (added_or_changed, deleted).
+
+        All or nothing: an endpoint over its limit is refused before any
+        write, and a kernel refusal (map full) part-way undoes what this call
+        wrote, so the endpoint keeps exactly its previous entries; both raise
+        :class:`PolicyMapFull`."""
+        want = self._want(lxc_id, entries)
+        if len(want) > self.endpoint_limit:
+            raise PolicyMapFull(f"endpoint {lxc_id}: its policy needs {len(want)} policy map entries, "
+                                f"more than the limit of {self.endpoint_limit} entries per endpoint")
         have = self._endpoint_index(lxc_id)
-        added = deleted = 0
-        # add/modify first, then delete: never a window of "deny all"
-        for t, e in want.items():
-            known = have.get(t)
-            if known is not None and known[1] == e.proxy_port and known[2] == e.deny:
-                continue
-            v = e.value()
-            cur = self.m.lookup(known[0]) if known is not None else None
-            if cur is not None:
-                v.packets, v.bytes = cur.packets, cur.bytes
-            key = e.key(lxc_id)
-            self.m.update(key, v)
-            have[t] = (key, e.proxy_port, e.deny)
-            added += 1
+        done: list[tuple[tuple, tuple[policy_key, int, bool] | None, policy_entry | None]] = []
+        try:
+            # add/modify first, then delete: never a window of "deny all"
+            for t, e in want.items():
+                known = have.get(t)
+                if known is not None and known[1] == e.proxy_port and known[2] == e.deny:
+                    continue
+                v = e.value()
+                cur = self.m.lookup(known[0]) if known is not None else None
+                if cur is not None:
+                    v.packets, v.bytes = cur.packets, cur.bytes
+                key = e.key(lxc_id)
+                self.m.update(key, v)
+                done.append((t, known, cur))
+                have[t] = (key, e.proxy_port, e.deny)
+        except BPFError as exc:
+            self._undo(have, done)
+            if exc.errno in _FULL_ERRNOS:
+                raise PolicyMapFull(f"endpoint {lxc_id}: {POLICY_MAP} is full ({self.max_entries} entries): "
+                                    f"{exc.strerror or exc}; its previous policy is kept") from None
+            raise
+        deleted = 0
         for t in [t for t in have if t not in want]:
             deleted += self.m.delete(have.pop(t)[0])
-        return added, deleted
+        return len(done), deleted
+
+    def _undo(self, have: dict[tuple, tuple[policy_key, int, bool]],
+              done: list[tuple[tuple, tuple[policy_key, int, bool] | None, policy_entry | None]]) -> None:
+        """Put back what a failed :meth:`set_endpoint_policy` wrote, newest first."""
+        for t, known, cur in reversed(done):
+            if known is None:
+                self.m.delete(have.pop(t)[0])
+            else:
+                if cur is not None:
+                    self.m.update(known[0], cur)
+                have[t] = known
 
     def delete_endpoint(self, lxc_id: int) -> int:
         have = self._endpoint_index(lxc_id)

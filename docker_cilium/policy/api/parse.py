@@ -9,7 +9,7 @@ the offending element, e.g.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from docker_cilium import strictjson
 
@@ -33,18 +33,74 @@ def load_json(data: bytes | bytearray | str) -> Any:
         raise PolicyValidationError("", f"invalid JSON: {exc}") from None
 
 
+_WS = " \t\n\r"
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WS:
+        i += 1
+    return i
+
+
+def iter_json_array(data: bytes | bytearray | str) -> Iterator[Any]:
+    """Decode a JSON array one element at a time, so a multi-megabyte policy
+    is decoded in steps the caller can interleave with other work. Errors are
+    :func:`load_json`'s; a document that is not an array is refused."""
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise PolicyValidationError("", f"policy is not valid UTF-8: {exc}") from None
+    text = data
+    i = _skip_ws(text, 0)
+    if text[i:i + 1] != "[":
+        raise not_an_array(load_json(text))
+    decoder = json.JSONDecoder()
+    try:
+        i = _skip_ws(text, i + 1)
+        if text[i:i + 1] == "]":
+            i += 1
+        else:
+            while True:
+                item, i = decoder.raw_decode(text, i)
+                yield item
+                i = _skip_ws(text, i)
+                if text[i:i + 1] == ",":
+                    i = _skip_ws(text, i + 1)
+                elif text[i:i + 1] == "]":
+                    i += 1
+                    break
+                else:
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+        i = _skip_ws(text, i)
+        if i < len(text):
+            raise json.JSONDecodeError("Extra data", text, i)
+    except json.JSONDecodeError as exc:
+        raise PolicyValidationError("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise PolicyValidationError("", "invalid JSON: nested too deeply") from None
+
+
+def not_an_array(value: Any) -> PolicyValidationError:
+    return PolicyValidationError(
+        "", f"a policy must be a JSON array of rules, got a JSON {json_type(value)} (wrap a single rule in [ ])")
+
+
+def rule_items(data: bytes | bytearray | str | list[Any]) -> list[Any]:
+    """A policy document's rule items, still unvalidated (raw JSON or decoded)."""
+    if isinstance(data, (bytes, bytearray, str)):
+        data = load_json(data)
+    if not isinstance(data, list):
+        raise not_an_array(data)
+    return data
+
+
 def parse_rules(data: bytes | bytearray | str | list[Any]) -> list[Rule]:
     """Parse and validate a policy document (raw JSON or already decoded list).
 
     Raises :class:`PolicyValidationError` on the first problem found.
     """
-    if isinstance(data, (bytes, bytearray, str)):
-        data = load_json(data)
-    if not isinstance(data, list):
-        raise PolicyValidationError(
-            "", f"a policy must be a JSON array of rules, got a JSON {json_type(data)} (wrap a single rule in [ ])"
-        )
-    return [Rule.from_json(item, f"[{i}]") for i, item in enumerate(data)]
+    return [Rule.from_json(item, f"[{i}]") for i, item in enumerate(rule_items(data))]
 
 
 def rules_to_list(rules: Iterable[Rule]) -> list[dict[str, Any]]:
