@@ -78,6 +78,18 @@ def _finite(text: str) -> float:
     return value
 
 
+def decoder() -> json.JSONDecoder:
+    """A decoder with :func:`loads`' number rules, for callers that decode a
+    document piece by piece (``raw_decode``) after :func:`check_depth` and
+    :func:`has_surrogate_escape` passed on the whole of it."""
+    return json.JSONDecoder(parse_constant=_constant, parse_float=_finite)
+
+
+def has_surrogate_escape(raw: bytes) -> bool:
+    """Whether ``raw`` has a \\u escape of a UTF-16 surrogate (then use :func:`loads`)."""
+    return _SURROGATE_ESCAPE.search(raw) is not None
+
+
 def loads(data: bytes | bytearray | str) -> Any:
     """Decode one JSON document; JSONError (or json.JSONDecodeError, whose
     ``lineno``/``colno`` say where) if it is not one the agent takes."""

@@ -9,6 +9,7 @@ the offending element, e.g.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Iterable, Iterator
 
 from docker_cilium import strictjson
@@ -52,10 +53,16 @@ def iter_json_array(data: bytes | bytearray | str) -> Iterator[Any]:
         except UnicodeDecodeError as exc:
             raise PolicyValidationError("", f"policy is not valid UTF-8: {exc}") from None
     text = data
+    raw = text.encode("utf-8", "surrogatepass")
     i = _skip_ws(text, 0)
-    if text[i:i + 1] != "[":
-        raise not_an_array(load_json(text))
-    decoder = json.JSONDecoder()
+    if text[i:i + 1] != "[" or strictjson.has_surrogate_escape(raw):
+        yield from rule_items(text)  # load_json's whole-document checks and errors
+        return
+    try:
+        strictjson.check_depth(raw)
+    except strictjson.JSONError as exc:
+        raise PolicyValidationError("", f"invalid JSON: {exc}") from None
+    decoder = strictjson.decoder()
     try:
         i = _skip_ws(text, i + 1)
         if text[i:i + 1] == "]":
@@ -77,8 +84,11 @@ def iter_json_array(data: bytes | bytearray | str) -> Iterator[Any]:
             raise json.JSONDecodeError("Extra data", text, i)
     except json.JSONDecodeError as exc:
         raise PolicyValidationError("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except RecursionError:
-        raise PolicyValidationError("", "invalid JSON: nested too deeply") from None
+    except strictjson.JSONError as exc:
+        raise PolicyValidationError("", f"invalid JSON: {exc}") from None
+    except ValueError:  # int() refused a literal with too many digits
+        raise PolicyValidationError(
+            "", f"invalid JSON: an integer has more than {sys.get_int_max_str_digits()} digits") from None
 
 
 def not_an_array(value: Any) -> PolicyValidationError:
