@@ -23,6 +23,7 @@ from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
 from docker_cilium.datapath.loader import Datapath, compile_datapath
 from docker_cilium.endpoint.manager import EndpointManager
+from docker_cilium.endpoint.model import identity_pending
 from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity.allocator import IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
@@ -210,6 +211,7 @@ class Daemon:
             "cilium": {"state": "Ok", "msg": f"docker-cilium {__version__}, up {int(time.time() - self.started)}s"},
             "ipam": self.ipam.status(),
             "endpoints": len(self.endpoints.endpoints),
+            "identity-pending": identity_pending(self.endpoints.endpoints.values()),
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
         }
