@@ -40,7 +40,7 @@ log = structlog.get_logger(__name__)
 #: Identity allocation retry (KV store unreachable...): first retry after
 #: RETRY_BASE_S, doubling up to RETRY_MAX_S, with +-20% jitter.
 RETRY_BASE_S = 0.25
-RETRY_MAX_S = 15.0
+RETRY_MAX_S = 10.0
 INIT_IDENTITY = Identity(reserved.INIT, reserved.labels_for(reserved.INIT))  # type: ignore[arg-type]
 
 
