@@ -259,3 +259,22 @@ async def test_deleted_while_waiting_stops_retrying_and_leaks_no_reference(node)
     assert not node.referenced("container:id=app")
     assert node.regen._resolvers == {}
     assert ep.ifindex not in node.dp.maps.endpoints.entries
+
+
+async def test_restore_with_kv_down_keeps_recorded_identity_and_retries(node) -> None:
+    """Restore does not wait for the store: the number its record (and its
+    maps from before the restart) carry stays until allocation gets through."""
+    record = Endpoint(id=7, docker_endpoint_id="7" * 64, docker_network_id=NETWORK, ifname="lxc7", ifindex=70,
+                      peer_ifname="tmp7", mac="02:00:00:00:00:07", host_mac="02:00:00:00:00:70", ipv4=IP,
+                      container_id="c" * 64, labels=["container:id=app"], identity=300).to_record()
+    ep = Endpoint.from_record(record)  # RESTORING
+    node.kv.down = True
+    await node.regen.endpoint_created(ep)
+    assert ep.identity == 300 and ep.state == State.WAITING_FOR_IDENTITY
+    node.assert_consistent(ep)
+    node.kv.down = False
+    await wait_for(lambda: ep.state == State.READY)
+    assert ep.identity >= reserved.MIN_ALLOCATED and node.referenced("container:id=app")
+    node.assert_consistent(ep)
+    await node.regen.endpoint_deleted(ep)
+    assert not node.referenced("container:id=app")  # the one reference taken, released
