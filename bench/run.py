@@ -52,6 +52,7 @@ def main() -> None:
             "docker_run": run_module("docker_run", "--json"),
             "tcp_throughput": run_module("throughput", "--cilium", str(BIN / "cilium")),
             "datapath_compile": run_module("datapath_compile", "--json"),
+            "init_window": run_module("init_window", "--json"),
         }
     finally:
         if proc is not None:

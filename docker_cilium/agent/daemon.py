@@ -26,6 +26,7 @@ from docker_cilium.datapath.loader import Datapath, compile_datapath
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.endpoint.orphans import collect_orphans
 from docker_cilium.endpoint.reconcile import DockerReconciler
+from docker_cilium.endpoint.model import identity_pending
 from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity.allocator import IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
@@ -225,6 +226,7 @@ class Daemon:
             "cilium": self._cilium_status(),
             "ipam": self.ipam.status(),
             "endpoints": len(self.endpoints.endpoints),
+            "identity-pending": identity_pending(self.endpoints.endpoints.values()),
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
         }

@@ -9,6 +9,15 @@ from docker_cilium.cli.common import Context, api_call, output_option, parse_opt
 from docker_cilium.cli.output import emit_json
 
 
+def _pending(p: dict) -> str:
+    """``1 waiting-for-identity (1234), 0 init``: endpoints passing no traffic yet."""
+    parts = []
+    for key in ("waiting-for-identity", "init"):
+        ids = p.get(key) or []
+        parts.append(f"{len(ids)} {key}" + (f" ({' '.join(str(i) for i in ids)})" if ids else ""))
+    return ", ".join(parts)
+
+
 @click.command()
 @output_option
 @pass_ctx
@@ -28,6 +37,8 @@ def status(ctx: Context) -> None:
     if "identity-allocation" in st:
         line("Identities", st["identity-allocation"])
     click.echo(f"{'Endpoints:':<20}{st['endpoints']}")
+    if "identity-pending" in st:
+        click.echo(f"{'Identity pending:':<20}{_pending(st['identity-pending'])}")
     click.echo(f"{'IPv4 address pool:':<20}{st['ipam']['ipv4']}")
     click.echo(f"{'IPv6 address pool:':<20}{st['ipam']['ipv6']}")
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import structlog
+
+from docker_cilium.identity import reserved
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +72,7 @@ class Endpoint:
     labels: list[str] = field(default_factory=list)  # from the container (Docker)
     user_labels: list[str] = field(default_factory=list)  # added with `cilium endpoint labels --add`
     disabled_labels: list[str] = field(default_factory=list)  # container labels removed with --delete
-    identity: int = 5  # reserved:init until the container's labels are known
+    identity: int = reserved.INIT  # reserved:init until the container's labels are known
     state: State = State.CREATING
     policy_enforcement: str = "default"  # per-endpoint override: default|always|never
     policy_revision: int = 0
@@ -83,6 +85,18 @@ class Endpoint:
     def effective_labels(self) -> list[str]:
         """What the identity is made of: container labels, minus disabled, plus user."""
         return sorted((set(self.labels) - set(self.disabled_labels)) | set(self.user_labels))
+
+    @property
+    def labels_known(self) -> bool:
+        """Whether the identity can be derived from labels yet.
+
+        Docker tells the container's labels only after CreateEndpoint, through
+        its event stream (which also sets ``container_id``); until then, or
+        until a user label is added, the endpoint holds ``reserved:init``. A
+        container that has no labels at all is known too: its identity is the
+        one of the empty label set, as Cilium's.
+        """
+        return bool(self.container_id) or bool(self.effective_labels)
 
     def set_state(self, new: State, reason: str) -> None:
         if new == self.state:
@@ -138,3 +152,15 @@ class Endpoint:
             "mtu": self.mtu,
             "status": list(self.status_log),
         }
+
+
+def identity_pending(endpoints: Iterable[Endpoint]) -> dict[str, list[int]]:
+    """Endpoints without their real identity, for ``cilium status``: those whose
+    labels are known but whose identity is not allocated yet, and those still
+    holding reserved:init (labels not known yet). Both pass no traffic but
+    what a rule selecting reserved:init allows."""
+    eps = sorted(endpoints, key=lambda e: e.id)
+    return {
+        "waiting-for-identity": [e.id for e in eps if e.state == State.WAITING_FOR_IDENTITY],
+        "init": [e.id for e in eps if e.identity == reserved.INIT and e.state != State.WAITING_FOR_IDENTITY],
+    }

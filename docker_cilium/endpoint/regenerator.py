@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
-from typing import Iterable, Mapping, Protocol
+from typing import Mapping
 
 import structlog
 
 from docker_cilium.datapath.maps.lxcmap import EndpointInfo
 from docker_cilium.datapath.maps.policymap import PolicyEntry as MapPolicyEntry
+from docker_cilium.endpoint.datapath import EndpointDatapath, EndpointMaps
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.identity import reserved
 from docker_cilium.identity.allocator import Identity, IdentityAllocator
@@ -37,42 +39,11 @@ from docker_cilium.policy.turns import Turns
 
 log = structlog.get_logger(__name__)
 
-
-class PolicyMapWriter(Protocol):
-    """``cilium_policy``: the per-endpoint allow entries."""
-
-    def set_endpoint_policy(self, lxc_id: int, entries: Iterable[MapPolicyEntry]) -> tuple[int, int]: ...
-    def delete_endpoint(self, lxc_id: int) -> int: ...
-    def endpoint_entries(self, lxc_id: int) -> list[MapPolicyEntry]: ...
-    def check_fits(self, changes: Mapping[int, Iterable[MapPolicyEntry]]) -> None: ...
-
-
-class EndpointMapWriter(Protocol):
-    """``cilium_lxc``: the local endpoints, their identity and enforcement flags."""
-
-    def upsert(self, ep: EndpointInfo) -> None: ...
-    def delete(self, ifindex: int, ipv4: str | None = None, ipv6: str | None = None) -> None: ...
-
-
-class ConntrackFlusher(Protocol):
-    def flush_addresses(self, *addrs: str | None) -> int: ...
-
-
-class EndpointMaps(Protocol):
-    @property
-    def policy(self) -> PolicyMapWriter: ...
-    @property
-    def endpoints(self) -> EndpointMapWriter: ...
-    @property
-    def ct(self) -> ConntrackFlusher: ...
-
-
-class EndpointDatapath(Protocol):
-    """The loaded datapath as regeneration uses it (``loader.Datapath``; a fake in unit tests)."""
-
-    @property
-    def maps(self) -> EndpointMaps | None: ...
-    async def attach_async(self, ifindex: int) -> float: ...
+#: Identity allocation retry (KV store unreachable...): first retry after
+#: RETRY_BASE_S, doubling up to RETRY_MAX_S, with +-20% jitter.
+RETRY_BASE_S = 0.25
+RETRY_MAX_S = 10.0
+INIT_IDENTITY = Identity(reserved.INIT, reserved.labels_for(reserved.INIT))  # type: ignore[arg-type]
 
 
 def _map_entries(pol: EndpointPolicy) -> list[MapPolicyEntry]:
@@ -88,14 +59,21 @@ class Regenerator:
     """
 
     def __init__(self, policy: PolicyManager, allocator: IdentityAllocator, identities: IdentityCache,
-                 ipcache: IPCache, datapath: EndpointDatapath | None) -> None:
+                 ipcache: IPCache, datapath: EndpointDatapath | None, *,
+                 retry_base: float = RETRY_BASE_S, retry_max: float = RETRY_MAX_S) -> None:
         self.policy = policy
         self.allocator = allocator
         self.identities = identities
         self.ipcache = ipcache
         self.dp = datapath
         self.endpoints: dict[int, Endpoint] = {}
+        # The identity each endpoint holds: the one in its maps and the ipcache.
         self._ep_identity: dict[int, Identity] = {}
+        # Endpoints whose held identity is the number restored from their record
+        # while allocation failed: no allocator reference to release.
+        self._unreferenced: set[int] = set()
+        self._resolvers: dict[int, asyncio.Task[None]] = {}  # identity retries
+        self.retry_base, self.retry_max = retry_base, retry_max
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
         self._dirty = False
@@ -107,10 +85,12 @@ class Regenerator:
         return self.dp.maps
 
     async def close(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._pending
+        for task in [self._pending, *self._resolvers.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._resolvers.clear()
 
     async def apply_policy(self, change: PolicyState, commit: Commit) -> None:
         """Rules or the enforcement mode change: every endpoint, now, all or nothing.
@@ -131,6 +111,7 @@ class Regenerator:
                 await self._write_all(eps, pols, commit)
             for ep in eps:
                 self._regenerated(ep, pols[ep.id])
+            self._mark_waiting()
 
     async def _resolve_all(self, eps: list[Endpoint], state: PolicyState) -> dict[int, EndpointPolicy]:
         """Each endpoint's policy under ``state``; endpoints with the same labels
@@ -139,10 +120,10 @@ class Regenerator:
         by_key: dict[tuple[frozenset[str], str], EndpointPolicy] = {}
         out: dict[int, EndpointPolicy] = {}
         for ep in eps:
-            labels = ep.effective_labels or [reserved.INIT_LABEL]
-            key = (frozenset(labels), state.mode_for(ep.policy_enforcement))
+            labels, mode = self.policy_subject(ep, state)
+            key = (frozenset(labels), state.mode_for(mode))
             if key not in by_key:
-                by_key[key] = await turns.drive(state.resolve_steps(labels, state.identities, ep.policy_enforcement))
+                by_key[key] = await turns.drive(state.resolve_steps(labels, state.identities, mode))
             out[ep.id] = by_key[key]
         return out
 
@@ -191,54 +172,194 @@ class Regenerator:
             except Exception:
                 log.exception("regenerate.failed")
 
+    # ---- identity (fail closed until the real one is in the maps) -------------
+
+    @staticmethod
+    def _wanted(ep: Endpoint) -> Labels | None:
+        """The label set the endpoint's identity must have; None = reserved:init."""
+        return Labels.parse(ep.effective_labels) if ep.labels_known else None
+
+    @staticmethod
+    def _is(ident: Identity, wanted: Labels | None) -> bool:
+        return ident.id == reserved.INIT if wanted is None else ident.labels == wanted
+
+    def identity_pending(self, ep: Endpoint) -> bool:
+        """Its labels are known but it does not hold their allocated identity yet."""
+        held = self._ep_identity.get(ep.id)
+        return held is None or ep.id in self._unreferenced or not self._is(held, self._wanted(ep))
+
+    async def _allocate(self, wanted: Labels | None) -> Identity:
+        return INIT_IDENTITY if wanted is None else await self.allocator.allocate(wanted)
+
+    async def _release(self, ident: Identity) -> None:
+        """Drop one reference; a store failure is logged: GC or the lease end frees it."""
+        if ident.is_reserved:
+            return
+        try:
+            await self.allocator.release(ident)
+        except Exception as exc:
+            log.warning("identity.release_failed", identity=ident.id, error=str(exc))
+
+    def _mark_waiting(self) -> None:
+        """A regeneration moved every endpoint to ready: those still waiting say so."""
+        for ep in self.endpoints.values():
+            if ep.state not in (State.DISCONNECTING, State.DISCONNECTED) and self.identity_pending(ep):
+                ep.set_state(State.WAITING_FOR_IDENTITY, "identity of its labels not allocated yet")
+
+    async def _switch_identity(self, ep: Endpoint, new: Identity) -> None:
+        """All or nothing (caller holds the lock and one reference on ``new``):
+        the ipcache and the endpoint's maps carry ``new``, or, if writing them
+        failed, the old identity again, ``new`` is released and this raises."""
+        old = self._ep_identity.get(ep.id)
+        old_num, old_unref = ep.identity, ep.id in self._unreferenced
+        ips = (ep.ipv4, ep.ipv6)
+        self._ep_identity[ep.id], ep.identity = new, new.id
+        self._unreferenced.discard(ep.id)
+        self.ipcache.upsert_endpoint(ep.id, ips, new.id)
+        try:
+            await self._regenerate(ep, self.identities.identity_labels())
+        except BaseException as exc:
+            log.warning("endpoint.identity_switch_failed", endpoint=ep.id, old=old_num, new=new.id, error=str(exc))
+            if old is None:
+                self._ep_identity.pop(ep.id, None)
+            else:
+                self._ep_identity[ep.id] = old
+            if old_unref:
+                self._unreferenced.add(ep.id)
+            ep.identity = old_num
+            self.ipcache.upsert_endpoint(ep.id, ips, old_num)
+            try:
+                await self._regenerate(ep, self.identities.identity_labels())
+            except Exception as again:  # the maps keep whatever the failed write left: the retry rewrites them
+                log.error("endpoint.identity_rollback_failed", endpoint=ep.id, error=str(again))
+            await self._release(new)
+            ep.set_state(State.WAITING_FOR_IDENTITY, f"identity {new.id} not applied: {exc}")
+            raise
+        log.info("endpoint.identity", endpoint=ep.id, old=old_num, new=new.id)
+        if old_num == reserved.INIT and new.id != reserved.INIT and self.dp is not None:
+            # Flows the init identity's policy let open must face the real policy.
+            await asyncio.to_thread(self._maps().ct.flush_addresses, *[ip for ip in ips if ip])
+        if old is not None and not old_unref:
+            await self._release(old)
+        try:
+            await self._regenerate_all()  # peers' policies may select (or drop) the new identity
+        except Exception:
+            log.exception("regenerate.failed")
+            self.identities_changed()  # retried (coalesced)
+        self._mark_waiting()
+
+    async def _resolve_identity(self, ep: Endpoint) -> None:
+        """One attempt: allocate the identity of the endpoint's labels (outside
+        the lock: a store that is down must not stall other endpoints), then
+        switch to it. Raises when allocation or the switch failed."""
+        wanted = self._wanted(ep)
+        new = await self._allocate(wanted)
+        async with self._lock:
+            held = self._ep_identity.get(ep.id)
+            if self.endpoints.get(ep.id) is not ep or not self._is(new, self._wanted(ep)):
+                await self._release(new)  # deleted, or relabelled: that change resolves on its own
+            elif held is not None and held.id == new.id and ep.id not in self._unreferenced \
+                    and held.labels == new.labels:
+                await self._release(new)  # a concurrent attempt got there first
+                if ep.state == State.WAITING_FOR_IDENTITY:
+                    await self._regenerate(ep, self.identities.identity_labels())
+            else:
+                await self._switch_identity(ep, new)
+
+    def _schedule_retry(self, ep: Endpoint) -> None:
+        task = self._resolvers.get(ep.id)
+        if task is None or task.done():
+            self._resolvers[ep.id] = asyncio.get_running_loop().create_task(
+                self._retry_identity(ep), name=f"resolve-identity-{ep.id}")
+
+    async def _retry_identity(self, ep: Endpoint) -> None:
+        """Cilium's resolve-identity controller: retry with backoff until the
+        endpoint holds the identity of its labels or is gone."""
+        delay = self.retry_base
+        attempt = 0
+        try:
+            while self.endpoints.get(ep.id) is ep and self.identity_pending(ep):
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                attempt += 1
+                try:
+                    await self._resolve_identity(ep)
+                except Exception as exc:
+                    log.warning("endpoint.identity_retry_failed", endpoint=ep.id, attempt=attempt,
+                                retry_in_s=round(min(delay * 2, self.retry_max), 2), error=str(exc))
+                    delay = min(delay * 2, self.retry_max)
+        finally:
+            if self._resolvers.get(ep.id) is asyncio.current_task():
+                del self._resolvers[ep.id]
+
     # ---- endpoint hooks (DatapathHooks) ---------------------------------------
 
-    async def _assign_identity(self, ep: Endpoint) -> bool:
-        """(Re)allocate the endpoint's identity from its labels; True if it changed."""
-        labels = ep.effective_labels
-        if not labels:
-            new = Identity(reserved.INIT, reserved.labels_for(reserved.INIT))  # type: ignore[arg-type]
-        else:
-            new = await self.allocator.allocate(Labels.parse(labels))
-        old = self._ep_identity.get(ep.id)
-        self._ep_identity[ep.id] = new
-        ep.identity = new.id
-        if old is not None and old.id != new.id and not old.is_reserved:
-            await self.allocator.release(old)
-        return old is None or old.id != new.id
-
     async def endpoint_created(self, ep: Endpoint) -> None:
+        """A new endpoint holds reserved:init (labels unknown), whose policy
+        denies everything a rule does not allow: it passes no traffic before
+        its programs are attached. A restored one allocates again; if that
+        fails it keeps the number its record has (as its maps from before the
+        restart do) and retries in the background."""
         t0 = time.perf_counter()
+        retry = False
         async with self._lock:
             self.endpoints[ep.id] = ep
             if ep.state not in (State.WAITING_FOR_IDENTITY, State.RESTORING):
                 ep.set_state(State.WAITING_FOR_IDENTITY, "allocating identity")
-            await self._assign_identity(ep)
+            wanted = self._wanted(ep)
+            try:
+                held = await self._allocate(wanted)
+            except Exception as exc:
+                assert wanted is not None
+                log.warning("endpoint.identity_pending", endpoint=ep.id, error=str(exc))
+                held = INIT_IDENTITY if ep.identity == reserved.INIT else Identity(ep.identity, wanted)
+                self._unreferenced.add(ep.id)
+                retry = True
+            self._ep_identity[ep.id] = held
+            ep.identity = held.id
             self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
-            ep.set_state(State.WAITING_TO_REGENERATE, "identity resolved")
+            ep.set_state(State.WAITING_TO_REGENERATE, "identity resolved" if not retry else "restored identity")
             await self._regenerate(ep, self.identities.identity_labels())
             if self.dp is not None:
                 await self.dp.attach_async(ep.ifindex)
+            if retry:
+                ep.set_state(State.WAITING_FOR_IDENTITY, "identity allocation failed; retrying")
+                self._schedule_retry(ep)
         log.debug("endpoint.regenerated", endpoint=ep.id, identity=ep.identity,
                   duration_ms=round((time.perf_counter() - t0) * 1000, 2))
 
     async def endpoint_changed(self, ep: Endpoint) -> None:
-        """Labels changed: new identity, then every endpoint is re-evaluated."""
+        """Labels changed: switch to their identity, then every endpoint is re-evaluated.
+
+        If allocation or the switch fails, the endpoint keeps the identity it
+        holds (reserved:init, fail closed, for a new container), shows
+        ``waiting-for-identity``, and the allocation is retried with backoff:
+        the labels are never dropped."""
         t0 = time.perf_counter()
-        async with self._lock:
-            if ep.id not in self.endpoints:
-                return
-            if await self._assign_identity(ep):
-                self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
-                await self._regenerate_all()
-            elif ep.state != State.READY:
-                await self._regenerate(ep, self.identities.identity_labels())
+        if ep.id not in self.endpoints:
+            return
+        if not self.identity_pending(ep):
+            if ep.state != State.READY:
+                async with self._lock:
+                    await self._regenerate(ep, self.identities.identity_labels())
+            return
+        if ep.state not in (State.DISCONNECTING, State.DISCONNECTED):
+            ep.set_state(State.WAITING_FOR_IDENTITY, "resolving identity of its labels")
+        try:
+            await self._resolve_identity(ep)
+        except Exception as exc:
+            log.warning("endpoint.identity_pending", endpoint=ep.id, error=str(exc))
+            if ep.state not in (State.DISCONNECTING, State.DISCONNECTED):
+                ep.set_state(State.WAITING_FOR_IDENTITY, f"identity allocation failed, retrying: {exc}")
+            self._schedule_retry(ep)
         log.debug("endpoint.labels_applied", endpoint=ep.id, identity=ep.identity,
                   duration_ms=round((time.perf_counter() - t0) * 1000, 2))
 
     async def endpoint_deleted(self, ep: Endpoint) -> None:
         async with self._lock:
             self.endpoints.pop(ep.id, None)
+            ident = self._ep_identity.get(ep.id)
+            if ep.id in self._unreferenced:
+                ident = None  # a restored number: no reference of ours
             ips = [ip for ip in (ep.ipv4, ep.ipv6) if ip]
             if self.dp is not None:
                 maps = self._maps()
@@ -251,22 +372,35 @@ class Regenerator:
                 await asyncio.to_thread(self._maps().ct.flush_addresses, *ips)
             # Forgotten only once released: a retry after a failed step above
             # (DeleteEndpoint runs again) still holds the reference to drop.
-            ident = self._ep_identity.get(ep.id)
-            if ident is not None and not ident.is_reserved:
-                await self.allocator.release(ident)
+            if ident is not None:
+                await self._release(ident)
             self._ep_identity.pop(ep.id, None)
+            self._unreferenced.discard(ep.id)
 
     async def regenerate(self, ep: Endpoint) -> None:
         """One endpoint's own settings (PolicyEnforcement) changed."""
         async with self._lock:
             await self._regenerate(ep, self.identities.identity_labels())
+            self._mark_waiting()
 
     # ---- regeneration -----------------------------------------------------------
 
+    def policy_subject(self, ep: Endpoint, state: PolicyState) -> tuple[list[str], str]:
+        """Whose policy the endpoint enforces, and in which mode: the identity
+        it holds (not labels it is still waiting to get the identity of: the
+        maps must agree with its ``sec_identity``). reserved:init is
+        default-deny in both directions, beyond what rules selecting it allow,
+        unless enforcement is ``never`` (Cilium's computePolicyEnforcementAndRules)."""
+        held = self._ep_identity.get(ep.id, INIT_IDENTITY)
+        if held.id == reserved.INIT:
+            never = state.mode_for(ep.policy_enforcement) == "never"
+            return [reserved.INIT_LABEL], "never" if never else "always"
+        return held.labels.to_strings(), ep.policy_enforcement
+
     def resolve_endpoint(self, ep: Endpoint, identities: Mapping[int, list[str]]) -> EndpointPolicy:
         state = self.policy.state
-        labels = ep.effective_labels or [reserved.INIT_LABEL]
-        return resolve(state.repo, labels, identities, state.mode_for(ep.policy_enforcement))
+        labels, mode = self.policy_subject(ep, state)
+        return resolve(state.repo, labels, identities, state.mode_for(mode))
 
     async def _regenerate(self, ep: Endpoint, identities: Mapping[int, list[str]]) -> None:
         """One endpoint under the current policy. All or nothing: if its new
@@ -275,8 +409,8 @@ class Regenerator:
         if not self._begin(ep):
             return
         state = self.policy.state
-        labels = ep.effective_labels or [reserved.INIT_LABEL]
-        pol = await Turns().drive(state.resolve_steps(labels, identities, ep.policy_enforcement))
+        labels, mode = self.policy_subject(ep, state)
+        pol = await Turns().drive(state.resolve_steps(labels, identities, mode))
         if self.dp is not None:
             try:
                 await asyncio.to_thread(self._write_endpoint_maps, ep, _map_entries(pol),
@@ -349,3 +483,4 @@ class Regenerator:
     async def regenerate_all(self) -> None:
         async with self._lock:
             await self._regenerate_all()
+            self._mark_waiting()
