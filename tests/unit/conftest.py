@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from docker_cilium.api.app import build_app as build_api_app
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.ipam.allocator import IPAM
 from docker_cilium.ipam.ranges import NodeAddressing
@@ -11,6 +12,7 @@ from docker_cilium.plugin.app import build_app
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
 from tests.unit.fakes import FakeLinks
+from tests.unit.unit_daemon import UnitDaemon
 
 # The capture was taken on a node whose IP ended in .77: same ranges here.
 NODE = NodeAddressing.derive("192.0.2.77")
@@ -35,3 +37,14 @@ async def plugin(store):
     await client.start_server()
     yield client, mgr, links, ipam
     await client.close()
+
+
+@pytest.fixture
+async def api(tmp_path):
+    """(client, daemon): the real REST app around the agent's own objects (UnitDaemon)."""
+    daemon = await UnitDaemon(str(tmp_path)).start()
+    client = TestClient(TestServer(build_api_app(daemon)))
+    await client.start_server()
+    yield client, daemon
+    await client.close()
+    await daemon.stop()

@@ -7,21 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from docker_cilium import strictjson
-from docker_cilium.api.app import build_app
-from tests.unit.unit_daemon import UnitDaemon
-
-
-@pytest.fixture
-async def api(tmp_path):
-    daemon = await UnitDaemon(str(tmp_path)).start()
-    client = TestClient(TestServer(build_app(daemon)))
-    await client.start_server()
-    yield client, daemon
-    await client.close()
-    await daemon.stop()
 
 
 async def _err(resp, status: int) -> str:

@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from docker_cilium.api.app import build_app
 from docker_cilium.api.openapi import load_document
-from tests.unit.unit_daemon import UnitDaemon
 
 L3_RULE = [{
     "endpointSelector": {"matchLabels": {"id": "app1"}},
@@ -20,16 +17,6 @@ L3_RULE = [{
                  "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}],
     "labels": ["name=l4-rule"],
 }]
-
-
-@pytest.fixture
-async def api(tmp_path):
-    daemon = await UnitDaemon(str(tmp_path)).start()
-    client = TestClient(TestServer(build_app(daemon)))
-    await client.start_server()
-    yield client, daemon
-    await client.close()
-    await daemon.stop()
 
 
 async def _err(resp, status: int) -> str:

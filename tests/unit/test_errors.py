@@ -28,7 +28,6 @@ from docker_cilium.kvstore.etcd import EtcdBackend, LeaseNotFound
 from docker_cilium.plugin.app import build_app as build_plugin
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
-from tests.unit.unit_daemon import UnitDaemon
 
 CLASSES = [(cls, status) for status, cls in sorted(errors.STATUS_CLASSES.items())]
 EXPECTED = {errors.BadRequest: 400, errors.NotFound: 404, errors.Conflict: 409, errors.PayloadTooLarge: 413,
@@ -110,15 +109,6 @@ async def test_plugin_answers_each_class_with_its_status(cls, status):
 
 
 # --- the domain's own errors through the real handlers ------------------------------
-
-@pytest.fixture
-async def api(tmp_path):
-    daemon = await UnitDaemon(str(tmp_path)).start()
-    client = await _client(build_api(daemon))
-    yield client, daemon
-    await client.close()
-    await daemon.stop()
-
 
 async def _status(resp) -> tuple[int, str]:
     body = await resp.json()

@@ -16,7 +16,6 @@ from docker_cilium.kvstore import keys
 from docker_cilium.policy import manager as manager_mod
 from docker_cilium.policy.repository import Repository
 from docker_cilium.policy.api import rule as rule_mod
-from tests.unit.test_api_policy import api  # noqa: F401  (the fixture)
 from tests.unit.unit_daemon import UnitDaemon
 
 
