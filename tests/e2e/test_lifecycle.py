@@ -126,17 +126,24 @@ def docker_run_async(name: str, net: str) -> subprocess.Popen:
                              "busybox", "sleep", "3600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def run_into_crash(a: Agent, point: str, name: str, net: str):
+    """Restart ``a`` armed to SIGKILL itself at ``point``, start a container
+    that drives it there, and wait for the kill; returns the docker run."""
+    a.stop()
+    a.env = {CRASH_AT: point}
+    a.start()
+    run = docker_run_async(name, net)
+    a.proc.wait(timeout=60)
+    assert a.proc.returncode == -signal.SIGKILL, a.log()
+    return run
+
+
 def test_kill9_inside_create_endpoint_leaves_no_orphan(agents, names):
     a = agents()
     a.start()
     net = names("crash")
     create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
-    a.stop()
-    a.env = {CRASH_AT: "endpoint-create-before-save"}
-    a.start()
-    run = docker_run_async(names("c"), net)
-    a.proc.wait(timeout=60)
-    assert a.proc.returncode == -signal.SIGKILL, a.log()
+    run = run_into_crash(a, "endpoint-create-before-save", names("c"), net)
     # Killed after the veth, routes and map entries, before the endpoint was saved.
     with IPRoute() as ip:
         assert [l for l in ip.get_links() if (l.get("ifname") or "").startswith("lxc")], "crash point not reached"
@@ -212,12 +219,7 @@ def test_address_dockerd_never_got_is_released_once_dockerd_answers(agents, name
     create_network(net, "--driver", "cilium", "--ipam-driver", "cilium")
     kept = docker("run", "-d", "--name", names("kept"), "--label", TEST_LABEL, "--net", net,
                   "busybox", "sleep", "3600").stdout.strip()
-    a.stop()
-    a.env = {CRASH_AT: "ipam-allocate-before-reply"}
-    a.start()
-    run = docker_run_async(names("lost"), net)
-    a.proc.wait(timeout=60)
-    assert a.proc.returncode == -signal.SIGKILL, a.log()
+    run = run_into_crash(a, "ipam-allocate-before-reply", names("lost"), net)
     lost = set(ipam_allocations(a)) - {net_settings(kept, net)["IPAddress"]}
     assert len(lost) == 1, "the address written before the crash"
 
