@@ -365,6 +365,7 @@ class Regenerator:
                 maps = self._maps()
                 maps.endpoints.delete(ep.ifindex, ep.ipv4, ep.ipv6)
                 maps.policy.delete_endpoint(ep.id)
+                maps.ct_budget.reset(ep.id)  # ids are reused: the next one starts afresh
             self.ipcache.delete_endpoint(ep.id, ips)
             if self.dp is not None:
                 # A later container on the same address must not inherit these
