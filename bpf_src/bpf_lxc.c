@@ -256,12 +256,14 @@ int to_container(struct __sk_buff *skb)
 					dst_id, lxc_id);
 
 	if (f.family == 6) {
-		/* ND and MLD from the host side pass as such; every other IPv6
-		 * packet, link-local or not, goes through conntrack and policy. */
+		/* ND and MLD from the host side pass as such (MLD from a
+		 * link-local source, or the unspecified one while the host's
+		 * address is tentative, RFC 3590); every other IPv6 packet,
+		 * link-local or not, goes through conntrack and policy. */
 		if (f.is_nd && ipv6_hoplimit_is_255(skb))
 			return TC_ACT_OK;
 		if (f.nexthdr == IPPROTO_ICMPV6 && icmp6_is_mld(f.icmp_type) &&
-		    ipv6_addr_is_linklocal(&f.saddr))
+		    (ipv6_addr_is_linklocal(&f.saddr) || ipv6_addr_is_zero(&f.saddr)))
 			return TC_ACT_OK;
 	}
 
