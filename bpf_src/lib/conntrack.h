@@ -112,9 +112,9 @@ static __always_inline int ct_budget_take(__u16 lxc_id, __u32 now)
 /* Give one unit back to lxc_id. No "count > 0" check: check-then-decrement
  * races (two CPUs refunding the last unit) and an unsigned count wrapped to
  * 4 billion locked the endpoint out for the rest of the window. The count is
- * signed: it goes negative when the entries of the previous window get their
- * replies after a reset, which only lends the endpoint that many units until
- * the next reset (an unreplied entry lives at most one window). */
+ * signed: it goes negative when entries of the previous window get their
+ * first reply after a reset; the units it lends match entries that stopped
+ * being unreplied, so the bound on unreplied entries holds. */
 static __always_inline void ct_budget_give(__u16 lxc_id)
 {
 	__u32 key = lxc_id;
