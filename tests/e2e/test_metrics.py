@@ -14,10 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from docker_cilium.cli.client import Client
 from docker_cilium.errors import BadRequest
-from tests.e2e.conftest import (cleanup_bpf, cleanup_docker, cleanup_host, create_network, exec_,
-                                iptables_leaks, net_settings, run_container)
+from tests.e2e.conftest import create_network, exec_, net_settings, run_container, running_agent
 from tests.e2e.test_policy_demo import APP1, POLICY, labelled, reaches
-from tests.helpers import Agent
 
 L3 = "Policy denied (L3)"
 
@@ -31,18 +29,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def served_agent(dockerd, tmp_path_factory):
     """(agent, /metrics URL): one agent serving metrics on a loopback port."""
-    cleanup_host()
     port = _free_port()
-    a = Agent(tmp_path_factory.mktemp("agent"), extra=["--prometheus-serve-addr", f"127.0.0.1:{port}"])
-    try:
-        a.start()
+    for a in running_agent(tmp_path_factory.mktemp("agent"), ["--prometheus-serve-addr", f"127.0.0.1:{port}"]):
         yield a, f"http://127.0.0.1:{port}/metrics"
-    finally:
-        cleanup_docker()
-        a.stop()
-        cleanup_host()
-        cleanup_bpf(a.bpf_root)
-    assert iptables_leaks() == [], "agent cleanup left iptables rules behind"
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
