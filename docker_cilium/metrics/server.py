@@ -35,7 +35,11 @@ def parse_serve_addr(addr: str) -> tuple[str | None, int]:
 
 def build_app(metrics: AgentMetrics) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
-        body, content_type = await metrics.exposition(request.headers.get("Accept", ""))
+        try:
+            body, content_type = await metrics.exposition(request.headers.get("Accept", ""))
+        except Exception as exc:  # a scrape fails, the agent keeps serving; the cause is logged
+            log.exception("metrics.scrape_failed")
+            return web.Response(status=500, text=f"collecting metrics failed: {exc}\n")
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     app = web.Application()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.request
 
 import pytest
@@ -35,9 +36,11 @@ def served_agent(dockerd, tmp_path_factory):
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    t0 = time.perf_counter()
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
         text = resp.read().decode()
+    print(f"[timing] scrape {(time.perf_counter() - t0) * 1000:.1f} ms, {len(text)} bytes")
     return {(s.name, frozenset(s.labels.items())): s.value
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 

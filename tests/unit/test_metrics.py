@@ -28,7 +28,7 @@ from docker_cilium.identity import reserved
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 from docker_cilium.metrics import AgentMetrics
 from docker_cilium.metrics.kvstore import MeteredBackend, scope_of
-from docker_cilium.metrics.server import MetricsServer, parse_serve_addr
+from docker_cilium.metrics.server import MetricsServer, build_app as build_metrics_app, parse_serve_addr
 from tests.unit.unit_daemon import ENDPOINTS, UnitDaemon
 
 POLICY = [{"endpointSelector": {"matchLabels": {"id": "app1"}},
@@ -264,3 +264,26 @@ async def test_metrics_server_serves_over_http():
     assert value(text, "cilium_process_open_fds") is not None
     with pytest.raises(OSError):  # stopped: the port is closed
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_a_failing_scrape_is_a_500_and_the_server_keeps_serving():
+    metrics = AgentMetrics()
+    calls = []
+
+    def read():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(9, "Bad file descriptor")
+        return {(0, METRIC_INGRESS): (1, 60)}
+
+    metrics.set_datapath_reader(read)
+    client = TestClient(TestServer(build_metrics_app(metrics)))
+    await client.start_server()
+    try:
+        first = await client.get("/metrics")
+        assert first.status == 500 and "Bad file descriptor" in await first.text()
+        second = await client.get("/metrics")
+        assert second.status == 200
+        assert value(await second.text(), "cilium_forward_count_total", direction="INGRESS") == 1
+    finally:
+        await client.close()
