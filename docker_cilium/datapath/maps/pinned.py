@@ -32,7 +32,7 @@ OPAQUE_VALUE_TYPES = {3, 4, 8, 12, 13}
 NO_KEYS_TYPES = {27}  # a ring buffer has no keys
 _ADDR4 = {"ip4", "ipv4", "saddr", "daddr", "tunnel_endpoint"}
 _ADDR6 = {"ip6", "ipv6", "saddr", "daddr"}
-_PORTS = {"sport", "dport"}
+_PORTS = {"sport", "dport", "proxy_port"}  # network byte order in the C structs
 
 
 class MapReadError(APIError):
