@@ -4,7 +4,10 @@ The agent keeps its datapath running when it stops (programs attached, maps
 pinned, chains in place: containers keep their connectivity and policy).
 ``cilium cleanup`` takes all of that away, and only what is ours:
 
-* tc filters whose name is the agent's (``bpf_lxc.o:[...]``), on any link;
+* tc filters running the agent's programs: named as the loader names them
+  (``bpf_lxc.o:[...]``) and either on one of our links or running a program
+  pinned under our program dir (another datapath on the host, e.g. a test's
+  or a second agent's with its own bpf root, is left alone);
 * the maps the datapath pins (:data:`registry.MAP_TYPES` and
   :data:`registry.DATAPATH_ONLY_MAPS`) under the pin root, and its two
   programs under the program dir; then those directories if left empty;
@@ -21,10 +24,12 @@ then maps, routes and links, then iptables.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 import re
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
 
@@ -32,6 +37,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from docker_cilium import defaults
+from docker_cilium.datapath.bpf import check, libbpf
 from docker_cilium.datapath.iptables import FORWARD_CHAIN, NAT_CHAIN, Iptables
 from docker_cilium.datapath.link import PEER_IFNAME_PREFIX, is_endpoint_ifname
 from docker_cilium.datapath.loader import PROGRAMS, TC_PARENT
@@ -42,6 +48,39 @@ OUR_MAPS = frozenset(MAP_TYPES) | frozenset(DATAPATH_ONLY_MAPS)
 CHAINS = (("filter", FORWARD_CHAIN, "FORWARD"), ("nat", NAT_CHAIN, "POSTROUTING"))
 _PEER_RE = re.compile(re.escape(PEER_IFNAME_PREFIX) + r"[0-9a-f]{12}")
 _PARENTS = {int(p.replace(":", ""), 16): direction for direction, p in TC_PARENT.items()}
+TCA_BPF_ID = 11  # <linux/pkt_cls.h>: the attached program's id
+
+
+class _prog_info(ctypes.Structure):
+    """The leading fields of ``struct bpf_prog_info`` (the kernel fills what fits)."""
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32)]
+
+
+def pinned_prog_ids(prog_dir: str) -> set[int]:
+    """Ids of the programs pinned under ``prog_dir`` (the ones our filters run)."""
+    ids = set()
+    for name in PROGRAMS:
+        path = os.path.join(prog_dir, name)
+        fd = libbpf().bpf_obj_get(path.encode())
+        if fd < 0:
+            continue  # not pinned (or not a program)
+        try:
+            info = _prog_info()
+            size = ctypes.c_uint32(ctypes.sizeof(info))
+            check(libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), f"info of {path}")
+            ids.add(info.id)
+        finally:
+            os.close(fd)
+    return ids
+
+
+def _filter_prog_id(opts) -> int | None:
+    """TCA_BPF_ID of a bpf filter; pyroute2 0.9 does not decode it, so the u32
+    is read from the raw attribute it keeps."""
+    for name, nla in opts["attrs"]:
+        if name == "UNKNOWN" and hasattr(nla, "data") and nla["header"]["type"] == TCA_BPF_ID:
+            return int.from_bytes(nla.data[nla.offset + 4:nla.offset + 8], "little")
+    return None
 
 
 def is_our_link(name: str) -> bool:
@@ -98,7 +137,7 @@ class HostTraces:
         return [f"{title}\n" + "".join(f"  {item}\n" for item in items) for title, items in sections if items]
 
 
-def _filters(ip: IPRoute, links: list) -> list[TcFilter]:
+def _filters(ip: IPRoute, links: list, ours: dict[int, str], prog_ids: set[int]) -> list[TcFilter]:
     out = []
     for link in links:
         for parent in _PARENTS:
@@ -113,10 +152,11 @@ def _filters(ip: IPRoute, links: list) -> list[TcFilter]:
                     continue
                 opts = m.get_attr("TCA_OPTIONS")
                 name = (opts.get_attr("TCA_BPF_NAME") if opts is not None else None) or ""
-                if FILTER_NAME in name:
+                if FILTER_NAME in name and (link["index"] in ours or _filter_prog_id(opts) in prog_ids):
                     info = m["info"]
+                    # tcm_info: priority << 16 | protocol in network byte order
                     out.append(TcFilter(link.get("ifname") or str(link["index"]), link["index"], parent,
-                                        info >> 16, info & 0xFFFF, m["handle"], name))
+                                        info >> 16, socket.ntohs(info & 0xFFFF), m["handle"], name))
     return out
 
 
@@ -163,7 +203,8 @@ def find(bpf_root: str) -> HostTraces:
     with IPRoute() as ip:
         links = list(ip.get_links())
         ours = {l["index"]: l.get("ifname") for l in links if is_our_link(l.get("ifname") or "")}
-        traces = HostTraces(tc_filters=_filters(ip, links), routes=_routes(ip, ours), links=ours)
+        traces = HostTraces(tc_filters=_filters(ip, links, ours, pinned_prog_ids(prog_dir)),
+                            routes=_routes(ip, ours), links=ours)
     traces.pins = _pins(pin_root, prog_dir)
     # Parents first: /X/tc/globals before /X/tc (each removed only if empty).
     traces.pin_dirs = [pin_root, os.path.dirname(pin_root), prog_dir, os.path.dirname(prog_dir)]
@@ -182,7 +223,7 @@ def remove(traces: HostTraces) -> tuple[list[str], list[str]]:
                 ip.tc("del-filter", "bpf", f.ifindex, f.handle, parent=f.parent, prio=f.prio, protocol=f.protocol)
                 done.append(f"removed tc filter {f}")
             except NetlinkError as exc:
-                if exc.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+                if exc.code not in (errno.ENOENT, errno.ENODEV):  # gone already, or its link is
                     errors.append(f"tc filter {f}: {os.strerror(exc.code)}")
         for path in traces.pins:
             try:
