@@ -75,7 +75,8 @@ def _check_local(lib_dir: str) -> None:
     try:
         os.stat(path)
     except PermissionError:
-        raise click.ClickException(f"cannot open the embedded kvstore {path}: permission denied (run as root)") from None
+        raise click.ClickException(f"cannot open the embedded kvstore {path}: permission denied "
+                                   "(run as root)") from None
     except FileNotFoundError:
         raise click.ClickException(f"no embedded kvstore at {path}: no agent has run with --lib-dir {lib_dir} "
                                    "(pass the agent's --lib-dir, or --kvstore etcd --kvstore-opt ...)") from None

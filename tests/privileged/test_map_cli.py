@@ -54,9 +54,9 @@ def test_map_list_matches_the_kernel(agent, datapath, pin_root):  # noqa: F811
     assert rows["cilium_lxc"][1] == "2" and rows["cilium_ipcache"][1] == "1" and rows["cilium_metrics"][1] == "1"
     listed = json.loads(run(sock, "map", "list", "-o", "json").output)
     lxc = next(m for m in listed if m["name"] == "cilium_lxc")
+    kernel = bpftool("show", "pinned", lxc["path"])
     assert lxc == {"name": "cilium_lxc", "path": os.path.join(pin_root, "cilium_lxc"), "type": "hash",
-                   "key-size": 20, "value-size": 44, "max-entries": bpftool("show", "pinned", lxc["path"])["max_entries"],
-                   "entries": 2}
+                   "key-size": 20, "value-size": 44, "max-entries": kernel["max_entries"], "entries": 2}
     verbose = run(sock, "map", "list", "--verbose").output
     assert "## Map: cilium_lxc (hash, 2/" in verbose and "address=10.97.0.7 family=4" in verbose
 

@@ -30,6 +30,8 @@ PERCPU_TYPES = {5, 6, 10}
 # Values that are fds/ids for the kernel, not data: keys are listed, values not.
 OPAQUE_VALUE_TYPES = {3, 4, 8, 12, 13}
 NO_KEYS_TYPES = {27}  # a ring buffer has no keys
+# Arrays hold every index from creation on: their key walk always yields max_entries.
+ARRAY_TYPES = {2, 3, 4, 6, 8, 12}
 _ADDR4 = {"ip4", "ipv4", "saddr", "daddr", "tunnel_endpoint"}
 _ADDR6 = {"ip6", "ipv6", "saddr", "daddr"}
 _PORTS = {"sport", "dport", "proxy_port"}  # network byte order in the C structs
@@ -186,7 +188,8 @@ def list_maps(pin_root: str) -> list[PinnedMap]:
         if m is None:
             continue
         try:
-            out.append(m.describe(name, sum(1 for _ in m.keys())))
+            count = m.info.max_entries if m.info.type in ARRAY_TYPES else sum(1 for _ in m.keys())
+            out.append(m.describe(name, count))
         except OSError as exc:
             raise MapReadError(f"reading {m.path}: {exc.strerror or exc}") from None
         finally:
@@ -195,7 +198,9 @@ def list_maps(pin_root: str) -> list[PinnedMap]:
 
 
 def _decode_raw(raw: bytes, ctype: Any) -> Any:
-    return decode(ctype.from_buffer_copy(raw)) if ctype is not None and len(raw) == ctypes.sizeof(ctype) else raw.hex()
+    if ctype is None or len(raw) != ctypes.sizeof(ctype):
+        return raw.hex()
+    return decode(ctype.from_buffer_copy(raw))
 
 
 def read_map(pin_root: str, name: str) -> tuple[PinnedMap, list[dict[str, Any]]]:
