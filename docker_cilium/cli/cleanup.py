@@ -114,11 +114,14 @@ def cleanup(ctx: click.Context, force: bool, all_state: bool, lib_dir: str, stat
 
 def _run(force: bool, all_state: bool, lib_dir: str, state_dir: str, bpf_root: str,
          sockets: tuple[str, ...]) -> None:
-    from docker_cilium.datapath import cleanup as host  # pyroute2 and libbpf: only for this verb
+    # pyroute2 and libbpf: imported for this verb only
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from docker_cilium.datapath import cleanup as host
 
     try:
         traces = host.find(bpf_root)
-    except OSError as exc:
+    except (OSError, NetlinkError) as exc:
         raise click.ClickException(f"cannot list what to remove: {exc}") from None
     files = _state_files(state_dir, lib_dir, sockets, all_state)
     sections = traces.describe() + ([("run state" + (" and persistent state" if all_state else "") + "\n"

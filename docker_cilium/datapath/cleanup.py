@@ -162,15 +162,14 @@ def _filters(ip: IPRoute, links: list, ours: dict[int, str], prog_ids: set[int])
 
 def _routes(ip: IPRoute, ours: dict[int, str]) -> list[Route]:
     out = []
-    for family in (2, 10):
-        for r in ip.get_routes(family=family, table=0):  # every table
-            oif = r.get_attr("RTA_OIF")
-            table = r.get_attr("RTA_TABLE") or r["table"]
-            if oif not in ours or table == 255:  # the local table follows the addresses
-                continue
-            dst = r.get_attr("RTA_DST")
-            dst = f"{dst}/{r['dst_len']}" if dst else ("default" if r["dst_len"] == 0 else "?")
-            out.append(Route(family, dst, oif, ours[oif], table))
+    for r in ip.route("dump"):  # both families, every table
+        oif = r.get_attr("RTA_OIF")
+        table = r.get_attr("RTA_TABLE") or r["table"]
+        if oif not in ours or table == 255:  # the local table follows the addresses
+            continue
+        dst = r.get_attr("RTA_DST")
+        dst = f"{dst}/{r['dst_len']}" if dst else "default"
+        out.append(Route(r["family"], dst, oif, ours[oif], table))
     return out
 
 

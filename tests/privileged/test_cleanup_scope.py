@@ -18,8 +18,8 @@ from docker_cilium.datapath import cleanup as host
 from docker_cilium.datapath.loader import Datapath, unpin_all
 
 
-def _veth(ip: IPRoute, name: str) -> int:
-    ip.link("add", ifname=name, kind="veth", peer={"ifname": name + "p"})
+def _veth(ip: IPRoute, name: str, peer: str | None = None) -> int:
+    ip.link("add", ifname=name, kind="veth", peer={"ifname": peer or name + "p"})
     return ip.link_lookup(ifname=name)[0]
 
 
@@ -55,3 +55,34 @@ def test_find_and_remove_only_our_datapaths_filters(datapath_object, datapath, p
                 for f in files:
                     os.unlink(os.path.join(dirpath, f))
                 os.rmdir(dirpath)
+
+
+def test_routes_by_our_links_in_every_table():
+    """Routes leaving by an endpoint link are listed (main and other tables, both
+    families) and removed with it; a route by a link not named as ours is not."""
+    ours_name = "lxc" + f"{random.randrange(1 << 48):012x}"
+    other_name = f"dcr{os.getpid() % 1000:03d}{random.randrange(1000):03d}"
+    with IPRoute() as ip:
+        try:
+            ours, other = _veth(ip, ours_name, other_name + "q"), _veth(ip, other_name)
+            for idx in (ours, other):
+                ip.link("set", index=idx, state="up")
+            ip.route("add", dst="198.18.77.1/32", oif=ours)
+            ip.route("add", dst="198.18.78.0/24", oif=ours, table=77)
+            ip.route("add", dst="fd00:77::1/128", oif=ours)
+            ip.route("add", dst="198.18.79.1/32", oif=other)
+            traces = host.find("/nonexistent-bpf-root")
+            assert traces.links.get(ours) == ours_name and other not in traces.links
+            routes = [r for r in traces.routes if r.oif in (ours, other)]
+            assert sorted(str(r) for r in routes if not r.dst.startswith("fe80:")) == [
+                f"198.18.77.1/32 dev {ours_name}", f"198.18.78.0/24 dev {ours_name} table 77",
+                f"fd00:77::1/128 dev {ours_name}"]
+
+            done, errors = host.remove(host.HostTraces(routes=routes, links={ours: ours_name}))
+            assert errors == [] and f"removed link {ours_name}" in done
+            assert ip.link_lookup(ifname=ours_name) == []
+            assert [r.get_attr("RTA_DST") for r in ip.get_routes(family=2, oif=other)] == ["198.18.79.1"]
+        finally:
+            for name in (ours_name, other_name):
+                if ip.link_lookup(ifname=name):
+                    ip.link("del", ifname=name)
