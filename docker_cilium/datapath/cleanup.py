@@ -250,7 +250,9 @@ def remove(traces: HostTraces) -> tuple[list[str], list[str]]:
                 ip.link("del", index=index)
                 done.append(f"removed link {name}")
             except NetlinkError as exc:
-                if exc.code != errno.ENODEV:  # a veth peer goes with its pair
+                if exc.code == errno.ENODEV:  # a veth peer goes with its pair
+                    done.append(f"removed link {name} (with its veth peer)")
+                else:
                     errors.append(f"link {name}: {os.strerror(exc.code)}")
     if traces.chains:
         try:
