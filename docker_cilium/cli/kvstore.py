@@ -11,8 +11,9 @@ A write is seen by a running agent the way another node's write would be:
 the identity allocator watches ``cilium/state/identities/v1/`` (etcd watch,
 or the embedded store's change log, polled every 50 ms), so a master key set
 or deleted here shows up in ``cilium identity get``, and a deleted reference
-of the agent's own node is written back. Nothing else in this store is
-watched. The agent's node-local state (endpoints, IPAM, policy) is not in
+of the agent's own node is written back. A master key set here that no node
+references is freed by the agents' identity GC (every 30 s), as in Cilium.
+Nothing else in this store is watched. The agent's node-local state (endpoints, IPAM, policy) is not in
 this store: it lives in ``<lib-dir>/node-state.db``, read at start only.
 """
 
