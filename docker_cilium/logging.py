@@ -12,9 +12,14 @@ import sys
 import structlog
 
 
-def setup(debug: bool = False, fmt: str = "auto") -> None:
-    """Configure structlog and the stdlib root logger once per process."""
-    level = logging.DEBUG if debug else logging.INFO
+def setup(debug: bool = False, fmt: str = "auto", quiet: bool = False) -> None:
+    """Configure structlog and the stdlib root logger once per process.
+
+    ``quiet`` (the CLI) keeps warnings and errors only: a verb's stdout is
+    its output (``-o json`` must parse), and info lines from the store or
+    datapath classes it uses would only be noise there.
+    """
+    level = logging.WARNING if quiet else logging.DEBUG if debug else logging.INFO
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor

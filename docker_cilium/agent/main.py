@@ -12,6 +12,7 @@ from docker_cilium import defaults
 from docker_cilium import logging as dclog
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.daemon import Daemon
+from docker_cilium.kvstore import parse_options
 from docker_cilium.metrics.server import parse_serve_addr
 from docker_cilium.policy.resolve import ENFORCEMENT_MODES
 
@@ -26,16 +27,10 @@ def _serve_addr(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 
 def _opts(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        for part in item.split(","):
-            if not part:
-                continue
-            key, sep, val = part.partition("=")
-            if not sep:
-                raise click.BadParameter(f"{part!r}: expected key=value", param_hint="--kvstore-opt")
-            out[key.strip()] = val.strip()
-    return out
+    try:
+        return parse_options(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--kvstore-opt") from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -45,11 +45,14 @@ class Client:
             try:
                 conn.request(method, "/v1" + path, body=data,
                              headers={"Content-Type": "application/json"} if data is not None else {})
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                raise Unavailable(f"cannot reach the cilium agent at {self.path}: {exc.strerror}. "
-                                  "Is the agent running?") from None
-            resp = conn.getresponse()
-            payload = resp.read()
+            except OSError as exc:
+                raise self.unreachable(exc) from None
+            try:
+                resp = conn.getresponse()
+                payload = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise Unavailable(f"the cilium agent did not answer {method} /v1{path}: "
+                                  f"{_reason(exc)} (socket {self.path})") from None
         finally:
             conn.close()
         try:
@@ -63,3 +66,18 @@ class Client:
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
+
+    def unreachable(self, exc: OSError) -> Unavailable:
+        """The one line every verb prints when it cannot connect to the agent."""
+        if isinstance(exc, PermissionError):
+            return Unavailable(f"cannot reach the cilium agent: permission denied (socket {self.path}): "
+                               "run as root or as a member of the socket's group")
+        return Unavailable(f"cannot reach the cilium agent: {_reason(exc)}: is the agent running? "
+                           f"(socket {self.path})")
+
+
+def _reason(exc: BaseException) -> str:
+    """``strerror`` for OS errors (no errno numbers), the message otherwise."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

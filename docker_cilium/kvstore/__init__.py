@@ -13,10 +13,28 @@ from .backend import Backend, Event, EventType, KVStoreError
 
 from .etcd_config import EtcdConfigError, load_etcd_config
 
-__all__ = ["Backend", "Event", "EventType", "KVStoreError", "EtcdConfigError", "new_backend"]
+__all__ = ["Backend", "Event", "EventType", "KVStoreError", "EtcdConfigError", "new_backend", "parse_options"]
 
 KINDS = ("local", "etcd")
 LOCAL_OPTS = ("lease.ttl",)
+
+
+def parse_options(values: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``--kvstore-opt`` values (each ``k=v[,k=v...]``) as one dict; ValueError names a bad one.
+
+    One parser for the agent and ``cilium kvstore``, so both read the same
+    flags the same way.
+    """
+    out: dict[str, str] = {}
+    for item in values:
+        for part in item.split(","):
+            if not part:
+                continue
+            key, sep, val = part.partition("=")
+            if not sep:
+                raise ValueError(f"{part!r}: expected key=value")
+            out[key.strip()] = val.strip()
+    return out
 
 
 def new_backend(kind: str, options: dict[str, str], lib_dir: str) -> Backend:

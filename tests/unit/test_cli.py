@@ -233,7 +233,7 @@ def test_config(agent):
 def test_agent_not_reachable():
     res = run(None, "policy", "get")
     assert res.exit_code == 1
-    assert "cannot reach the cilium agent" in res.output and "Is the agent running?" in res.output
+    assert "cannot reach the cilium agent" in res.output and "is the agent running? (socket " in res.output
 
 
 # --- bpf verbs (fake maps; the real ones need root: tests/privileged) ----------------

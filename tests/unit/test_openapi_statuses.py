@@ -91,6 +91,7 @@ def test_raised_statuses_finds_body_parsing_errors():
 PATH_VALUES = {
     "id": ["1001", "99999", "cilium-local:x", "container-name:app2", "abc"],
     "ip": ["10.2.0.50", "10.2.0.2", "192.0.2.77", "f00d::a02:0:0:77", "nonsense", "10.2.0.99"],
+    "name": ["cilium_lxc", ".."],
 }
 BODIES: list[bytes | None] = [None, b"", b"{", b"[]", b"{}", b'{"bogus": 1}', b'"text"', b" " * (2 * 1024 * 1024)]
 QUERIES = ["", "?family=ipv9&owner=t", "?family=ipv6", "?labels=%3A%3A", "?from=id=app1&to=id=app2&dports=80",
