@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import uuid
 
@@ -53,17 +54,18 @@ def test_status_table_and_json(agent, app):
     assert field(out, "NodeMonitor").split()[0] in ("Disabled", "Ok")
     assert field(out, "Policy enforcement").startswith("default (policy revision ")
     assert field(out, "IPv4 address pool").split("/")[0].isdigit()
-    wait_until(lambda: field(agent.cli("status").stdout, "Controller Status") == "3/3 healthy",
-               what="three healthy controllers")
+    healthy = wait_until(lambda: re.fullmatch(r"(\d+)/\1 healthy", field(agent.cli("status").stdout,
+                                                                         "Controller Status")),
+                         what="every controller healthy").group(0)
     assert f"  {ip} " not in out  # addresses only with --all-addresses
 
     out = agent.cli("status", "--all-addresses").stdout
     assert any(line.split() == [ip, "endpoint", str(ep["id"])] for line in lines(out)), out
     out = agent.cli("status", "--all-controllers").stdout
-    table = lines(out)[lines(out).index("Controller Status:      3/3 healthy") + 1:]
+    table = lines(out)[lines(out).index(f"Controller Status:      {healthy}") + 1:]
     assert table[0].split() == ["Name", "Last", "success", "Last", "error", "Count", "Message"]
     rows = {row.split()[0]: row for row in table[1:]}
-    assert set(rows) == {"ct-gc", "identity-gc", "kvstore-health"}
+    assert {"ct-gc", "identity-gc", "kvstore-health"} <= set(rows) and len(rows) == int(healthy.split("/")[0])
     assert rows["kvstore-health"].split()[2:] == ["ago", "never", "0", "no", "error"]
     assert lines(agent.cli("status", "--verbose").stdout)[-4:] == lines(out)[-4:]
 
