@@ -141,7 +141,7 @@ class Daemon:
         self._policy = PolicyManager(self.store, ipcache, self._identities, cfg.policy_enforcement)
         await self._policy.start()
         self._options = RuntimeOptions(self.store)
-        for option in agent_options(self._policy, cfg):
+        for option in agent_options(self._policy, cfg, self.datapath.maps.config):
             self._options.register(option)
         await self._options.restore()
         self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath)

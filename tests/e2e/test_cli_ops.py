@@ -11,6 +11,9 @@ import uuid
 
 import pytest
 
+from docker_cilium import defaults
+from docker_cilium.datapath.maps.configmap import CFG_F_DEBUG
+from docker_cilium.datapath.maps.registry import DatapathMaps
 from tests.e2e.conftest import create_network, exec_, net_settings, run_container
 from tests.helpers import docker, run, wait_until
 
@@ -87,12 +90,23 @@ def _debug_records(agent, after: str = "") -> list[dict]:
     return [r for r in records if r.get("level") == "debug"]
 
 
+def _datapath_debug(agent) -> bool:
+    """CFG_F_DEBUG in the agent's pinned cilium_config (what gates the datapath's debug events)."""
+    maps = DatapathMaps.open(defaults.bpf_pin_root(agent.bpf_root))
+    try:
+        return bool(maps.config.get().flags & CFG_F_DEBUG)
+    finally:
+        maps.close()
+
+
 def test_config_runtime_options_persist_across_restart(agent, app):
     _, _, ep, _ = app
     assert _debug_records(agent), "the agent runs with --debug: its log has debug records (positive control)"
+    assert _datapath_debug(agent)
     try:
         res = agent.cli("config", "Debug=false", "PolicyEnforcement=always")
         assert [line.split() for line in lines(res.stdout)] == [["Debug", "Disabled"], ["PolicyEnforcement", "always"]]
+        assert not _datapath_debug(agent)
         # Live: a regeneration logs its state changes at debug level, no longer written.
         agent.cli("endpoint", "regenerate", str(ep["id"]))
         assert _debug_records(agent, after='"option": "Debug"') == []
@@ -106,11 +120,13 @@ def test_config_runtime_options_persist_across_restart(agent, app):
         cfg = agent.cli_json("config")
         assert cfg["options"] == {"Debug": "Disabled", "PolicyEnforcement": "always"}
         assert cfg["configuration"]["debug"] is False and cfg["policy-enforcement"] == "always"
+        assert not _datapath_debug(agent)
         agent.cli("endpoint", "regenerate", str(ep["id"]))
         assert _debug_records(agent, after='"config.restored"') == []
     finally:
         agent.cli("config", "Debug=true", "PolicyEnforcement=default")
     assert agent.cli_json("config")["options"] == {"Debug": "Enabled", "PolicyEnforcement": "default"}
+    assert _datapath_debug(agent)
 
 
 def _bpf_filters(ifname: str) -> str:
