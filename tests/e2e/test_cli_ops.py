@@ -152,6 +152,8 @@ def test_endpoint_log_and_regenerate_repairs_a_detached_program(agent, app):
         ("waiting-to-regenerate", "OK"), ("regenerating", "OK"), ("ready", "OK")]
     assert new[0]["message"] == "regeneration requested (API)"
     assert new[-1]["message"].startswith("regenerated to policy revision ")
+    assert agent.cli_json("endpoint", "regenerate", eid) == {"PolicyEnforcement": "default"}
+    assert agent.cli_json("endpoint", "log", eid)[-1]["state"] == "ready"
 
     res = agent.cli("endpoint", "log", "65000", check=False)
     assert res.returncode == 1 and "endpoint 65000 not found (404)" in res.stderr
@@ -159,21 +161,28 @@ def test_endpoint_log_and_regenerate_repairs_a_detached_program(agent, app):
 
 def test_endpoint_disconnect(agent, app):
     _, net, _, _ = app
-    name = f"dct-ops-gone-{uuid.uuid4().hex[:6]}"
-    run_container(name, net)
-    ep = wait_until(lambda: agent.cli_json("endpoint", "get", f"container-name:{name}"), what="its endpoint")
-    ip = ep["addressing"]["ipv4"]
-    exec_(name, "ping", "-c", "1", "-W", "2", ip)  # its own address answers while connected
+    names = [f"dct-ops-gone{i}-{uuid.uuid4().hex[:6]}" for i in (1, 2)]
+    eps = []
+    for name in names:
+        run_container(name, net)
+        eps.append(wait_until(lambda: agent.cli_json("endpoint", "get", f"container-name:{name}"),
+                              what="its endpoint"))
+        exec_(name, "ping", "-c", "1", "-W", "2", eps[-1]["addressing"]["ipv4"])  # its own address answers
 
-    res = agent.cli("endpoint", "disconnect", str(ep["id"]))
-    assert res.stdout == f"Endpoint {ep['id']} successfully disconnected\n"
-    assert ep["id"] not in [e["id"] for e in agent.cli_json("endpoint", "list")]
-    assert run("ip", "link", "show", ep["interface-name"], check=False).returncode != 0
-    assert ip not in agent.cli("bpf", "endpoint", "list").stdout
-    assert ip not in exec_(name, "ip", "-4", "addr").stdout  # the container's interface went with it
-    res = agent.cli("endpoint", "disconnect", str(ep["id"]), "-o", "json", check=False)
-    assert res.returncode == 1 and f"endpoint {ep['id']} not found (404)" in res.stderr
-    docker("rm", "-f", name)  # Docker's own delete of the endpoint still works
+    res = agent.cli("endpoint", "disconnect", str(eps[0]["id"]))
+    assert res.stdout == f"Endpoint {eps[0]['id']} successfully disconnected\n"
+    reply = agent.cli_json("endpoint", "disconnect", str(eps[1]["id"]))
+    assert reply["id"] == eps[1]["id"] and reply["state"] == "disconnected"
+    left = [e["id"] for e in agent.cli_json("endpoint", "list")]
+    bpf_endpoints = agent.cli("bpf", "endpoint", "list").stdout
+    for name, ep in zip(names, eps):
+        ip = ep["addressing"]["ipv4"]
+        assert ep["id"] not in left and ip not in bpf_endpoints
+        assert run("ip", "link", "show", ep["interface-name"], check=False).returncode != 0
+        assert ip not in exec_(name, "ip", "-4", "addr").stdout  # the container's interface went with it
+    res = agent.cli("endpoint", "disconnect", str(eps[0]["id"]), check=False)
+    assert res.returncode == 1 and f"endpoint {eps[0]['id']} not found (404)" in res.stderr
+    docker("rm", "-f", *names)  # Docker's own delete of the endpoints still works
 
 
 def test_node_list(agent):
