@@ -28,6 +28,7 @@ class DaemonConfig:
     log_format: str = "auto"
     policy_enforcement: str = "default"
     docker_reconcile_grace: float = 60.0  # seconds; see endpoint/reconcile.py
+    prometheus_serve_addr: str = ""  # HOST:PORT for /metrics; empty: not served
 
     def to_dict(self) -> dict:
         return asdict(self)
