@@ -10,13 +10,16 @@ from docker_cilium.errors import APIError
 from docker_cilium.cli.bpf import bpf
 from docker_cilium.cli.cleanup import cleanup
 from docker_cilium.cli.completion import completion
+from docker_cilium.cli.config import config
+from docker_cilium.cli.debuginfo import debuginfo
 from docker_cilium.cli.endpoint import endpoint
 from docker_cilium.cli.identity import identity
 from docker_cilium.cli.kvstore import kvstore
 from docker_cilium.cli.maps import map_
 from docker_cilium.cli.metrics import metrics
+from docker_cilium.cli.node import node
 from docker_cilium.cli.policy import policy
-from docker_cilium.cli.status import config, status, version
+from docker_cilium.cli.status import status, version
 
 
 class _Cli(click.Group):
@@ -39,8 +42,8 @@ def cli(ctx: click.Context, host: str, output: str) -> None:
     ctx.obj = Context(host, output)
 
 
-for command in (bpf, cleanup, completion, endpoint, identity, kvstore, map_, metrics, policy, status, config,
-                version):
+for command in (bpf, cleanup, completion, config, debuginfo, endpoint, identity, kvstore, map_, metrics, node,
+                policy, status, version):
     cli.add_command(command)
 
 
