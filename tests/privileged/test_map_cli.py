@@ -7,12 +7,13 @@ what the CLI prints is held against bpftool's view of the same pins.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
 
 from docker_cilium import defaults
-from docker_cilium.datapath.bpf import num_possible_cpus
+from docker_cilium.datapath.bpf import BpfMap, num_possible_cpus
 from docker_cilium.datapath.maps.lxcmap import EndpointInfo
 from docker_cilium.datapath.maps.metricsmap import METRICS_MAP, metrics_key, metrics_value
 from docker_cilium.datapath.maps.policymap import PolicyEntry
@@ -87,9 +88,17 @@ def test_map_get_decodes_entries(agent, datapath, pin_root):  # noqa: F811
     assert len(per_cpu) == num_possible_cpus() and all(v == {"count": 3, "bytes": 300} for v in per_cpu)
     events = json.loads(run(sock, "map", "get", "cilium_events", "-o", "json").output)
     assert events["type"] == "perf_event_array" and all(set(e) == {"key"} for e in events["cache"])
-    # a map the agent has no mirror for: raw bytes in hex
     budget = json.loads(run(sock, "map", "get", "cilium_ct_budget", "-o", "json").output)
-    assert budget["cache"][0] == {"key": "00000000", "value": "0" * 16}
+    assert budget["cache"][0] == {"key": 0, "value": {"window_start": 0, "count": 0}}
+    # a map the agent has no mirror for (only the programs use it): raw bytes in hex
+    frag_path = os.path.join(pin_root, "cilium_ipv4_frag_datagrams")
+    frags = BpfMap.open_pinned(frag_path, ctypes.c_uint8 * 12, ctypes.c_uint8 * 8)
+    try:
+        frags.update((ctypes.c_uint8 * 12)(*range(1, 13)), (ctypes.c_uint8 * 8)(0, 80, 0, 53, 17, 0, 0, 0))
+    finally:
+        frags.close()
+    raw = json.loads(run(sock, "map", "get", "cilium_ipv4_frag_datagrams", "-o", "json").output)
+    assert raw["cache"] == [{"key": "0102030405060708090a0b0c", "value": "0050003511000000"}]
 
 
 def test_map_get_errors(agent, datapath, pin_root):  # noqa: F811
