@@ -372,6 +372,11 @@ class EndpointManager(RestoreMixin):
         for the retry (or for restore, after a crash) to finish, instead of
         forgetting what still has to be removed.
         """
+        if endpoint_id in self._creating:
+            # Its link and maps are being set up right now: removing them
+            # underneath would leave the create to finish a broken endpoint.
+            raise Conflict(f"endpoint {endpoint_id} is being created right now: delete it once CreateEndpoint "
+                           "has returned")
         ep = self.endpoints.get(endpoint_id)
         if ep is None:
             await self.links.delete_endpoint_link(endpoint_id)

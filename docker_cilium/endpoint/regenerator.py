@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import random
 import time
+from dataclasses import dataclass
 from typing import Mapping
 
 import structlog
@@ -46,6 +47,16 @@ RETRY_MAX_S = 10.0
 INIT_IDENTITY = Identity(reserved.INIT, reserved.labels_for(reserved.INIT))  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class Held:
+    """The identity an endpoint holds: the one in its maps and the ipcache.
+    ``referenced`` is False for the number restored from its record while
+    allocation has not got through: no allocator reference to release."""
+
+    identity: Identity
+    referenced: bool = True
+
+
 def _map_entries(pol: EndpointPolicy) -> list[MapPolicyEntry]:
     return [MapPolicyEntry(identity=e.identity, direction=e.direction, dport=e.port, proto=e.proto,
                            proxy_port=e.proxy_port) for e in pol.entries]
@@ -67,12 +78,14 @@ class Regenerator:
         self.ipcache = ipcache
         self.dp = datapath
         self.endpoints: dict[int, Endpoint] = {}
-        # The identity each endpoint holds: the one in its maps and the ipcache.
-        self._ep_identity: dict[int, Identity] = {}
-        # Endpoints whose held identity is the number restored from their record
-        # while allocation failed: no allocator reference to release.
-        self._unreferenced: set[int] = set()
-        self._resolvers: dict[int, asyncio.Task[None]] = {}  # identity retries
+        # The one record of what each endpoint holds (``ep.identity`` mirrors
+        # its number for the endpoint's record and model; only _hold sets both).
+        self._held: dict[int, Held] = {}
+        # Identity resolution in the background, per live endpoint (the
+        # Endpoint object, so a re-created endpoint with the same ID never
+        # waits on the deleted one's task); _tasks has every such task, for close.
+        self._resolvers: dict[int, tuple[Endpoint, asyncio.Task[None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.retry_base, self.retry_max = retry_base, retry_max
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
@@ -85,12 +98,13 @@ class Regenerator:
         return self.dp.maps
 
     async def close(self) -> None:
-        for task in [self._pending, *self._resolvers.values()]:
+        for task in [self._pending, *self._tasks]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._resolvers.clear()
+        self._tasks.clear()
 
     async def apply_policy(self, change: PolicyState, commit: Commit) -> None:
         """Rules or the enforcement mode change: every endpoint, now, all or nothing.
@@ -185,8 +199,31 @@ class Regenerator:
 
     def identity_pending(self, ep: Endpoint) -> bool:
         """Its labels are known but it does not hold their allocated identity yet."""
-        held = self._ep_identity.get(ep.id)
-        return held is None or ep.id in self._unreferenced or not self._is(held, self._wanted(ep))
+        held = self._held.get(ep.id)
+        return held is None or not held.referenced or not self._is(held.identity, self._wanted(ep))
+
+    def pending_report(self) -> dict[str, list[int]]:
+        """Endpoints without their real identity, for ``cilium status``: those
+        whose labels are known but whose identity is not held yet, and those
+        still on reserved:init (labels not known yet). Both pass no traffic but
+        what their held identity's policy allows."""
+        eps = [ep for _, ep in sorted(self.endpoints.items())
+               if ep.state not in (State.DISCONNECTING, State.DISCONNECTED)]
+        return {
+            "waiting-for-identity": [ep.id for ep in eps if self._wanted(ep) is not None and self.identity_pending(ep)],
+            "init": [ep.id for ep in eps if self._wanted(ep) is None],
+        }
+
+    def _hold(self, ep: Endpoint, held: Held | None) -> None:
+        """Record what ``ep`` holds (None: nothing) and mirror its number in
+        ``ep.identity`` and the ipcache."""
+        if held is None:
+            self._held.pop(ep.id, None)
+            ep.identity = reserved.INIT
+        else:
+            self._held[ep.id] = held
+            ep.identity = held.identity.id
+        self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
 
     async def _allocate(self, wanted: Labels | None) -> Identity:
         return INIT_IDENTITY if wanted is None else await self.allocator.allocate(wanted)
@@ -210,24 +247,15 @@ class Regenerator:
         """All or nothing (caller holds the lock and one reference on ``new``):
         the ipcache and the endpoint's maps carry ``new``, or, if writing them
         failed, the old identity again, ``new`` is released and this raises."""
-        old = self._ep_identity.get(ep.id)
-        old_num, old_unref = ep.identity, ep.id in self._unreferenced
+        old = self._held.get(ep.id)
+        old_num = ep.identity
         ips = (ep.ipv4, ep.ipv6)
-        self._ep_identity[ep.id], ep.identity = new, new.id
-        self._unreferenced.discard(ep.id)
-        self.ipcache.upsert_endpoint(ep.id, ips, new.id)
+        self._hold(ep, Held(new))
         try:
             await self._regenerate(ep, self.identities.identity_labels())
         except BaseException as exc:
             log.warning("endpoint.identity_switch_failed", endpoint=ep.id, old=old_num, new=new.id, error=str(exc))
-            if old is None:
-                self._ep_identity.pop(ep.id, None)
-            else:
-                self._ep_identity[ep.id] = old
-            if old_unref:
-                self._unreferenced.add(ep.id)
-            ep.identity = old_num
-            self.ipcache.upsert_endpoint(ep.id, ips, old_num)
+            self._hold(ep, old)
             try:
                 await self._regenerate(ep, self.identities.identity_labels())
             except Exception as again:  # the maps keep whatever the failed write left: the retry rewrites them
@@ -239,8 +267,8 @@ class Regenerator:
         if old_num == reserved.INIT and new.id != reserved.INIT and self.dp is not None:
             # Flows the init identity's policy let open must face the real policy.
             await asyncio.to_thread(self._maps().ct.flush_addresses, *[ip for ip in ips if ip])
-        if old is not None and not old_unref:
-            await self._release(old)
+        if old is not None and old.referenced:
+            await self._release(old.identity)
         try:
             await self._regenerate_all()  # peers' policies may select (or drop) the new identity
         except Exception:
@@ -255,31 +283,51 @@ class Regenerator:
         wanted = self._wanted(ep)
         new = await self._allocate(wanted)
         async with self._lock:
-            held = self._ep_identity.get(ep.id)
+            held = self._held.get(ep.id)
             if self.endpoints.get(ep.id) is not ep or not self._is(new, self._wanted(ep)):
                 await self._release(new)  # deleted, or relabelled: that change resolves on its own
-            elif held is not None and held.id == new.id and ep.id not in self._unreferenced \
-                    and held.labels == new.labels:
-                await self._release(new)  # a concurrent attempt got there first
+            elif held is not None and held.identity == new:
+                if held.referenced:
+                    await self._release(new)  # a concurrent attempt got there first
+                else:
+                    # The restored number is still its labels': the reference
+                    # just taken becomes the held one; maps and peers already
+                    # carry the number.
+                    self._held[ep.id] = Held(new)
                 if ep.state == State.WAITING_FOR_IDENTITY:
                     await self._regenerate(ep, self.identities.identity_labels())
             else:
                 await self._switch_identity(ep, new)
 
-    def _schedule_retry(self, ep: Endpoint) -> None:
-        task = self._resolvers.get(ep.id)
-        if task is None or task.done():
-            self._resolvers[ep.id] = asyncio.get_running_loop().create_task(
-                self._retry_identity(ep), name=f"resolve-identity-{ep.id}")
+    def _schedule_retry(self, ep: Endpoint, *, now: bool = False) -> None:
+        """Resolve ``ep``'s identity in the background (first attempt after a
+        backoff, or at once with ``now``), unless a task for it already runs."""
+        running = self._resolvers.get(ep.id)
+        if running is not None and running[0] is ep and not running[1].done():
+            return
+        task = asyncio.get_running_loop().create_task(self._retry_identity(ep, now), name=f"resolve-identity-{ep.id}")
+        self._resolvers[ep.id] = (ep, task)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _retry_identity(self, ep: Endpoint) -> None:
+    async def wait_for_identity(self, ep: Endpoint, timeout: float) -> bool:
+        """Wait until ``ep`` holds the identity of its labels (Cilium's
+        Endpoint.WaitForIdentity); False if it still does not after ``timeout`` s."""
+        running = self._resolvers.get(ep.id)
+        if running is not None and running[0] is ep and not running[1].done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running[1]), timeout)
+        return not self.identity_pending(ep)
+
+    async def _retry_identity(self, ep: Endpoint, now: bool = False) -> None:
         """Cilium's resolve-identity controller: retry with backoff until the
         endpoint holds the identity of its labels or is gone."""
         delay = self.retry_base
         attempt = 0
         try:
             while self.endpoints.get(ep.id) is ep and self.identity_pending(ep):
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                if attempt or not now:
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 attempt += 1
                 try:
                     await self._resolve_identity(ep)
@@ -288,7 +336,8 @@ class Regenerator:
                                 retry_in_s=round(min(delay * 2, self.retry_max), 2), error=str(exc))
                     delay = min(delay * 2, self.retry_max)
         finally:
-            if self._resolvers.get(ep.id) is asyncio.current_task():
+            running = self._resolvers.get(ep.id)
+            if running is not None and running[1] is asyncio.current_task():
                 del self._resolvers[ep.id]
 
     # ---- endpoint hooks (DatapathHooks) ---------------------------------------
@@ -296,34 +345,27 @@ class Regenerator:
     async def endpoint_created(self, ep: Endpoint) -> None:
         """A new endpoint holds reserved:init (labels unknown), whose policy
         denies everything a rule does not allow: it passes no traffic before
-        its programs are attached. A restored one allocates again; if that
-        fails it keeps the number its record has (as its maps from before the
-        restart do) and retries in the background."""
+        its programs are attached. A restored one keeps the number its record
+        (and its maps from before the restart) carry and allocates it again in
+        the background: a store that is down stalls neither restore nor the
+        other endpoints (nothing is allocated under the lock)."""
         t0 = time.perf_counter()
-        retry = False
         async with self._lock:
             self.endpoints[ep.id] = ep
             if ep.state not in (State.WAITING_FOR_IDENTITY, State.RESTORING):
                 ep.set_state(State.WAITING_FOR_IDENTITY, "allocating identity")
             wanted = self._wanted(ep)
-            try:
-                held = await self._allocate(wanted)
-            except Exception as exc:
-                assert wanted is not None
-                log.warning("endpoint.identity_pending", endpoint=ep.id, error=str(exc))
-                held = INIT_IDENTITY if ep.identity == reserved.INIT else Identity(ep.identity, wanted)
-                self._unreferenced.add(ep.id)
-                retry = True
-            self._ep_identity[ep.id] = held
-            ep.identity = held.id
-            self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
-            ep.set_state(State.WAITING_TO_REGENERATE, "identity resolved" if not retry else "restored identity")
+            if wanted is None or ep.identity == reserved.INIT:
+                self._hold(ep, Held(INIT_IDENTITY, referenced=wanted is None))
+            else:
+                self._hold(ep, Held(Identity(ep.identity, wanted), referenced=False))
+            ep.set_state(State.WAITING_TO_REGENERATE, "restored identity" if wanted else "holding reserved:init")
             await self._regenerate(ep, self.identities.identity_labels())
             if self.dp is not None:
                 await self.dp.attach_async(ep.ifindex)
-            if retry:
-                ep.set_state(State.WAITING_FOR_IDENTITY, "identity allocation failed; retrying")
-                self._schedule_retry(ep)
+            if self.identity_pending(ep):
+                ep.set_state(State.WAITING_FOR_IDENTITY, "allocating the identity of its labels")
+                self._schedule_retry(ep, now=True)
         log.debug("endpoint.regenerated", endpoint=ep.id, identity=ep.identity,
                   duration_ms=round((time.perf_counter() - t0) * 1000, 2))
 
@@ -357,9 +399,12 @@ class Regenerator:
     async def endpoint_deleted(self, ep: Endpoint) -> None:
         async with self._lock:
             self.endpoints.pop(ep.id, None)
-            ident = self._ep_identity.get(ep.id)
-            if ep.id in self._unreferenced:
-                ident = None  # a restored number: no reference of ours
+            running = self._resolvers.get(ep.id)
+            if running is not None and running[0] is ep:
+                # Not cancelled (a cancel inside the store call would cost a
+                # round trip to undo): it sees the endpoint gone and stops.
+                del self._resolvers[ep.id]
+            held = self._held.get(ep.id)
             ips = [ip for ip in (ep.ipv4, ep.ipv6) if ip]
             if self.dp is not None:
                 maps = self._maps()
@@ -372,10 +417,9 @@ class Regenerator:
                 await asyncio.to_thread(self._maps().ct.flush_addresses, *ips)
             # Forgotten only once released: a retry after a failed step above
             # (DeleteEndpoint runs again) still holds the reference to drop.
-            if ident is not None:
-                await self._release(ident)
-            self._ep_identity.pop(ep.id, None)
-            self._unreferenced.discard(ep.id)
+            if held is not None and held.referenced:
+                await self._release(held.identity)
+            self._held.pop(ep.id, None)
 
     async def regenerate(self, ep: Endpoint) -> None:
         """One endpoint's own settings (PolicyEnforcement) changed."""
@@ -391,7 +435,7 @@ class Regenerator:
         maps must agree with its ``sec_identity``). reserved:init is
         default-deny in both directions, beyond what rules selecting it allow,
         unless enforcement is ``never`` (Cilium's computePolicyEnforcementAndRules)."""
-        held = self._ep_identity.get(ep.id, INIT_IDENTITY)
+        held = self._held[ep.id].identity if ep.id in self._held else INIT_IDENTITY
         if held.id == reserved.INIT:
             never = state.mode_for(ep.policy_enforcement) == "never"
             return [reserved.INIT_LABEL], "never" if never else "always"
@@ -458,15 +502,13 @@ class Regenerator:
         """Endpoints whose number the allocator replaced (a resync after a lost
         KV session found it given to other labels) take the new one. The record
         needs no write: restore allocates the identity from the labels again."""
-        for ep_id, ident in list(self._ep_identity.items()):
+        for ep_id, held in list(self._held.items()):
             ep = self.endpoints.get(ep_id)
-            cur = self.allocator.current(ident)
-            if ep is None or ident.is_reserved or cur.id == ident.id:
+            cur = self.allocator.current(held.identity)
+            if ep is None or held.identity.is_reserved or cur.id == held.identity.id:
                 continue
-            log.warning("endpoint.identity_moved", endpoint=ep_id, old=ident.id, new=cur.id)
-            self._ep_identity[ep_id] = cur
-            ep.identity = cur.id
-            self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
+            log.warning("endpoint.identity_moved", endpoint=ep_id, old=held.identity.id, new=cur.id)
+            self._hold(ep, Held(cur, held.referenced))
 
     async def _regenerate_all(self) -> None:
         """Every endpoint under the current policy (identities changed). One
