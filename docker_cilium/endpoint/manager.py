@@ -25,6 +25,7 @@ from docker_cilium.endpoint.restore import RestoreMixin
 from docker_cilium.endpoint.network import (
     Network,
     bare_ip,
+    check_endpoint_address,
     network_conflict,
     parse_mtu,
     pool_network,
@@ -236,6 +237,9 @@ class EndpointManager(RestoreMixin):
         net = self.network(network_id)
         if endpoint_id in self.endpoints:
             raise Conflict(f"endpoint {endpoint_id} already exists")
+        for family, addr in ((4, address), (6, address6)):
+            if addr:
+                check_endpoint_address(net, family, addr, self.node)
         ipv4 = bare_ip(address) if address else None
         ipv6 = bare_ip(address6) if address6 else None
         if ipv4 is None and ipv6 is None:

@@ -172,11 +172,11 @@ class PolicyManager:
         """Add the document's rules; returns the new revision and the rules added."""
         t0 = time.perf_counter()
         async with self._lock:
-            with quiet_gc():
+            with quiet_gc():  # parsing only: the change below awaits threads and the store
                 rules, docs = await self._parse(raw)  # raises PolicyValidationError; nothing changed
-                candidate = self.repo.copy()
-                rev = candidate.add(rules, docs)
-                await self._change(candidate, self.enforcement)
+            candidate = self.repo.copy()
+            rev = candidate.add(rules, docs)
+            await self._change(candidate, self.enforcement)
         log.info("policy.import", revision=rev, rules=len(self.repo.rules), added=len(rules),
                  duration_ms=round((time.perf_counter() - t0) * 1000, 2))
         return rev, rules
@@ -204,8 +204,7 @@ class PolicyManager:
                     raise PolicyRepositoryError("no labels given: pass labels or use --all to delete every rule")
                 deleted, rev = candidate.delete_by_labels(labels)
             if deleted:
-                with quiet_gc():
-                    await self._change(candidate, self.enforcement)
+                await self._change(candidate, self.enforcement)
         return deleted, rev
 
     def trace(self, src_labels: list[str], dst_labels: list[str], dport: int | None,

@@ -104,3 +104,20 @@ def test_depth_bound_is_exact_and_ignores_brackets_in_strings():
     # Pairs of a surrogate are a character; duplicate keys keep the last value as Go does.
     assert strictjson.loads(b'["\\ud83d\\ude00"]') == ["\U0001F600"]
     assert strictjson.loads(b'{"k": 1, "k": 2}') == {"k": 2}
+
+
+def test_str_with_a_raw_lone_surrogate_is_refused():
+    """Not only the \\u escape: a str holding half a surrogate pair cannot be
+    written back as UTF-8 either, whichever decoder entry it goes through."""
+    from docker_cilium.policy.api import PolicyValidationError, load_json
+    from docker_cilium.policy.api.parse import iter_json_array
+
+    with pytest.raises(strictjson.JSONError, match="not valid UTF-8"):
+        strictjson.loads('{"k": "\ud800"}')
+    with pytest.raises(strictjson.JSONError, match="not valid UTF-8"):
+        list(strictjson.iter_array('["\udfff"]'))
+    with pytest.raises(PolicyValidationError, match="not valid UTF-8"):
+        load_json('["\ud800"]')
+    with pytest.raises(PolicyValidationError, match="not valid UTF-8"):
+        list(iter_json_array('[{}, "\ud800"]'))
+    assert strictjson.loads('["\U0001F600"]') == ["\U0001F600"]

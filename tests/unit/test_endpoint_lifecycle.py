@@ -18,7 +18,7 @@ from docker_cilium.datapath.link import host_ifname
 from docker_cilium.endpoint.manager import EP_PREFIX, NET_PREFIX, EndpointManager
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.reconcile import DockerReconciler
-from docker_cilium.errors import Conflict
+from docker_cilium.errors import BadRequest, Conflict
 from docker_cilium.ipam.allocator import IPAM
 from docker_cilium.workloads.docker import DockerView
 from tests.unit.unit_daemon import NODE  # 10.2.0.0/16
@@ -242,3 +242,18 @@ async def test_delete_during_the_create_of_the_same_endpoint_is_a_conflict(store
     assert mgr.endpoints[docker_id] is ep and dp.entries[ep.id][1] == "10.2.0.9"
     assert await mgr.delete_endpoint(NET, docker_id) is True
     assert mgr.links.links == {} and docker_id not in mgr.endpoints
+
+
+async def test_manager_refuses_an_address_no_endpoint_can_hold(store) -> None:
+    """The address checks are the manager's own, not only the plugin's: every
+    caller of create_endpoint gets them, and nothing is created."""
+    mgr = await _manager(store)
+    await mgr.create_network(NET, V4_DATA, [], {})
+    for address, needle in (("127.0.0.1/32", "not a unicast address"), ("8.8.8.8/32", "outside this node's IPv4"),
+                            ("f00d::1/128", "is not an IPv4 address")):
+        try:
+            await mgr.create_endpoint(NET, "e" * 64, address, "", "")
+            raise AssertionError(f"{address} was taken")
+        except BadRequest as exc:
+            assert needle in exc.message, exc.message
+    assert mgr.endpoints == {} and mgr.links.links == {} and await store.get(EP_PREFIX + "e" * 64) is None

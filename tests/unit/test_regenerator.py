@@ -226,3 +226,23 @@ async def test_identity_allocated_elsewhere_regenerates_selecting_endpoints(agen
         assert agent.dp.maps.policy.entries[1] == wanted
     finally:
         await other.close()
+
+
+async def test_policy_change_runs_with_the_garbage_collector_on(agent) -> None:
+    """The collector is off only while a document is parsed: the change itself
+    (map writes in threads, the store, other requests meanwhile) runs with it on."""
+    import gc
+
+    seen: list[bool] = []
+
+    class Probe:
+        async def apply_policy(self, change, commit) -> None:
+            seen.append(gc.isenabled())
+            await asyncio.sleep(0)
+            seen.append(gc.isenabled())
+            await commit()
+    agent.policy.subscribe(Probe())
+    assert gc.isenabled()
+    await agent.policy.import_rules(_rule("a", {"fromEntities": ["host"]}))
+    await agent.policy.delete_rules([], all=True)
+    assert seen == [True] * 4 and gc.isenabled()
