@@ -116,7 +116,7 @@ class Regenerator:
         the change the repository's; if a write or the commit fails, the
         endpoints already written get their previous entries back."""
         async with self._lock:
-            self._follow_moved_identities()
+            await self._follow_moved_identities()
             eps = [ep for ep in self.endpoints.values() if ep.state not in (State.DISCONNECTING, State.DISCONNECTED)]
             pols = await self._resolve_all(eps, change)
             if self.dp is None:
@@ -214,16 +214,17 @@ class Regenerator:
             "init": [ep.id for ep in eps if self._wanted(ep) is None],
         }
 
-    def _hold(self, ep: Endpoint, held: Held | None) -> None:
+    def _hold(self, ep: Endpoint, held: Held | None, *, ipcache: bool = True) -> None:
         """Record what ``ep`` holds (None: nothing) and mirror its number in
-        ``ep.identity`` and the ipcache."""
+        ``ep.identity`` and (unless the caller writes it) the ipcache."""
         if held is None:
             self._held.pop(ep.id, None)
             ep.identity = reserved.INIT
         else:
             self._held[ep.id] = held
             ep.identity = held.identity.id
-        self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
+        if ipcache:
+            self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
 
     async def _allocate(self, wanted: Labels | None) -> Identity:
         return INIT_IDENTITY if wanted is None else await self.allocator.allocate(wanted)
@@ -498,23 +499,27 @@ class Regenerator:
             ipv4=ep.ipv4, ipv6=ep.ipv6, ingress_enforced=ingress_enforced,
             egress_enforced=egress_enforced))
 
-    def _follow_moved_identities(self) -> None:
+    async def _follow_moved_identities(self) -> None:
         """Endpoints whose number the allocator replaced (a resync after a lost
         KV session found it given to other labels) take the new one. The record
         needs no write: restore allocates the identity from the labels again."""
+        moved: list[tuple[int, tuple[str | None, str | None], int]] = []
         for ep_id, held in list(self._held.items()):
             ep = self.endpoints.get(ep_id)
             cur = self.allocator.current(held.identity)
             if ep is None or held.identity.is_reserved or cur.id == held.identity.id:
                 continue
             log.warning("endpoint.identity_moved", endpoint=ep_id, old=held.identity.id, new=cur.id)
-            self._hold(ep, Held(cur, held.referenced))
+            self._hold(ep, Held(cur, held.referenced), ipcache=False)
+            moved.append((ep.id, (ep.ipv4, ep.ipv6), cur.id))
+        if moved:
+            await self.ipcache.upsert_endpoints(moved)  # map writes off the loop
 
     async def _regenerate_all(self) -> None:
         """Every endpoint under the current policy (identities changed). One
         endpoint that cannot take it keeps its previous policy; the others
         are still regenerated."""
-        self._follow_moved_identities()
+        await self._follow_moved_identities()
         identities = self.identities.identity_labels()
         for ep in list(self.endpoints.values()):
             try:

@@ -246,3 +246,47 @@ async def test_policy_change_runs_with_the_garbage_collector_on(agent) -> None:
     await agent.policy.import_rules(_rule("a", {"fromEntities": ["host"]}))
     await agent.policy.delete_rules([], all=True)
     assert seen == [True] * 4 and gc.isenabled()
+
+
+async def test_identity_lookup_builds_no_other_identity(agent, monkeypatch) -> None:
+    """`cilium identity get N` looks N up: it does not build every identity
+    (with thousands of CIDR identities of ~33 labels each) to return one."""
+    await agent.policy.import_rules(_rule("a", {"fromCIDR": ["198.51.100.0/24"]}))
+    local = agent.ipcache_map.entries["198.51.100.0/24"]
+    allocated = await agent.allocator.allocate(Labels.parse(["container:id=a"]))
+
+    def everything(*_a, **_kw):
+        raise AssertionError("built every identity to look up one")
+    monkeypatch.setattr(agent.ipcache, "local_identities", everything)
+    monkeypatch.setattr(agent.identities, "identities", everything)
+    assert "cidr:198.51.100.0/24" in agent.identities.identity(local).labels.to_strings()
+    assert agent.identities.identity(allocated.id) == allocated
+    assert agent.identities.identity(reserved.HOST).labels.to_strings() == ["reserved:host"]
+    assert agent.identities.identity(reserved.MIN_ALLOCATED + 999) is None
+
+
+async def test_moved_identity_reaches_the_ipcache_from_a_worker_thread(agent, monkeypatch) -> None:
+    """An identity the allocator moved after a conflict: the endpoint follows
+    it, and the ipcache map writes (one per address, for every endpoint that
+    moved) run off the event loop."""
+    import threading
+
+    a = _endpoint(1, "10.2.0.2", ["container:id=a"])
+    await _created(agent, a)
+    old = a.identity
+    writers: list[str] = []
+    real_upsert = agent.ipcache_map.upsert
+
+    def upsert(prefix: str, identity: int) -> None:
+        writers.append(threading.current_thread().name)
+        real_upsert(prefix, identity)
+    monkeypatch.setattr(agent.ipcache_map, "upsert", upsert)
+    moved = {old: old + 100}
+    real_current = agent.allocator.current
+    monkeypatch.setattr(agent.allocator, "current",
+                        lambda ident: type(ident)(moved.get(ident.id, ident.id), ident.labels)
+                        if ident.id in moved else real_current(ident))
+    await agent.regen.regenerate_all()
+    assert a.identity == old + 100 and agent.ipcache_map.entries["10.2.0.2/32"] == old + 100
+    assert writers and threading.main_thread().name not in writers
+    assert agent.dp.maps.endpoints.entries[101].sec_identity == old + 100
