@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any, Iterable, Iterator
+import textwrap
+from typing import Any, Generator, Iterable, Iterator
 
 from docker_cilium import strictjson
 
@@ -68,10 +69,21 @@ def parse_rules(data: bytes | bytearray | str | list[Any]) -> list[Rule]:
     return [Rule.from_json(item, f"[{i}]") for i, item in enumerate(rule_items(data))]
 
 
-def rules_to_list(rules: Iterable[Rule]) -> list[dict[str, Any]]:
-    return [r.to_dict() for r in rules]
+def dump_rules_steps(rules: Iterable[Rule]) -> Generator[None, None, str]:
+    """:func:`dump_rules`, yielding after each rule (``Turns.drive`` runs it on the loop)."""
+    parts = []
+    for rule in rules:
+        parts.append(textwrap.indent(json.dumps(rule.to_dict(), indent=2), "  "))
+        yield
+    return "[\n" + ",\n".join(parts) + "\n]" if parts else "[]"
 
 
-def dump_rules(rules: Iterable[Rule], indent: int | None = 2) -> str:
-    """Rules back as the user's JSON shape (``cilium policy get``)."""
-    return json.dumps(rules_to_list(rules), indent=indent)
+def dump_rules(rules: Iterable[Rule]) -> str:
+    """Rules back as the user's JSON shape, indented as Cilium's JSONMarshalRules
+    (``cilium policy get``); the same text as ``json.dumps(..., indent=2)``."""
+    steps = dump_rules_steps(rules)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
