@@ -1,7 +1,7 @@
 """Decoding JSON that comes from outside the agent, within bounds.
 
 Both sockets (dockerd's plugin calls, the REST API) and policy documents go
-through ``loads``. Python's decoder accepts more than JSON and recurses once
+through ``loads`` (or ``iter_array``, element by element, for large policies). Python's decoder accepts more than JSON and recurses once
 per nesting level, so left alone a body of 200,000 ``[`` ends in a
 RecursionError (a 500), ``Infinity`` or ``1e400`` arrive as a float that
 ``int()`` cannot take, and a lone ``\\ud800`` escape yields a string that
@@ -25,7 +25,7 @@ import json
 import math
 import re
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 from docker_cilium.errors import BadRequest
 
@@ -78,42 +78,103 @@ def _finite(text: str) -> float:
     return value
 
 
-def decoder() -> json.JSONDecoder:
-    """A decoder with :func:`loads`' number rules, for callers that decode a
-    document piece by piece (``raw_decode``) after :func:`check_depth` and
-    :func:`has_surrogate_escape` passed on the whole of it."""
-    return json.JSONDecoder(parse_constant=_constant, parse_float=_finite)
+class NotAnArray(JSONError):
+    """:func:`iter_array` was given a document that is no array; ``value`` is it, decoded."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(f"expected a JSON array, got {type(value).__name__}")
+        self.value = value
 
 
-def has_surrogate_escape(raw: bytes) -> bool:
-    """Whether ``raw`` has a \\u escape of a UTF-16 surrogate (then use :func:`loads`)."""
-    return _SURROGATE_ESCAPE.search(raw) is not None
-
-
-def loads(data: bytes | bytearray | str) -> Any:
-    """Decode one JSON document; JSONError (or json.JSONDecodeError, whose
-    ``lineno``/``colno`` say where) if it is not one the agent takes."""
+def _text(data: bytes | bytearray | str) -> tuple[bytes, str]:
+    """``data`` as UTF-8 bytes and as text; JSONError if it is not valid UTF-8
+    (a str with a lone surrogate included: it could not be written back)."""
     if isinstance(data, str):
-        raw = data.encode("utf-8", "surrogatepass")
-        text = data
-    else:
-        raw = bytes(data)
         try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
+            return data.encode("utf-8"), data
+        except UnicodeEncodeError as exc:
             raise JSONError(f"not valid UTF-8: {exc}") from None
-    check_depth(raw)
+    raw = bytes(data)
     try:
-        value = json.loads(text, parse_constant=_constant, parse_float=_finite)
+        return raw, raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise JSONError(f"not valid UTF-8: {exc}") from None
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_constant, parse_float=_finite)
     except (JSONError, json.JSONDecodeError):
         raise
     except RecursionError:  # only if the stack was already deep: check_depth bounds it
         raise JSONError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
     except ValueError:  # int() refuses the literal
         raise JSONError(f"an integer has more than {sys.get_int_max_str_digits()} digits") from None
+
+
+def _check_surrogates(raw: bytes, value: Any) -> None:
+    """A \\u escape of half a surrogate pair decodes to a str that cannot be
+    written back as UTF-8: refused."""
     if _SURROGATE_ESCAPE.search(raw):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise JSONError("a \\u escape is half of a UTF-16 surrogate pair") from None
+
+
+def loads(data: bytes | bytearray | str) -> Any:
+    """Decode one JSON document; JSONError (or json.JSONDecodeError, whose
+    ``lineno``/``colno`` say where) if it is not one the agent takes."""
+    raw, text = _text(data)
+    check_depth(raw)
+    value = _decode(text)
+    _check_surrogates(raw, value)
     return value
+
+
+_WS = " \t\n\r"
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _WS:
+        i += 1
+    return i
+
+
+def iter_array(data: bytes | bytearray | str) -> Iterator[Any]:
+    """The elements of a JSON array, decoded one at a time with :func:`loads`'
+    bounds, so a caller can interleave a multi-megabyte document with other
+    work. NotAnArray if the document is valid JSON but no array."""
+    raw, text = _text(data)
+    i = _skip_ws(text, 0)
+    if text[i:i + 1] != "[" or _SURROGATE_ESCAPE.search(raw):
+        value = loads(raw)  # whole-document checks (rare: no array, or surrogate escapes)
+        if not isinstance(value, list):
+            raise NotAnArray(value)
+        yield from value
+        return
+    check_depth(raw)
+    dec = json.JSONDecoder(parse_constant=_constant, parse_float=_finite)
+    try:
+        i = _skip_ws(text, i + 1)
+        if text[i:i + 1] == "]":
+            i += 1
+        else:
+            while True:
+                item, i = dec.raw_decode(text, i)
+                yield item
+                i = _skip_ws(text, i)
+                if text[i:i + 1] == ",":
+                    i = _skip_ws(text, i + 1)
+                elif text[i:i + 1] == "]":
+                    i += 1
+                    break
+                else:
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+        i = _skip_ws(text, i)
+        if i < len(text):
+            raise json.JSONDecodeError("Extra data", text, i)
+    except (JSONError, json.JSONDecodeError):
+        raise
+    except ValueError:  # int() refuses the literal
+        raise JSONError(f"an integer has more than {sys.get_int_max_str_digits()} digits") from None

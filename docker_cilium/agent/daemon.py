@@ -29,7 +29,6 @@ from docker_cilium.datapath.maps.registry import DatapathMaps
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.endpoint.orphans import collect_orphans
 from docker_cilium.endpoint.reconcile import DockerReconciler
-from docker_cilium.endpoint.model import identity_pending
 from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity.allocator import IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
@@ -93,6 +92,11 @@ class Daemon:
     def identities(self) -> IdentityCache:
         assert self._identities is not None
         return self._identities
+
+    @property
+    def regenerator(self) -> Regenerator:
+        assert self._regenerator is not None
+        return self._regenerator
 
     @property
     def endpoints(self) -> EndpointManager:
@@ -266,7 +270,7 @@ class Daemon:
             "ipam": {**self.ipam.status(), "allocations": {
                 ip: str(rec.get("owner", "")) for ip, rec in self.ipam.allocations().items()}},
             "endpoints": len(self.endpoints.endpoints),
-            "identity-pending": identity_pending(self.endpoints.endpoints.values()),
+            "identity-pending": self.regenerator.pending_report(),
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
         }

@@ -1,4 +1,5 @@
-"""The REST API's one error reply, and JSON body decoding with precise messages.
+"""The REST API's one error reply, and JSON body decoding with precise messages
+(the body reading both sockets share is ``docker_cilium.requestbody``).
 
 Every ``docker_cilium.errors.APIError`` becomes ``{"code", "message"}`` with
 the status its class carries; nothing here reads message text. Anything else
@@ -12,30 +13,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from docker_cilium import strictjson
-from docker_cilium.errors import APIError, BadRequest, PayloadTooLarge
+from docker_cilium.errors import APIError, BadRequest
+from docker_cilium.requestbody import parse_json, read_body
 
 log = structlog.get_logger(__name__)
 
 
 def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"code": status, "message": message}, status=status)
-
-
-async def read_body(request: web.Request) -> bytes:
-    """The raw body; one larger than the server's limit is a PayloadTooLarge."""
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"request body too large: {exc.text}") from None
-
-
-def parse_json(raw: bytes) -> Any:
-    """``raw`` decoded within ``strictjson``'s bounds (depth, UTF-8, finite numbers)."""
-    try:
-        return strictjson.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
 
 
 async def json_body(request: web.Request, expect: type = dict) -> Any:

@@ -25,13 +25,14 @@ from docker_cilium.endpoint.restore import RestoreMixin
 from docker_cilium.endpoint.network import (
     Network,
     bare_ip,
+    check_endpoint_address,
     network_conflict,
     parse_mtu,
     pool_network,
 )
 from docker_cilium.endpoint.reference import parse_reference
 from docker_cilium.errors import BadRequest, Conflict, InsufficientStorage, NotFound
-from docker_cilium.ipam.allocator import CILIUM_ADDRESS_SPACES, IPAM
+from docker_cilium.ipam.allocator import CILIUM_ADDRESS_SPACES, IPAM, endpoint_owner
 from docker_cilium.identity.labels import Label
 from docker_cilium.ipam.ranges import NodeAddressing
 from docker_cilium.kvstore import keys
@@ -236,6 +237,9 @@ class EndpointManager(RestoreMixin):
         net = self.network(network_id)
         if endpoint_id in self.endpoints:
             raise Conflict(f"endpoint {endpoint_id} already exists")
+        for family, addr in ((4, address), (6, address6)):
+            if addr:
+                check_endpoint_address(net, family, addr, self.node)
         ipv4 = bare_ip(address) if address else None
         ipv6 = bare_ip(address6) if address6 else None
         if ipv4 is None and ipv6 is None:
@@ -283,14 +287,23 @@ class EndpointManager(RestoreMixin):
                     del self._creating_addrs[addr]
         for addr in (ipv4, ipv6):
             if addr and net.cilium_ipam:
-                await self.ipam.set_owner(addr, f"endpoint {eid}")
+                await self.ipam.set_owner(addr, endpoint_owner(eid))
         ms = (time.perf_counter() - t0) * 1000
         log.info("endpoint.create", endpoint=eid, ifname=ep.ifname, ipv4=ipv4, ipv6=ipv6, duration_ms=round(ms, 2))
         return ep, chosen_mac
 
+    def _address_holder(self, addr: str) -> str | None:
+        """Which endpoint (or create under way) has ``addr``, as the end of a
+        sentence; None if none has."""
+        for ep in self.endpoints.values():
+            if addr in (ep.ipv4, ep.ipv6):
+                return f"already held by endpoint {ep.id} (Docker endpoint {ep.docker_endpoint_id[:12]})"
+        other = self._creating_addrs.get(addr)
+        return f"being given to Docker endpoint {other[:12]} right now" if other is not None else None
+
     def holds_address(self, addr: str) -> bool:
         """Whether an endpoint (or one being created) has ``addr``."""
-        return addr in self._creating_addrs or any(addr in (ep.ipv4, ep.ipv6) for ep in self.endpoints.values())
+        return self._address_holder(addr) is not None
 
     def _check_address_free(self, addr: str) -> None:
         """Refuse an address the node or another endpoint holds (caller holds the lock).
@@ -305,13 +318,9 @@ class EndpointManager(RestoreMixin):
             if addr in net.host_gateways:
                 raise Conflict(f"address {addr} is the gateway of network {net.id[:12]} and cannot be given "
                                "to an endpoint")
-        for ep in self.endpoints.values():
-            if addr in (ep.ipv4, ep.ipv6):
-                raise Conflict(f"address {addr} is already held by endpoint {ep.id} "
-                               f"(Docker endpoint {ep.docker_endpoint_id[:12]})")
-        other = self._creating_addrs.get(addr)
-        if other is not None:
-            raise Conflict(f"address {addr} is being given to Docker endpoint {other[:12]} right now")
+        holder = self._address_holder(addr)
+        if holder is not None:
+            raise Conflict(f"address {addr} is {holder}")
 
     async def _plumb_endpoint(self, ep: Endpoint) -> None:
         net = self.networks.get(ep.docker_network_id)
@@ -372,6 +381,11 @@ class EndpointManager(RestoreMixin):
         for the retry (or for restore, after a crash) to finish, instead of
         forgetting what still has to be removed.
         """
+        if endpoint_id in self._creating:
+            # Its link and maps are being set up right now: removing them
+            # underneath would leave the create to finish a broken endpoint.
+            raise Conflict(f"endpoint {endpoint_id} is being created right now: delete it once CreateEndpoint "
+                           "has returned")
         ep = self.endpoints.get(endpoint_id)
         if ep is None:
             await self.links.delete_endpoint_link(endpoint_id)

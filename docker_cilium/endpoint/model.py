@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable
+from typing import Any
 
 import structlog
 
@@ -177,14 +177,3 @@ class Endpoint:
             "status": self.status_model(),
         }
 
-
-def identity_pending(endpoints: Iterable[Endpoint]) -> dict[str, list[int]]:
-    """Endpoints without their real identity, for ``cilium status``: those whose
-    labels are known but whose identity is not allocated yet, and those still
-    holding reserved:init (labels not known yet). Both pass no traffic but
-    what a rule selecting reserved:init allows."""
-    eps = sorted(endpoints, key=lambda e: e.id)
-    return {
-        "waiting-for-identity": [e.id for e in eps if e.state == State.WAITING_FOR_IDENTITY],
-        "init": [e.id for e in eps if e.identity == reserved.INIT and e.state != State.WAITING_FOR_IDENTITY],
-    }

@@ -24,18 +24,12 @@ from typing import Awaitable, Callable
 import structlog
 
 from docker_cilium.endpoint.manager import EndpointManager
-from docker_cilium.ipam.allocator import IPAM
+from docker_cilium.ipam.allocator import IPAM, owned_by_docker
 from docker_cilium.workloads.docker import DockerView
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_GRACE = 60.0  # > dockerd's 30 s plugin-call retry window
-
-
-def _for_docker(owner: str) -> bool:
-    """Addresses dockerd asked for (``RequestAddress``, then ``CreateEndpoint``
-    names the endpoint); gateways and ``/v1/ipam`` callers' are not dockerd's."""
-    return owner == "docker" or owner.startswith("endpoint ")
 
 
 class DockerReconciler:
@@ -49,7 +43,7 @@ class DockerReconciler:
         self.done = False
         self._endpoints = {d: ep.created for d, ep in endpoints.endpoints.items()}
         self._addresses = {ip: rec.get("time", 0) for ip, rec in ipam.allocations().items()
-                           if _for_docker(rec.get("owner", ""))}
+                           if owned_by_docker(rec.get("owner", ""))}
 
     async def run(self, view: Callable[[], Awaitable[DockerView]], max_backoff: float = 10.0) -> None:
         """Wait for the candidates to age and for dockerd, then apply its view."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from typing import Mapping
 
@@ -27,6 +26,7 @@ import structlog
 from docker_cilium.datapath.maps.lxcmap import EndpointInfo
 from docker_cilium.datapath.maps.policymap import PolicyEntry as MapPolicyEntry
 from docker_cilium.endpoint.datapath import EndpointDatapath, EndpointMaps
+from docker_cilium.endpoint.held import Held, HeldIdentities
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.timing import RegenerationObserver, timed_regeneration
 from docker_cilium.identity import reserved
@@ -52,7 +52,7 @@ def _map_entries(pol: EndpointPolicy) -> list[MapPolicyEntry]:
                            proxy_port=e.proxy_port) for e in pol.entries]
 
 
-class Regenerator:
+class Regenerator(HeldIdentities):
     """The endpoint manager's DatapathHooks; regenerates on policy and identity changes.
 
     It subscribes to ``policy`` and ``allocator`` here, so constructing it is
@@ -70,12 +70,14 @@ class Regenerator:
         self.dp = datapath
         self.observer = observer
         self.endpoints: dict[int, Endpoint] = {}
-        # The identity each endpoint holds: the one in its maps and the ipcache.
-        self._ep_identity: dict[int, Identity] = {}
-        # Endpoints whose held identity is the number restored from their record
-        # while allocation failed: no allocator reference to release.
-        self._unreferenced: set[int] = set()
-        self._resolvers: dict[int, asyncio.Task[None]] = {}  # identity retries
+        # The one record of what each endpoint holds (``ep.identity`` mirrors
+        # its number for the endpoint's record and model; only _hold sets both).
+        self._held: dict[int, Held] = {}
+        # Identity resolution in the background, per live endpoint (the
+        # Endpoint object, so a re-created endpoint with the same ID never
+        # waits on the deleted one's task); _tasks has every such task, for close.
+        self._resolvers: dict[int, tuple[Endpoint, asyncio.Task[None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.retry_base, self.retry_max = retry_base, retry_max
         self._lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
@@ -88,12 +90,13 @@ class Regenerator:
         return self.dp.maps
 
     async def close(self) -> None:
-        for task in [self._pending, *self._resolvers.values()]:
+        for task in [self._pending, *self._tasks]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._resolvers.clear()
+        self._tasks.clear()
 
     async def apply_policy(self, change: PolicyState, commit: Commit) -> None:
         """Rules or the enforcement mode change: every endpoint, now, all or nothing.
@@ -106,7 +109,7 @@ class Regenerator:
         endpoints already written get their previous entries back."""
         async with self._lock:
             t0 = time.perf_counter()
-            self._follow_moved_identities()
+            await self._follow_moved_identities()
             eps = [ep for ep in self.endpoints.values() if ep.state not in (State.DISCONNECTING, State.DISCONNECTED)]
             pols = await self._resolve_all(eps, change)
             if self.dp is None:
@@ -180,20 +183,6 @@ class Regenerator:
 
     # ---- identity (fail closed until the real one is in the maps) -------------
 
-    @staticmethod
-    def _wanted(ep: Endpoint) -> Labels | None:
-        """The label set the endpoint's identity must have; None = reserved:init."""
-        return Labels.parse(ep.effective_labels) if ep.labels_known else None
-
-    @staticmethod
-    def _is(ident: Identity, wanted: Labels | None) -> bool:
-        return ident.id == reserved.INIT if wanted is None else ident.labels == wanted
-
-    def identity_pending(self, ep: Endpoint) -> bool:
-        """Its labels are known but it does not hold their allocated identity yet."""
-        held = self._ep_identity.get(ep.id)
-        return held is None or ep.id in self._unreferenced or not self._is(held, self._wanted(ep))
-
     async def _allocate(self, wanted: Labels | None) -> Identity:
         return INIT_IDENTITY if wanted is None else await self.allocator.allocate(wanted)
 
@@ -216,24 +205,15 @@ class Regenerator:
         """All or nothing (caller holds the lock and one reference on ``new``):
         the ipcache and the endpoint's maps carry ``new``, or, if writing them
         failed, the old identity again, ``new`` is released and this raises."""
-        old = self._ep_identity.get(ep.id)
-        old_num, old_unref = ep.identity, ep.id in self._unreferenced
+        old = self._held.get(ep.id)
+        old_num = ep.identity
         ips = (ep.ipv4, ep.ipv6)
-        self._ep_identity[ep.id], ep.identity = new, new.id
-        self._unreferenced.discard(ep.id)
-        self.ipcache.upsert_endpoint(ep.id, ips, new.id)
+        self._hold(ep, Held(new))
         try:
             await self._regenerate(ep, self.identities.identity_labels())
         except BaseException as exc:
             log.warning("endpoint.identity_switch_failed", endpoint=ep.id, old=old_num, new=new.id, error=str(exc))
-            if old is None:
-                self._ep_identity.pop(ep.id, None)
-            else:
-                self._ep_identity[ep.id] = old
-            if old_unref:
-                self._unreferenced.add(ep.id)
-            ep.identity = old_num
-            self.ipcache.upsert_endpoint(ep.id, ips, old_num)
+            self._hold(ep, old)
             try:
                 await self._regenerate(ep, self.identities.identity_labels())
             except Exception as again:  # the maps keep whatever the failed write left: the retry rewrites them
@@ -245,8 +225,8 @@ class Regenerator:
         if old_num == reserved.INIT and new.id != reserved.INIT and self.dp is not None:
             # Flows the init identity's policy let open must face the real policy.
             await asyncio.to_thread(self._maps().ct.flush_addresses, *[ip for ip in ips if ip])
-        if old is not None and not old_unref:
-            await self._release(old)
+        if old is not None and old.referenced:
+            await self._release(old.identity)
         try:
             await self._regenerate_all()  # peers' policies may select (or drop) the new identity
         except Exception:
@@ -261,75 +241,49 @@ class Regenerator:
         wanted = self._wanted(ep)
         new = await self._allocate(wanted)
         async with self._lock:
-            held = self._ep_identity.get(ep.id)
+            held = self._held.get(ep.id)
             if self.endpoints.get(ep.id) is not ep or not self._is(new, self._wanted(ep)):
                 await self._release(new)  # deleted, or relabelled: that change resolves on its own
-            elif held is not None and held.id == new.id and ep.id not in self._unreferenced \
-                    and held.labels == new.labels:
-                await self._release(new)  # a concurrent attempt got there first
+            elif held is not None and held.identity == new:
+                if held.referenced:
+                    await self._release(new)  # a concurrent attempt got there first
+                else:
+                    # The restored number is still its labels': the reference
+                    # just taken becomes the held one; maps and peers already
+                    # carry the number.
+                    self._held[ep.id] = Held(new)
                 if ep.state == State.WAITING_FOR_IDENTITY:
                     await self._regenerate(ep, self.identities.identity_labels())
             else:
                 await self._switch_identity(ep, new)
-
-    def _schedule_retry(self, ep: Endpoint) -> None:
-        task = self._resolvers.get(ep.id)
-        if task is None or task.done():
-            self._resolvers[ep.id] = asyncio.get_running_loop().create_task(
-                self._retry_identity(ep), name=f"resolve-identity-{ep.id}")
-
-    async def _retry_identity(self, ep: Endpoint) -> None:
-        """Cilium's resolve-identity controller: retry with backoff until the
-        endpoint holds the identity of its labels or is gone."""
-        delay = self.retry_base
-        attempt = 0
-        try:
-            while self.endpoints.get(ep.id) is ep and self.identity_pending(ep):
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                attempt += 1
-                try:
-                    await self._resolve_identity(ep)
-                except Exception as exc:
-                    log.warning("endpoint.identity_retry_failed", endpoint=ep.id, attempt=attempt,
-                                retry_in_s=round(min(delay * 2, self.retry_max), 2), error=str(exc))
-                    delay = min(delay * 2, self.retry_max)
-        finally:
-            if self._resolvers.get(ep.id) is asyncio.current_task():
-                del self._resolvers[ep.id]
 
     # ---- endpoint hooks (DatapathHooks) ---------------------------------------
 
     async def endpoint_created(self, ep: Endpoint) -> None:
         """A new endpoint holds reserved:init (labels unknown), whose policy
         denies everything a rule does not allow: it passes no traffic before
-        its programs are attached. A restored one allocates again; if that
-        fails it keeps the number its record has (as its maps from before the
-        restart do) and retries in the background."""
+        its programs are attached. A restored one keeps the number its record
+        (and its maps from before the restart) carry and allocates it again in
+        the background: a store that is down stalls neither restore nor the
+        other endpoints (nothing is allocated under the lock)."""
         t0 = time.perf_counter()
-        retry = False
         async with self._lock:
             self.endpoints[ep.id] = ep
             if ep.state not in (State.WAITING_FOR_IDENTITY, State.RESTORING):
                 ep.set_state(State.WAITING_FOR_IDENTITY, "allocating identity")
             wanted = self._wanted(ep)
-            try:
-                held = await self._allocate(wanted)
-            except Exception as exc:
-                assert wanted is not None
-                log.warning("endpoint.identity_pending", endpoint=ep.id, error=str(exc))
-                held = INIT_IDENTITY if ep.identity == reserved.INIT else Identity(ep.identity, wanted)
-                self._unreferenced.add(ep.id)
-                retry = True
-            self._ep_identity[ep.id] = held
-            ep.identity = held.id
-            self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
-            ep.set_state(State.WAITING_TO_REGENERATE, "identity resolved" if not retry else "restored identity")
+            if wanted is None or ep.identity == reserved.INIT:
+                self._hold(ep, Held(INIT_IDENTITY, referenced=wanted is None))
+            else:
+                self._hold(ep, Held(Identity(ep.identity, wanted), referenced=False))
+            ep.set_state(State.WAITING_TO_REGENERATE,
+                         "restored identity" if wanted is not None else "holding reserved:init")
             await self._regenerate(ep, self.identities.identity_labels())
             if self.dp is not None:
                 await self.dp.attach_async(ep.ifindex)
-            if retry:
-                ep.set_state(State.WAITING_FOR_IDENTITY, "identity allocation failed; retrying")
-                self._schedule_retry(ep)
+            if self.identity_pending(ep):
+                ep.set_state(State.WAITING_FOR_IDENTITY, "allocating the identity of its labels")
+                self._schedule_retry(ep, now=True)
         log.debug("endpoint.regenerated", endpoint=ep.id, identity=ep.identity,
                   duration_ms=round((time.perf_counter() - t0) * 1000, 2))
 
@@ -363,9 +317,12 @@ class Regenerator:
     async def endpoint_deleted(self, ep: Endpoint) -> None:
         async with self._lock:
             self.endpoints.pop(ep.id, None)
-            ident = self._ep_identity.get(ep.id)
-            if ep.id in self._unreferenced:
-                ident = None  # a restored number: no reference of ours
+            running = self._resolvers.get(ep.id)
+            if running is not None and running[0] is ep:
+                # Not cancelled (a cancel inside the store call would cost a
+                # round trip to undo): it sees the endpoint gone and stops.
+                del self._resolvers[ep.id]
+            held = self._held.get(ep.id)
             ips = [ip for ip in (ep.ipv4, ep.ipv6) if ip]
             if self.dp is not None:
                 maps = self._maps()
@@ -379,10 +336,9 @@ class Regenerator:
                 await asyncio.to_thread(self._maps().ct.flush_addresses, *ips)
             # Forgotten only once released: a retry after a failed step above
             # (DeleteEndpoint runs again) still holds the reference to drop.
-            if ident is not None:
-                await self._release(ident)
-            self._ep_identity.pop(ep.id, None)
-            self._unreferenced.discard(ep.id)
+            if held is not None and held.referenced:
+                await self._release(held.identity)
+            self._held.pop(ep.id, None)
 
     async def regenerate(self, ep: Endpoint) -> None:
         """One endpoint's own settings (PolicyEnforcement) changed, or an
@@ -402,7 +358,7 @@ class Regenerator:
         maps must agree with its ``sec_identity``). reserved:init is
         default-deny in both directions, beyond what rules selecting it allow,
         unless enforcement is ``never`` (Cilium's computePolicyEnforcementAndRules)."""
-        held = self._ep_identity.get(ep.id, INIT_IDENTITY)
+        held = self._held[ep.id].identity if ep.id in self._held else INIT_IDENTITY
         if held.id == reserved.INIT:
             never = state.mode_for(ep.policy_enforcement) == "never"
             return [reserved.INIT_LABEL], "never" if never else "always"
@@ -466,25 +422,27 @@ class Regenerator:
             ipv4=ep.ipv4, ipv6=ep.ipv6, ingress_enforced=ingress_enforced,
             egress_enforced=egress_enforced))
 
-    def _follow_moved_identities(self) -> None:
+    async def _follow_moved_identities(self) -> None:
         """Endpoints whose number the allocator replaced (a resync after a lost
         KV session found it given to other labels) take the new one. The record
         needs no write: restore allocates the identity from the labels again."""
-        for ep_id, ident in list(self._ep_identity.items()):
+        moved: list[tuple[int, tuple[str | None, str | None], int]] = []
+        for ep_id, held in list(self._held.items()):
             ep = self.endpoints.get(ep_id)
-            cur = self.allocator.current(ident)
-            if ep is None or ident.is_reserved or cur.id == ident.id:
+            cur = self.allocator.current(held.identity)
+            if ep is None or held.identity.is_reserved or cur.id == held.identity.id:
                 continue
-            log.warning("endpoint.identity_moved", endpoint=ep_id, old=ident.id, new=cur.id)
-            self._ep_identity[ep_id] = cur
-            ep.identity = cur.id
-            self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
+            log.warning("endpoint.identity_moved", endpoint=ep_id, old=held.identity.id, new=cur.id)
+            self._hold(ep, Held(cur, held.referenced), ipcache=False)
+            moved.append((ep.id, (ep.ipv4, ep.ipv6), cur.id))
+        if moved:
+            await self.ipcache.upsert_endpoints(moved)  # map writes off the loop
 
     async def _regenerate_all(self) -> None:
         """Every endpoint under the current policy (identities changed). One
         endpoint that cannot take it keeps its previous policy; the others
         are still regenerated."""
-        self._follow_moved_identities()
+        await self._follow_moved_identities()
         identities = self.identities.identity_labels()
         for ep in list(self.endpoints.values()):
             try:

@@ -213,6 +213,11 @@ class IdentityAllocator:
         """
         return [Identity(num, Labels.from_sorted_key(key)) for num, key in sorted(self._cache.items())]
 
+    def cached_identity(self, num: int) -> Identity | None:
+        """One allocated identity as last seen through the watch, or None."""
+        key = self._cache.get(num)
+        return Identity(num, Labels.from_sorted_key(key)) if key is not None else None
+
     async def list(self, include_reserved: bool = False) -> list[Identity]:
         """All allocated identities, from the store (authoritative), by number."""
         out = []

@@ -20,6 +20,7 @@ class LocalIdentities(Protocol):
     """Node-local identities and their label strings (``ipcache.IPCache``)."""
 
     def local_identities(self) -> dict[int, list[str]]: ...
+    def local_identity(self, num: int) -> list[str] | None: ...
     def cidr_identities(self) -> dict[str, int]: ...
     def cidr_labels(self, prefix: str) -> list[str]: ...
 
@@ -79,4 +80,13 @@ class IdentityCache:
         return [found[k] for k in sorted(found)]
 
     def identity(self, num: int) -> Identity | None:
-        return next((i for i in self.identities() if i.id == num), None)
+        """One identity of :meth:`identities`, without building the others
+        (thousands of CIDR identities carry ~33 labels each)."""
+        local = self.local.local_identity(num)
+        if local is not None:
+            return Identity(num, Labels.parse(local))
+        cached = self.allocator.cached_identity(num)
+        if cached is not None:
+            return cached
+        labels = reserved.labels_for(num)
+        return Identity(num, labels) if labels is not None else None

@@ -102,41 +102,62 @@ class KVStoreBackend:
     # ------------------------------------------------------------- allocation
 
     async def allocate_id(self, key: str) -> int:
-        """Find or claim the number for label key ``key`` and add this node's reference."""
-        kb = key.encode()
-        ref_key = self.ref_key(key)
-        async with self.lock(key):
-            for attempt in range(MAX_ATTEMPTS):
-                owned: list[int] = []
-                masters = await self.masters()
-                for n, v in masters.items():
-                    # Exact comparison of the whole label key: a prefix match
-                    # would hand {a} the identity of {a, b}.
-                    if v == key:
-                        owned.append(n)
-                if owned:
-                    num = min(owned)
-                    if len(owned) > 1:
-                        log.warning("identity.duplicate_master_keys", labels=key, ids=sorted(owned))
-                else:
-                    num = self._pick_free(set(masters), attempt)
-                    if not await self.store.create_only(id_key(num), kb):
-                        # Another node claimed this number first (for other
-                        # labels: ours are serialized by the lock). Rescan.
-                        await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+        """Find or claim the number for label key ``key`` and add this node's reference.
+
+        Cancelled after the reference was written (the caller never learns
+        the number, so it would never release it), the reference is deleted
+        again before the cancellation goes on."""
+        written: bytes | None = None
+        try:
+            async with self.lock(key):
+                for attempt in range(MAX_ATTEMPTS):
+                    num = await self._find_or_claim(key, attempt)
+                    if num is None:
                         continue
-                numb = str(num).encode()
-                await self.store.put(ref_key, numb, lease=True)
-                cur = await self.store.get(id_key(num))
-                if cur == kb:
-                    return num
-                if cur is None and await self.store.create_only(id_key(num), kb):
-                    log.warning("identity.master_key_recreated", id=num, labels=key)
-                    return num
-                # The number now belongs to other labels: drop our reference.
-                await self.store.compare_and_delete(ref_key, numb)
-                log.warning("identity.master_key_lost", id=num, labels=key, attempt=attempt)
+                    written = str(num).encode()
+                    if await self._reference(key, num):
+                        return num
+                    written = None
+        except BaseException:
+            if written is not None:
+                with contextlib.suppress(KVStoreError):
+                    await asyncio.shield(self.store.compare_and_delete(self.ref_key(key), written))
+            raise
         raise IdentityAllocationError(f"could not allocate an identity for {key!r} after {MAX_ATTEMPTS} attempts")
+
+    async def _find_or_claim(self, key: str, attempt: int) -> int | None:
+        """The number ``key`` owns, or a free one claimed for it; None after a
+        lost race for a free number (rescan)."""
+        masters = await self.masters()
+        # Exact comparison of the whole label key: a prefix match would hand
+        # {a} the identity of {a, b}.
+        owned = [n for n, v in masters.items() if v == key]
+        if owned:
+            if len(owned) > 1:
+                log.warning("identity.duplicate_master_keys", labels=key, ids=sorted(owned))
+            return min(owned)
+        num = self._pick_free(set(masters), attempt)
+        if await self.store.create_only(id_key(num), key.encode()):
+            return num
+        # Another node claimed this number first (for other labels: ours are
+        # serialized by the lock). Rescan.
+        await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))
+        return None
+
+    async def _reference(self, key: str, num: int) -> bool:
+        """Write this node's reference to ``num``; False (reference dropped) if
+        the number meanwhile went to other labels."""
+        kb, numb, ref_key = key.encode(), str(num).encode(), self.ref_key(key)
+        await self.store.put(ref_key, numb, lease=True)
+        cur = await self.store.get(id_key(num))
+        if cur == kb:
+            return True
+        if cur is None and await self.store.create_only(id_key(num), kb):
+            log.warning("identity.master_key_recreated", id=num, labels=key)
+            return True
+        await self.store.compare_and_delete(ref_key, numb)
+        log.warning("identity.master_key_lost", id=num, labels=key)
+        return False
 
     def _pick_free(self, used: set[int], attempt: int) -> int:
         """Lowest free number first; after collisions, a random one of the lowest few.

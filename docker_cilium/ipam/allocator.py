@@ -43,6 +43,21 @@ POOL_V6 = "CiliumPoolv6"
 ADDRESS_SPACE_LOCAL = "CiliumLocal"
 ADDRESS_SPACE_GLOBAL = "CiliumGlobal"
 CILIUM_ADDRESS_SPACES = frozenset({ADDRESS_SPACE_LOCAL, ADDRESS_SPACE_GLOBAL})
+# Owners recorded with an address: dockerd's RequestAddress, then the endpoint
+# it was given to (endpoint_owner); gateways and /v1/ipam callers have others.
+OWNER_DOCKER = "docker"
+_ENDPOINT_OWNER = "endpoint "
+
+
+def endpoint_owner(endpoint_id: int) -> str:
+    """The owner recorded for an address endpoint ``endpoint_id`` holds."""
+    return f"{_ENDPOINT_OWNER}{endpoint_id}"
+
+
+def owned_by_docker(owner: str) -> bool:
+    """Whether dockerd asked for the address (RequestAddress, or the endpoint
+    CreateEndpoint then gave it to)."""
+    return owner == OWNER_DOCKER or owner.startswith(_ENDPOINT_OWNER)
 
 
 class IPAMError(BadRequest):

@@ -96,6 +96,11 @@ class IPCache:
         """Node-local identity -> its labels (``cidr:...`` and ``reserved:world``)."""
         return {num: self.cidr_labels(prefix) for prefix, num in self._cidr_ids.items()}
 
+    def local_identity(self, num: int) -> list[str] | None:
+        """The labels of node-local identity ``num``, or None if it is not one."""
+        prefix = next((p for p, n in self._cidr_ids.items() if n == num), None)
+        return self.cidr_labels(prefix) if prefix is not None else None
+
     def plan_cidrs(self, wanted: set[str]) -> CIDRPlan:
         """The CIDR identities ``wanted`` needs, without changing anything:
         prefixes kept keep their number, new ones get free numbers (freed
@@ -168,6 +173,22 @@ class IPCache:
         if self.map is not None:
             for prefix in prefixes:
                 self.map.upsert(prefix, identity)
+
+    async def upsert_endpoints(self, changes: Iterable[tuple[int, Iterable[str | None], int]]) -> None:
+        """:meth:`upsert_endpoint` for many (endpoint ID, addresses, identity);
+        the map writes run in a worker thread."""
+        writes: list[tuple[str, int]] = []
+        for endpoint_id, ips, identity in changes:
+            prefixes = [host_prefix(ip) for ip in ips if ip]
+            self._endpoint_prefixes[endpoint_id] = prefixes
+            writes.extend((prefix, identity) for prefix in prefixes)
+        if self.map is not None and writes:
+            await asyncio.to_thread(self._write_entries, writes)
+
+    def _write_entries(self, writes: list[tuple[str, int]]) -> None:
+        assert self.map is not None
+        for prefix, identity in writes:
+            self.map.upsert(prefix, identity)
 
     def delete_endpoint(self, endpoint_id: int, ips: Iterable[str | None]) -> None:
         """The endpoint is gone: its addresses fall back to a CIDR identity, or

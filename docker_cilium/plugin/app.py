@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from docker_cilium.api.errors import parse_json, read_body
+from docker_cilium.requestbody import parse_json, read_body
 from docker_cilium.errors import APIError
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver

@@ -10,6 +10,7 @@ from docker_cilium.ipam.allocator import (
     CILIUM_ADDRESS_SPACES,
     IPAM,
     IPAMError,
+    OWNER_DOCKER,
 )
 from docker_cilium.plugin.schemas import (
     Empty,
@@ -53,7 +54,7 @@ class IpamDriver:
 
     async def request_address(self, req: RequestAddressRequest) -> Reply:
         pool = self.ipam.decode_pool_id(req["PoolID"])
-        owner = "gateway" if req["Options"].get(REQUEST_TYPE) == GATEWAY_OPTION else "docker"
+        owner = "gateway" if req["Options"].get(REQUEST_TYPE) == GATEWAY_OPTION else OWNER_DOCKER
         ip = await self.ipam.allocate(pool, owner, req["Address"])
         return {"Address": f"{ip}/{pool.host_prefixlen}", "Data": {}}
 

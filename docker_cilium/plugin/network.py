@@ -12,7 +12,6 @@ import ipaddress
 from typing import Any
 
 from docker_cilium.endpoint.manager import EndpointManager
-from docker_cilium.endpoint.network import check_endpoint_address
 from docker_cilium.errors import BadRequest
 from docker_cilium.plugin.schemas import (
     AllocateNetworkRequest,
@@ -57,10 +56,6 @@ class NetworkDriver:
 
     async def create_endpoint(self, req: CreateEndpointRequest) -> Reply:
         iface = req["Interface"]
-        net = self.endpoints.network(req["NetworkID"])
-        for family, address in ((4, iface["Address"]), (6, iface["AddressIPv6"])):
-            if address:
-                check_endpoint_address(net, family, address, self.endpoints.node)
         ep, chose_mac = await self.endpoints.create_endpoint(
             req["NetworkID"], req["EndpointID"], iface["Address"], iface["AddressIPv6"], iface["MacAddress"],
         )

@@ -12,14 +12,14 @@ enforces the new revision, and when it fails, none does.
 
 Parsing and resolution run on the event loop in steps (``turns``), so plugin
 calls are answered during a large import; what one import may carry is
-bounded (``MAX_IMPORT_BYTES``, ``MAX_IMPORT_RULES``).
+bounded (``MAX_IMPORT_BYTES``, checked by the API as it reads the document,
+and ``MAX_IMPORT_RULES``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Generator, Iterable, Mapping, Protocol, Sequence
@@ -32,9 +32,9 @@ from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
 
-from .api.parse import iter_json_array
+from .api.parse import dump_rules_steps, iter_json_array, load_json
 from .api.rule import Rule
-from .repository import PolicyRepositoryError, Repository, rule_json
+from .repository import PolicyRepositoryError, Repository
 from .resolve import (ENFORCEMENT_MODES, EndpointPolicy, build_identity_index, parse_enforcement, resolve_steps,
                       trace)
 from .turns import Turns, quiet_gc
@@ -123,8 +123,8 @@ class PolicyManager:
         """Restore the repository and mode; the ipcache must be started first."""
         raw = await self.store.get(keys.POLICY_RULES)
         if raw:
-            doc = json.loads(raw)
-            self.repo = Repository.from_json(json.dumps(doc["repository"]))  # parsed once, at start
+            doc = load_json(raw)  # decoded once, with the import's bounds
+            self.repo = Repository.from_obj(doc["repository"])
             # `cilium config PolicyEnforcement=...` survives restarts, unless the
             # agent was restarted with a different --enable-policy flag.
             if doc.get("flag") == self._flag_mode and doc.get("enforcement") in ENFORCEMENT_MODES:
@@ -143,56 +143,41 @@ class PolicyManager:
     def revision(self) -> int:
         return self.repo.revision
 
-    # ---- resolution (read by the regenerator) --------------------------------------
-
-    def mode_for(self, endpoint_mode: str) -> str:
-        """An endpoint's own PolicyEnforcement, unless it is ``default``."""
-        return self.state.mode_for(endpoint_mode)
-
     # ---- operations (API) ------------------------------------------------------------
 
-    async def _parse(self, raw: bytes) -> tuple[list[Rule], list[str]]:
+    async def _parse(self, raw: bytes) -> list[Rule]:
         """Decode and validate a policy document one rule at a time, giving the
-        loop turns; returns the rules and their persisted JSON."""
-        if len(raw) > MAX_IMPORT_BYTES:
-            raise PayloadTooLarge(f"policy document is {len(raw)} bytes; one import may carry at most "
-                                  f"{MAX_IMPORT_BYTES} bytes (MAX_IMPORT_BYTES): split it into several imports")
-        turns, rules, docs = Turns(), [], []
+        loop turns (each rule's persisted JSON is made here too). Its size in
+        bytes was bounded where it was read (api/policy.py: MAX_IMPORT_BYTES)."""
+        turns, rules = Turns(), []
         for i, item in enumerate(iter_json_array(raw)):
             if i == MAX_IMPORT_RULES:
                 raise PayloadTooLarge(f"policy document has more than {MAX_IMPORT_RULES} rules, the most one "
                                       f"import may carry (MAX_IMPORT_RULES): split it into several imports")
             rule = Rule.from_json(item, f"[{i}]")
+            _ = rule.compact_json  # made now, between turns, not at persist time
             rules.append(rule)
-            docs.append(rule_json(rule))
             await turns()
-        return rules, docs
+        return rules
 
     async def import_rules(self, raw: bytes) -> tuple[int, list[Rule]]:
         """Add the document's rules; returns the new revision and the rules added."""
         t0 = time.perf_counter()
         async with self._lock:
-            with quiet_gc():
-                rules, docs = await self._parse(raw)  # raises PolicyValidationError; nothing changed
-                candidate = self.repo.copy()
-                rev = candidate.add(rules, docs)
-                await self._change(candidate, self.enforcement)
+            with quiet_gc():  # parsing only: the change below awaits threads and the store
+                rules = await self._parse(raw)  # raises PolicyValidationError; nothing changed
+            candidate = self.repo.copy()
+            rev = candidate.add(rules)
+            await self._change(candidate, self.enforcement)
         log.info("policy.import", revision=rev, rules=len(self.repo.rules), added=len(rules),
                  duration_ms=round((time.perf_counter() - t0) * 1000, 2))
         return rev, rules
 
-    def get_rules(self, labels: list[str]) -> list[dict]:
-        return [r.to_dict() for r in self.repo.get(labels or None)]
-
     @staticmethod
     async def rules_json(rules: Sequence[Rule]) -> str:
-        """Rules as the API returns them (indented JSON, as Cilium's
-        JSONMarshalRules), built with loop turns: 10,000 rules take a while."""
-        turns, parts = Turns(), []
-        for rule in rules:
-            parts.append(textwrap.indent(json.dumps(rule.to_dict(), indent=2), "  "))
-            await turns()
-        return "[\n" + ",\n".join(parts) + "\n]" if parts else "[]"
+        """Rules as the API returns them (parse.dump_rules), built with loop
+        turns: 10,000 rules take a while."""
+        return await Turns().drive(dump_rules_steps(rules))
 
     async def delete_rules(self, labels: list[str], all: bool = False) -> tuple[int, int]:
         async with self._lock:
@@ -204,8 +189,7 @@ class PolicyManager:
                     raise PolicyRepositoryError("no labels given: pass labels or use --all to delete every rule")
                 deleted, rev = candidate.delete_by_labels(labels)
             if deleted:
-                with quiet_gc():
-                    await self._change(candidate, self.enforcement)
+                await self._change(candidate, self.enforcement)
         return deleted, rev
 
     def trace(self, src_labels: list[str], dst_labels: list[str], dport: int | None,

@@ -18,7 +18,6 @@ counts are updated, not rebuilt.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
@@ -58,11 +57,6 @@ def _rule_has_labels(rule: Rule, query: Sequence[tuple[str, str, str]]) -> bool:
     return all(any(has(q, lbl) for lbl in rule.labels) for q in query)
 
 
-def rule_json(rule: Rule) -> str:
-    """A rule's persisted form (compact JSON of what ``cilium policy get`` shows)."""
-    return json.dumps(rule.to_dict(), separators=(",", ":"))
-
-
 def rule_prefixes(rule: Rule) -> set[str]:
     """The prefixes one rule needs a CIDR identity (and an ipcache entry) for:
     its CIDR peers after except-subtraction, AND the except prefixes
@@ -85,14 +79,12 @@ class Repository:
         self._rules: list[Rule] = []
         self._revision = revision
         # Derived from _rules and kept in step by every change:
-        self._docs: list[str] = []  # each rule's JSON, for persisting
         self._groups: dict[EndpointSelector, tuple[Rule, ...]] = {}  # rules by endpointSelector
         self._prefixes: Counter[str] = Counter()  # CIDR prefixes -> rules naming them
         self._extend(list(rules))
 
-    def _extend(self, new: list[Rule], docs: list[str] | None = None) -> None:
+    def _extend(self, new: list[Rule]) -> None:
         self._rules.extend(new)
-        self._docs.extend(docs if docs is not None else (rule_json(r) for r in new))
         grouped: dict[EndpointSelector, list[Rule]] = {}
         for r in new:
             grouped.setdefault(r.endpoint_selector, []).append(r)
@@ -103,7 +95,7 @@ class Repository:
     def copy(self) -> "Repository":
         """An independent repository with the same rules (shared, immutable)."""
         other = Repository(revision=self._revision)
-        other._rules, other._docs = list(self._rules), list(self._docs)
+        other._rules = list(self._rules)
         other._groups, other._prefixes = dict(self._groups), Counter(self._prefixes)
         return other
 
@@ -118,10 +110,9 @@ class Repository:
     def __len__(self) -> int:
         return len(self._rules)
 
-    def add(self, rules: Iterable[Rule] | bytes | str | list[Any], docs: list[str] | None = None) -> int:
+    def add(self, rules: Iterable[Rule] | bytes | str | list[Any]) -> int:
         """Append rules (``Rule`` objects or a raw policy document) and return the
-        new revision. Everything is validated before anything changes. ``docs``
-        are the rules' :func:`rule_json`, when the caller made them already."""
+        new revision. Everything is validated before anything changes."""
         if isinstance(rules, (bytes, bytearray, str)):
             new = parse_rules(rules)
         else:
@@ -130,7 +121,7 @@ class Repository:
                 new = items
             else:
                 new = parse_rules(items)
-        self._extend(new, docs)
+        self._extend(new)
         self._revision += 1
         return self._revision
 
@@ -168,28 +159,29 @@ class Repository:
     def _replace(self, keep: list[Rule]) -> tuple[int, int]:
         deleted = len(self._rules) - len(keep)
         if deleted:
-            kept = {id(r) for r in keep}
-            docs = [d for r, d in zip(self._rules, self._docs) if id(r) in kept]
-            self._rules, self._docs, self._groups, self._prefixes = [], [], {}, Counter()
-            self._extend(keep, docs)
+            self._rules, self._groups, self._prefixes = [], {}, Counter()
+            self._extend(keep)
             self._revision += 1
         return deleted, self._revision
 
     # --- persistence -----------------------------------------------------
     def to_json(self) -> str:
-        """The persisted form; each rule is serialized once, when it is added."""
-        return '{"revision": %d, "rules": [%s]}' % (self._revision, ", ".join(self._docs))
+        """The persisted form; each rule is serialized once (Rule.compact_json)."""
+        return '{"revision": %d, "rules": [%s]}' % (self._revision, ", ".join(r.compact_json for r in self._rules))
 
     def load_json(self, data: bytes | str) -> None:
         """Replace the contents with a :meth:`to_json` dump (validated first)."""
-        obj = load_json(data)
+        self.load_obj(load_json(data))
+
+    def load_obj(self, obj: Any) -> None:
+        """Replace the contents with a decoded :meth:`to_json` dump (validated first)."""
         if not isinstance(obj, dict) or set(obj) - {"revision", "rules"}:
             raise PolicyValidationError("", "not a policy repository dump (expected {revision, rules})")
         revision = obj.get("revision", INITIAL_REVISION)
         if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
             raise PolicyValidationError("revision", "revision must be a non-negative integer")
         rules = parse_rules(obj.get("rules") or [])
-        self._rules, self._docs, self._groups, self._prefixes = [], [], {}, Counter()
+        self._rules, self._groups, self._prefixes = [], {}, Counter()
         self._extend(rules)
         self._revision = revision
 
@@ -197,4 +189,10 @@ class Repository:
     def from_json(cls, data: bytes | str) -> "Repository":
         repo = cls()
         repo.load_json(data)
+        return repo
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> "Repository":
+        repo = cls()
+        repo.load_obj(obj)
         return repo

@@ -48,9 +48,10 @@ class Turns:
 
 @contextlib.contextmanager
 def quiet_gc() -> Iterator[None]:
-    """Keep the cyclic garbage collector from pausing the loop during a large
-    policy change: it stays off meanwhile (reference counting still frees
-    nearly everything; rules hold no cycles) and is on again afterwards.
+    """Keep the cyclic garbage collector from pausing the loop while a large
+    policy document is parsed (only then: the switch is process-wide): it
+    stays off meanwhile (reference counting still frees nearly everything;
+    rules hold no cycles) and is on again afterwards.
     Nothing is frozen: a frozen object is never collected, so cycles made
     meanwhile (request frames, a failed import's traceback) would leak.
     Measured with 10,000 rules: full collections of 10-80 ms each, several

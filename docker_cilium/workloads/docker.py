@@ -90,14 +90,12 @@ class DockerWatcher:
             )
         return self._session
 
-    async def _get(self, path: str) -> Any:
+    async def _get(self, path: str, *, missing_ok: bool = False) -> Any:
+        """dockerd's JSON for ``path``; None for a 404 if ``missing_ok`` (a
+        container gone meanwhile); any other failure raises."""
         async with self._client().get("http://docker" + path, timeout=aiohttp.ClientTimeout(total=15)) as resp:
-            if resp.status != 200:
+            if missing_ok and resp.status == 404:
                 return None
-            return await resp.json()
-
-    async def _get_strict(self, path: str) -> Any:
-        async with self._client().get("http://docker" + path, timeout=aiohttp.ClientTimeout(total=15)) as resp:
             resp.raise_for_status()
             return await resp.json()
 
@@ -106,15 +104,15 @@ class DockerWatcher:
         all: any failed call raises, so a partial answer never counts as
         "dockerd does not know this address"."""
         view = DockerView()
-        for summary in await self._get_strict("/networks"):
-            net = await self._get_strict(f"/networks/{summary['Id']}")
+        for summary in await self._get("/networks"):
+            net = await self._get(f"/networks/{summary['Id']}")
             for cfg in ((net.get("IPAM") or {}).get("Config")) or []:
                 view.add_address(cfg.get("Gateway"))
             for attached in (net.get("Containers") or {}).values():
                 view.endpoints.add(attached.get("EndpointID", ""))
                 view.add_address(attached.get("IPv4Address"))
                 view.add_address(attached.get("IPv6Address"))
-        for c in await self._get_strict("/containers/json"):
+        for c in await self._get("/containers/json"):
             for attached in (((c.get("NetworkSettings") or {}).get("Networks")) or {}).values():
                 view.endpoints.add(attached.get("EndpointID", ""))
                 view.add_address(attached.get("IPAddress"))
@@ -183,7 +181,7 @@ class DockerWatcher:
             log.exception("docker.networks_changed.failed")
 
     async def sync_container(self, container_id: str) -> None:
-        info = await self._get(f"/containers/{container_id}/json")
+        info = await self._get(f"/containers/{container_id}/json", missing_ok=True)
         if not info:
             return
         networks = ((info.get("NetworkSettings") or {}).get("Networks")) or {}
@@ -194,7 +192,7 @@ class DockerWatcher:
 
     async def resync(self) -> None:
         try:
-            containers = await self._get("/containers/json") or []
+            containers = await self._get("/containers/json")
             for c in containers:
                 nets = ((c.get("NetworkSettings") or {}).get("Networks")) or {}
                 if any(self.is_ours(n.get("NetworkID", "")) for n in nets.values()):

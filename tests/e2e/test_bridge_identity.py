@@ -74,6 +74,8 @@ def test_bridge_containers_reach_endpoint_without_policy(lab):
 
 def test_from_entities_host_admits_host_not_bridge_containers(lab, policy):
     srv_ip, bridges = lab
+    for where, container in bridges.items():  # this test's own positive control for the denial below
+        assert http(container, srv_ip), f"a container on the {where} cannot reach the server before the rule"
     policy(["host"])
     assert host_http(srv_ip), "a host process lost the host identity"
     for where, container in bridges.items():
@@ -82,6 +84,7 @@ def test_from_entities_host_admits_host_not_bridge_containers(lab, policy):
 
 def test_from_entities_world_admits_bridge_containers_not_host(lab, policy):
     srv_ip, bridges = lab
+    assert host_http(srv_ip), "a host process cannot reach the server before the rule"  # control for the denial
     policy(["world"])
     for where, container in bridges.items():
         assert http(container, srv_ip), f"a container on the {where} is not world"

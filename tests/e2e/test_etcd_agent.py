@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from docker_cilium.kvstore.etcd import RPC_TIMEOUT_S
 from tests.e2e.conftest import cleanup_bpf, cleanup_docker, cleanup_host, create_network, exec_, net_settings, \
     run_container
 from tests.helpers import Agent, run, wait_until
 from tests.integration.etcd_proc import ETCD_BIN, Member, _free_port, _healthy
 from tests.integration.conftest import etcd_server  # noqa: F401  (a real etcd for this module)
+
+MAX_STATUS_KV_DOWN_S = 3.0  # `cilium status` with etcd stopped (connection refused)
 
 pytestmark = pytest.mark.etcd
 
@@ -122,7 +125,10 @@ def test_status_reports_kvstore_down_and_back(dockerd, tmp_path):
         down = json.loads(res.stdout)
         assert down["kvstore"]["state"] == "Failure", down
         assert f"etcd {etcd.address}" in down["kvstore"]["msg"], down
-        assert down["cilium"]["state"] == "Ok" and time.monotonic() - t0 < 15  # answered, not hung
+        took = time.monotonic() - t0
+        assert down["cilium"]["state"] == "Ok", down
+        # Answered, not hung: well under one etcd RPC timeout (measured: 0.25 s, CLI start included).
+        assert took < MAX_STATUS_KV_DOWN_S < RPC_TIMEOUT_S, f"status took {took:.1f}s with etcd down"
         # Unhealthy is the exit status too, for the table as for JSON.
         assert res.returncode == 1 and res.stderr == "unhealthy: KVStore\n"
         table = a.cli("status", check=False)

@@ -71,5 +71,7 @@ def test_docker_ipam_subnet_overlapping_node_range_refused(agent, names):
     assert f"subnet {subnet} overlaps this node's IPv4 range {v4range}" in created.stderr, created.stderr
     assert gateway not in cilium_host_addresses()
     # A subnet outside the node range is still served.
-    other = create_network(names("fine"), "-d", "cilium", "--subnet", "172.29.77.0/24")
-    assert other
+    fine = names("fine")
+    create_network(fine, "-d", "cilium", "--subnet", "172.29.77.0/24")
+    c = run_container(names("c"), fine)
+    assert ipaddress.ip_address(net_settings(c, fine)["IPAddress"]) in ipaddress.ip_network("172.29.77.0/24")

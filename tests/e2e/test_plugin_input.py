@@ -9,7 +9,7 @@ import json
 import pytest
 
 from docker_cilium.cli.client import _UnixConnection
-from tests.e2e.conftest import TEST_LABEL, create_network, net_settings, run_container
+from tests.e2e.conftest import TEST_LABEL, create_network, exec_, net_settings, run_container
 from tests.e2e.test_docker_flow import node_ranges
 from tests.helpers import docker
 
@@ -43,9 +43,11 @@ def test_docker_network_create_with_bad_mtu_is_refused(agent, names, mtu, needle
     assert created.returncode != 0, f"MTU {mtu} was accepted"
     assert f"option com.docker.network.driver.mtu: {needle}" in created.stderr, created.stderr
     assert "internal error" not in created.stderr
+    # Positive control: a valid MTU is taken and reaches the container.
     ok = create_network(names("ok"), "-d", "cilium", "--ipam-driver", "cilium",
                         "-o", "com.docker.network.driver.mtu=1400")
-    assert ok
+    c = run_container(names("c"), ok)
+    assert exec_(c, "cat", "/sys/class/net/cilium0/mtu").stdout.strip() == "1400"
 
 
 def test_docker_run_with_an_address_outside_the_pool_is_refused(agent, names):

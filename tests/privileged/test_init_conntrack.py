@@ -73,7 +73,9 @@ def ct_of(datapath, ip: str) -> list:
 
 async def client_and_server(topo, regen) -> tuple[Container, Endpoint, Container]:
     a, b = topo.add_container("a", 2, 21, reserved.INIT), topo.add_container("b", 3, 22, reserved.INIT)
-    await regen.endpoint_created(endpoint(b, ["container:role=backend"]))
+    ep_b = endpoint(b, ["container:role=backend"])
+    await regen.endpoint_created(ep_b)
+    assert await regen.wait_for_identity(ep_b, 5.0)  # allocated in the background
     ep_a = endpoint(a, [])
     await regen.endpoint_created(ep_a)
     topo.wait_ready()

@@ -67,6 +67,7 @@ async def agent(small_object, pin_root, tmp_path):
                           host_mac="02:00:00:00:00:02", ipv4=f"10.250.0.{eid}", labels=[f"container:id={label}"],
                           state=State.WAITING_FOR_IDENTITY)
             await regen.endpoint_created(ep)
+            assert await regen.wait_for_identity(ep, 5.0)  # allocated in the background
         yield policy, regen, dp, store
     finally:
         await regen.close()

@@ -40,11 +40,26 @@ async def plugin(store):
 
 
 @pytest.fixture
-async def api(tmp_path):
-    """(client, daemon): the real REST app around the agent's own objects (UnitDaemon)."""
-    daemon = await UnitDaemon(str(tmp_path)).start()
+async def daemon(tmp_path):
+    """The agent's own objects minus the kernel (UnitDaemon), started and stopped."""
+    d = await UnitDaemon(str(tmp_path)).start()
+    yield d
+    await d.stop()
+
+
+@pytest.fixture
+async def api(daemon):
+    """(client, daemon): the real REST app around ``daemon``."""
     client = TestClient(TestServer(build_api_app(daemon)))
     await client.start_server()
     yield client, daemon
     await client.close()
-    await daemon.stop()
+
+
+@pytest.fixture
+async def daemon_plugin(daemon):
+    """A client of the real plugin app around ``daemon``'s manager and IPAM."""
+    client = TestClient(TestServer(build_app(NetworkDriver(daemon.endpoints), IpamDriver(daemon.ipam))))
+    await client.start_server()
+    yield client
+    await client.close()

@@ -9,14 +9,7 @@ import json
 import pytest
 
 from docker_cilium import strictjson
-
-
-async def _err(resp, status: int) -> str:
-    text = await resp.text()
-    assert resp.status == status, text
-    body = json.loads(text)
-    assert body["code"] == status
-    return body["message"]
+from tests.unit.unit_daemon import api_error
 
 
 async def _serving(client) -> None:
@@ -40,7 +33,7 @@ async def _serving(client) -> None:
 @pytest.mark.parametrize("suffix", ["", "/labels", "/config"])
 async def test_malformed_endpoint_reference_is_a_400(api, ref, needle, suffix):
     client, _ = api
-    assert needle in await _err(await client.get(f"/v1/endpoint/{ref}{suffix}"), 400)
+    assert needle in await api_error(await client.get(f"/v1/endpoint/{ref}{suffix}"), 400)
     await _serving(client)
 
 
@@ -54,20 +47,20 @@ async def test_well_formed_endpoint_references_resolve(api, ref):
 
 async def test_unknown_endpoint_is_a_404(api):
     client, _ = api
-    assert await _err(await client.get("/v1/endpoint/65535"), 404) == "endpoint 65535 not found"
+    assert await api_error(await client.get("/v1/endpoint/65535"), 404) == "endpoint 65535 not found"
 
 
 @pytest.mark.parametrize("ident", ["%D9%A3", "%C2%B2", "9" * 5000])
 async def test_identity_number_must_be_ascii_digits(api, ident):
     """int('٣') is 3: the world identity was returned for it."""
     client, _ = api
-    assert "invalid identity" in await _err(await client.get(f"/v1/identity/{ident}"), 400)
+    assert "invalid identity" in await api_error(await client.get(f"/v1/identity/{ident}"), 400)
 
 
 async def test_dport_must_be_ascii_digits(api):
     client, _ = api
     resp = await client.get("/v1/policy/resolve", json={"from": ["a"], "to": ["b"], "dports": ["\u0668\u0660/TCP"]})
-    assert "invalid port" in await _err(resp, 400)
+    assert "invalid port" in await api_error(resp, 400)
 
 
 NESTED = [b"[" * 200_000, b'{"a":' * 50_000, b"[" * 65 + b"]" * 65]
@@ -80,7 +73,7 @@ NESTED = [b"[" * 200_000, b'{"a":' * 50_000, b"[" * 65 + b"]" * 65]
 async def test_deeply_nested_json_is_a_400(api, method, path, raw):
     client, daemon = api
     revision = daemon.policy.revision
-    message = await _err(await client.request(method, path, data=raw), 400)
+    message = await api_error(await client.request(method, path, data=raw), 400)
     assert message.endswith("JSON nested deeper than 64 levels"), message
     assert daemon.policy.revision == revision
     await _serving(client)
@@ -96,7 +89,7 @@ async def test_deeply_nested_json_is_a_400(api, method, path, raw):
 ])
 async def test_not_quite_json_is_a_400(api, raw, needle):
     client, daemon = api
-    assert needle in await _err(await client.patch("/v1/config", data=raw), 400)
+    assert needle in await api_error(await client.patch("/v1/config", data=raw), 400)
     assert daemon.policy.enforcement == "default"
 
 
@@ -111,3 +104,20 @@ def test_depth_bound_is_exact_and_ignores_brackets_in_strings():
     # Pairs of a surrogate are a character; duplicate keys keep the last value as Go does.
     assert strictjson.loads(b'["\\ud83d\\ude00"]') == ["\U0001F600"]
     assert strictjson.loads(b'{"k": 1, "k": 2}') == {"k": 2}
+
+
+def test_str_with_a_raw_lone_surrogate_is_refused():
+    """Not only the \\u escape: a str holding half a surrogate pair cannot be
+    written back as UTF-8 either, whichever decoder entry it goes through."""
+    from docker_cilium.policy.api import PolicyValidationError, load_json
+    from docker_cilium.policy.api.parse import iter_json_array
+
+    with pytest.raises(strictjson.JSONError, match="not valid UTF-8"):
+        strictjson.loads('{"k": "\ud800"}')
+    with pytest.raises(strictjson.JSONError, match="not valid UTF-8"):
+        list(strictjson.iter_array('["\udfff"]'))
+    with pytest.raises(PolicyValidationError, match="not valid UTF-8"):
+        load_json('["\ud800"]')
+    with pytest.raises(PolicyValidationError, match="not valid UTF-8"):
+        list(iter_json_array('[{}, "\ud800"]'))
+    assert strictjson.loads('["\U0001F600"]') == ["\U0001F600"]

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from docker_cilium.api.openapi import load_document
+from tests.unit.unit_daemon import api_error
 
 L3_RULE = [{
     "endpointSelector": {"matchLabels": {"id": "app1"}},
@@ -17,13 +18,6 @@ L3_RULE = [{
                  "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}],
     "labels": ["name=l4-rule"],
 }]
-
-
-async def _err(resp, status: int) -> str:
-    assert resp.status == status, await resp.text()
-    body = await resp.json()
-    assert body["code"] == status
-    return body["message"]
 
 
 # --- /policy -----------------------------------------------------------------
@@ -42,7 +36,7 @@ async def test_policy_import_get_delete(api):
 
     resp = await client.get("/v1/policy", params={"labels": "name=l4-rule"})
     assert len(json.loads((await resp.json())["policy"])) == 1
-    assert "name=nope" in await _err(await client.get("/v1/policy", params={"labels": "name=nope"}), 404)
+    assert "name=nope" in await api_error(await client.get("/v1/policy", params={"labels": "name=nope"}), 404)
 
     resp = await client.delete("/v1/policy", json=["name=l4-rule"])
     assert resp.status == 200
@@ -53,12 +47,12 @@ async def test_policy_invalid_changes_nothing(api):
     client, daemon = api
     await client.put("/v1/policy", data=json.dumps(L3_RULE))
     bad = [{"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": "0"}]}]}]}]
-    msg = await _err(await client.put("/v1/policy", data=json.dumps(bad)), 400)
+    msg = await api_error(await client.put("/v1/policy", data=json.dumps(bad)), 400)
     assert msg.startswith("[0].ingress[0].toPorts[0].ports[0].port:")
-    msg = await _err(await client.put("/v1/policy", data=b"[{"), 400)
+    msg = await api_error(await client.put("/v1/policy", data=b"[{"), 400)
     assert "invalid JSON" in msg
-    await _err(await client.put("/v1/policy", data=b"{}"), 400)
-    assert "empty" in await _err(await client.put("/v1/policy", data=b""), 400)
+    await api_error(await client.put("/v1/policy", data=b"{}"), 400)
+    assert "empty" in await api_error(await client.put("/v1/policy", data=b""), 400)
     body = await (await client.get("/v1/policy")).json()
     assert body["revision"] == 1 and len(json.loads(body["policy"])) == 1
 
@@ -66,10 +60,10 @@ async def test_policy_invalid_changes_nothing(api):
 async def test_policy_delete_needs_labels_or_all(api):
     client, daemon = api
     await client.put("/v1/policy", data=json.dumps(L3_RULE))
-    assert "all=true" in await _err(await client.delete("/v1/policy"), 400)
-    assert "array of strings" in await _err(await client.delete("/v1/policy", json={"a": 1}), 400)
-    assert "malformed JSON" in await _err(await client.delete("/v1/policy", data=b"[x"), 400)
-    await _err(await client.delete("/v1/policy", params={"all": "maybe"}), 400)
+    assert "all=true" in await api_error(await client.delete("/v1/policy"), 400)
+    assert "array of strings" in await api_error(await client.delete("/v1/policy", json={"a": 1}), 400)
+    assert "malformed JSON" in await api_error(await client.delete("/v1/policy", data=b"[x"), 400)
+    await api_error(await client.delete("/v1/policy", params={"all": "maybe"}), 400)
     resp = await client.delete("/v1/policy", params={"all": "true"})
     assert await resp.json() == {"revision": 2, "policy": "[]"}
     # nothing matched: revision unchanged
@@ -109,12 +103,12 @@ async def test_policy_resolve(api):
 ])
 async def test_policy_resolve_bad_input(api, body, status, needle):
     client, _ = api
-    assert needle in await _err(await client.get("/v1/policy/resolve", json=body), status)
+    assert needle in await api_error(await client.get("/v1/policy/resolve", json=body), status)
 
 
 async def test_policy_resolve_unknown_query(api):
     client, _ = api
-    assert "unknown query parameter" in await _err(
+    assert "unknown query parameter" in await api_error(
         await client.get("/v1/policy/resolve", params={"from": "a", "to": "b", "x": "1"}), 400)
 
 
@@ -128,9 +122,9 @@ async def test_identities(api):
     sel = await (await client.get("/v1/identity", params={"labels": "id=app2"})).json()
     assert sel == [{"id": 257, "labels": ["container:id=app2"]}]
     assert await (await client.get("/v1/identity/256")).json() == {"id": 256, "labels": ["container:id=app1"]}
-    assert "not found" in await _err(await client.get("/v1/identity/999"), 404)
-    assert "expected a number" in await _err(await client.get("/v1/identity/abc"), 400)
-    await _err(await client.get("/v1/identity", params={"labels": "=x"}), 400)
+    assert "not found" in await api_error(await client.get("/v1/identity/999"), 404)
+    assert "expected a number" in await api_error(await client.get("/v1/identity/abc"), 400)
+    await api_error(await client.get("/v1/identity", params={"labels": "=x"}), 400)
 
 
 # --- /endpoint/{id}/labels|config, PATCH /endpoint/{id} ---------------------
@@ -156,16 +150,16 @@ async def test_endpoint_labels(api):
     # Cilium's), not reserved:init, which passes no traffic.
     assert body["effective"] == [] and daemon.endpoint(1001).identity not in (before, 5)
     # The agent's own sources cannot be claimed.
-    assert "reserved for the agent" in await _err(
+    assert "reserved for the agent" in await api_error(
         await client.patch("/v1/endpoint/1001/labels", json={"add": ["reserved:host"]}), 400)
-    assert "unknown field 'remove'" in await _err(
+    assert "unknown field 'remove'" in await api_error(
         await client.patch("/v1/endpoint/1001/labels", json={"remove": ["x"]}), 400)
-    assert "both added and deleted" in await _err(
+    assert "both added and deleted" in await api_error(
         await client.patch("/v1/endpoint/1001/labels", json={"add": ["a"], "delete": ["a"]}), 400)
-    await _err(await client.patch("/v1/endpoint/1001/labels", json={"add": "a"}), 400)
-    await _err(await client.patch("/v1/endpoint/1001/labels", json={"add": ["bad:=x"]}), 400)
-    assert "not found" in await _err(await client.get("/v1/endpoint/4242/labels"), 404)
-    await _err(await client.get("/v1/endpoint/bogus:1/labels"), 400)
+    await api_error(await client.patch("/v1/endpoint/1001/labels", json={"add": "a"}), 400)
+    await api_error(await client.patch("/v1/endpoint/1001/labels", json={"add": ["bad:=x"]}), 400)
+    assert "not found" in await api_error(await client.get("/v1/endpoint/4242/labels"), 404)
+    await api_error(await client.get("/v1/endpoint/bogus:1/labels"), 400)
 
 
 async def test_endpoint_config(api):
@@ -176,12 +170,12 @@ async def test_endpoint_config(api):
     resp = await client.patch("/v1/endpoint/container-name:app1/config",
                               json={"options": {"PolicyEnforcement": "never"}})
     assert await resp.json() == {"PolicyEnforcement": "never"}
-    msg = await _err(await client.patch("/v1/endpoint/1001/config", json={"PolicyEnforcement": "sometimes"}), 400)
+    msg = await api_error(await client.patch("/v1/endpoint/1001/config", json={"PolicyEnforcement": "sometimes"}), 400)
     assert "must be one of default, always, never" in msg
-    assert "unknown endpoint option 'Debug'" in await _err(
+    assert "unknown endpoint option 'Debug'" in await api_error(
         await client.patch("/v1/endpoint/1001/config", json={"Debug": "true"}), 400)
-    assert "malformed JSON" in await _err(await client.patch("/v1/endpoint/1001/config", data=b"{"), 400)
-    await _err(await client.patch("/v1/endpoint/999/config", json={"PolicyEnforcement": "always"}), 404)
+    assert "malformed JSON" in await api_error(await client.patch("/v1/endpoint/1001/config", data=b"{"), 400)
+    await api_error(await client.patch("/v1/endpoint/999/config", json={"PolicyEnforcement": "always"}), 404)
     assert daemon.endpoint(1001).policy_enforcement == "never"
 
 
@@ -194,9 +188,9 @@ async def test_patch_endpoint(api):
     assert model["labels"]["effective"] == ["container:id=app2", "container:x=y"]
     assert model["labels"]["user"] == ["container:x=y"]
     assert model["policy-enforcement"] == "always"
-    assert "unknown field 'state'" in await _err(await client.patch("/v1/endpoint/1002", json={"state": "ready"}), 400)
+    assert "unknown field 'state'" in await api_error(await client.patch("/v1/endpoint/1002", json={"state": "ready"}), 400)
     # invalid enforcement: nothing changes, labels included
-    await _err(await client.patch("/v1/endpoint/1002", json={"labels": [], "policy-enforcement": "x"}), 400)
+    await api_error(await client.patch("/v1/endpoint/1002", json={"labels": [], "policy-enforcement": "x"}), 400)
     assert daemon.endpoint(1002).user_labels == ["container:x=y"]
     assert daemon.endpoint(1002).policy_enforcement == "always"
 
@@ -212,12 +206,12 @@ async def test_config(api):
     resp = await client.patch("/v1/config", json={"options": {"PolicyEnforcement": "never"}})
     assert (await resp.json())["options"] == {"Debug": "Disabled", "PolicyEnforcement": "never"}
     assert daemon.policy.enforcement == "never"
-    msg = await _err(await client.patch("/v1/config", json={"policy-enforcement": "strict"}), 400)
+    msg = await api_error(await client.patch("/v1/config", json={"policy-enforcement": "strict"}), 400)
     assert msg == "invalid value 'strict' for policy-enforcement: must be one of default, always, never"
-    assert "read-only option 'MTU'" in await _err(
+    assert "read-only option 'MTU'" in await api_error(
         await client.patch("/v1/config", json={"options": {"MTU": "9000"}}), 400)
-    assert "unknown field 'mtu'" in await _err(await client.patch("/v1/config", json={"mtu": 9000}), 400)
-    await _err(await client.patch("/v1/config", data=b"nope"), 400)
+    assert "unknown field 'mtu'" in await api_error(await client.patch("/v1/config", json={"mtu": 9000}), 400)
+    await api_error(await client.patch("/v1/config", data=b"nope"), 400)
     assert daemon.policy.enforcement == "never"
     # still serving after all that
     assert (await client.get("/v1/config")).status == 200
@@ -251,4 +245,4 @@ async def test_openapi_document_covers_every_route(api):
 
 async def test_unknown_path_is_json_404(api):
     client, _ = api
-    assert "no such API path" in await _err(await client.get("/v1/nope"), 404)
+    assert "no such API path" in await api_error(await client.get("/v1/nope"), 404)

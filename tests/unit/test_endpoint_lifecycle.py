@@ -18,6 +18,7 @@ from docker_cilium.datapath.link import host_ifname
 from docker_cilium.endpoint.manager import EP_PREFIX, NET_PREFIX, EndpointManager
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.reconcile import DockerReconciler
+from docker_cilium.errors import BadRequest, Conflict
 from docker_cilium.ipam.allocator import IPAM
 from docker_cilium.workloads.docker import DockerView
 from tests.unit.unit_daemon import NODE  # 10.2.0.0/16
@@ -205,3 +206,54 @@ def test_agent_lock_is_exclusive(tmp_path) -> None:
     first.release()
     second.acquire()
     second.release()
+
+
+class GatedDatapath(RecordingDatapath):
+    """endpoint_created waits for ``release`` (a create under way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def endpoint_created(self, ep: Endpoint) -> None:
+        self.entered.set()
+        await self.release.wait()
+        await super().endpoint_created(ep)
+
+
+async def test_delete_during_the_create_of_the_same_endpoint_is_a_conflict(store) -> None:
+    """DeleteEndpoint racing CreateEndpoint of the same Docker endpoint is
+    refused (409) and removes nothing under the create; afterwards it works."""
+    dp = GatedDatapath()
+    mgr = await _manager(store, hooks=dp)
+    await mgr.create_network(NET, V4_DATA, [], {})
+    docker_id = "e" * 64
+    create = asyncio.create_task(mgr.create_endpoint(NET, docker_id, "10.2.0.9/32", "", ""))
+    await asyncio.wait_for(dp.entered.wait(), 2.0)
+    try:
+        await mgr.delete_endpoint(NET, docker_id)
+        raise AssertionError("the delete during the create was not refused")
+    except Conflict as exc:
+        assert exc.status == 409 and "being created" in exc.message
+    assert host_ifname(docker_id) in mgr.links.links  # the create's link is still there
+    dp.release.set()
+    ep, _ = await create
+    assert mgr.endpoints[docker_id] is ep and dp.entries[ep.id][1] == "10.2.0.9"
+    assert await mgr.delete_endpoint(NET, docker_id) is True
+    assert mgr.links.links == {} and docker_id not in mgr.endpoints
+
+
+async def test_manager_refuses_an_address_no_endpoint_can_hold(store) -> None:
+    """The address checks are the manager's own, not only the plugin's: every
+    caller of create_endpoint gets them, and nothing is created."""
+    mgr = await _manager(store)
+    await mgr.create_network(NET, V4_DATA, [], {})
+    for address, needle in (("127.0.0.1/32", "not a unicast address"), ("8.8.8.8/32", "outside this node's IPv4"),
+                            ("f00d::1/128", "is not an IPv4 address")):
+        try:
+            await mgr.create_endpoint(NET, "e" * 64, address, "", "")
+            raise AssertionError(f"{address} was taken")
+        except BadRequest as exc:
+            assert needle in exc.message, exc.message
+    assert mgr.endpoints == {} and mgr.links.links == {} and await store.get(EP_PREFIX + "e" * 64) is None

@@ -20,14 +20,10 @@ import random
 from typing import Any, Iterator
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from docker_cilium.api.app import build_app as build_api
-from docker_cilium.plugin.app import build_app as build_plugin
-from docker_cilium.plugin.ipam import IpamDriver
-from docker_cilium.plugin.network import NetworkDriver
 from docker_cilium.plugin.schemas import EMPTY_BODY, IPAM_REQUESTS, NETWORK_REQUESTS
-from tests.unit.unit_daemon import NETWORK, NODE, UnitDaemon
+from tests.unit.unit_daemon import NETWORK, NODE
 
 SEED = 6
 EP = "e" * 64
@@ -158,16 +154,9 @@ def rest_cases(rng: random.Random) -> Iterator[tuple[str, str, bytes]]:
 
 
 @pytest.fixture
-async def sockets(tmp_path):
-    daemon = await UnitDaemon(str(tmp_path)).start()
-    api = TestClient(TestServer(build_api(daemon)))
-    plugin = TestClient(TestServer(build_plugin(NetworkDriver(daemon.endpoints), IpamDriver(daemon.ipam))))
-    await api.start_server()
-    await plugin.start_server()
-    yield api, plugin, daemon
-    await plugin.close()
-    await api.close()
-    await daemon.stop()
+def sockets(api, daemon_plugin):
+    client, daemon = api
+    return client, daemon_plugin, daemon
 
 
 async def _still_serving(api: TestClient, plugin: TestClient, after: str) -> None:

@@ -19,7 +19,7 @@ from docker_cilium.cli.status import _pending
 from docker_cilium.datapath.maps.lxcmap import EndpointInfo
 from docker_cilium.datapath.maps.policymap import PolicyEntry
 from docker_cilium.endpoint.manager import EP_PREFIX, EndpointManager
-from docker_cilium.endpoint.model import Endpoint, State, identity_pending
+from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity import reserved
 from docker_cilium.identity.allocator import IdentityAllocator
@@ -46,6 +46,8 @@ class UnreachableStore:
         self.inner = inner
         self.down = False
         self.refused = 0
+        self.hang: asyncio.Event | None = None  # calls wait for it, then fail (an etcd timing out)
+        self.hung = 0
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
@@ -53,6 +55,11 @@ class UnreachableStore:
             return attr
 
         async def call(*args: Any, **kw: Any) -> Any:
+            if self.hang is not None:
+                gate = self.hang
+                self.hung += 1
+                await gate.wait()
+                raise KVStoreError(f"{name}: timed out")
             if self.down:
                 self.refused += 1
                 raise KVStoreError(f"{name}: connection refused")
@@ -136,7 +143,7 @@ async def test_new_endpoint_holds_init_and_denies_both_directions(node) -> None:
     assert (info.ingress_enforced, info.egress_enforced) == (True, True)
     assert node.policy_entries(ep) == set()
     assert node.dp.attached == [ep.ifindex]  # programs attached only after the deny is in
-    assert identity_pending(node.mgr.endpoints.values()) == {"waiting-for-identity": [], "init": [ep.id]}
+    assert node.regen.pending_report() == {"waiting-for-identity": [], "init": [ep.id]}
 
     # Beyond what a rule selecting reserved:init allows.
     await node.policy.import_rules(init_rule("egress", {"toEntities": ["host"]}))
@@ -159,8 +166,8 @@ async def test_kv_down_at_label_time_waits_closed_then_retries(node) -> None:
     assert ep.labels == ["container:id=app"]  # kept, not rolled back
     saved = json.loads(await node.store.get(EP_PREFIX + ep.docker_endpoint_id))
     assert saved["labels"] == ["container:id=app"]
-    assert identity_pending(node.mgr.endpoints.values()) == {"waiting-for-identity": [ep.id], "init": []}
-    assert _pending(identity_pending(node.mgr.endpoints.values())) == f"1 waiting-for-identity ({ep.id}), 0 init"
+    assert node.regen.pending_report() == {"waiting-for-identity": [ep.id], "init": []}
+    assert _pending(node.regen.pending_report()) == f"1 waiting-for-identity ({ep.id}), 0 init"
     # Closed meanwhile: still reserved:init, both directions enforced, nothing allowed.
     info = node.lxc(ep)
     assert (info.sec_identity, info.ingress_enforced, info.egress_enforced) == (reserved.INIT, True, True)
@@ -183,7 +190,7 @@ async def test_kv_down_at_label_time_waits_closed_then_retries(node) -> None:
     info = node.lxc(ep)
     assert (info.ingress_enforced, info.egress_enforced) == (False, False)  # no rule selects id=app
     assert (IP,) in node.dp.maps.ct.flushed  # flows the init policy let open face the real policy
-    assert identity_pending(node.mgr.endpoints.values()) == {"waiting-for-identity": [], "init": []}
+    assert node.regen.pending_report() == {"waiting-for-identity": [], "init": []}
 
 
 async def test_container_without_labels_gets_a_real_identity(node) -> None:
@@ -278,3 +285,83 @@ async def test_restore_with_kv_down_keeps_recorded_identity_and_retries(node) ->
     node.assert_consistent(ep)
     await node.regen.endpoint_deleted(ep)
     assert not node.referenced("container:id=app")  # the one reference taken, released
+
+
+async def test_recreated_endpoint_is_not_blocked_by_the_deleted_ones_retry(node) -> None:
+    """A retry still inside the store call when its endpoint is deleted must
+    not stand in for the retry of a new endpoint that got the same ID."""
+    ep = await node.create()
+    node.kv.down = True
+    await node.mgr.update_container(f"{1:064d}", "c" * 64, "app", ["container:id=app"])
+    node.kv.hang = stalled = asyncio.Event()
+    await wait_for(lambda: node.kv.hung == 1)  # the retry waits on the store
+    await node.mgr.delete_endpoint(NETWORK, ep.docker_endpoint_id)
+    node.kv.hang = None
+    again = await node.create()
+    assert again.id == ep.id and again is not ep
+    await node.mgr.update_container(f"{1:064d}", "d" * 64, "app", ["container:id=app2"])
+    assert again.state == State.WAITING_FOR_IDENTITY
+    stalled.set()  # the deleted endpoint's attempt fails and it stops
+    node.kv.down = False
+    await wait_for(lambda: again.state == State.READY)
+    assert again.identity >= reserved.MIN_ALLOCATED and node.referenced("container:id=app2")
+    assert not node.referenced("container:id=app")
+    node.assert_consistent(again)
+
+
+def restored(eid: int, ip: str, identity: int) -> Endpoint:
+    return Endpoint.from_record(Endpoint(
+        id=eid, docker_endpoint_id=f"{eid:064d}", docker_network_id=NETWORK, ifname=f"lxc{eid}", ifindex=eid * 10,
+        peer_ifname=f"tmp{eid}", mac="02:00:00:00:00:07", host_mac="02:00:00:00:00:70", ipv4=ip,
+        container_id="c" * 64, labels=[f"container:id=app{eid}"], identity=identity).to_record())
+
+
+async def test_restore_with_a_hanging_store_stalls_neither_restore_nor_policy(node) -> None:
+    """Allocation runs outside the regenerator's lock: restoring endpoints
+    and importing policy go on while the store does not answer."""
+    node.kv.hang = stalled = asyncio.Event()
+    eps = [restored(7, IP, 300), restored(8, "10.2.0.3", 301)]
+    for ep in eps:
+        await asyncio.wait_for(node.regen.endpoint_created(ep), 2.0)
+        assert ep.state == State.WAITING_FOR_IDENTITY
+        node.assert_consistent(ep)
+    await asyncio.wait_for(node.policy.import_rules(init_rule("ingress", {"fromEntities": ["host"]})), 2.0)
+    assert all(ep.policy_revision == node.policy.revision for ep in eps)
+    assert node.regen.pending_report() == {"waiting-for-identity": [7, 8], "init": []}
+    node.kv.hang = None
+    stalled.set()
+    await wait_for(lambda: all(ep.state == State.READY for ep in eps))
+    assert node.referenced("container:id=app7") and node.referenced("container:id=app8")
+    assert node.regen.pending_report() == {"waiting-for-identity": [], "init": []}
+
+
+async def test_pending_report_follows_the_held_identity_not_the_state(node) -> None:
+    """Status lists an endpoint waiting for its identity even when a failed
+    regeneration made it not-ready."""
+    ep = await node.create()
+    node.kv.down = True
+    await node.mgr.update_container(f"{1:064d}", "c" * 64, "app", ["container:id=app"])
+    ep.set_state(State.NOT_READY, "regeneration failed")
+    assert node.regen.pending_report() == {"waiting-for-identity": [ep.id], "init": []}
+
+
+async def test_allocation_cancelled_after_its_reference_was_written_leaves_no_reference(node) -> None:
+    """The caller of a cancelled allocation never learns the number, so it
+    can never release it: the reference already in the store goes too."""
+    from docker_cilium.identity.kvbackend import VALUE_PREFIX
+
+    inner_get, entered = node.kv.inner.get, asyncio.Event()
+
+    async def get_hanging(key: str) -> bytes | None:
+        entered.set()
+        await asyncio.Event().wait()
+        return await inner_get(key)
+    node.kv.inner.get = get_hanging  # the read after the reference write never answers
+    task = asyncio.create_task(node.allocator.allocate(Labels.parse(["container:id=app"])))
+    await asyncio.wait_for(entered.wait(), 2.0)
+    assert [k for k in await node.kv.inner.get_prefix(VALUE_PREFIX)]  # the reference is written
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await node.kv.inner.get_prefix(VALUE_PREFIX) == {}
+    assert not node.referenced("container:id=app")

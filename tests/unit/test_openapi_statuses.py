@@ -18,12 +18,11 @@ import textwrap
 from typing import Any, Callable
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from docker_cilium.api.app import build_app
 from docker_cilium.api.openapi import load_document
 from docker_cilium.errors import APIError
-from tests.unit.unit_daemon import UnitDaemon
 
 DOC = json.loads(load_document())
 BASE = DOC["servers"][0]["url"]
@@ -126,21 +125,15 @@ async def _probe(client: TestClient, method: str, path: str, seen: dict[str, set
             seen.setdefault(f"{method} {path}", set()).add(resp.status)
 
 
-async def test_probed_statuses_are_documented(tmp_path):
-    daemon = await UnitDaemon(str(tmp_path)).start()
-    client = TestClient(TestServer(build_app(daemon)))
-    await client.start_server()
+async def test_probed_statuses_are_documented(api):
+    client, daemon = api
     seen: dict[str, set[int]] = {}
-    try:
-        routes = [(m, p) for m, p, _ in served_routes(client.app) if (m, p) not in NOT_PROBED]
-        for method, path in routes:
-            await _probe(client, method, path, seen)
-        await daemon.store.close()  # the KV store goes away under a serving agent
-        for method, path in routes:
-            await _probe(client, method, path, seen)
-    finally:
-        await client.close()
-        await daemon.stop()
+    routes = [(m, p) for m, p, _ in served_routes(client.app) if (m, p) not in NOT_PROBED]
+    for method, path in routes:
+        await _probe(client, method, path, seen)
+    await daemon.store.close()  # the KV store goes away under a serving agent
+    for method, path in routes:
+        await _probe(client, method, path, seen)
     missing = {route: sorted(codes - documented(*route.split(" ", 1))) for route, codes in seen.items()}
     assert {r: c for r, c in missing.items() if c} == {}, f"answered but not in openapi.json: {missing}"
     # The probes reach what they are meant to: each kind of failure shows up somewhere.

@@ -12,28 +12,19 @@ import asyncio
 import json
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from docker_cilium.endpoint.manager import NET_PREFIX
 from docker_cilium.endpoint.network import Network
-from docker_cilium.plugin.app import build_app
-from docker_cilium.plugin.ipam import IpamDriver
-from docker_cilium.plugin.network import NetworkDriver
-from tests.unit.unit_daemon import ENDPOINTS, NETWORK, NODE, UnitDaemon
+from tests.unit.unit_daemon import ENDPOINTS, NETWORK, NODE
 
 DOCKER_NET = "d" * 64
 ROUTER4 = str(NODE.router4)  # 10.2.0.1
 
 
 @pytest.fixture
-async def agent(tmp_path):
-    daemon = await UnitDaemon(str(tmp_path)).start()
-    client = TestClient(TestServer(build_app(NetworkDriver(daemon.endpoints), IpamDriver(daemon.ipam))))
-    await client.start_server()
+def agent(daemon, daemon_plugin):
     daemon.endpoints.links.host_addresses.add(ROUTER4)  # as ensure_host_device leaves cilium_host
-    yield client, daemon
-    await client.close()
-    await daemon.stop()
+    return daemon_plugin, daemon
 
 
 async def call(client, method: str, body: dict) -> tuple[int, dict]:

@@ -70,6 +70,8 @@ def test_example(name: str) -> None:
         assert rules and all(isinstance(r, Rule) for r in rules)
         # round trip: to_dict() gives a document that parses to the same rules
         assert parse_rules(dump_rules(rules)) == rules
+        # the API's indented form (built with loop turns) is json.dumps' indent=2
+        assert dump_rules(rules) == json.dumps([r.to_dict() for r in rules], indent=2)
     else:
         with pytest.raises(PolicyValidationError) as exc:
             parse_rules(data)

@@ -143,6 +143,13 @@ def _endpoint(eid: int, ipv4: str, labels: list[str]) -> Endpoint:
                     host_mac="02:00:00:00:00:02", ipv4=ipv4, labels=labels, state=State.WAITING_FOR_IDENTITY)
 
 
+async def _created(agent: Agent, ep: Endpoint) -> None:
+    """The endpoint handed over with its labels known (as restore does); its
+    identity is allocated in the background."""
+    await agent.regen.endpoint_created(ep)
+    assert await agent.regen.wait_for_identity(ep, 5.0)
+
+
 def _rule(selected: str, peer: dict) -> bytes:
     return json.dumps([{"endpointSelector": {"matchLabels": {"id": selected}},
                         "ingress": [peer]}]).encode()
@@ -157,21 +164,23 @@ async def test_created_endpoint_gets_identity_ipcache_and_flags_after_allows(age
     await agent.policy.import_rules(_rule("a", {"fromEndpoints": [{"matchLabels": {"id": "b"}}]}))
     b = _endpoint(2, "10.2.0.3", ["container:id=b"])
     a = _endpoint(1, "10.2.0.2", ["container:id=a"])
-    await agent.regen.endpoint_created(b)
+    await _created(agent, b)
     agent.dp.maps.log.clear()
-    await agent.regen.endpoint_created(a)
+    await _created(agent, a)
     assert a.state == State.READY and a.identity >= reserved.MIN_ALLOCATED
     assert agent.ipcache_map.entries["10.2.0.2/32"] == a.identity
     assert agent.dp.maps.policy.entries[1] == {PolicyEntry(identity=b.identity, direction="ingress")}
     info = agent.dp.maps.endpoints.entries[101]
     assert (info.sec_identity, info.ingress_enforced, info.egress_enforced) == (a.identity, True, False)
-    assert agent.dp.maps.log == ["policy 1", "lxc 1"]  # enforced only once its allows are in
+    own = [line for line in agent.dp.maps.log if line.endswith(" 1")]
+    assert own[:2] == ["policy 1", "lxc 1"] and own[-2:] == ["policy 1", "lxc 1"]
+    assert all(own[i - 1] == "policy 1" for i, line in enumerate(own) if line == "lxc 1")  # allows before flags
     assert agent.dp.attached == [102, 101]
 
 
 async def test_cidr_rule_gets_local_identity_in_ipcache_and_identity_cache(agent) -> None:
     a = _endpoint(1, "10.2.0.2", ["container:id=a"])
-    await agent.regen.endpoint_created(a)
+    await _created(agent, a)
     # The endpoint's own address keeps its identity even when a rule names it.
     await agent.policy.import_rules(_rule("a", {"fromCIDR": ["198.51.100.0/24", "10.2.0.2/32"]}))
     local = agent.ipcache_map.entries["198.51.100.0/24"]
@@ -191,7 +200,8 @@ async def test_cidr_rule_gets_local_identity_in_ipcache_and_identity_cache(agent
 async def test_deleted_endpoint_leaves_no_map_state(agent) -> None:
     await agent.policy.import_rules(_rule("a", {"fromCIDR": ["10.2.0.2/32"]}))
     a = _endpoint(1, "10.2.0.2", ["container:id=a"])
-    await agent.regen.endpoint_created(a)
+    await _created(agent, a)
+    agent.dp.maps.ct.flushed.clear()  # (the switch from reserved:init flushed too)
     await agent.regen.endpoint_deleted(a)
     assert 1 not in agent.dp.maps.policy.entries and 101 not in agent.dp.maps.endpoints.entries
     # The address falls back to the CIDR identity a rule gave it.
@@ -202,7 +212,7 @@ async def test_deleted_endpoint_leaves_no_map_state(agent) -> None:
 
 async def test_enforcement_mode_reaches_every_endpoint(agent) -> None:
     a = _endpoint(1, "10.2.0.2", ["container:id=a"])
-    await agent.regen.endpoint_created(a)
+    await _created(agent, a)
     assert not agent.dp.maps.endpoints.entries[101].ingress_enforced
     await agent.policy.set_enforcement("always")
     assert agent.dp.maps.endpoints.entries[101].ingress_enforced
@@ -212,7 +222,7 @@ async def test_enforcement_mode_reaches_every_endpoint(agent) -> None:
 async def test_identity_allocated_elsewhere_regenerates_selecting_endpoints(agent, store) -> None:
     await agent.policy.import_rules(_rule("a", {"fromEndpoints": [{"matchLabels": {"id": "late"}}]}))
     a = _endpoint(1, "10.2.0.2", ["container:id=a"])
-    await agent.regen.endpoint_created(a)
+    await _created(agent, a)
     assert agent.dp.maps.policy.entries[1] == set()
     other = IdentityAllocator(store, "other-node")
     await other.start()
@@ -226,3 +236,67 @@ async def test_identity_allocated_elsewhere_regenerates_selecting_endpoints(agen
         assert agent.dp.maps.policy.entries[1] == wanted
     finally:
         await other.close()
+
+
+async def test_policy_change_runs_with_the_garbage_collector_on(agent) -> None:
+    """The collector is off only while a document is parsed: the change itself
+    (map writes in threads, the store, other requests meanwhile) runs with it on."""
+    import gc
+
+    seen: list[bool] = []
+
+    class Probe:
+        async def apply_policy(self, change, commit) -> None:
+            seen.append(gc.isenabled())
+            await asyncio.sleep(0)
+            seen.append(gc.isenabled())
+            await commit()
+    agent.policy.subscribe(Probe())
+    assert gc.isenabled()
+    await agent.policy.import_rules(_rule("a", {"fromEntities": ["host"]}))
+    await agent.policy.delete_rules([], all=True)
+    assert seen == [True] * 4 and gc.isenabled()
+
+
+async def test_identity_lookup_builds_no_other_identity(agent, monkeypatch) -> None:
+    """`cilium identity get N` looks N up: it does not build every identity
+    (with thousands of CIDR identities of ~33 labels each) to return one."""
+    await agent.policy.import_rules(_rule("a", {"fromCIDR": ["198.51.100.0/24"]}))
+    local = agent.ipcache_map.entries["198.51.100.0/24"]
+    allocated = await agent.allocator.allocate(Labels.parse(["container:id=a"]))
+
+    def everything(*_a, **_kw):
+        raise AssertionError("built every identity to look up one")
+    monkeypatch.setattr(agent.ipcache, "local_identities", everything)
+    monkeypatch.setattr(agent.identities, "identities", everything)
+    assert "cidr:198.51.100.0/24" in agent.identities.identity(local).labels.to_strings()
+    assert agent.identities.identity(allocated.id) == allocated
+    assert agent.identities.identity(reserved.HOST).labels.to_strings() == ["reserved:host"]
+    assert agent.identities.identity(reserved.MIN_ALLOCATED + 999) is None
+
+
+async def test_moved_identity_reaches_the_ipcache_from_a_worker_thread(agent, monkeypatch) -> None:
+    """An identity the allocator moved after a conflict: the endpoint follows
+    it, and the ipcache map writes (one per address, for every endpoint that
+    moved) run off the event loop."""
+    import threading
+
+    a = _endpoint(1, "10.2.0.2", ["container:id=a"])
+    await _created(agent, a)
+    old = a.identity
+    writers: list[str] = []
+    real_upsert = agent.ipcache_map.upsert
+
+    def upsert(prefix: str, identity: int) -> None:
+        writers.append(threading.current_thread().name)
+        real_upsert(prefix, identity)
+    monkeypatch.setattr(agent.ipcache_map, "upsert", upsert)
+    moved = {old: old + 100}
+    real_current = agent.allocator.current
+    monkeypatch.setattr(agent.allocator, "current",
+                        lambda ident: type(ident)(moved.get(ident.id, ident.id), ident.labels)
+                        if ident.id in moved else real_current(ident))
+    await agent.regen.regenerate_all()
+    assert a.identity == old + 100 and agent.ipcache_map.entries["10.2.0.2/32"] == old + 100
+    assert writers and threading.main_thread().name not in writers
+    assert agent.dp.maps.endpoints.entries[101].sec_identity == old + 100

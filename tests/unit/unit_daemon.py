@@ -11,6 +11,7 @@ real Daemon.status is checked on a real agent (tests/e2e/test_etcd_agent.py).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -89,3 +90,12 @@ class UnitDaemon:
         return {"ipv4": {"enabled": True, "ip": str(NODE.router4), "alloc-range": str(NODE.ipv4_range)},
                 "ipv6": {"enabled": True, "ip": str(NODE.router6), "alloc-range": str(NODE.ipv6_range)},
                 "node-ip": NODE.node_ip}
+
+
+async def api_error(resp: Any, status: int) -> str:
+    """The message of an API error reply, after checking its status and body."""
+    text = await resp.text()
+    assert resp.status == status, text
+    body = json.loads(text)
+    assert body["code"] == status
+    return body["message"]

@@ -8,9 +8,10 @@ the offending element, e.g.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
-from typing import Any, Iterable, Iterator
+import textwrap
+from typing import Any, Generator, Iterable, Iterator
 
 from docker_cilium import strictjson
 
@@ -19,76 +20,31 @@ from .errors import PolicyValidationError
 from .rule import Rule
 
 
-def load_json(data: bytes | bytearray | str) -> Any:
-    """Decode JSON, turning decoder errors into a line/column message."""
-    if isinstance(data, (bytes, bytearray)):
-        try:
-            data = bytes(data).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise PolicyValidationError("", f"policy is not valid UTF-8: {exc}") from None
+@contextlib.contextmanager
+def _as_policy_errors() -> Iterator[None]:
+    """strictjson's errors as PolicyValidationError (a decoder error with its line and column)."""
     try:
-        return strictjson.loads(data)
+        yield
+    except strictjson.NotAnArray as exc:
+        raise not_an_array(exc.value) from None
     except json.JSONDecodeError as exc:
         raise PolicyValidationError("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except strictjson.JSONError as exc:
         raise PolicyValidationError("", f"invalid JSON: {exc}") from None
 
 
-_WS = " \t\n\r"
-
-
-def _skip_ws(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _WS:
-        i += 1
-    return i
+def load_json(data: bytes | bytearray | str) -> Any:
+    """Decode a JSON document (strictjson's bounds) or raise PolicyValidationError."""
+    with _as_policy_errors():
+        return strictjson.loads(data)
 
 
 def iter_json_array(data: bytes | bytearray | str) -> Iterator[Any]:
-    """Decode a JSON array one element at a time, so a multi-megabyte policy
-    is decoded in steps the caller can interleave with other work. Errors are
-    :func:`load_json`'s; a document that is not an array is refused."""
-    if isinstance(data, (bytes, bytearray)):
-        try:
-            data = bytes(data).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise PolicyValidationError("", f"policy is not valid UTF-8: {exc}") from None
-    text = data
-    raw = text.encode("utf-8", "surrogatepass")
-    i = _skip_ws(text, 0)
-    if text[i:i + 1] != "[" or strictjson.has_surrogate_escape(raw):
-        yield from rule_items(text)  # load_json's whole-document checks and errors
-        return
-    try:
-        strictjson.check_depth(raw)
-    except strictjson.JSONError as exc:
-        raise PolicyValidationError("", f"invalid JSON: {exc}") from None
-    decoder = strictjson.decoder()
-    try:
-        i = _skip_ws(text, i + 1)
-        if text[i:i + 1] == "]":
-            i += 1
-        else:
-            while True:
-                item, i = decoder.raw_decode(text, i)
-                yield item
-                i = _skip_ws(text, i)
-                if text[i:i + 1] == ",":
-                    i = _skip_ws(text, i + 1)
-                elif text[i:i + 1] == "]":
-                    i += 1
-                    break
-                else:
-                    raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
-        i = _skip_ws(text, i)
-        if i < len(text):
-            raise json.JSONDecodeError("Extra data", text, i)
-    except json.JSONDecodeError as exc:
-        raise PolicyValidationError("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except strictjson.JSONError as exc:
-        raise PolicyValidationError("", f"invalid JSON: {exc}") from None
-    except ValueError:  # int() refused a literal with too many digits
-        raise PolicyValidationError(
-            "", f"invalid JSON: an integer has more than {sys.get_int_max_str_digits()} digits") from None
+    """A policy document's rule items decoded one at a time (strictjson.iter_array),
+    so a multi-megabyte policy is decoded in steps the caller can interleave
+    with other work; errors as :func:`load_json`'s."""
+    with _as_policy_errors():
+        yield from strictjson.iter_array(data)
 
 
 def not_an_array(value: Any) -> PolicyValidationError:
@@ -113,10 +69,21 @@ def parse_rules(data: bytes | bytearray | str | list[Any]) -> list[Rule]:
     return [Rule.from_json(item, f"[{i}]") for i, item in enumerate(rule_items(data))]
 
 
-def rules_to_list(rules: Iterable[Rule]) -> list[dict[str, Any]]:
-    return [r.to_dict() for r in rules]
+def dump_rules_steps(rules: Iterable[Rule]) -> Generator[None, None, str]:
+    """:func:`dump_rules`, yielding after each rule (``Turns.drive`` runs it on the loop)."""
+    parts = []
+    for rule in rules:
+        parts.append(textwrap.indent(json.dumps(rule.to_dict(), indent=2), "  "))
+        yield
+    return "[\n" + ",\n".join(parts) + "\n]" if parts else "[]"
 
 
-def dump_rules(rules: Iterable[Rule], indent: int | None = 2) -> str:
-    """Rules back as the user's JSON shape (``cilium policy get``)."""
-    return json.dumps(rules_to_list(rules), indent=indent)
+def dump_rules(rules: Iterable[Rule]) -> str:
+    """Rules back as the user's JSON shape, indented as Cilium's JSONMarshalRules
+    (``cilium policy get``); the same text as ``json.dumps(..., indent=2)``."""
+    steps = dump_rules_steps(rules)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]

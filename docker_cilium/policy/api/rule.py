@@ -13,6 +13,7 @@ attributes use the neutral names ``endpoints``, ``requires``, ``cidr``,
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -244,6 +245,12 @@ class Rule:
         if self.description:
             out["description"] = self.description
         return out
+
+    @functools.cached_property
+    def compact_json(self) -> str:
+        """The persisted form (compact :meth:`to_dict`), made once per rule:
+        a repository persisted again after an import re-serializes nothing old."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, data: Any, path: str = "") -> "Rule":
