@@ -23,6 +23,7 @@ from docker_cilium.api.app import build_app as build_api
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
 from docker_cilium.datapath.loader import Datapath, compile_datapath
+from docker_cilium.datapath.maps.configmap import parse_monitor_aggregation
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.endpoint.orphans import collect_orphans
 from docker_cilium.endpoint.reconcile import DockerReconciler
@@ -118,6 +119,9 @@ class Daemon:
         obj = await asyncio.to_thread(compile_datapath, out_dir=defaults.bpf_object_dir(cfg.state_dir))
         self.datapath = await asyncio.to_thread(
             Datapath.load, obj, defaults.bpf_pin_root(cfg.bpf_root), defaults.bpf_prog_dir(cfg.bpf_root))
+        assert self.datapath.maps is not None
+        self.datapath.maps.config.set_monitor_aggregation(parse_monitor_aggregation(cfg.monitor_aggregation))
+        self.datapath.maps.config.set_debug(cfg.debug)
 
         self.allocator = IdentityAllocator(self.kvstore, cfg.node_name)
         await self.allocator.start()

@@ -134,5 +134,5 @@ def test_monitor_names_cover_exactly_the_header_values():
         return {v for n, v in defines.items() if n.startswith(prefix)}
     assert set(eventsmap.TRACE_REASONS) == values("TRACE_REASON_")
     assert set(eventsmap.POLICY_MATCH_TYPES) == values("POLICY_MATCH_")
-    assert set(configmap.AGGREGATION_FORMAT) == values("MONITOR_AGGREGATION_")
+    assert set(configmap.AGGREGATION_NAMES) == values("MONITOR_AGGREGATION_")
     assert set(eventsmap.DEBUG_MESSAGES) == values("DBG_")

@@ -27,10 +27,10 @@ _AGGREGATION_NAMES = {"": MONITOR_AGGREGATION_NONE, "none": MONITOR_AGGREGATION_
                       "disabled": MONITOR_AGGREGATION_NONE, "lowest": MONITOR_AGGREGATION_LOWEST,
                       "low": MONITOR_AGGREGATION_LOW, "medium": MONITOR_AGGREGATION_MEDIUM,
                       "max": MONITOR_AGGREGATION_MAX, "maximum": MONITOR_AGGREGATION_MAX}
-# level -> Cilium's display form
-AGGREGATION_FORMAT = {MONITOR_AGGREGATION_NONE: "None", MONITOR_AGGREGATION_LOWEST: "Lowest",
-                      MONITOR_AGGREGATION_LOW: "Low", MONITOR_AGGREGATION_MEDIUM: "Medium",
-                      MONITOR_AGGREGATION_MAX: "Max"}
+# level -> its canonical name (the flag's and the runtime option's spelling)
+AGGREGATION_NAMES = {MONITOR_AGGREGATION_NONE: "none", MONITOR_AGGREGATION_LOWEST: "lowest",
+                     MONITOR_AGGREGATION_LOW: "low", MONITOR_AGGREGATION_MEDIUM: "medium",
+                     MONITOR_AGGREGATION_MAX: "maximum"}
 
 
 def parse_monitor_aggregation(value: object) -> int:
@@ -56,8 +56,9 @@ def parse_monitor_aggregation(value: object) -> int:
                      f"(none, lowest, low, medium, maximum or 0-4)")
 
 
-def format_monitor_aggregation(level: int) -> str:
-    return AGGREGATION_FORMAT.get(level, str(level))
+def canonical_monitor_aggregation(value: object) -> str:
+    """Any accepted spelling -> the canonical name ("MAX", 4 -> "maximum")."""
+    return AGGREGATION_NAMES[parse_monitor_aggregation(value)]
 
 
 class datapath_config(ctypes.Structure):
