@@ -15,17 +15,20 @@ bpftool and iperf3; no agent, no dockerd.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 
 from docker_cilium.datapath.loader import Datapath, compile_datapath, unpin_all
 from docker_cilium import defaults
+from docker_cilium import logging as dc_logging
 from docker_cilium.datapath.maps import configmap as cfg
 from docker_cilium.datapath.maps.eventsmap import NOTIFY_TRACE, EventReader
 from docker_cilium.datapath.maps.policymap import PolicyEntry
@@ -91,13 +94,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     args = ap.parse_args()
+    dc_logging.setup()  # logs to stderr: stdout carries only the figures
     base = os.path.join(defaults.BPFFS_ROOT, f"dcbench-{os.getpid()}-{random.randrange(1 << 30):x}")
     pin_root = defaults.bpf_pin_root(base)
     topo = Topology(str(NETTOOL))
     dp = Datapath.load(compile_datapath(out_dir=tempfile.mkdtemp(prefix="dcbench-bpf-")), pin_root=pin_root)
     server = None
     try:
-        a, b, _c = make_abc(topo, dp)
+        with contextlib.redirect_stdout(sys.stderr):   # its timing lines: stdout is the JSON
+            a, b, _c = make_abc(topo, dp)
         assert dp.maps is not None
         dp.maps.endpoints.upsert(b.endpoint(ingress=True))
         dp.maps.policy.set_endpoint_policy(b.lxc_id, [PolicyEntry(a.identity, "ingress", PORT, "tcp")])
