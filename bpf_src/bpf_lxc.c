@@ -177,8 +177,16 @@ int from_container(struct __sk_buff *skb)
 	if (ct == CT_NEW && f.is_error)
 		ct = ct_lookup_related(skb, &f, now, 1);
 	debug_ct_lookup(skb, &f, lxc_id, CT_EGRESS, ct);
-	if (ct == CT_NEW || (ep->flags & EP_F_EGRESS_ENFORCED))
-		dst_id = dst_ep ? dst_ep->sec_identity : ipcache_identity(&f, &f.daddr);
+	/* The peer's identity: a reply's is the one its entry recorded for the
+	 * originator; others need a lookup, skipped for an established packet
+	 * to the stack that neither policy counters nor a trace will use. */
+	if (dst_ep)
+		dst_id = dst_ep->sec_identity;
+	else if (ct == CT_REPLY)
+		dst_id = ct_src_id;
+	else if (ct == CT_NEW || (ep->flags & EP_F_EGRESS_ENFORCED) ||
+		 trace_wanted(TRACE_TO_STACK, ct, monitor))
+		dst_id = ipcache_identity(&f, &f.daddr);
 	send_trace_notify(skb, TRACE_FROM_LXC, lxc_id, src_id, dst_id, 0, ct, monitor);
 	if (ct == CT_ESTABLISHED) {
 		/* established flows pass without a verdict; the lookups only keep
@@ -293,7 +301,13 @@ int to_container(struct __sk_buff *skb)
 			debug_ct_created(skb, &f, lxc_id, src_id);
 		}
 	} else {
-		src_id = ct_src_id;
+		/* An established packet's entry recorded its sender (the peer);
+		 * a reply's or a related error's records the endpoint's own side,
+		 * so the peer is looked up, only for a trace that will be sent. */
+		if (ct == CT_ESTABLISHED)
+			src_id = ct_src_id;
+		else if (trace_wanted(TRACE_TO_LXC, ct, monitor))
+			src_id = ipcache_identity(&f, &f.saddr);
 		if (ct == CT_ESTABLISHED && (ep->flags & EP_F_INGRESS_ENFORCED))
 			policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len, NULL);  /* counters */
 	}

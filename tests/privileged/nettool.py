@@ -17,7 +17,7 @@ def ping(dst, src=None, timeout=1.0, count=1):
     s = socket.socket(f, socket.SOCK_RAW, proto)
     if src: s.bind((src, 0))
     ident = (os.getpid() ^ int(time.time() * 1000)) & 0xffff
-    ok = 0
+    ok, count = 0, int(count)
     for seq in range(count):
         typ = 128 if f == socket.AF_INET6 else 8
         hdr = struct.pack("!BBHHH", typ, 0, 0, ident, seq) + b"dctest-ping-payload"

@@ -20,6 +20,7 @@ from docker_cilium.datapath.maps.eventsmap import (
     POLICY_MATCH_NONE, TRACE_FROM_LXC, TRACE_REASON_CT_ESTABLISHED, TRACE_REASON_CT_RELATED,
     TRACE_REASON_CT_REPLY, TRACE_REASON_POLICY, TRACE_TO_LXC, TRACE_TO_STACK, DatapathEvent)
 from docker_cilium.datapath.maps.policymap import PolicyEntry
+from docker_cilium.identity.reserved import HOST as IDENTITY_HOST
 
 from tests.privileged.conftest import PYTHON
 
@@ -153,20 +154,51 @@ def test_aggregation_medium_traces_new_connections_and_state_changes_only(topo, 
     assert not [e for e in evs if pkt(e).payload and not pkt(e).tcp_flags & (TCP_FIN | TCP_SYN)]
 
 
+def icmp_traces(evs):
+    return [(e.subtype, e.reason, e.source, e.src_label, e.dst_label, e.dst_id)
+            for e in evs if e.type == NOTIFY_TRACE and pkt(e) and pkt(e).proto == 1]
+
+
 def test_medium_traces_to_stack_reply_and_related(topo, datapath, abc, reader):
     a, b, _ = abc
     datapath.maps.config.set_monitor_aggregation(cfg.MONITOR_AGGREGATION_MEDIUM)
     drain(reader)
     assert topo.ping(a, topo.router4)
-    evs = [e for e in drain(reader) if e.type == NOTIFY_TRACE and pkt(e) and pkt(e).proto == 1]
-    out = [e for e in evs if e.subtype == TRACE_TO_STACK]
-    back = [e for e in evs if e.subtype == TRACE_TO_LXC]
-    assert [(e.reason, e.source, e.src_label) for e in out] == [(TRACE_REASON_POLICY, a.lxc_id, a.identity)]
-    assert [(e.reason, e.source, e.dst_id) for e in back] == [(TRACE_REASON_CT_REPLY, a.lxc_id, a.lxc_id)]
-    # an ICMP port unreachable answering a's UDP datagram is related
+    assert icmp_traces(drain(reader)) == [
+        (TRACE_TO_STACK, TRACE_REASON_POLICY, a.lxc_id, a.identity, IDENTITY_HOST, 0),
+        (TRACE_TO_LXC, TRACE_REASON_CT_REPLY, a.lxc_id, IDENTITY_HOST, a.identity, a.lxc_id)]
+    # ICMP port unreachable answering a's UDP datagram is related, from an
+    # endpoint (from-container) and from the host (to-container)
     assert topo.udp(a, b.ipv4, 7777) == REFUSED
-    evs = between(drain(reader), a, b)
-    assert [e.reason for e in evs if pkt(e).proto == 1] == [TRACE_REASON_CT_RELATED]
+    assert icmp_traces(between(drain(reader), a, b)) == [
+        (TRACE_TO_LXC, TRACE_REASON_CT_RELATED, b.lxc_id, b.identity, a.identity, a.lxc_id)]
+    assert topo.udp(a, topo.router4, 7777) == REFUSED
+    assert icmp_traces(drain(reader)) == [
+        (TRACE_TO_LXC, TRACE_REASON_CT_RELATED, a.lxc_id, IDENTITY_HOST, a.identity, a.lxc_id)]
+
+
+def test_every_established_packet_to_the_stack_is_traced_with_both_identities_at_none(
+        topo, datapath, abc, reader):
+    a, _, _ = abc
+    datapath.maps.config.set_monitor_aggregation(cfg.MONITOR_AGGREGATION_NONE)
+    assert topo.run_tool(a, "ping", topo.router4, "count=3") == OK
+    got = icmp_traces(drain(reader))
+    assert got == [(TRACE_FROM_LXC, state, a.lxc_id, a.identity, IDENTITY_HOST, 0) if i % 3 == 0 else
+                   (TRACE_TO_STACK, state, a.lxc_id, a.identity, IDENTITY_HOST, 0) if i % 3 == 1 else
+                   (TRACE_TO_LXC, TRACE_REASON_CT_REPLY, a.lxc_id, IDENTITY_HOST, a.identity, a.lxc_id)
+                   for i, state in enumerate([TRACE_REASON_POLICY] * 3 + [TRACE_REASON_CT_ESTABLISHED] * 6)]
+
+
+def test_ipv6_traces(topo, datapath, abc, reader):
+    a, b, _ = abc
+    datapath.maps.config.set_monitor_aggregation(cfg.MONITOR_AGGREGATION_MEDIUM)
+    drain(reader)
+    assert topo.ping(a, b.ipv6)
+    evs = [e for e in drain(reader) if e.type == NOTIFY_TRACE and e.data[12:14] == b"\x86\xdd"
+           and e.data[14 + 6] == 58 and e.data[14 + 40] in (128, 129)]     # ICMPv6 echo
+    assert [(e.subtype, e.reason, e.source, e.src_label, e.dst_label, e.dst_id) for e in evs] == [
+        (TRACE_TO_LXC, TRACE_REASON_POLICY, a.lxc_id, a.identity, b.identity, b.lxc_id),
+        (TRACE_TO_LXC, TRACE_REASON_CT_REPLY, b.lxc_id, b.identity, a.identity, a.lxc_id)]
 
 
 PAUSED_CLIENT = """
