@@ -17,13 +17,16 @@ import structlog
 
 from docker_cilium import __version__, defaults
 from docker_cilium.agent.config import DaemonConfig
+from docker_cilium.agent.controllers import Controllers
 from docker_cilium.agent.lock import AgentLock
+from docker_cilium.agent.options import RuntimeOptions, agent_options
 from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
 from docker_cilium.datapath.loader import Datapath, compile_datapath
 from docker_cilium.datapath.maps.configmap import parse_monitor_aggregation
+from docker_cilium.datapath.maps.registry import DatapathMaps
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.endpoint.orphans import collect_orphans
 from docker_cilium.endpoint.reconcile import DockerReconciler
@@ -32,7 +35,7 @@ from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity.allocator import IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
 from docker_cilium.ipam.allocator import IPAM
-from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.ipam.ranges import NodeAddressing, node_element
 from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore import keys, new_backend
 from docker_cilium.kvstore.backend import Backend
@@ -41,6 +44,7 @@ from docker_cilium.plugin.app import build_app as build_plugin
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
 from docker_cilium.policy.manager import PolicyManager
+from docker_cilium.version import version_info
 from docker_cilium.workloads.docker import DockerWatcher
 
 log = structlog.get_logger(__name__)
@@ -63,7 +67,8 @@ class Daemon:
         self._regenerator: Regenerator | None = None
         self.allocator: IdentityAllocator | None = None
         self.datapath: Datapath | None = None
-        self._gc: asyncio.Task[None] | None = None
+        self.controllers = Controllers()
+        self._options: RuntimeOptions | None = None
         self.watcher: DockerWatcher | None = None
         self.servers: list[UnixServer] = []
         self.lock = AgentLock([config.lib_dir, config.state_dir])
@@ -89,6 +94,11 @@ class Daemon:
     def endpoints(self) -> EndpointManager:
         assert self._endpoints is not None
         return self._endpoints
+
+    @property
+    def options(self) -> RuntimeOptions:
+        assert self._options is not None
+        return self._options
 
     async def start(self) -> None:
         t0 = time.perf_counter()
@@ -134,6 +144,10 @@ class Daemon:
         self._identities = IdentityCache(self.allocator, ipcache)
         self._policy = PolicyManager(self.store, ipcache, self._identities, cfg.policy_enforcement)
         await self._policy.start()
+        self._options = RuntimeOptions(self.store)
+        for option in agent_options(self._policy, cfg):
+            self._options.register(option)
+        await self._options.restore()
         self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath)
         self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu,
                                           self._regenerator)
@@ -141,7 +155,7 @@ class Daemon:
         await self._endpoints.restore_datapath()
         await collect_orphans(self.links, self.datapath.maps, self._endpoints.endpoints.values(), self.node)
         self.reconciler = DockerReconciler(self._endpoints, self._ipam, cfg.docker_reconcile_grace)
-        self._gc = asyncio.create_task(self._garbage_collect(), name="gc")
+        self._start_controllers()
 
         self.servers = [
             UnixServer(build_api(self), cfg.socket_path, 0o660, "api"),
@@ -159,25 +173,34 @@ class Daemon:
                  kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
                  endpoints=len(self._endpoints.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000))
 
-    async def _garbage_collect(self, interval: float = 30.0) -> None:
-        """Expire conntrack entries (the kernel never does) and free identities
-        no node references any more; a failure is logged and retried."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if self.datapath is not None and self.datapath.maps is not None:
-                    removed = await asyncio.to_thread(self.datapath.maps.ct.gc)
-                    if removed:
-                        log.debug("ct.gc", removed=removed)
-                if self.allocator is not None:
-                    freed = await self.allocator.gc()
-                    if freed:
-                        log.info("identity.gc", freed=freed)
-            except Exception:
-                log.exception("gc.failed")
+    def _start_controllers(self) -> None:
+        """The agent's periodic loops, as controllers `cilium status` reports."""
+        self.controllers.start("ct-gc", 30.0, self._ct_gc)
+        self.controllers.start("identity-gc", 30.0, self._identity_gc)
+        self.controllers.start("kvstore-health", 15.0, self._kvstore_health, first_run=0.0)
+
+    async def _ct_gc(self) -> None:
+        """Expire conntrack entries (the kernel never does)."""
+        if self.datapath is not None and self.datapath.maps is not None:
+            removed = await asyncio.to_thread(self.datapath.maps.ct.gc)
+            if removed:
+                log.debug("ct.gc", removed=removed)
+
+    async def _identity_gc(self) -> None:
+        """Free identities no node references any more."""
+        assert self.allocator is not None
+        freed = await self.allocator.gc()
+        if freed:
+            log.info("identity.gc", freed=freed)
+
+    async def _kvstore_health(self) -> None:
+        """A read of the health key: a failure history for `cilium status`."""
+        assert self.kvstore is not None
+        await self.kvstore.get(keys.HEALTH)
 
     async def stop(self) -> None:
-        for task in (self._gc, self._reconcile):
+        await self.controllers.stop()
+        for task in (self._reconcile,):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -228,12 +251,30 @@ class Daemon:
                                   (self.watcher.last_error if self.watcher else "") or "not connected"},
             "kubernetes": {"state": "Disabled"},
             "cilium": self._cilium_status(),
-            "ipam": self.ipam.status(),
+            "cilium-version": version_info(),
+            "nodeMonitor": self.monitor_status(),
+            "controllers": self.controllers.models(),
+            "ipam": {**self.ipam.status(), "allocations": {
+                ip: str(rec.get("owner", "")) for ip, rec in self.ipam.allocations().items()}},
             "endpoints": len(self.endpoints.endpoints),
             "identity-pending": identity_pending(self.endpoints.endpoints.values()),
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
         }
+
+    def monitor_status(self) -> dict[str, Any]:
+        """The NodeMonitor line of `cilium status`: ``state`` and ``msg``."""
+        return {"state": "Disabled", "msg": "no monitor reader in this agent"}
+
+    def datapath_maps(self) -> DatapathMaps | None:
+        return self.datapath.maps if self.datapath is not None else None
+
+    def nodes(self) -> dict[str, Any]:
+        """Cilium's ClusterNodeStatus: this node only (no node discovery yet).
+        IPv4 is the node's own address, IPv6 its router address in the node range."""
+        assert self.node is not None
+        return {"self": self.config.node_name, "nodes-added": [node_element(
+            self.config.node_name, self.node, self.config.enable_ipv6)]}
 
     def _cilium_status(self) -> dict[str, str]:
         """Ok, or Warning naming the records restore had to skip."""

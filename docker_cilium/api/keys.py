@@ -8,6 +8,8 @@ from aiohttp import web
 
 if TYPE_CHECKING:  # the daemon builds the API app: no import of its parts at run time
     from docker_cilium.agent.config import DaemonConfig
+    from docker_cilium.agent.options import RuntimeOptions
+    from docker_cilium.datapath.maps.registry import DatapathMaps
     from docker_cilium.endpoint.manager import EndpointManager
     from docker_cilium.identity.cache import IdentityCache
     from docker_cilium.ipam.allocator import IPAM
@@ -37,7 +39,20 @@ class APIDaemon(Protocol):
     @property
     def endpoints(self) -> EndpointManager: ...
 
+    @property
+    def options(self) -> RuntimeOptions:
+        """The runtime options (`cilium config`)."""
+        ...
+
     def host_addressing(self) -> dict[str, Any]: ...
+
+    def nodes(self) -> dict[str, Any]:
+        """Cilium's ClusterNodeStatus (``/v1/cluster/nodes``)."""
+        ...
+
+    def datapath_maps(self) -> DatapathMaps | None:
+        """The pinned maps the agent holds (None without a datapath)."""
+        ...
 
     async def status(self) -> dict[str, Any]:
         """Cilium's StatusResponse (``/v1/healthz``)."""

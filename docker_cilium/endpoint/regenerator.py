@@ -378,9 +378,13 @@ class Regenerator:
             self._unreferenced.discard(ep.id)
 
     async def regenerate(self, ep: Endpoint) -> None:
-        """One endpoint's own settings (PolicyEnforcement) changed."""
+        """One endpoint's own settings (PolicyEnforcement) changed, or an
+        operator asked: its maps from the current policy, its programs attached
+        again (attaching is idempotent)."""
         async with self._lock:
             await self._regenerate(ep, self.identities.identity_labels())
+            if self.dp is not None and self.endpoints.get(ep.id) is ep:
+                await self.dp.attach_async(ep.ifindex)
             self._mark_waiting()
 
     # ---- regeneration -----------------------------------------------------------
