@@ -19,13 +19,13 @@ from docker_cilium import __version__, defaults
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.controllers import Controllers
 from docker_cilium.agent.lock import AgentLock
+from docker_cilium.agent.monitor_options import apply_start_flags, monitor_options
 from docker_cilium.agent.options import RuntimeOptions, agent_options
 from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
 from docker_cilium.datapath.loader import Datapath, compile_datapath
-from docker_cilium.datapath.maps.configmap import parse_monitor_aggregation
 from docker_cilium.datapath.maps.registry import DatapathMaps
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.endpoint.orphans import collect_orphans
@@ -130,8 +130,8 @@ class Daemon:
         self.datapath = await asyncio.to_thread(
             Datapath.load, obj, defaults.bpf_pin_root(cfg.bpf_root), defaults.bpf_prog_dir(cfg.bpf_root))
         assert self.datapath.maps is not None
-        self.datapath.maps.config.set_monitor_aggregation(parse_monitor_aggregation(cfg.monitor_aggregation))
-        self.datapath.maps.config.set_debug(cfg.debug)
+        config_map = self.datapath.maps.config
+        apply_start_flags(config_map, cfg)
 
         self.allocator = IdentityAllocator(self.kvstore, cfg.node_name)
         await self.allocator.start()
@@ -145,7 +145,8 @@ class Daemon:
         self._policy = PolicyManager(self.store, ipcache, self._identities, cfg.policy_enforcement)
         await self._policy.start()
         self._options = RuntimeOptions(self.store)
-        for option in agent_options(self._policy, cfg):
+        for option in [*agent_options(self._policy, cfg, datapath_debug=config_map.set_debug),
+                       *monitor_options(config_map, cfg)]:
             self._options.register(option)
         await self._options.restore()
         self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath)

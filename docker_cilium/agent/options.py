@@ -172,12 +172,16 @@ class RuntimeOptions:
         return applied
 
 
-def agent_options(policy: PolicyManager, cfg: DaemonConfig) -> list[RuntimeOption]:
+def agent_options(policy: PolicyManager, cfg: DaemonConfig,
+                  datapath_debug: Callable[[bool], None] | None = None) -> list[RuntimeOption]:
     """The options every agent has: PolicyEnforcement (persisted by the policy
-    manager with the rules) and Debug (the log level, no restart needed)."""
+    manager with the rules) and Debug (the log level, no restart needed, and
+    through ``datapath_debug`` the datapath's debug events)."""
 
     async def set_debug(value: str) -> None:
         dclog.set_debug(value == ENABLED)
+        if datapath_debug is not None:
+            datapath_debug(value == ENABLED)
 
     return [
         RuntimeOption("PolicyEnforcement", "Policy enforcement mode (default, always, never)",
