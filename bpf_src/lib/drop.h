@@ -25,6 +25,19 @@ static __always_inline void update_metrics(__u8 reason, __u8 dir, __u32 len)
 	}
 }
 
+/* The fields every event type has (the rest of msg stays 0). */
+static __always_inline void notify_init(struct notify_msg *msg, __u8 type, __u8 subtype,
+					__u16 source, __u32 src_label, __u32 dst_label,
+					__u32 dst_id)
+{
+	msg->type = type;
+	msg->subtype = subtype;
+	msg->source = source;
+	msg->src_label = src_label;
+	msg->dst_label = dst_label;
+	msg->dst_id = dst_id;
+}
+
 /* Fill the per-packet part of msg and write it to cilium_events, followed by
  * the first NOTIFY_CAPTURE_LEN bytes of the packet if 'capture'. */
 static __always_inline void notify_output(struct __sk_buff *skb, struct notify_msg *msg,
@@ -53,12 +66,7 @@ static __always_inline int send_drop_notify(struct __sk_buff *skb, __u8 reason, 
 	struct notify_msg msg = {};
 
 	update_metrics(reason, dir, skb->len);
-	msg.type = NOTIFY_DROP;
-	msg.subtype = reason;
-	msg.source = source;
-	msg.src_label = src_label;
-	msg.dst_label = dst_label;
-	msg.dst_id = dst_id;
+	notify_init(&msg, NOTIFY_DROP, reason, source, src_label, dst_label, dst_id);
 	msg.direction = dir;
 	notify_output(skb, &msg, 1);
 	return TC_ACT_SHOT;

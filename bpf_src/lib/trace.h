@@ -57,12 +57,7 @@ static __always_inline void send_trace_notify(struct __sk_buff *skb, __u8 obs_po
 
 	if (!trace_wanted(obs_point, ct, monitor))
 		return;
-	msg.type = NOTIFY_TRACE;
-	msg.subtype = obs_point;
-	msg.source = source;
-	msg.src_label = src_label;
-	msg.dst_label = dst_label;
-	msg.dst_id = dst_id;
+	notify_init(&msg, NOTIFY_TRACE, obs_point, source, src_label, dst_label, dst_id);
 	msg.reason = ct;
 	notify_output(skb, &msg, 1);
 }
@@ -77,11 +72,7 @@ static __always_inline void send_policy_verdict_notify(struct __sk_buff *skb, co
 {
 	struct notify_msg msg = {};
 
-	msg.type = NOTIFY_POLICY_VERDICT;
-	msg.source = source;
-	msg.src_label = src_label;
-	msg.dst_label = dst_label;
-	msg.dst_id = dst_id;
+	notify_init(&msg, NOTIFY_POLICY_VERDICT, 0, source, src_label, dst_label, dst_id);
 	msg.direction = dir;
 	msg.match_type = match;
 	msg.verdict = verdict;
@@ -104,9 +95,7 @@ static __always_inline void send_debug(struct __sk_buff *skb, __u16 source, __u8
 
 	if (!debug_enabled())
 		return;
-	msg.type = NOTIFY_DEBUG;
-	msg.subtype = type;
-	msg.source = source;
+	notify_init(&msg, NOTIFY_DEBUG, type, source, 0, 0, 0);
 	msg.arg1 = arg1;
 	msg.arg2 = arg2;
 	msg.arg3 = arg3;

@@ -4,12 +4,9 @@ every packet: tests/privileged/test_monitor_events.py), through restarts."""
 
 from __future__ import annotations
 
-import pytest
-
 from docker_cilium import defaults
 from docker_cilium.datapath.maps import configmap as cfg
 from docker_cilium.datapath.maps.registry import DatapathMaps
-from tests.e2e.conftest import cleanup_bpf, cleanup_docker, cleanup_host, iptables_leaks
 from tests.helpers import Agent
 
 
@@ -23,22 +20,12 @@ def pinned(agent: Agent) -> tuple[int, bool]:
         maps.close()
 
 
-@pytest.fixture
-def low_agent(dockerd, tmp_path_factory):
-    cleanup_host()
-    a = Agent(tmp_path_factory.mktemp("agent"), extra=["--monitor-aggregation", "low"])
-    try:
-        yield a
-    finally:
-        cleanup_docker()
-        a.stop()
-        cleanup_host()
-        cleanup_bpf(a.bpf_root)
-    assert iptables_leaks() == [], "agent cleanup left iptables rules behind"
-
-
-def test_flag_runtime_option_and_restarts(low_agent):
-    a = low_agent.start()                       # Agent always passes --debug
+def test_flag_runtime_option_and_restarts(agent):
+    a = agent                                   # this module's agent, defaults: medium, --debug
+    assert pinned(a) == (cfg.MONITOR_AGGREGATION_MEDIUM, True)
+    a.stop()
+    a.extra = ["--monitor-aggregation", "low"]
+    a.start()
     assert pinned(a) == (cfg.MONITOR_AGGREGATION_LOW, True)
     assert a.cli_json("config")["options"]["MonitorAggregation"] == "low"
 
