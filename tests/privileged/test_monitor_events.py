@@ -326,3 +326,25 @@ def test_debug_events_only_with_the_debug_flag(topo, datapath, abc, reader):
     assert f"Attempting local delivery for container id {b.lxc_id} from seclabel {a.identity}" in msgs
     assert f"Policy evaluation would deny packet from {a.identity} to {b.identity}" in msgs
     assert all(e.len_cap == 0 and e.data == b"" for e in dbg)
+
+
+def test_batching_reader_gets_sparse_events_by_consume_and_every_event(topo, datapath, abc):
+    a, b, c = abc
+    maps = datapath.maps
+    reader = maps.event_reader(page_cnt=256, wakeup_events=64)   # a fresh ring counts from 0
+    try:
+        maps.config.set_monitor_aggregation(cfg.MONITOR_AGGREGATION_NONE)
+        # one drop: too few events to wake the reader, but consume() has it
+        maps.endpoints.upsert(c.endpoint(ingress=True))
+        maps.policy.set_endpoint_policy(c.lxc_id, [])
+        assert not topo.ping(a, c.ipv4)
+        assert not [e for e in reader.poll(300) if e.type == NOTIFY_DROP]
+        assert [e.subtype for e in reader.consume() if e.type == NOTIFY_DROP] == [DROP_POLICY]
+        # a connection's worth of traces: every one arrives
+        topo.serve(b, PORT)
+        assert topo.tcp(a, b.ipv4, PORT) == OK
+        evs = between(reader.poll(300) + reader.consume(), a, b)
+        n = ct_packets(maps, a, b)
+        assert len([e for e in evs if e.subtype == TRACE_FROM_LXC]) == n >= 7 and reader.lost == 0
+    finally:
+        reader.close()
