@@ -23,7 +23,9 @@
 #include "lib/trace.h"
 
 /* ARP from a container: well-formed Ethernet/IPv4 request or reply whose
- * sender is the endpoint itself (its MAC and its IPv4). 0 or a drop reason. */
+ * sender is the endpoint itself (its MAC and its IPv4), or an ARP probe
+ * (RFC 5227: a request with sender IP 0.0.0.0, which no receiver caches)
+ * from the endpoint's MAC. 0 or a drop reason. */
 static __always_inline int arp_check(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
 	__u8 arp[28] __attribute__((aligned(4)));	/* header, sha, spa, tha, tpa */
@@ -38,7 +40,7 @@ static __always_inline int arp_check(struct __sk_buff *skb, const struct endpoin
 	if (eth_addrcmp(&arp[8], ep->mac))
 		return DROP_INVALID_SMAC;
 	__builtin_memcpy(&spa, &arp[14], 4);
-	if (!ep->ipv4 || spa != ep->ipv4)
+	if (!ep->ipv4 || (spa != ep->ipv4 && !(spa == 0 && arp[7] == 1)))
 		return DROP_INVALID_SIP;
 	return 0;
 }
@@ -50,7 +52,7 @@ static __always_inline int nd_is_link_local(const struct flow *f)
 {
 	if (ipv6_addr_is_linklocal(&f->daddr))
 		return 1;
-	if (f->daddr.addr[0] == 0xff && (f->daddr.addr[1] & 0x0f) == 0x02)
+	if (ipv6_addr_is_multicast(&f->daddr) && (f->daddr.addr[1] & 0x0f) == 0x02)
 		return 1;
 	return ipcache_identity(f, &f->daddr) == IDENTITY_HOST;
 }
@@ -66,6 +68,18 @@ static __always_inline int parse_ip(struct __sk_buff *skb, __u16 proto, struct f
 		return ipv6_parse_hdr(skb, ETH_HLEN, f, 0);
 #endif
 	return 1;	/* not IP */
+}
+
+/* A first fragment is being forwarded: now (not while parsing, before
+ * anti-spoofing and policy) its datagram's later fragments get its ports. */
+static __always_inline void frag_record(const struct flow *f)
+{
+	if (!f->frag_first)
+		return;
+	if (f->family == 4)
+		ipv4_frag_record(f);
+	else
+		ipv6_frag_record(f);
 }
 
 /* Deliver to a local endpoint: route (MACs, TTL) and hand the packet straight
@@ -227,6 +241,7 @@ int from_container(struct __sk_buff *skb)
 		}
 	}
 
+	frag_record(&f);
 	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
 	if (dst_ep) {
 		send_trace_notify(skb, TRACE_TO_LXC, lxc_id, src_id, dst_ep->sec_identity,
@@ -266,12 +281,14 @@ int to_container(struct __sk_buff *skb)
 					dst_id, lxc_id);
 
 	if (f.family == 6) {
-		/* ND and MLD from the host side pass as such; every other IPv6
-		 * packet, link-local or not, goes through conntrack and policy. */
+		/* ND and MLD from the host side pass as such (MLD from a
+		 * link-local source, or the unspecified one while the host's
+		 * address is tentative, RFC 3590); every other IPv6 packet,
+		 * link-local or not, goes through conntrack and policy. */
 		if (f.is_nd && ipv6_hoplimit_is_255(skb))
 			return TC_ACT_OK;
 		if (f.nexthdr == IPPROTO_ICMPV6 && icmp6_is_mld(f.icmp_type) &&
-		    ipv6_addr_is_linklocal(&f.saddr))
+		    (ipv6_addr_is_linklocal(&f.saddr) || ipv6_addr_is_zero(&f.saddr)))
 			return TC_ACT_OK;
 	}
 
@@ -312,6 +329,7 @@ int to_container(struct __sk_buff *skb)
 			policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len, NULL);  /* counters */
 	}
 
+	frag_record(&f);
 	update_metrics(REASON_FORWARDED, METRIC_INGRESS, len);
 	send_trace_notify(skb, TRACE_TO_LXC, lxc_id, src_id, dst_id, lxc_id, ct, monitor);
 	send_debug(skb, lxc_id, DBG_LOCAL_DELIVERY, lxc_id, src_id, 0);

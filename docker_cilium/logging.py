@@ -14,8 +14,6 @@ from typing import Any
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
-           "error": logging.ERROR, "exception": logging.ERROR, "critical": logging.CRITICAL}
 #: Records kept for `cilium debuginfo`: the last ones logged at the current level.
 RECENT_MAX = 200
 
@@ -34,12 +32,20 @@ def debug_enabled() -> bool:
     return _State.level <= logging.DEBUG
 
 
-def _filter_level(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
-    # A processor rather than a filtering wrapper class: cached loggers keep
-    # their wrapper, so only a processor sees a level changed at run time.
-    if _LEVELS.get(method, logging.INFO) < _State.level:
-        raise structlog.DropEvent
-    return event
+class _BoundLogger(structlog.make_filtering_bound_logger(logging.DEBUG)):  # type: ignore[misc]
+    """Cached loggers keep their wrapper class, so the level a runtime change
+    sets is read on each call; the only level that changes is debug's (Debug
+    option), and a disabled debug call returns before building any record."""
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if _State.level > logging.DEBUG:
+            return None
+        return super().debug(event, *args, **kw)
+
+    async def adebug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if _State.level > logging.DEBUG:
+            return None
+        return await super().adebug(event, *args, **kw)
 
 
 def _remember(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +71,6 @@ def setup(debug: bool = False, fmt: str = "auto") -> None:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
         processors=[
-            _filter_level,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -73,7 +78,7 @@ def setup(debug: bool = False, fmt: str = "auto") -> None:
             _remember,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        wrapper_class=_BoundLogger,
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )

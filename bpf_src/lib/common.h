@@ -320,16 +320,22 @@ struct ipv6_frag_id {
 	__u8  daddr[16];
 };
 
-/* value of both fragment maps: the first fragment's L4 "ports" */
+/* value of both fragment maps: the first fragment's L4 "ports" and L4
+ * protocol (an IPv6 datagram is keyed by the Fragment header's next header,
+ * which a Destination Options header may still follow) */
 struct frag_l4ports {
 	__u16 sport;
 	__u16 dport;
+	__u8  nexthdr;
+	__u8  pad[3];
 };
 
 /* cilium_ct_budget (ARRAY indexed by lxc_id) */
 struct ct_budget {
 	__u32 window_start;	/* seconds of CLOCK_MONOTONIC */
-	__u32 count;		/* unreplied entries created in this window */
+	__s32 count;		/* unreplied entries created in this window, less
+				 * refunds (negative after a reset: refunds of
+				 * entries the last window created) */
 };
 
 /* cilium_metrics (per-CPU) */
@@ -390,7 +396,10 @@ struct flow {
 	__u8  is_echo;		/* ICMP echo: port semantics are wildcard-only */
 	__u8  is_error;		/* ICMP error: inner tuple in 'inner' */
 	__u8  is_nd;		/* ICMPv6 neighbour discovery */
-	__u8  pad;
+	__u8  frag_first;	/* first fragment: record its ports once forwarded */
+	__u32 frag_id;		/* IP id (IPv4) / Fragment header id (IPv6), network order */
+	__u8  frag_nexthdr;	/* IPv6: the Fragment header's next header */
+	__u8  pad2[3];
 };
 
 #define TCP_FLAG_FIN	0x01

@@ -114,6 +114,21 @@ static __always_inline int ct_budget_take(__u16 lxc_id, __u32 now)
 	return 1;
 }
 
+/* Give one unit back to lxc_id. No "count > 0" check: check-then-decrement
+ * races (two CPUs refunding the last unit) and an unsigned count wrapped to
+ * 4 billion locked the endpoint out for the rest of the window. The count is
+ * signed: it goes negative when entries of the previous window get their
+ * first reply after a reset; the units it lends match entries that stopped
+ * being unreplied, so the bound on unreplied entries holds. */
+static __always_inline void ct_budget_give(__u16 lxc_id)
+{
+	__u32 key = lxc_id;
+	struct ct_budget *b = bpf_map_lookup_elem(&cilium_ct_budget, &key);
+
+	if (b)
+		__sync_fetch_and_add(&b->count, -1);
+}
+
 /* The first reply of an entry gives its unit back to the endpoint it was
  * charged to: the originator for CT_EGRESS entries, the originator's peer
  * for CT_INGRESS ones. 'f' is the reply, so the roles are swapped. */
@@ -121,15 +136,9 @@ static __always_inline void ct_budget_refund(const struct flow *f, __u8 key_flag
 {
 	const union v6addr *owner = key_flags == CT_EGRESS ? &f->daddr : &f->saddr;
 	struct endpoint_info *ep = lookup_lxc(f, owner);
-	struct ct_budget *b;
-	__u32 key;
 
-	if (!ep)
-		return;
-	key = ep->lxc_id;
-	b = bpf_map_lookup_elem(&cilium_ct_budget, &key);
-	if (b && b->count > 0)
-		__sync_fetch_and_add(&b->count, -1);
+	if (ep)
+		ct_budget_give(ep->lxc_id);
 }
 
 /* Account a packet of entry e and move its lifetime; returns 1 if this was
@@ -245,15 +254,12 @@ static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct
 	/* The quoted packet must have been sent by the error's recipient:
 	 * otherwise anyone who knows a tracked tuple could use forged errors
 	 * to reach any destination past policy. */
-	if (inner.saddr.p32[0] != f->daddr.p32[0] || inner.saddr.p32[1] != f->daddr.p32[1] ||
-	    inner.saddr.p32[2] != f->daddr.p32[2] || inner.saddr.p32[3] != f->daddr.p32[3])
+	if (!ipv6_addr_equals(&inner.saddr, f->daddr.addr))	/* IPv4: p32[0], rest 0 */
 		return CT_NEW;
 	/* ...and, from an endpoint, sent to the error's sender: otherwise a
 	 * container could inject errors into flows between two others. Errors
 	 * arriving from the host side may come from any router on the path. */
-	if (from_endpoint &&
-	    (inner.daddr.p32[0] != f->saddr.p32[0] || inner.daddr.p32[1] != f->saddr.p32[1] ||
-	     inner.daddr.p32[2] != f->saddr.p32[2] || inner.daddr.p32[3] != f->saddr.p32[3]))
+	if (from_endpoint && !ipv6_addr_equals(&inner.daddr, f->saddr.addr))
 		return CT_NEW;
 	if (ct_lookup_live(&inner, 0, CT_EGRESS, now) ||
 	    ct_lookup_live(&inner, 0, CT_INGRESS, now) ||
@@ -313,7 +319,11 @@ static __always_inline int ct_create(const struct flow *f, __u8 dir, __u32 src_s
 		k.flags = dir;
 		ret = bpf_map_update_elem(&cilium_ct6, &k, &e, BPF_ANY);
 	}
-	return ret < 0 ? DROP_CT_CREATE_FAILED : 0;
+	if (ret < 0) {
+		ct_budget_give(lxc_id);	/* no entry: nothing to charge */
+		return DROP_CT_CREATE_FAILED;
+	}
+	return 0;
 }
 
 #endif /* __LIB_CONNTRACK_H_ */

@@ -40,6 +40,9 @@ from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore import keys, new_backend
 from docker_cilium.kvstore.backend import Backend
 from docker_cilium.kvstore.sqlite import SQLiteBackend
+from docker_cilium.metrics import AgentMetrics
+from docker_cilium.metrics.kvstore import MeteredBackend
+from docker_cilium.metrics.server import MetricsServer
 from docker_cilium.plugin.app import build_app as build_plugin
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
@@ -74,6 +77,8 @@ class Daemon:
         self.lock = AgentLock([config.lib_dir, config.state_dir])
         self.reconciler: DockerReconciler | None = None
         self._reconcile: asyncio.Task[None] | None = None
+        self.metrics = AgentMetrics()
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def ipam(self) -> IPAM:
@@ -111,7 +116,7 @@ class Daemon:
             ensure_socket_free(path)
         self.store = SQLiteBackend(os.path.join(cfg.lib_dir, "node-state.db"))
         await self.store.connect()
-        self.kvstore = new_backend(cfg.kvstore, cfg.kvstore_opts, cfg.lib_dir)
+        self.kvstore = MeteredBackend(new_backend(cfg.kvstore, cfg.kvstore_opts, cfg.lib_dir), self.metrics)
         await self.kvstore.connect()
 
         node_ip = await self.links.first_global_ipv4()
@@ -132,6 +137,7 @@ class Daemon:
         assert self.datapath.maps is not None
         config_map = self.datapath.maps.config
         apply_start_flags(config_map, cfg)
+        self.metrics.set_datapath_reader(self.datapath.maps.metrics.dump)
 
         self.allocator = IdentityAllocator(self.kvstore, cfg.node_name)
         await self.allocator.start()
@@ -145,11 +151,11 @@ class Daemon:
         self._policy = PolicyManager(self.store, ipcache, self._identities, cfg.policy_enforcement)
         await self._policy.start()
         self._options = RuntimeOptions(self.store)
-        for option in [*agent_options(self._policy, cfg, datapath_debug=config_map.set_debug),
-                       *monitor_options(config_map, cfg)]:
+        for option in [*agent_options(self._policy, cfg, config_map), *monitor_options(config_map, cfg)]:
             self._options.register(option)
         await self._options.restore()
-        self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath)
+        self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath,
+                                        observer=self.metrics)
         self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu,
                                           self._regenerator)
         await self._endpoints.restore()
@@ -159,12 +165,15 @@ class Daemon:
         self._start_controllers()
 
         self.servers = [
-            UnixServer(build_api(self), cfg.socket_path, 0o660, "api"),
+            UnixServer(build_api(self, self.metrics), cfg.socket_path, 0o660, "api"),
             UnixServer(build_plugin(NetworkDriver(self._endpoints), IpamDriver(self._ipam)),
                        cfg.plugin_socket, 0o600, "docker-plugin"),
         ]
         for server in self.servers:
             await server.start()
+        if cfg.prometheus_serve_addr:
+            self.metrics_server = MetricsServer(self.metrics, cfg.prometheus_serve_addr)
+            await self.metrics_server.start()
         self.watcher = DockerWatcher(cfg.docker_socket, lambda nid: nid in self.endpoints.networks,
                                      self._endpoints.update_container, self.iptables.ensure_nat_first)
         self.watcher.start()
@@ -208,6 +217,8 @@ class Daemon:
                     await task
         if self.watcher:
             await self.watcher.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         for server in reversed(self.servers):
             await server.stop()
         if self._regenerator is not None:

@@ -13,7 +13,17 @@ from docker_cilium import logging as dclog
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.daemon import Daemon
 from docker_cilium.datapath.maps.configmap import canonical_monitor_aggregation
+from docker_cilium.metrics.server import parse_serve_addr
 from docker_cilium.policy.resolve import ENFORCEMENT_MODES
+
+
+def _serve_addr(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value:
+        try:
+            parse_serve_addr(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _opts(values: tuple[str, ...]) -> dict[str, str]:
@@ -59,6 +69,8 @@ def _aggregation_level(_ctx: click.Context, _param: click.Parameter, value: str)
 @click.option("--docker-reconcile-grace", type=click.FloatRange(min=0), default=60.0,
               help="Seconds an address or endpoint restored at start must be old before it is released "
                    "when dockerd does not know it")
+@click.option("--prometheus-serve-addr", default="", callback=_serve_addr,
+              help="Serve Prometheus metrics on HOST:PORT (/metrics; :PORT for every interface); off when empty")
 @click.option("--monitor-aggregation", default="medium", callback=_aggregation_level,
               help="Level of monitor aggregation for traces from the datapath: none, lowest, low, "
                    "medium (traces of new connections and state changes only) or maximum")

@@ -1,11 +1,11 @@
-"""The datapath's monitor settings as runtime options: ``MonitorAggregation``
-(``--monitor-aggregation``) and the datapath half of ``Debug`` (debug events).
+"""``MonitorAggregation`` (``--monitor-aggregation``) as a runtime option.
 
-Both live in ``cilium_config``, which the programs read on every packet, so a
-change takes effect on the next packet without recompiling or reattaching.
-The map is the one source of the live value (``current`` reads it back), and
-it is pinned: an agent restart writes the flag value first, then the
-options registry re-applies a persisted change (agent/options.py)."""
+The level lives in ``cilium_config``, which the programs read on every
+packet, so a change takes effect on the next packet without recompiling or
+reattaching. The map is the one source of the live value (``current`` reads
+it back), and it is pinned: an agent start writes the flag value first, then
+the options registry re-applies a persisted change (agent/options.py, which
+also drives the map's debug flag from the ``Debug`` option)."""
 
 from __future__ import annotations
 
@@ -27,14 +27,11 @@ class MonitorConfigMap(Protocol):
 
     def set_monitor_aggregation(self, level: int) -> None: ...
 
-    def set_debug(self, enabled: bool) -> None: ...
-
 
 def apply_start_flags(config_map: MonitorConfigMap, cfg: DaemonConfig) -> None:
-    """The flag values, written before the registry restores saved changes
-    (pinned values of a previous run never outlive their flags)."""
+    """The flag's level, written before the registry restores a saved change
+    (a pinned value of a previous run never outlives its flag)."""
     config_map.set_monitor_aggregation(parse_monitor_aggregation(cfg.monitor_aggregation))
-    config_map.set_debug(cfg.debug)
 
 
 def monitor_options(config_map: MonitorConfigMap, cfg: DaemonConfig) -> list[RuntimeOption]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import structlog
 
 from docker_cilium import logging as dclog
+from docker_cilium.datapath.maps.configmap import CFG_F_DEBUG, ConfigMap
 from docker_cilium.errors import BadRequest
 from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
@@ -62,7 +63,9 @@ class RuntimeOption:
     """``flag``: the value the start flags give; ``current``: the live value;
     ``apply``: make a (parsed) value live. ``persist=False`` for an option
     whose owner already persists it (PolicyEnforcement: the policy manager
-    stores it with the rules)."""
+    stores it with the rules). ``reapply``: the value is also held by
+    something that outlives the agent (a pinned BPF map), so the start
+    writes it once even when nothing changed."""
 
     name: str
     description: str
@@ -71,6 +74,7 @@ class RuntimeOption:
     current: Callable[[], str]
     apply: Callable[[str], Awaitable[None]]
     persist: bool = True
+    reapply: bool = False
 
 
 class RuntimeOptions:
@@ -135,6 +139,13 @@ class RuntimeOptions:
 
         A record that cannot be read, or a value an option no longer accepts,
         is logged and skipped: the flag value stays."""
+        applied = await self._restore_saved()
+        for name, opt in self._options.items():
+            if opt.reapply and name not in applied:
+                await opt.apply(opt.current())
+        return applied
+
+    async def _restore_saved(self) -> dict[str, str]:
         raw = await self.store.get(keys.RUNTIME_OPTIONS)
         if raw is None:
             return {}
@@ -162,7 +173,7 @@ class RuntimeOptions:
                 log.warning("config.restore.bad_value", option=name, error=str(exc))
                 continue
             self._saved[name] = {"value": value, "flag": rec["flag"]}
-            if opt.current() != value:
+            if opt.current() != value or opt.reapply:
                 await opt.apply(value)
             applied[name] = value
         if dropped:
@@ -173,15 +184,17 @@ class RuntimeOptions:
 
 
 def agent_options(policy: PolicyManager, cfg: DaemonConfig,
-                  datapath_debug: Callable[[bool], None] | None = None) -> list[RuntimeOption]:
+                  config_map: ConfigMap | None = None) -> list[RuntimeOption]:
     """The options every agent has: PolicyEnforcement (persisted by the policy
-    manager with the rules) and Debug (the log level, no restart needed, and
-    through ``datapath_debug`` the datapath's debug events)."""
+    manager with the rules) and Debug: the agent's log level and the
+    datapath's CFG_F_DEBUG flag in ``config_map`` (debug events), no restart."""
 
     async def set_debug(value: str) -> None:
-        dclog.set_debug(value == ENABLED)
-        if datapath_debug is not None:
-            datapath_debug(value == ENABLED)
+        enabled = value == ENABLED
+        dclog.set_debug(enabled)
+        if config_map is not None:  # one small map write: no worker thread
+            flags = config_map.get().flags
+            config_map.set_flags((flags | CFG_F_DEBUG) if enabled else (flags & ~CFG_F_DEBUG))
 
     return [
         RuntimeOption("PolicyEnforcement", "Policy enforcement mode (default, always, never)",
@@ -190,5 +203,6 @@ def agent_options(policy: PolicyManager, cfg: DaemonConfig,
                       apply=policy.set_enforcement, persist=False),
         RuntimeOption("Debug", "Debug-level agent logging", parse=parse_bool,
                       flag=lambda: ENABLED if cfg.debug else DISABLED,
-                      current=lambda: ENABLED if dclog.debug_enabled() else DISABLED, apply=set_debug),
+                      current=lambda: ENABLED if dclog.debug_enabled() else DISABLED, apply=set_debug,
+                      reapply=config_map is not None),
     ]

@@ -10,6 +10,7 @@ from docker_cilium.cli.config import config
 from docker_cilium.cli.debuginfo import debuginfo
 from docker_cilium.cli.endpoint import endpoint
 from docker_cilium.cli.identity import identity
+from docker_cilium.cli.metrics import metrics
 from docker_cilium.cli.node import node
 from docker_cilium.cli.policy import policy
 from docker_cilium.cli.status import status, version
@@ -24,7 +25,7 @@ def cli(ctx: click.Context, host: str, output: str) -> None:
     ctx.obj = Context(host, output)
 
 
-for command in (bpf, endpoint, identity, policy, status, config, version, debuginfo, node):
+for command in (bpf, endpoint, identity, metrics, policy, status, config, version, debuginfo, node):
     cli.add_command(command)
 
 

@@ -28,6 +28,7 @@ from docker_cilium.datapath.maps.lxcmap import EndpointInfo
 from docker_cilium.datapath.maps.policymap import PolicyEntry as MapPolicyEntry
 from docker_cilium.endpoint.datapath import EndpointDatapath, EndpointMaps
 from docker_cilium.endpoint.model import Endpoint, State
+from docker_cilium.endpoint.timing import RegenerationObserver, timed_regeneration
 from docker_cilium.identity import reserved
 from docker_cilium.identity.allocator import Identity, IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
@@ -60,12 +61,14 @@ class Regenerator:
 
     def __init__(self, policy: PolicyManager, allocator: IdentityAllocator, identities: IdentityCache,
                  ipcache: IPCache, datapath: EndpointDatapath | None, *,
-                 retry_base: float = RETRY_BASE_S, retry_max: float = RETRY_MAX_S) -> None:
+                 retry_base: float = RETRY_BASE_S, retry_max: float = RETRY_MAX_S,
+                 observer: RegenerationObserver | None = None) -> None:
         self.policy = policy
         self.allocator = allocator
         self.identities = identities
         self.ipcache = ipcache
         self.dp = datapath
+        self.observer = observer
         self.endpoints: dict[int, Endpoint] = {}
         # The identity each endpoint holds: the one in its maps and the ipcache.
         self._ep_identity: dict[int, Identity] = {}
@@ -102,6 +105,7 @@ class Regenerator:
         the change the repository's; if a write or the commit fails, the
         endpoints already written get their previous entries back."""
         async with self._lock:
+            t0 = time.perf_counter()
             self._follow_moved_identities()
             eps = [ep for ep in self.endpoints.values() if ep.state not in (State.DISCONNECTING, State.DISCONNECTED)]
             pols = await self._resolve_all(eps, change)
@@ -111,6 +115,8 @@ class Regenerator:
                 await self._write_all(eps, pols, commit)
             for ep in eps:
                 self._regenerated(ep, pols[ep.id])
+                if self.observer is not None:  # each endpoint waited for the whole batch
+                    self.observer.endpoint_regenerated(time.perf_counter() - t0, True)
             self._mark_waiting()
 
     async def _resolve_all(self, eps: list[Endpoint], state: PolicyState) -> dict[int, EndpointPolicy]:
@@ -365,6 +371,7 @@ class Regenerator:
                 maps = self._maps()
                 maps.endpoints.delete(ep.ifindex, ep.ipv4, ep.ipv6)
                 maps.policy.delete_endpoint(ep.id)
+                maps.ct_budget.reset(ep.id)  # ids are reused: the next one starts afresh
             self.ipcache.delete_endpoint(ep.id, ips)
             if self.dp is not None:
                 # A later container on the same address must not inherit these
@@ -406,6 +413,7 @@ class Regenerator:
         labels, mode = self.policy_subject(ep, state)
         return resolve(state.repo, labels, identities, state.mode_for(mode))
 
+    @timed_regeneration
     async def _regenerate(self, ep: Endpoint, identities: Mapping[int, list[str]]) -> None:
         """One endpoint under the current policy. All or nothing: if its new
         policy does not fit its map (PolicyMapFull names the endpoint and the

@@ -1,36 +1,29 @@
-"""MonitorAggregation and the datapath half of Debug as runtime options
-(agent/monitor_options.py) on the options registry, against a config map fake
-(the real map: tests/e2e/test_monitor_aggregation.py)."""
+"""MonitorAggregation as a runtime option (agent/monitor_options.py) on the
+options registry, against a config map fake (the real map:
+tests/e2e/test_monitor_aggregation.py; Debug's datapath flag:
+tests/unit/test_runtime_options.py)."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.monitor_options import apply_start_flags, monitor_options
-from docker_cilium.agent.options import RuntimeOptions, agent_options
+from docker_cilium.agent.options import RuntimeOptions
 from docker_cilium.datapath.maps import configmap as cfg
 from docker_cilium.errors import BadRequest
-from docker_cilium import logging as dclog
 
 
 class FakeConfigMap:
     """cilium_config[0] as two integers; records every write."""
 
-    def __init__(self, level: int = 0, debug: bool = False) -> None:
+    def __init__(self, level: int = 0) -> None:
         self.monitor_aggregation = level
-        self.debug = debug
-        self.writes: list[tuple[str, object]] = []
+        self.writes: list[int] = []
 
     def set_monitor_aggregation(self, level: int) -> None:
         self.monitor_aggregation = level
-        self.writes.append(("level", level))
-
-    def set_debug(self, enabled: bool) -> None:
-        self.debug = enabled
-        self.writes.append(("debug", enabled))
+        self.writes.append(level)
 
 
 async def _registry(store, cmap: FakeConfigMap, conf: DaemonConfig) -> RuntimeOptions:
@@ -43,9 +36,9 @@ async def _registry(store, cmap: FakeConfigMap, conf: DaemonConfig) -> RuntimeOp
 
 
 async def test_start_flag_is_written_over_a_pinned_value(store):
-    cmap = FakeConfigMap(level=cfg.MONITOR_AGGREGATION_NONE, debug=True)  # left by an earlier run
+    cmap = FakeConfigMap(level=cfg.MONITOR_AGGREGATION_NONE)  # left by an earlier run
     opts = await _registry(store, cmap, DaemonConfig(monitor_aggregation="maximum"))
-    assert (cmap.monitor_aggregation, cmap.debug) == (cfg.MONITOR_AGGREGATION_MAX, False)
+    assert cmap.monitor_aggregation == cfg.MONITOR_AGGREGATION_MAX
     assert opts.values() == {"MonitorAggregation": "maximum"}
 
 
@@ -76,20 +69,3 @@ async def test_bad_level_is_a_400_and_the_map_is_untouched(store, value, message
     with pytest.raises(BadRequest, match=message):
         await opts.set({"MonitorAggregation": value})
     assert cmap.writes == writes
-
-
-async def test_debug_option_switches_datapath_debug_events(store):
-    cmap = FakeConfigMap()
-    conf = DaemonConfig()
-    apply_start_flags(cmap, conf)
-    opts = RuntimeOptions(store)
-    policy = SimpleNamespace(enforcement="default", set_enforcement=None)  # PolicyEnforcement: untouched
-    for option in agent_options(policy, conf, datapath_debug=cmap.set_debug):  # type: ignore[arg-type]
-        opts.register(option)
-    try:
-        await opts.set({"Debug": "true"})
-        assert cmap.debug and dclog.debug_enabled()
-        await opts.set({"Debug": "false"})
-        assert not cmap.debug and not dclog.debug_enabled()
-    finally:
-        dclog.set_debug(False)
