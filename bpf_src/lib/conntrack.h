@@ -34,6 +34,11 @@ enum {
 	CT_RELATED = 3,
 };
 
+/* ct_lookup's 'monitor' bits: what a packet of a tracked connection has new
+ * for the monitor (lib/trace.h aggregates traces with them) */
+#define CT_MONITOR_STATE	(1 << 0)	/* the entry's flags changed: first reply, FIN, RST */
+#define CT_MONITOR_INTERVAL	(1 << 1)	/* CT_REPORT_INTERVAL passed since the last report */
+
 static __always_inline struct ct_entry *ct_lookup_one(const struct flow *f, int reverse,
 						      __u8 flags)
 {
@@ -137,9 +142,9 @@ static __always_inline void ct_budget_refund(const struct flow *f, __u8 key_flag
 }
 
 /* Account a packet of entry e and move its lifetime; returns 1 if this was
- * the entry's first reply. */
+ * the entry's first reply. Sets the CT_MONITOR_* bits in *monitor. */
 static __always_inline int ct_update(struct ct_entry *e, const struct flow *f,
-				     int is_reply, __u32 len, __u32 now)
+				     int is_reply, __u32 len, __u32 now, __u8 *monitor)
 {
 	__u32 lifetime = CT_LIFETIME_NONTCP;
 	__u16 flags = e->flags;
@@ -170,8 +175,15 @@ static __always_inline int ct_update(struct ct_entry *e, const struct flow *f,
 		flags |= CT_F_SEEN_REPLY;
 		first_reply = 1;
 	}
-	if (flags != e->flags)
+	if (flags != e->flags) {
 		e->flags = flags;
+		*monitor |= CT_MONITOR_STATE;
+	}
+	if (now - e->last_report >= CT_REPORT_INTERVAL) {
+		/* racing CPUs may both report: a few traces, not one per packet */
+		e->last_report = now;
+		*monitor |= CT_MONITOR_INTERVAL;
+	}
 	if (!(flags & CT_F_SEEN_REPLY)) {
 		/* unreplied: the creation deadline stands, closing may shorten it */
 		if (lifetime == CT_CLOSE_TIMEOUT && e->lifetime > now + lifetime)
@@ -185,20 +197,21 @@ static __always_inline int ct_update(struct ct_entry *e, const struct flow *f,
 
 /* Classify f against the CT table from the point of view of a program whose
  * own originator flag is 'dir'. On CT_ESTABLISHED / CT_REPLY the entry is
- * updated. */
+ * updated and *monitor gets its CT_MONITOR_* bits (0 otherwise). */
 static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
-				     __u32 now, __u32 *src_sec_id)
+				     __u32 now, __u32 *src_sec_id, __u8 *monitor)
 {
 	__u8 key_flags, other = dir == CT_EGRESS ? CT_INGRESS : CT_EGRESS;
 	struct ct_entry *e;
 
+	*monitor = 0;
 	e = ct_lookup_live(f, 0, dir, now);
 	if (e) {
 		/* a new SYN on a fully closed connection re-opens it: re-evaluate policy */
 		if (f->nexthdr == IPPROTO_TCP && ct_is_closed(e) &&
 		    (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
 			return CT_NEW;
-		ct_update(e, f, 0, len, now);
+		ct_update(e, f, 0, len, now, monitor);
 		*src_sec_id = e->src_sec_id;
 		return CT_ESTABLISHED;
 	}
@@ -209,14 +222,14 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
 		e = ct_lookup_live(f, 1, dir, now);
 	}
 	if (e) {
-		if (ct_update(e, f, 1, len, now))
+		if (ct_update(e, f, 1, len, now, monitor))
 			ct_budget_refund(f, key_flags);
 		*src_sec_id = e->src_sec_id;
 		return CT_REPLY;
 	}
 	e = ct_lookup_live(f, 0, other, now);
 	if (e) {
-		ct_update(e, f, 0, len, now);
+		ct_update(e, f, 0, len, now, monitor);
 		*src_sec_id = e->src_sec_id;
 		return CT_ESTABLISHED;
 	}

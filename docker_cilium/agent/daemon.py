@@ -19,6 +19,7 @@ from docker_cilium import __version__, defaults
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.controllers import Controllers
 from docker_cilium.agent.lock import AgentLock
+from docker_cilium.agent.monitor_options import apply_start_flags, monitor_options
 from docker_cilium.agent.options import RuntimeOptions, agent_options
 from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
@@ -138,6 +139,8 @@ class Daemon:
         self.datapath = await asyncio.to_thread(
             Datapath.load, obj, defaults.bpf_pin_root(cfg.bpf_root), defaults.bpf_prog_dir(cfg.bpf_root))
         assert self.datapath.maps is not None
+        config_map = self.datapath.maps.config
+        apply_start_flags(config_map, cfg)
         self.metrics.set_datapath_reader(self.datapath.maps.metrics.dump)
 
         self.allocator = IdentityAllocator(self.kvstore, cfg.node_name)
@@ -152,7 +155,7 @@ class Daemon:
         self._policy = PolicyManager(self.store, ipcache, self._identities, cfg.policy_enforcement)
         await self._policy.start()
         self._options = RuntimeOptions(self.store)
-        for option in agent_options(self._policy, cfg, self.datapath.maps.config):
+        for option in [*agent_options(self._policy, cfg, config_map), *monitor_options(config_map, cfg)]:
             self._options.register(option)
         await self._options.restore()
         self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath,

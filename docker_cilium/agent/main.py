@@ -12,6 +12,7 @@ from docker_cilium import defaults
 from docker_cilium import logging as dclog
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.daemon import Daemon
+from docker_cilium.datapath.maps.configmap import canonical_monitor_aggregation
 from docker_cilium.kvstore import parse_options
 from docker_cilium.metrics.server import parse_serve_addr
 from docker_cilium.policy.resolve import ENFORCEMENT_MODES
@@ -31,6 +32,14 @@ def _opts(values: tuple[str, ...]) -> dict[str, str]:
         return parse_options(values)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--kvstore-opt") from None
+
+
+def _aggregation_level(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Cilium's spellings (names any case, or 0-4) -> the canonical name."""
+    try:
+        return canonical_monitor_aggregation(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -57,7 +66,10 @@ def _opts(values: tuple[str, ...]) -> dict[str, str]:
                    "when dockerd does not know it")
 @click.option("--prometheus-serve-addr", default="", callback=_serve_addr,
               help="Serve Prometheus metrics on HOST:PORT (/metrics; :PORT for every interface); off when empty")
-@click.option("--debug", "-D", is_flag=True, help="Debug logging")
+@click.option("--monitor-aggregation", default="medium", callback=_aggregation_level,
+              help="Level of monitor aggregation for traces from the datapath: none, lowest, low, "
+                   "medium (traces of new connections and state changes only) or maximum")
+@click.option("--debug", "-D", is_flag=True, help="Debug logging (and datapath debug events)")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:
     """Cilium-style networking and security agent for Docker."""

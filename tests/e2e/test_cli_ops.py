@@ -105,7 +105,8 @@ def test_config_runtime_options_persist_across_restart(agent, app):
     assert _datapath_debug(agent)
     try:
         res = agent.cli("config", "Debug=false", "PolicyEnforcement=always")
-        assert [line.split() for line in lines(res.stdout)] == [["Debug", "Disabled"], ["PolicyEnforcement", "always"]]
+        assert [line.split() for line in lines(res.stdout)] == [["Debug", "Disabled"], ["MonitorAggregation", "medium"],
+                                                           ["PolicyEnforcement", "always"]]
         assert not _datapath_debug(agent)
         # Live: a regeneration logs its state changes at debug level, no longer written.
         agent.cli("endpoint", "regenerate", str(ep["id"]))
@@ -113,19 +114,22 @@ def test_config_runtime_options_persist_across_restart(agent, app):
         bad = agent.cli("config", "Debug=perhaps", check=False)
         assert bad.returncode == 1
         assert "invalid value 'perhaps' for option Debug" in bad.stderr and "(400)" in bad.stderr
-        assert agent.cli_json("config")["options"] == {"Debug": "Disabled", "PolicyEnforcement": "always"}
+        assert agent.cli_json("config")["options"] == {"Debug": "Disabled", "MonitorAggregation": "medium",
+                                                        "PolicyEnforcement": "always"}
 
         agent.stop()  # started with --debug again: the saved change wins over the unchanged flag
         agent.start()
         cfg = agent.cli_json("config")
-        assert cfg["options"] == {"Debug": "Disabled", "PolicyEnforcement": "always"}
+        assert cfg["options"] == {"Debug": "Disabled", "MonitorAggregation": "medium",
+                                  "PolicyEnforcement": "always"}
         assert cfg["configuration"]["debug"] is False and cfg["policy-enforcement"] == "always"
         assert not _datapath_debug(agent)
         agent.cli("endpoint", "regenerate", str(ep["id"]))
         assert _debug_records(agent, after='"config.restored"') == []
     finally:
         agent.cli("config", "Debug=true", "PolicyEnforcement=default")
-    assert agent.cli_json("config")["options"] == {"Debug": "Enabled", "PolicyEnforcement": "default"}
+    assert agent.cli_json("config")["options"] == {"Debug": "Enabled", "MonitorAggregation": "medium",
+                                                      "PolicyEnforcement": "default"}
     assert _datapath_debug(agent)
 
 

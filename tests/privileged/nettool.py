@@ -18,7 +18,7 @@ def ping(dst, src=None, timeout=1.0, count=1):
     if src: s.bind((src, 0))
     timeout = float(timeout)
     ident = (os.getpid() ^ int(time.time() * 1000)) & 0xffff
-    ok = 0
+    ok, count = 0, int(count)
     for seq in range(count):
         typ = 128 if f == socket.AF_INET6 else 8
         hdr = struct.pack("!BBHHH", typ, 0, 0, ident, seq) + b"dctest-ping-payload"

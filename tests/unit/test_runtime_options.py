@@ -12,7 +12,7 @@ from docker_cilium import logging as dclog
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.controllers import Controllers
 from docker_cilium.agent.options import RuntimeOption, RuntimeOptions, agent_options, choice, parse_bool
-from docker_cilium.datapath.maps.configmap import CFG_F_DEBUG, CFG_F_TRACE, datapath_config
+from docker_cilium.datapath.maps.configmap import CFG_F_DEBUG, datapath_config
 from docker_cilium.endpoint.model import STATUS_LOG_MAX, Endpoint, State
 from docker_cilium.errors import BadRequest
 from docker_cilium.kvstore import keys
@@ -154,6 +154,9 @@ def test_status_log_is_bounded_in_memory_and_restarts_with_the_restore():
     assert len(restored.status_log) == 1
 
 
+OTHER_BIT = 1 << 0  # a cilium_config flag bit that Debug does not own
+
+
 class FakeConfigMap:
     """cilium_config[0] as ConfigMap shows it (the real one: tests/e2e/test_cli_ops.py)."""
 
@@ -175,16 +178,16 @@ class Policy:
 
 
 async def test_debug_drives_the_datapath_flag_and_is_written_at_start(store):
-    stale = FakeConfigMap(CFG_F_TRACE | CFG_F_DEBUG)  # pinned by an earlier agent that ran with debug
+    stale = FakeConfigMap(OTHER_BIT | CFG_F_DEBUG)  # pinned by an earlier agent that ran with debug
     try:
         opts = RuntimeOptions(store)
         for opt in agent_options(Policy(), DaemonConfig(debug=False), stale):  # type: ignore[arg-type]
             opts.register(opt)
         await opts.restore()
-        assert stale.flags == CFG_F_TRACE  # this agent's value, other bits kept
+        assert stale.flags == OTHER_BIT  # this agent's value, other bits kept
         await opts.set({"Debug": "true"})
-        assert stale.flags == CFG_F_TRACE | CFG_F_DEBUG and dclog.debug_enabled()
+        assert stale.flags == OTHER_BIT | CFG_F_DEBUG and dclog.debug_enabled()
         await opts.set({"Debug": "off"})
-        assert stale.flags == CFG_F_TRACE and not dclog.debug_enabled()
+        assert stale.flags == OTHER_BIT and not dclog.debug_enabled()
     finally:
         dclog.set_debug(False)

@@ -91,5 +91,5 @@ class DatapathMaps:
     def events_fd(self) -> int:
         return self.raw[eventsmap.EVENTS_MAP].fd
 
-    def event_reader(self, page_cnt: int = 64) -> EventReader:
-        return EventReader(self.events_fd, page_cnt)
+    def event_reader(self, page_cnt: int = 64, wakeup_events: int = 1) -> EventReader:
+        return EventReader(self.events_fd, page_cnt, wakeup_events=wakeup_events)
