@@ -36,6 +36,9 @@ from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore import keys, new_backend
 from docker_cilium.kvstore.backend import Backend
 from docker_cilium.kvstore.sqlite import SQLiteBackend
+from docker_cilium.monitor.hub import MonitorHub
+from docker_cilium.monitor.policy_events import PolicyEvents
+from docker_cilium.monitor.reader import DatapathMonitor, LabelCache
 from docker_cilium.plugin.app import build_app as build_plugin
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
@@ -62,6 +65,8 @@ class Daemon:
         self._regenerator: Regenerator | None = None
         self.allocator: IdentityAllocator | None = None
         self.datapath: Datapath | None = None
+        self.monitor = MonitorHub()  # `cilium monitor`: datapath and agent events
+        self.datapath_monitor: DatapathMonitor | None = None
         self._gc: asyncio.Task[None] | None = None
         self.watcher: DockerWatcher | None = None
         self.servers: list[UnixServer] = []
@@ -119,7 +124,9 @@ class Daemon:
         self.datapath = await asyncio.to_thread(
             Datapath.load, obj, defaults.bpf_pin_root(cfg.bpf_root), defaults.bpf_prog_dir(cfg.bpf_root))
 
-        self.allocator = IdentityAllocator(self.kvstore, cfg.node_name)
+        self.datapath_monitor = DatapathMonitor(self._events_fd, self.monitor,
+                                                LabelCache(lambda: self.identities.identity_labels()))
+        self.allocator = IdentityAllocator(self.kvstore, cfg.node_name, monitor=self.monitor)
         await self.allocator.start()
 
         self._ipam = IPAM(self.store, self.node, enable_ipv6=cfg.enable_ipv6)
@@ -130,7 +137,9 @@ class Daemon:
         self._identities = IdentityCache(self.allocator, ipcache)
         self._policy = PolicyManager(self.store, ipcache, self._identities, cfg.policy_enforcement)
         await self._policy.start()
-        self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath)
+        self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath,
+                                        monitor=self.monitor)
+        PolicyEvents(self._policy, self.monitor)  # after the Regenerator: next to the commit
         self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu,
                                           self._regenerator)
         await self._endpoints.restore()
@@ -180,6 +189,7 @@ class Daemon:
                     await task
         if self.watcher:
             await self.watcher.stop()
+        self.monitor.close()  # monitor streams end now, not at the server's shutdown timeout
         for server in reversed(self.servers):
             await server.stop()
         if self._regenerator is not None:
@@ -195,6 +205,14 @@ class Daemon:
             await asyncio.to_thread(self.datapath.close)
         self.lock.release()
         log.info("agent.stopped")
+
+    def _events_fd(self) -> int:
+        assert self.datapath is not None and self.datapath.maps is not None
+        return self.datapath.maps.events_fd
+
+    def monitor_status(self) -> dict[str, Any]:
+        """Cilium's MonitorStatus (the NodeMonitor line of `cilium status`)."""
+        return self.datapath_monitor.status() if self.datapath_monitor else self.monitor.status()
 
     def host_addressing(self) -> dict[str, Any]:
         assert self.node is not None
@@ -229,6 +247,7 @@ class Daemon:
             "identity-pending": identity_pending(self.endpoints.endpoints.values()),
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
+            "nodeMonitor": self.monitor_status(),
         }
 
     def _cilium_status(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # the daemon builds the API app: no import of its parts at ru
     from docker_cilium.endpoint.manager import EndpointManager
     from docker_cilium.identity.cache import IdentityCache
     from docker_cilium.ipam.allocator import IPAM
+    from docker_cilium.monitor.hub import MonitorHub
     from docker_cilium.policy.manager import PolicyManager
 
 
@@ -37,7 +38,14 @@ class APIDaemon(Protocol):
     @property
     def endpoints(self) -> EndpointManager: ...
 
+    @property
+    def monitor(self) -> MonitorHub: ...
+
     def host_addressing(self) -> dict[str, Any]: ...
+
+    def monitor_status(self) -> dict[str, Any]:
+        """Cilium's MonitorStatus (cpus, npages, pagesize, lost) and who listens."""
+        ...
 
     async def status(self) -> dict[str, Any]:
         """Cilium's StatusResponse (``/v1/healthz``)."""

@@ -8,6 +8,7 @@ from docker_cilium.cli.common import DEFAULT_HOST, Context
 from docker_cilium.cli.bpf import bpf
 from docker_cilium.cli.endpoint import endpoint
 from docker_cilium.cli.identity import identity
+from docker_cilium.cli.monitor import monitor
 from docker_cilium.cli.policy import policy
 from docker_cilium.cli.status import config, status, version
 
@@ -21,7 +22,7 @@ def cli(ctx: click.Context, host: str, output: str) -> None:
     ctx.obj = Context(host, output)
 
 
-for command in (bpf, endpoint, identity, policy, status, config, version):
+for command in (bpf, endpoint, identity, monitor, policy, status, config, version):
     cli.add_command(command)
 
 

@@ -7,6 +7,7 @@ import click
 from docker_cilium import __version__
 from docker_cilium.cli.common import Context, api_call, output_option, parse_options, pass_ctx
 from docker_cilium.cli.output import emit_json
+from docker_cilium.monitor.format import node_monitor
 
 
 def _pending(p: dict) -> str:
@@ -34,6 +35,8 @@ def status(ctx: Context) -> None:
     line("ContainerRuntime", st["container-runtime"])
     line("Kubernetes", st["kubernetes"])
     line("Cilium", st["cilium"])
+    if "nodeMonitor" in st:
+        click.echo(f"{'NodeMonitor:':<20}{node_monitor(st['nodeMonitor'])}")
     if "identity-allocation" in st:
         line("Identities", st["identity-allocation"])
     click.echo(f"{'Endpoints:':<20}{st['endpoints']}")

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import random
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import structlog
 
@@ -33,6 +33,8 @@ from docker_cilium.identity.allocator import Identity, IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
 from docker_cilium.identity.labels import Labels
 from docker_cilium.ipcache import IPCache
+from docker_cilium.monitor.notify import (AGENT_ENDPOINT_CREATED, AGENT_ENDPOINT_DELETED, AGENT_ENDPOINT_REGENERATE_FAIL,
+                                          AGENT_ENDPOINT_REGENERATED, AgentNotifier, NoNotifier)
 from docker_cilium.policy import EndpointPolicy, resolve
 from docker_cilium.policy.manager import Commit, PolicyManager, PolicyState
 from docker_cilium.policy.turns import Turns
@@ -51,6 +53,12 @@ def _map_entries(pol: EndpointPolicy) -> list[MapPolicyEntry]:
                            proxy_port=e.proxy_port) for e in pol.entries]
 
 
+def _ep_message(ep: Endpoint) -> dict[str, Any]:
+    """Cilium's EndpointNotification fields (id, labels) plus the identity."""
+    return {"id": ep.id, "labels": ep.effective_labels, "identity": ep.identity,
+            "container-name": ep.container_name}
+
+
 class Regenerator:
     """The endpoint manager's DatapathHooks; regenerates on policy and identity changes.
 
@@ -60,8 +68,10 @@ class Regenerator:
 
     def __init__(self, policy: PolicyManager, allocator: IdentityAllocator, identities: IdentityCache,
                  ipcache: IPCache, datapath: EndpointDatapath | None, *,
-                 retry_base: float = RETRY_BASE_S, retry_max: float = RETRY_MAX_S) -> None:
+                 retry_base: float = RETRY_BASE_S, retry_max: float = RETRY_MAX_S,
+                 monitor: AgentNotifier | None = None) -> None:
         self.policy = policy
+        self.monitor: AgentNotifier = monitor or NoNotifier()
         self.allocator = allocator
         self.identities = identities
         self.ipcache = ipcache
@@ -301,6 +311,7 @@ class Regenerator:
         restart do) and retries in the background."""
         t0 = time.perf_counter()
         retry = False
+        self.monitor.agent_event(AGENT_ENDPOINT_CREATED, _ep_message(ep))
         async with self._lock:
             self.endpoints[ep.id] = ep
             if ep.state not in (State.WAITING_FOR_IDENTITY, State.RESTORING):
@@ -376,6 +387,7 @@ class Regenerator:
                 await self._release(ident)
             self._ep_identity.pop(ep.id, None)
             self._unreferenced.discard(ep.id)
+        self.monitor.agent_event(AGENT_ENDPOINT_DELETED, _ep_message(ep))
 
     async def regenerate(self, ep: Endpoint) -> None:
         """One endpoint's own settings (PolicyEnforcement) changed."""
@@ -417,6 +429,7 @@ class Regenerator:
                                         pol.ingress_enforced, pol.egress_enforced)
             except Exception as exc:
                 ep.set_state(State.NOT_READY, f"regeneration failed: {exc}")
+                self.monitor.agent_event(AGENT_ENDPOINT_REGENERATE_FAIL, {**_ep_message(ep), "error": str(exc)})
                 raise
         self._regenerated(ep, pol)
 
@@ -439,6 +452,7 @@ class Regenerator:
         ep.ingress_enforced, ep.egress_enforced = pol.ingress_enforced, pol.egress_enforced
         ep.policy_revision = pol.revision
         ep.set_state(State.READY, f"regenerated to policy revision {pol.revision}")
+        self.monitor.agent_event(AGENT_ENDPOINT_REGENERATED, {**_ep_message(ep), "revision": pol.revision})
         # Nothing persisted changed here (revision and flags are recomputed on
         # restore): no fsync per endpoint on every policy import.
 

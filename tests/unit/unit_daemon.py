@@ -24,6 +24,8 @@ from docker_cilium.ipam.allocator import IPAM
 from docker_cilium.ipam.ranges import NodeAddressing
 from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore.sqlite import SQLiteBackend
+from docker_cilium.monitor.hub import MonitorHub
+from docker_cilium.monitor.policy_events import PolicyEvents
 from docker_cilium.policy.manager import PolicyManager
 from tests.unit.fakes import FakeLinks
 
@@ -39,11 +41,12 @@ class UnitDaemon:
         self.workdir = workdir
         self.config = DaemonConfig(lib_dir=workdir)
         self.mtu = 1500
+        self.monitor = MonitorHub()  # agent events only: no datapath here
 
     async def start(self) -> "UnitDaemon":
         self.store = SQLiteBackend(os.path.join(self.workdir, "node.db"))
         await self.store.connect()
-        self.allocator = IdentityAllocator(self.store, "unit")
+        self.allocator = IdentityAllocator(self.store, "unit", monitor=self.monitor)
         await self.allocator.start()
         self.ipam = IPAM(self.store, NODE)
         ipcache = IPCache(self.store, None)
@@ -51,7 +54,9 @@ class UnitDaemon:
         self.identities = IdentityCache(self.allocator, ipcache)
         self.policy = PolicyManager(self.store, ipcache, self.identities, self.config.policy_enforcement)
         await self.policy.start()
-        self.regenerator = Regenerator(self.policy, self.allocator, self.identities, ipcache, None)
+        self.regenerator = Regenerator(self.policy, self.allocator, self.identities, ipcache, None,
+                                       monitor=self.monitor)
+        PolicyEvents(self.policy, self.monitor)
         self.endpoints = EndpointManager(self.store, FakeLinks(), None, NODE, self.ipam, self.mtu,  # type: ignore[arg-type]
                                          self.regenerator)
         await self.endpoints.create_network(NETWORK, [{"AddressSpace": "CiliumLocal", "Pool": "0.0.0.0/0",
@@ -73,6 +78,10 @@ class UnitDaemon:
     async def status(self) -> dict[str, Any]:
         """No agent here (no datapath, no dockerd, no uptime): nothing honest to report."""
         raise Unavailable("the unit-test daemon has no agent status")
+
+    def monitor_status(self) -> dict[str, Any]:
+        """No datapath reader here: only agent events flow."""
+        return self.monitor.status()
 
     def host_addressing(self) -> dict[str, Any]:
         return {"ipv4": {"enabled": True, "ip": str(NODE.router4), "alloc-range": str(NODE.ipv4_range)},
