@@ -105,8 +105,10 @@ async def test_filters_by_type_and_endpoint():
         "to3": Filter(to=frozenset({3})), "rel3": Filter(related=frozenset({3})), "all": Filter()}.items()}
     for e in events:
         hub.publish(e)
-    got = {name: [i for i, e in enumerate(events) if any(it.event is e for it in await s.get())]
-           for name, s in subs.items()}
+    got = {}
+    for name, s in subs.items():
+        batch = [it.event for it in await s.get()]
+        got[name] = [i for i, e in enumerate(events) if any(b is e for b in batch)]
     assert got == {"drops": [0, 4], "from2": [1, 4], "to3": [1, 2, 4], "rel3": [1, 2, 4], "all": [0, 1, 2, 3, 4]}
 
 
