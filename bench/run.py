@@ -53,6 +53,7 @@ def main() -> None:
             "tcp_throughput": run_module("throughput", "--cilium", str(BIN / "cilium")),
             "datapath_compile": run_module("datapath_compile", "--json"),
             "init_window": run_module("init_window", "--json"),
+            "monitor_overhead": run_module("monitor_overhead"),
         }
     finally:
         if proc is not None:

@@ -20,9 +20,12 @@
 #include "lib/drop.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
+#include "lib/trace.h"
 
 /* ARP from a container: well-formed Ethernet/IPv4 request or reply whose
- * sender is the endpoint itself (its MAC and its IPv4). 0 or a drop reason. */
+ * sender is the endpoint itself (its MAC and its IPv4), or an ARP probe
+ * (RFC 5227: a request with sender IP 0.0.0.0, which no receiver caches)
+ * from the endpoint's MAC. 0 or a drop reason. */
 static __always_inline int arp_check(struct __sk_buff *skb, const struct endpoint_info *ep)
 {
 	__u8 arp[28] __attribute__((aligned(4)));	/* header, sha, spa, tha, tpa */
@@ -37,7 +40,7 @@ static __always_inline int arp_check(struct __sk_buff *skb, const struct endpoin
 	if (eth_addrcmp(&arp[8], ep->mac))
 		return DROP_INVALID_SMAC;
 	__builtin_memcpy(&spa, &arp[14], 4);
-	if (!ep->ipv4 || spa != ep->ipv4)
+	if (!ep->ipv4 || (spa != ep->ipv4 && !(spa == 0 && arp[7] == 1)))
 		return DROP_INVALID_SIP;
 	return 0;
 }
@@ -49,7 +52,7 @@ static __always_inline int nd_is_link_local(const struct flow *f)
 {
 	if (ipv6_addr_is_linklocal(&f->daddr))
 		return 1;
-	if (f->daddr.addr[0] == 0xff && (f->daddr.addr[1] & 0x0f) == 0x02)
+	if (ipv6_addr_is_multicast(&f->daddr) && (f->daddr.addr[1] & 0x0f) == 0x02)
 		return 1;
 	return ipcache_identity(f, &f->daddr) == IDENTITY_HOST;
 }
@@ -65,6 +68,18 @@ static __always_inline int parse_ip(struct __sk_buff *skb, __u16 proto, struct f
 		return ipv6_parse_hdr(skb, ETH_HLEN, f, 0);
 #endif
 	return 1;	/* not IP */
+}
+
+/* A first fragment is being forwarded: now (not while parsing, before
+ * anti-spoofing and policy) its datagram's later fragments get its ports. */
+static __always_inline void frag_record(const struct flow *f)
+{
+	if (!f->frag_first)
+		return;
+	if (f->family == 4)
+		ipv4_frag_record(f);
+	else
+		ipv6_frag_record(f);
 }
 
 /* Deliver to a local endpoint: route (MACs, TTL) and hand the packet straight
@@ -97,6 +112,7 @@ int from_container(struct __sk_buff *skb)
 	struct flow f = {};
 	__u32 now, len = skb->len, src_id, dst_id = 0, ct_src_id = 0;
 	__u16 lxc_id;
+	__u8 monitor = 0, match = POLICY_MATCH_NONE;
 	int ret, ct;
 
 	ep = lookup_ep_ifindex(skb->ifindex);
@@ -171,47 +187,70 @@ int from_container(struct __sk_buff *skb)
 	now = bpf_now_sec();
 	dst_ep = lookup_lxc(&f, &f.daddr);
 
-	ct = ct_lookup(&f, CT_EGRESS, len, now, &ct_src_id);
+	ct = ct_lookup(&f, CT_EGRESS, len, now, &ct_src_id, &monitor);
 	if (ct == CT_NEW && f.is_error)
 		ct = ct_lookup_related(skb, &f, now, 1);
+	debug_ct_lookup(skb, &f, lxc_id, CT_EGRESS, ct);
+	/* The peer's identity: a reply's is the one its entry recorded for the
+	 * originator; others need a lookup, skipped for an established packet
+	 * to the stack that neither policy counters nor a trace will use. */
+	if (dst_ep)
+		dst_id = dst_ep->sec_identity;
+	else if (ct == CT_REPLY)
+		dst_id = ct_src_id;
+	else if (ct == CT_NEW || (ep->flags & EP_F_EGRESS_ENFORCED) ||
+		 trace_wanted(TRACE_TO_STACK, ct, monitor))
+		dst_id = ipcache_identity(&f, &f.daddr);
+	send_trace_notify(skb, TRACE_FROM_LXC, lxc_id, src_id, dst_id, 0, ct, monitor);
 	if (ct == CT_ESTABLISHED) {
 		/* established flows pass without a verdict; the lookups only keep
 		 * the per-entry policy counters counting every forward packet */
-		if (ep->flags & EP_F_EGRESS_ENFORCED) {
-			dst_id = dst_ep ? dst_ep->sec_identity : ipcache_identity(&f, &f.daddr);
-			policy_can_access(lxc_id, POLICY_EGRESS, dst_id, &f, len);
-		}
+		if (ep->flags & EP_F_EGRESS_ENFORCED)
+			policy_can_access(lxc_id, POLICY_EGRESS, dst_id, &f, len, NULL);
 		if (dst_ep && (dst_ep->flags & EP_F_INGRESS_ENFORCED))
-			policy_can_access(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len);
+			policy_can_access(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len, NULL);
 	} else if (ct == CT_NEW) {
-		dst_id = dst_ep ? dst_ep->sec_identity : ipcache_identity(&f, &f.daddr);
 		if (ep->flags & EP_F_EGRESS_ENFORCED) {
-			ret = policy_can_access(lxc_id, POLICY_EGRESS, dst_id, &f, len);
-			if (ret)
+			ret = policy_can_access(lxc_id, POLICY_EGRESS, dst_id, &f, len, &match);
+			send_policy_verdict_notify(skb, &f, lxc_id, src_id, dst_id,
+						   dst_ep ? dst_ep->lxc_id : 0, METRIC_EGRESS,
+						   ret, match);
+			if (ret) {
+				send_debug(skb, lxc_id, DBG_POLICY_DENIED, src_id, dst_id, 0);
 				return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id,
 							dst_id, dst_ep ? dst_ep->lxc_id : 0);
+			}
 		}
 		if (dst_ep && (dst_ep->flags & EP_F_INGRESS_ENFORCED)) {
-			ret = policy_can_access(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len);
-			if (ret)
+			ret = policy_can_access(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len,
+						&match);
+			send_policy_verdict_notify(skb, &f, dst_ep->lxc_id, src_id, dst_id,
+						   dst_ep->lxc_id, METRIC_INGRESS, ret, match);
+			if (ret) {
+				send_debug(skb, dst_ep->lxc_id, DBG_POLICY_DENIED, src_id, dst_id, 0);
 				return send_drop_notify(skb, ret, METRIC_INGRESS, dst_ep->lxc_id,
 							src_id, dst_id, dst_ep->lxc_id);
+			}
 		}
 		if (!f.is_error) {	/* an unrelated ICMP error opens no flow */
 			ret = ct_create(&f, CT_EGRESS, src_id, len, now, lxc_id);
 			if (ret)
 				return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id,
 							dst_id, dst_ep ? dst_ep->lxc_id : 0);
+			debug_ct_created(skb, &f, lxc_id, src_id);
 		}
 	}
 
+	frag_record(&f);
 	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
 	if (dst_ep) {
 		send_trace_notify(skb, TRACE_TO_LXC, lxc_id, src_id, dst_ep->sec_identity,
-				  dst_ep->lxc_id);
+				  dst_ep->lxc_id, ct, monitor);
+		send_debug(skb, lxc_id, DBG_LOCAL_DELIVERY, dst_ep->lxc_id, src_id, 0);
 		return redirect_to_endpoint(skb, &f, dst_ep);
 	}
-	send_trace_notify(skb, TRACE_TO_STACK, lxc_id, src_id, dst_id, 0);
+	send_trace_notify(skb, TRACE_TO_STACK, lxc_id, src_id, dst_id, 0, ct, monitor);
+	send_debug(skb, lxc_id, DBG_TO_STACK, 0, 0, 0);
 	return TC_ACT_OK;
 }
 
@@ -223,6 +262,7 @@ int to_container(struct __sk_buff *skb)
 	struct flow f = {};
 	__u32 now, len = skb->len, src_id = 0, dst_id, ct_src_id = 0;
 	__u16 lxc_id;
+	__u8 monitor = 0, match = POLICY_MATCH_NONE;
 	int ret, ct;
 
 	ep = lookup_ep_ifindex(skb->ifindex);
@@ -241,42 +281,58 @@ int to_container(struct __sk_buff *skb)
 					dst_id, lxc_id);
 
 	if (f.family == 6) {
-		/* ND and MLD from the host side pass as such; every other IPv6
-		 * packet, link-local or not, goes through conntrack and policy. */
+		/* ND and MLD from the host side pass as such (MLD from a
+		 * link-local source, or the unspecified one while the host's
+		 * address is tentative, RFC 3590); every other IPv6 packet,
+		 * link-local or not, goes through conntrack and policy. */
 		if (f.is_nd && ipv6_hoplimit_is_255(skb))
 			return TC_ACT_OK;
 		if (f.nexthdr == IPPROTO_ICMPV6 && icmp6_is_mld(f.icmp_type) &&
-		    ipv6_addr_is_linklocal(&f.saddr))
+		    (ipv6_addr_is_linklocal(&f.saddr) || ipv6_addr_is_zero(&f.saddr)))
 			return TC_ACT_OK;
 	}
 
 	now = bpf_now_sec();
-	ct = ct_lookup(&f, CT_INGRESS, len, now, &ct_src_id);
+	ct = ct_lookup(&f, CT_INGRESS, len, now, &ct_src_id, &monitor);
 	if (ct == CT_NEW && f.is_error)
 		ct = ct_lookup_related(skb, &f, now, 0);
+	debug_ct_lookup(skb, &f, lxc_id, CT_INGRESS, ct);
 	if (ct == CT_NEW) {
 		src_ep = lookup_lxc(&f, &f.saddr);
 		src_id = src_ep ? src_ep->sec_identity : ipcache_identity(&f, &f.saddr);
 		if (ep->flags & EP_F_INGRESS_ENFORCED) {
-			ret = policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len);
-			if (ret)
+			ret = policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len, &match);
+			send_policy_verdict_notify(skb, &f, lxc_id, src_id, dst_id, lxc_id,
+						   METRIC_INGRESS, ret, match);
+			if (ret) {
+				send_debug(skb, lxc_id, DBG_POLICY_DENIED, src_id, dst_id, 0);
 				return send_drop_notify(skb, ret, METRIC_INGRESS, lxc_id, src_id,
 							dst_id, lxc_id);
+			}
 		}
 		if (!f.is_error) {
 			ret = ct_create(&f, CT_INGRESS, src_id, len, now, lxc_id);
 			if (ret)
 				return send_drop_notify(skb, ret, METRIC_INGRESS, lxc_id, src_id,
 							dst_id, lxc_id);
+			debug_ct_created(skb, &f, lxc_id, src_id);
 		}
 	} else {
-		src_id = ct_src_id;
+		/* An established packet's entry recorded its sender (the peer);
+		 * a reply's or a related error's records the endpoint's own side,
+		 * so the peer is looked up, only for a trace that will be sent. */
+		if (ct == CT_ESTABLISHED)
+			src_id = ct_src_id;
+		else if (trace_wanted(TRACE_TO_LXC, ct, monitor))
+			src_id = ipcache_identity(&f, &f.saddr);
 		if (ct == CT_ESTABLISHED && (ep->flags & EP_F_INGRESS_ENFORCED))
-			policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len);  /* counters */
+			policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len, NULL);  /* counters */
 	}
 
+	frag_record(&f);
 	update_metrics(REASON_FORWARDED, METRIC_INGRESS, len);
-	send_trace_notify(skb, TRACE_TO_LXC, lxc_id, src_id, dst_id, lxc_id);
+	send_trace_notify(skb, TRACE_TO_LXC, lxc_id, src_id, dst_id, lxc_id, ct, monitor);
+	send_debug(skb, lxc_id, DBG_LOCAL_DELIVERY, lxc_id, src_id, 0);
 	return TC_ACT_OK;
 }
 

@@ -151,9 +151,52 @@
 #define TRACE_TO_OVERLAY	4
 #define TRACE_FROM_LXC		5
 
+/* trace reasons (notify_msg.reason of NOTIFY_TRACE): the connection state,
+ * numbered as conntrack.h's CT_NEW ... CT_RELATED (Cilium's trace_reason) */
+#define TRACE_REASON_POLICY		0	/* new connection, policy evaluated */
+#define TRACE_REASON_CT_ESTABLISHED	1
+#define TRACE_REASON_CT_REPLY		2
+#define TRACE_REASON_CT_RELATED		3
+
+/* policy verdict match types (notify_msg.match_type of NOTIFY_POLICY_VERDICT):
+ * which policy entry decided (lib/policy.h lookup order) */
+#define POLICY_MATCH_NONE	0	/* no entry: default deny */
+#define POLICY_MATCH_L3_ONLY	1	/* (identity, any port) */
+#define POLICY_MATCH_L3_L4	2	/* (identity, port/proto) */
+#define POLICY_MATCH_L4_ONLY	3	/* (any identity, port/proto) */
+#define POLICY_MATCH_ALL	4	/* (any identity, any port) */
+
+/* debug message types (notify_msg.subtype of NOTIFY_DEBUG), Cilium's dbg.h
+ * numbering; arguments in notify_msg.arg1..arg3 */
+#define DBG_LOCAL_DELIVERY	2	/* arg1: endpoint id, arg2: source identity */
+#define DBG_POLICY_DENIED	5	/* arg1: source identity, arg2: destination identity */
+#define DBG_CT_VERDICT		15	/* arg1: CT state */
+#define DBG_TO_STACK		20	/* arg1: 0 (policy was not skipped) */
+#define DBG_CT_LOOKUP4_1	48	/* arg1: saddr, arg2: daddr (network order), arg3: sport << 16 | dport */
+#define DBG_CT_LOOKUP4_2	49	/* arg1: nexthdr << 8 | CT key flags, arg2: 0 */
+#define DBG_CT_CREATED4		50	/* arg1: 0, arg2: source identity */
+#define DBG_CT_LOOKUP6_1	51	/* as 4_1 with the addresses' last 4 bytes */
+#define DBG_CT_LOOKUP6_2	52
+#define DBG_CT_CREATED6		53
+
 /* cilium_config flags */
-#define CFG_F_TRACE		(1 << 0)
-#define CFG_F_DEBUG		(1 << 1)
+#define CFG_F_DEBUG		(1 << 1)	/* emit NOTIFY_DEBUG events */
+
+/* datapath_config.monitor_aggregation: Cilium's --monitor-aggregation levels.
+ * none: trace every packet at every observation point; lowest/low: no
+ * from-endpoint traces; medium: to-endpoint/to-stack traces only for new
+ * connections, connection state changes (first reply, FIN, RST) and at most
+ * once per CT_REPORT_INTERVAL per connection; maximum: as medium without the
+ * periodic reports. Drops and policy verdicts are never aggregated. */
+#define MONITOR_AGGREGATION_NONE	0
+#define MONITOR_AGGREGATION_LOWEST	1
+#define MONITOR_AGGREGATION_LOW		2
+#define MONITOR_AGGREGATION_MEDIUM	3
+#define MONITOR_AGGREGATION_MAX		4
+
+#ifndef CT_REPORT_INTERVAL
+#define CT_REPORT_INTERVAL	5	/* seconds between two traces of one connection (medium) */
+#endif
 
 #define NOTIFY_CAPTURE_LEN	128
 
@@ -277,16 +320,22 @@ struct ipv6_frag_id {
 	__u8  daddr[16];
 };
 
-/* value of both fragment maps: the first fragment's L4 "ports" */
+/* value of both fragment maps: the first fragment's L4 "ports" and L4
+ * protocol (an IPv6 datagram is keyed by the Fragment header's next header,
+ * which a Destination Options header may still follow) */
 struct frag_l4ports {
 	__u16 sport;
 	__u16 dport;
+	__u8  nexthdr;
+	__u8  pad[3];
 };
 
 /* cilium_ct_budget (ARRAY indexed by lxc_id) */
 struct ct_budget {
 	__u32 window_start;	/* seconds of CLOCK_MONOTONIC */
-	__u32 count;		/* unreplied entries created in this window */
+	__s32 count;		/* unreplied entries created in this window, less
+				 * refunds (negative after a reset: refunds of
+				 * entries the last window created) */
 };
 
 /* cilium_metrics (per-CPU) */
@@ -303,23 +352,34 @@ struct metrics_value {
 
 /* cilium_config (ARRAY, key 0) */
 struct datapath_config {
-	__u32 flags;		/* CFG_F_* */
-	__u32 pad;
+	__u32 flags;			/* CFG_F_* */
+	__u32 monitor_aggregation;	/* MONITOR_AGGREGATION_* */
 	__u64 reserved[3];
 };
 
-/* cilium_events payload header; followed by min(len, 128) packet bytes */
+/* cilium_events payload header, one layout for every type (fields that do
+ * not apply are 0); followed by len_cap packet bytes (0 for NOTIFY_DEBUG) */
 struct notify_msg {
-	__u8  type;		/* NOTIFY_DROP / NOTIFY_TRACE */
-	__u8  subtype;		/* drop reason / trace observation point */
-	__u16 source;		/* lxc_id */
+	__u8  type;		/* NOTIFY_* */
+	__u8  subtype;		/* drop reason / trace observation point / DBG_* */
+	__u16 source;		/* lxc_id of the endpoint the event is about */
 	__u32 hash;
 	__u32 len_orig;
 	__u32 len_cap;
 	__u32 src_label;
 	__u32 dst_label;
-	__u32 dst_id;
+	__u32 dst_id;		/* destination endpoint (lxc_id), 0 = not local */
 	__u32 ifindex;
+	__u8  reason;		/* trace: TRACE_REASON_* (CT state) */
+	__u8  direction;	/* drop, policy verdict: METRIC_INGRESS / METRIC_EGRESS */
+	__u8  match_type;	/* policy verdict: POLICY_MATCH_* */
+	__u8  proto;		/* policy verdict: L4 protocol */
+	__u16 dport;		/* policy verdict: destination port, host order */
+	__u16 pad;
+	__u32 verdict;		/* policy verdict: 0 allowed, else the drop reason */
+	__u32 arg1;		/* debug arguments (DBG_*) */
+	__u32 arg2;
+	__u32 arg3;
 };
 
 /* Parsed packet. For IPv4 the addresses live in p32[0]. */
@@ -336,7 +396,10 @@ struct flow {
 	__u8  is_echo;		/* ICMP echo: port semantics are wildcard-only */
 	__u8  is_error;		/* ICMP error: inner tuple in 'inner' */
 	__u8  is_nd;		/* ICMPv6 neighbour discovery */
-	__u8  pad;
+	__u8  frag_first;	/* first fragment: record its ports once forwarded */
+	__u32 frag_id;		/* IP id (IPv4) / Fragment header id (IPv6), network order */
+	__u8  frag_nexthdr;	/* IPv6: the Fragment header's next header */
+	__u8  pad2[3];
 };
 
 #define TCP_FLAG_FIN	0x01

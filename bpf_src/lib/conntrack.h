@@ -34,6 +34,11 @@ enum {
 	CT_RELATED = 3,
 };
 
+/* ct_lookup's 'monitor' bits: what a packet of a tracked connection has new
+ * for the monitor (lib/trace.h aggregates traces with them) */
+#define CT_MONITOR_STATE	(1 << 0)	/* the entry's flags changed: first reply, FIN, RST */
+#define CT_MONITOR_INTERVAL	(1 << 1)	/* CT_REPORT_INTERVAL passed since the last report */
+
 static __always_inline struct ct_entry *ct_lookup_one(const struct flow *f, int reverse,
 						      __u8 flags)
 {
@@ -109,6 +114,21 @@ static __always_inline int ct_budget_take(__u16 lxc_id, __u32 now)
 	return 1;
 }
 
+/* Give one unit back to lxc_id. No "count > 0" check: check-then-decrement
+ * races (two CPUs refunding the last unit) and an unsigned count wrapped to
+ * 4 billion locked the endpoint out for the rest of the window. The count is
+ * signed: it goes negative when entries of the previous window get their
+ * first reply after a reset; the units it lends match entries that stopped
+ * being unreplied, so the bound on unreplied entries holds. */
+static __always_inline void ct_budget_give(__u16 lxc_id)
+{
+	__u32 key = lxc_id;
+	struct ct_budget *b = bpf_map_lookup_elem(&cilium_ct_budget, &key);
+
+	if (b)
+		__sync_fetch_and_add(&b->count, -1);
+}
+
 /* The first reply of an entry gives its unit back to the endpoint it was
  * charged to: the originator for CT_EGRESS entries, the originator's peer
  * for CT_INGRESS ones. 'f' is the reply, so the roles are swapped. */
@@ -116,21 +136,15 @@ static __always_inline void ct_budget_refund(const struct flow *f, __u8 key_flag
 {
 	const union v6addr *owner = key_flags == CT_EGRESS ? &f->daddr : &f->saddr;
 	struct endpoint_info *ep = lookup_lxc(f, owner);
-	struct ct_budget *b;
-	__u32 key;
 
-	if (!ep)
-		return;
-	key = ep->lxc_id;
-	b = bpf_map_lookup_elem(&cilium_ct_budget, &key);
-	if (b && b->count > 0)
-		__sync_fetch_and_add(&b->count, -1);
+	if (ep)
+		ct_budget_give(ep->lxc_id);
 }
 
 /* Account a packet of entry e and move its lifetime; returns 1 if this was
- * the entry's first reply. */
+ * the entry's first reply. Sets the CT_MONITOR_* bits in *monitor. */
 static __always_inline int ct_update(struct ct_entry *e, const struct flow *f,
-				     int is_reply, __u32 len, __u32 now)
+				     int is_reply, __u32 len, __u32 now, __u8 *monitor)
 {
 	__u32 lifetime = CT_LIFETIME_NONTCP;
 	__u16 flags = e->flags;
@@ -161,8 +175,15 @@ static __always_inline int ct_update(struct ct_entry *e, const struct flow *f,
 		flags |= CT_F_SEEN_REPLY;
 		first_reply = 1;
 	}
-	if (flags != e->flags)
+	if (flags != e->flags) {
 		e->flags = flags;
+		*monitor |= CT_MONITOR_STATE;
+	}
+	if (now - e->last_report >= CT_REPORT_INTERVAL) {
+		/* racing CPUs may both report: a few traces, not one per packet */
+		e->last_report = now;
+		*monitor |= CT_MONITOR_INTERVAL;
+	}
 	if (!(flags & CT_F_SEEN_REPLY)) {
 		/* unreplied: the creation deadline stands, closing may shorten it */
 		if (lifetime == CT_CLOSE_TIMEOUT && e->lifetime > now + lifetime)
@@ -176,20 +197,21 @@ static __always_inline int ct_update(struct ct_entry *e, const struct flow *f,
 
 /* Classify f against the CT table from the point of view of a program whose
  * own originator flag is 'dir'. On CT_ESTABLISHED / CT_REPLY the entry is
- * updated. */
+ * updated and *monitor gets its CT_MONITOR_* bits (0 otherwise). */
 static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
-				     __u32 now, __u32 *src_sec_id)
+				     __u32 now, __u32 *src_sec_id, __u8 *monitor)
 {
 	__u8 key_flags, other = dir == CT_EGRESS ? CT_INGRESS : CT_EGRESS;
 	struct ct_entry *e;
 
+	*monitor = 0;
 	e = ct_lookup_live(f, 0, dir, now);
 	if (e) {
 		/* a new SYN on a fully closed connection re-opens it: re-evaluate policy */
 		if (f->nexthdr == IPPROTO_TCP && ct_is_closed(e) &&
 		    (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
 			return CT_NEW;
-		ct_update(e, f, 0, len, now);
+		ct_update(e, f, 0, len, now, monitor);
 		*src_sec_id = e->src_sec_id;
 		return CT_ESTABLISHED;
 	}
@@ -200,14 +222,14 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
 		e = ct_lookup_live(f, 1, dir, now);
 	}
 	if (e) {
-		if (ct_update(e, f, 1, len, now))
+		if (ct_update(e, f, 1, len, now, monitor))
 			ct_budget_refund(f, key_flags);
 		*src_sec_id = e->src_sec_id;
 		return CT_REPLY;
 	}
 	e = ct_lookup_live(f, 0, other, now);
 	if (e) {
-		ct_update(e, f, 0, len, now);
+		ct_update(e, f, 0, len, now, monitor);
 		*src_sec_id = e->src_sec_id;
 		return CT_ESTABLISHED;
 	}
@@ -232,15 +254,12 @@ static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct
 	/* The quoted packet must have been sent by the error's recipient:
 	 * otherwise anyone who knows a tracked tuple could use forged errors
 	 * to reach any destination past policy. */
-	if (inner.saddr.p32[0] != f->daddr.p32[0] || inner.saddr.p32[1] != f->daddr.p32[1] ||
-	    inner.saddr.p32[2] != f->daddr.p32[2] || inner.saddr.p32[3] != f->daddr.p32[3])
+	if (!ipv6_addr_equals(&inner.saddr, f->daddr.addr))	/* IPv4: p32[0], rest 0 */
 		return CT_NEW;
 	/* ...and, from an endpoint, sent to the error's sender: otherwise a
 	 * container could inject errors into flows between two others. Errors
 	 * arriving from the host side may come from any router on the path. */
-	if (from_endpoint &&
-	    (inner.daddr.p32[0] != f->saddr.p32[0] || inner.daddr.p32[1] != f->saddr.p32[1] ||
-	     inner.daddr.p32[2] != f->saddr.p32[2] || inner.daddr.p32[3] != f->saddr.p32[3]))
+	if (from_endpoint && !ipv6_addr_equals(&inner.daddr, f->saddr.addr))
 		return CT_NEW;
 	if (ct_lookup_live(&inner, 0, CT_EGRESS, now) ||
 	    ct_lookup_live(&inner, 0, CT_INGRESS, now) ||
@@ -300,7 +319,11 @@ static __always_inline int ct_create(const struct flow *f, __u8 dir, __u32 src_s
 		k.flags = dir;
 		ret = bpf_map_update_elem(&cilium_ct6, &k, &e, BPF_ANY);
 	}
-	return ret < 0 ? DROP_CT_CREATE_FAILED : 0;
+	if (ret < 0) {
+		ct_budget_give(lxc_id);	/* no entry: nothing to charge */
+		return DROP_CT_CREATE_FAILED;
+	}
+	return 0;
 }
 
 #endif /* __LIB_CONNTRACK_H_ */

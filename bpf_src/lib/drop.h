@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Metrics, drop notifications and (optional) trace notifications. */
+/* Metrics and drop notifications (other monitor events: lib/trace.h). */
 #ifndef __LIB_DROP_H_
 #define __LIB_DROP_H_
 
@@ -25,46 +25,51 @@ static __always_inline void update_metrics(__u8 reason, __u8 dir, __u32 len)
 	}
 }
 
-static __always_inline void send_notify(struct __sk_buff *skb, __u8 type, __u8 subtype,
+/* The fields every event type has (the rest of msg stays 0). */
+static __always_inline void notify_init(struct notify_msg *msg, __u8 type, __u8 subtype,
 					__u16 source, __u32 src_label, __u32 dst_label,
 					__u32 dst_id)
 {
-	struct notify_msg msg = {};
-	__u64 cap = skb->len;
-
-	if (cap > NOTIFY_CAPTURE_LEN)
-		cap = NOTIFY_CAPTURE_LEN;
-	msg.type = type;
-	msg.subtype = subtype;
-	msg.source = source;
-	msg.hash = bpf_get_hash_recalc(skb);
-	msg.len_orig = skb->len;
-	msg.len_cap = cap;
-	msg.src_label = src_label;
-	msg.dst_label = dst_label;
-	msg.dst_id = dst_id;
-	msg.ifindex = skb->ifindex;
-	bpf_perf_event_output(skb, &cilium_events, BPF_F_CURRENT_CPU | (cap << 32),
-			      &msg, sizeof(msg));
+	msg->type = type;
+	msg->subtype = subtype;
+	msg->source = source;
+	msg->src_label = src_label;
+	msg->dst_label = dst_label;
+	msg->dst_id = dst_id;
 }
 
-/* Account and report a drop; returns the tc verdict to use. */
+/* Fill the per-packet part of msg and write it to cilium_events, followed by
+ * the first NOTIFY_CAPTURE_LEN bytes of the packet if 'capture'. */
+static __always_inline void notify_output(struct __sk_buff *skb, struct notify_msg *msg,
+					  int capture)
+{
+	__u64 cap = 0;
+
+	if (capture) {
+		cap = skb->len;
+		if (cap > NOTIFY_CAPTURE_LEN)
+			cap = NOTIFY_CAPTURE_LEN;
+	}
+	msg->hash = bpf_get_hash_recalc(skb);
+	msg->len_orig = skb->len;
+	msg->len_cap = cap;
+	msg->ifindex = skb->ifindex;
+	bpf_perf_event_output(skb, &cilium_events, BPF_F_CURRENT_CPU | (cap << 32),
+			      msg, sizeof(*msg));
+}
+
+/* Account and report a drop (never aggregated); returns the tc verdict to use. */
 static __always_inline int send_drop_notify(struct __sk_buff *skb, __u8 reason, __u8 dir,
 					    __u16 source, __u32 src_label,
 					    __u32 dst_label, __u32 dst_id)
 {
-	update_metrics(reason, dir, skb->len);
-	send_notify(skb, NOTIFY_DROP, reason, source, src_label, dst_label, dst_id);
-	return TC_ACT_SHOT;
-}
+	struct notify_msg msg = {};
 
-static __always_inline void send_trace_notify(struct __sk_buff *skb, __u8 obs_point,
-					      __u16 source, __u32 src_label,
-					      __u32 dst_label, __u32 dst_id)
-{
-	if (config_flags() & CFG_F_TRACE)
-		send_notify(skb, NOTIFY_TRACE, obs_point, source, src_label,
-			    dst_label, dst_id);
+	update_metrics(reason, dir, skb->len);
+	notify_init(&msg, NOTIFY_DROP, reason, source, src_label, dst_label, dst_id);
+	msg.direction = dir;
+	notify_output(skb, &msg, 1);
+	return TC_ACT_SHOT;
 }
 
 #endif /* __LIB_DROP_H_ */

@@ -11,16 +11,17 @@
 #define IPV4_OFFSET	0x1fff
 
 /* Parse an IPv4 header at 'off' into f (addresses, protocol, L4 offset).
- * Fragments (as Cilium tracks them): the first fragment of a datagram
- * records its ports in cilium_ipv4_frag_datagrams under (addresses, IP id,
- * protocol); later fragments, which carry no L4 header, take them from there
- * (PARSE_FRAG_NOT_FOUND without it). A quoted packet ('inner') is only
- * parsed, never tracked. */
+ * Fragments (as Cilium tracks them): later fragments, which carry no L4
+ * header, take their ports from cilium_ipv4_frag_datagrams under (addresses,
+ * IP id, protocol) (PARSE_FRAG_NOT_FOUND without them); a first fragment is
+ * only marked (f->frag_first): ipv4_frag_record() writes its entry once the
+ * packet is forwarded, so that spoofed or denied datagrams never take room
+ * in the shared LRU. A quoted packet ('inner') is only parsed, never tracked. */
 static __always_inline int ipv4_parse_hdr(struct __sk_buff *skb, __u32 off,
 					  struct flow *f, int inner)
 {
 	struct ipv4_frag_id fid = {};
-	struct frag_l4ports ports = {}, *known;
+	struct frag_l4ports *known;
 	struct iphdr ip;
 	__u32 ihl;
 	int ret;
@@ -40,11 +41,12 @@ static __always_inline int ipv4_parse_hdr(struct __sk_buff *skb, __u32 off,
 			return 0;
 		return parse_l4(skb, f, inner);
 	}
-	fid.daddr = ip.daddr;
-	fid.saddr = ip.saddr;
-	fid.id = ip.id;
-	fid.proto = ip.protocol;
+	f->frag_id = ip.id;
 	if (ip.frag_off & bpf_htons(IPV4_OFFSET)) {
+		fid.daddr = ip.daddr;
+		fid.saddr = ip.saddr;
+		fid.id = ip.id;
+		fid.proto = ip.protocol;
 		known = bpf_map_lookup_elem(&cilium_ipv4_frag_datagrams, &fid);
 		if (!known)
 			return PARSE_FRAG_NOT_FOUND;
@@ -53,12 +55,27 @@ static __always_inline int ipv4_parse_hdr(struct __sk_buff *skb, __u32 off,
 		return 0;
 	}
 	ret = parse_l4(skb, f, inner);
-	if (ret == 0 && (ip.frag_off & bpf_htons(IPV4_MF))) {
-		ports.sport = f->sport;
-		ports.dport = f->dport;
-		bpf_map_update_elem(&cilium_ipv4_frag_datagrams, &fid, &ports, BPF_ANY);
-	}
+	if (ret == 0 && (ip.frag_off & bpf_htons(IPV4_MF)))
+		f->frag_first = 1;
 	return ret;
+}
+
+/* The first fragment f was forwarded: its datagram's later fragments may
+ * follow with its ports. BPF_ANY: an IP id reused by a newer datagram
+ * takes the newer ports. */
+static __always_inline void ipv4_frag_record(const struct flow *f)
+{
+	struct ipv4_frag_id fid = {};
+	struct frag_l4ports ports = {};
+
+	fid.daddr = f->daddr.p32[0];
+	fid.saddr = f->saddr.p32[0];
+	fid.id = (__u16)f->frag_id;
+	fid.proto = f->nexthdr;
+	ports.sport = f->sport;
+	ports.dport = f->dport;
+	ports.nexthdr = f->nexthdr;
+	bpf_map_update_elem(&cilium_ipv4_frag_datagrams, &fid, &ports, BPF_ANY);
 }
 
 /* Decrement the TTL, fixing the header checksum. Returns -1 if the packet

@@ -43,12 +43,16 @@ static __always_inline int ipv6_addr_equals(const union v6addr *a, const __u8 *b
 
 /* Parse an IPv6 header (skipping up to IPV6_MAX_EXTHDRS extension headers).
  * Fragments are tracked like IPv4's (ipv4_parse_hdr), in
- * cilium_ipv6_frag_datagrams keyed by the fragment header's id. */
+ * cilium_ipv6_frag_datagrams keyed by the Fragment header's id and next
+ * header: a later fragment's walk ends at its Fragment header (what follows
+ * is the middle of the datagram), so it has no other protocol to key on;
+ * the entry holds the L4 protocol found after any further extension
+ * headers of the first fragment. */
 static __always_inline int ipv6_parse_hdr(struct __sk_buff *skb, __u32 off,
 					  struct flow *f, int inner)
 {
 	struct ipv6_frag_id fid = {};
-	struct frag_l4ports ports = {}, *known;
+	struct frag_l4ports *known;
 	struct ipv6hdr ip6;
 	__u8 nh, hdr[8] __attribute__((aligned(8)));
 	int i, ret, frag = 0, nonfirst_frag = 0;
@@ -72,17 +76,22 @@ static __always_inline int ipv6_parse_hdr(struct __sk_buff *skb, __u32 off,
 		if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
 			return PARSE_INVALID;
 		if (nh == NEXTHDR_FRAGMENT) {
-			if ((*(__u16 *)&hdr[2]) & bpf_htons(0xfff8))
-				nonfirst_frag = 1;
 			/* offset 0 and M clear: an atomic fragment, a whole datagram */
 			frag = (*(__u16 *)&hdr[2]) & bpf_htons(0xfff9);
-			fid.id = *(__u32 *)&hdr[4];
+			f->frag_id = *(__u32 *)&hdr[4];
+			f->frag_nexthdr = hdr[0];
 			off += 8;
-		} else if (nh == NEXTHDR_AUTH) {
-			off += ((__u32)hdr[1] + 2) * 4;
-		} else {
-			off += ((__u32)hdr[1] + 1) * 8;
+			nh = hdr[0];
+			if ((*(__u16 *)&hdr[2]) & bpf_htons(0xfff8)) {
+				nonfirst_frag = 1;
+				break;
+			}
+			continue;
 		}
+		if (nh == NEXTHDR_AUTH)
+			off += ((__u32)hdr[1] + 2) * 4;
+		else
+			off += ((__u32)hdr[1] + 1) * 8;
 		nh = hdr[0];
 	}
 	f->nexthdr = nh;
@@ -92,26 +101,39 @@ static __always_inline int ipv6_parse_hdr(struct __sk_buff *skb, __u32 off,
 			return 0;
 		return parse_l4(skb, f, inner);
 	}
-	if (frag) {
-		fid.proto = nh;
+	if (nonfirst_frag) {
+		fid.id = f->frag_id;
+		fid.proto = f->frag_nexthdr;
 		__builtin_memcpy(fid.saddr, &ip6.saddr, 16);
 		__builtin_memcpy(fid.daddr, &ip6.daddr, 16);
-	}
-	if (nonfirst_frag) {
 		known = bpf_map_lookup_elem(&cilium_ipv6_frag_datagrams, &fid);
 		if (!known)
 			return PARSE_FRAG_NOT_FOUND;
 		f->sport = known->sport;
 		f->dport = known->dport;
+		f->nexthdr = known->nexthdr;
 		return 0;
 	}
 	ret = parse_l4(skb, f, inner);
-	if (ret == 0 && frag) {
-		ports.sport = f->sport;
-		ports.dport = f->dport;
-		bpf_map_update_elem(&cilium_ipv6_frag_datagrams, &fid, &ports, BPF_ANY);
-	}
+	if (ret == 0 && frag)
+		f->frag_first = 1;
 	return ret;
+}
+
+/* The first fragment f was forwarded (see ipv4_frag_record). */
+static __always_inline void ipv6_frag_record(const struct flow *f)
+{
+	struct ipv6_frag_id fid = {};
+	struct frag_l4ports ports = {};
+
+	fid.id = f->frag_id;
+	fid.proto = f->frag_nexthdr;
+	__builtin_memcpy(fid.saddr, f->saddr.addr, 16);
+	__builtin_memcpy(fid.daddr, f->daddr.addr, 16);
+	ports.sport = f->sport;
+	ports.dport = f->dport;
+	ports.nexthdr = f->nexthdr;
+	bpf_map_update_elem(&cilium_ipv6_frag_datagrams, &fid, &ports, BPF_ANY);
 }
 
 /* Neighbour discovery must arrive with hop limit 255 (RFC 4861): anything

@@ -5,6 +5,8 @@
  * ports and ICMP] -> (0, dport, proto) [any peer, that port] -> (0, 0, 0)
  * [allow all]. ICMP (and other portless protocols) only match the
  * identity-wide (identity, 0, 0) and (0, 0, 0) entries.
+ * The deciding entry's kind is reported as a POLICY_MATCH_* in that order
+ * (L3_L4, L3_ONLY, L4_ONLY, ALL; NONE on a miss) for policy verdicts.
  * Misses: DROP_POLICY_L4 (159) if a POLICY_PROTO_L4_MARKER entry exists for
  * the identity (or for identity 0), i.e. the identity has port rules but not
  * this one; DROP_POLICY_CIDR (162) for CIDR identities; else DROP_POLICY (133).
@@ -35,21 +37,31 @@ static __always_inline struct policy_entry *policy_get(__u16 lxc_id, __u8 direct
 	return bpf_map_lookup_elem(&cilium_policy, &key);
 }
 
-/* Returns 0 if allowed, else the (positive) drop reason. */
+/* Returns 0 if allowed, else the (positive) drop reason; *match (if not
+ * NULL) gets the POLICY_MATCH_* of the deciding entry. */
 static __always_inline int policy_can_access(__u16 lxc_id, __u8 direction,
 					     __u32 identity, const struct flow *f,
-					     __u32 len)
+					     __u32 len, __u8 *match)
 {
 	struct policy_entry *e;
 	int l4 = flow_is_l4_ports(f);
+	__u8 m = POLICY_MATCH_L3_L4;
 
 	e = l4 ? policy_get(lxc_id, direction, identity, f->dport, f->nexthdr) : NULL;
-	if (!e)
+	if (!e) {
+		m = POLICY_MATCH_L3_ONLY;
 		e = policy_get(lxc_id, direction, identity, 0, 0);
-	if (!e && l4)
+	}
+	if (!e && l4) {
+		m = POLICY_MATCH_L4_ONLY;
 		e = policy_get(lxc_id, direction, 0, f->dport, f->nexthdr);
-	if (!e)
+	}
+	if (!e) {
+		m = POLICY_MATCH_ALL;
 		e = policy_get(lxc_id, direction, 0, 0, 0);
+	}
+	if (match)
+		*match = e ? m : POLICY_MATCH_NONE;
 	if (e) {
 		if (e->deny)
 			return DROP_POLICY_DENY;

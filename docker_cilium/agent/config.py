@@ -27,7 +27,9 @@ class DaemonConfig:
     debug: bool = False
     log_format: str = "auto"
     policy_enforcement: str = "default"
+    monitor_aggregation: str = "medium"  # Cilium's level name; see datapath/maps/configmap.py
     docker_reconcile_grace: float = 60.0  # seconds; see endpoint/reconcile.py
+    prometheus_serve_addr: str = ""  # HOST:PORT for /metrics; empty: not served
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,12 +17,16 @@ import structlog
 
 from docker_cilium import __version__, defaults
 from docker_cilium.agent.config import DaemonConfig
+from docker_cilium.agent.controllers import Controllers
 from docker_cilium.agent.lock import AgentLock
+from docker_cilium.agent.monitor_options import apply_start_flags, monitor_options
+from docker_cilium.agent.options import RuntimeOptions, agent_options
 from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
 from docker_cilium.datapath.loader import Datapath, compile_datapath
+from docker_cilium.datapath.maps.registry import DatapathMaps
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.endpoint.orphans import collect_orphans
 from docker_cilium.endpoint.reconcile import DockerReconciler
@@ -31,18 +35,23 @@ from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity.allocator import IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
 from docker_cilium.ipam.allocator import IPAM
-from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.ipam.ranges import NodeAddressing, node_element
 from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore import keys, new_backend
 from docker_cilium.kvstore.backend import Backend
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 from docker_cilium.monitor.hub import MonitorHub
 from docker_cilium.monitor.policy_events import PolicyEvents
+from docker_cilium.monitor.format import node_monitor
 from docker_cilium.monitor.reader import DatapathMonitor, LabelCache
+from docker_cilium.metrics import AgentMetrics
+from docker_cilium.metrics.kvstore import MeteredBackend
+from docker_cilium.metrics.server import MetricsServer
 from docker_cilium.plugin.app import build_app as build_plugin
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
 from docker_cilium.policy.manager import PolicyManager
+from docker_cilium.version import version_info
 from docker_cilium.workloads.docker import DockerWatcher
 
 log = structlog.get_logger(__name__)
@@ -67,12 +76,15 @@ class Daemon:
         self.datapath: Datapath | None = None
         self.monitor = MonitorHub()  # `cilium monitor`: datapath and agent events
         self.datapath_monitor: DatapathMonitor | None = None
-        self._gc: asyncio.Task[None] | None = None
+        self.controllers = Controllers()
+        self._options: RuntimeOptions | None = None
         self.watcher: DockerWatcher | None = None
         self.servers: list[UnixServer] = []
         self.lock = AgentLock([config.lib_dir, config.state_dir])
         self.reconciler: DockerReconciler | None = None
         self._reconcile: asyncio.Task[None] | None = None
+        self.metrics = AgentMetrics()
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def ipam(self) -> IPAM:
@@ -94,6 +106,11 @@ class Daemon:
         assert self._endpoints is not None
         return self._endpoints
 
+    @property
+    def options(self) -> RuntimeOptions:
+        assert self._options is not None
+        return self._options
+
     async def start(self) -> None:
         t0 = time.perf_counter()
         cfg = self.config
@@ -105,7 +122,7 @@ class Daemon:
             ensure_socket_free(path)
         self.store = SQLiteBackend(os.path.join(cfg.lib_dir, "node-state.db"))
         await self.store.connect()
-        self.kvstore = new_backend(cfg.kvstore, cfg.kvstore_opts, cfg.lib_dir)
+        self.kvstore = MeteredBackend(new_backend(cfg.kvstore, cfg.kvstore_opts, cfg.lib_dir), self.metrics)
         await self.kvstore.connect()
 
         node_ip = await self.links.first_global_ipv4()
@@ -123,6 +140,10 @@ class Daemon:
         obj = await asyncio.to_thread(compile_datapath, out_dir=defaults.bpf_object_dir(cfg.state_dir))
         self.datapath = await asyncio.to_thread(
             Datapath.load, obj, defaults.bpf_pin_root(cfg.bpf_root), defaults.bpf_prog_dir(cfg.bpf_root))
+        assert self.datapath.maps is not None
+        config_map = self.datapath.maps.config
+        apply_start_flags(config_map, cfg)
+        self.metrics.set_datapath_reader(self.datapath.maps.metrics.dump)
 
         self.datapath_monitor = DatapathMonitor(self._events_fd, self.monitor,
                                                 LabelCache(lambda: self.identities.identity_labels()))
@@ -137,8 +158,12 @@ class Daemon:
         self._identities = IdentityCache(self.allocator, ipcache)
         self._policy = PolicyManager(self.store, ipcache, self._identities, cfg.policy_enforcement)
         await self._policy.start()
+        self._options = RuntimeOptions(self.store)
+        for option in [*agent_options(self._policy, cfg, config_map), *monitor_options(config_map, cfg)]:
+            self._options.register(option)
+        await self._options.restore()
         self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath,
-                                        monitor=self.monitor)
+                                        observer=self.metrics, monitor=self.monitor)
         PolicyEvents(self._policy, self.monitor)  # after the Regenerator: next to the commit
         self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu,
                                           self._regenerator)
@@ -146,15 +171,18 @@ class Daemon:
         await self._endpoints.restore_datapath()
         await collect_orphans(self.links, self.datapath.maps, self._endpoints.endpoints.values(), self.node)
         self.reconciler = DockerReconciler(self._endpoints, self._ipam, cfg.docker_reconcile_grace)
-        self._gc = asyncio.create_task(self._garbage_collect(), name="gc")
+        self._start_controllers()
 
         self.servers = [
-            UnixServer(build_api(self), cfg.socket_path, 0o660, "api"),
+            UnixServer(build_api(self, self.metrics), cfg.socket_path, 0o660, "api"),
             UnixServer(build_plugin(NetworkDriver(self._endpoints), IpamDriver(self._ipam)),
                        cfg.plugin_socket, 0o600, "docker-plugin"),
         ]
         for server in self.servers:
             await server.start()
+        if cfg.prometheus_serve_addr:
+            self.metrics_server = MetricsServer(self.metrics, cfg.prometheus_serve_addr)
+            await self.metrics_server.start()
         self.watcher = DockerWatcher(cfg.docker_socket, lambda nid: nid in self.endpoints.networks,
                                      self._endpoints.update_container, self.iptables.ensure_nat_first)
         self.watcher.start()
@@ -164,25 +192,34 @@ class Daemon:
                  kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
                  endpoints=len(self._endpoints.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000))
 
-    async def _garbage_collect(self, interval: float = 30.0) -> None:
-        """Expire conntrack entries (the kernel never does) and free identities
-        no node references any more; a failure is logged and retried."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if self.datapath is not None and self.datapath.maps is not None:
-                    removed = await asyncio.to_thread(self.datapath.maps.ct.gc)
-                    if removed:
-                        log.debug("ct.gc", removed=removed)
-                if self.allocator is not None:
-                    freed = await self.allocator.gc()
-                    if freed:
-                        log.info("identity.gc", freed=freed)
-            except Exception:
-                log.exception("gc.failed")
+    def _start_controllers(self) -> None:
+        """The agent's periodic loops, as controllers `cilium status` reports."""
+        self.controllers.start("ct-gc", 30.0, self._ct_gc)
+        self.controllers.start("identity-gc", 30.0, self._identity_gc)
+        self.controllers.start("kvstore-health", 15.0, self._kvstore_health, first_run=0.0)
+
+    async def _ct_gc(self) -> None:
+        """Expire conntrack entries (the kernel never does)."""
+        if self.datapath is not None and self.datapath.maps is not None:
+            removed = await asyncio.to_thread(self.datapath.maps.ct.gc)
+            if removed:
+                log.debug("ct.gc", removed=removed)
+
+    async def _identity_gc(self) -> None:
+        """Free identities no node references any more."""
+        assert self.allocator is not None
+        freed = await self.allocator.gc()
+        if freed:
+            log.info("identity.gc", freed=freed)
+
+    async def _kvstore_health(self) -> None:
+        """A read of the health key: a failure history for `cilium status`."""
+        assert self.kvstore is not None
+        await self.kvstore.get(keys.HEALTH)
 
     async def stop(self) -> None:
-        for task in (self._gc, self._reconcile):
+        await self.controllers.stop()
+        for task in (self._reconcile,):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -190,6 +227,8 @@ class Daemon:
         if self.watcher:
             await self.watcher.stop()
         self.monitor.close()  # monitor streams end now, not at the server's shutdown timeout
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         for server in reversed(self.servers):
             await server.stop()
         if self._regenerator is not None:
@@ -212,7 +251,8 @@ class Daemon:
 
     def monitor_status(self) -> dict[str, Any]:
         """Cilium's MonitorStatus (the NodeMonitor line of `cilium status`)."""
-        return self.datapath_monitor.status() if self.datapath_monitor else self.monitor.status()
+        st = self.datapath_monitor.status() if self.datapath_monitor else self.monitor.status()
+        return {**st, "state": "Ok", "msg": node_monitor(st)}  # state/msg: the NodeMonitor line
 
     def host_addressing(self) -> dict[str, Any]:
         assert self.node is not None
@@ -242,13 +282,26 @@ class Daemon:
                                   (self.watcher.last_error if self.watcher else "") or "not connected"},
             "kubernetes": {"state": "Disabled"},
             "cilium": self._cilium_status(),
-            "ipam": self.ipam.status(),
+            "cilium-version": version_info(),
+            "nodeMonitor": self.monitor_status(),
+            "controllers": self.controllers.models(),
+            "ipam": {**self.ipam.status(), "allocations": {
+                ip: str(rec.get("owner", "")) for ip, rec in self.ipam.allocations().items()}},
             "endpoints": len(self.endpoints.endpoints),
             "identity-pending": identity_pending(self.endpoints.endpoints.values()),
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
-            "nodeMonitor": self.monitor_status(),
         }
+
+    def datapath_maps(self) -> DatapathMaps | None:
+        return self.datapath.maps if self.datapath is not None else None
+
+    def nodes(self) -> dict[str, Any]:
+        """Cilium's ClusterNodeStatus: this node only (no node discovery yet).
+        IPv4 is the node's own address, IPv6 its router address in the node range."""
+        assert self.node is not None
+        return {"self": self.config.node_name, "nodes-added": [node_element(
+            self.config.node_name, self.node, self.config.enable_ipv6)]}
 
     def _cilium_status(self) -> dict[str, str]:
         """Ok, or Warning naming the records restore had to skip."""

@@ -12,7 +12,18 @@ from docker_cilium import defaults
 from docker_cilium import logging as dclog
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.daemon import Daemon
+from docker_cilium.datapath.maps.configmap import canonical_monitor_aggregation
+from docker_cilium.metrics.server import parse_serve_addr
 from docker_cilium.policy.resolve import ENFORCEMENT_MODES
+
+
+def _serve_addr(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value:
+        try:
+            parse_serve_addr(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _opts(values: tuple[str, ...]) -> dict[str, str]:
@@ -26,6 +37,14 @@ def _opts(values: tuple[str, ...]) -> dict[str, str]:
                 raise click.BadParameter(f"{part!r}: expected key=value", param_hint="--kvstore-opt")
             out[key.strip()] = val.strip()
     return out
+
+
+def _aggregation_level(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Cilium's spellings (names any case, or 0-4) -> the canonical name."""
+    try:
+        return canonical_monitor_aggregation(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -50,7 +69,12 @@ def _opts(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--docker-reconcile-grace", type=click.FloatRange(min=0), default=60.0,
               help="Seconds an address or endpoint restored at start must be old before it is released "
                    "when dockerd does not know it")
-@click.option("--debug", "-D", is_flag=True, help="Debug logging")
+@click.option("--prometheus-serve-addr", default="", callback=_serve_addr,
+              help="Serve Prometheus metrics on HOST:PORT (/metrics; :PORT for every interface); off when empty")
+@click.option("--monitor-aggregation", default="medium", callback=_aggregation_level,
+              help="Level of monitor aggregation for traces from the datapath: none, lowest, low, "
+                   "medium (traces of new connections and state changes only) or maximum")
+@click.option("--debug", "-D", is_flag=True, help="Debug logging (and datapath debug events)")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:
     """Cilium-style networking and security agent for Docker."""

@@ -58,6 +58,21 @@ async def _apply_config(request: web.Request, ep, changes: dict[str, str]) -> No
     await request.app[DAEMON].endpoints.update_options(ep, changes)
 
 
+@routes.delete("/v1/endpoint/{id}")
+async def delete_endpoint(request: web.Request) -> web.Response:
+    """`cilium endpoint disconnect`: the endpoint leaves the network (see
+    EndpointManager.disconnect); the reply is its last model (disconnected)."""
+    ep = _endpoint(request)
+    await request.app[DAEMON].endpoints.disconnect(ep)
+    return web.json_response(ep.to_model())
+
+
+@routes.get("/v1/endpoint/{id}/log")
+async def get_endpoint_log(request: web.Request) -> web.Response:
+    """Its status log: state transitions and regenerations with their reasons."""
+    return web.json_response(_endpoint(request).status_model())
+
+
 @routes.patch("/v1/endpoint/{id}")
 async def patch_endpoint(request: web.Request) -> web.Response:
     """A subset of Cilium's EndpointChangeRequest: ``labels`` (the full new
@@ -112,5 +127,7 @@ async def patch_endpoint_config(request: web.Request) -> web.Response:
         body = body["options"]
         if not isinstance(body, dict):
             raise BadRequest("options must be a JSON object of Key: Value")
-    await _apply_config(request, ep, body)
+    # As Cilium's: every accepted PATCH regenerates the endpoint, an empty one
+    # too (that is `cilium endpoint regenerate`).
+    await request.app[DAEMON].endpoints.update_options(ep, body)
     return web.json_response(_config_model(ep))

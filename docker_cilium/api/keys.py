@@ -8,6 +8,8 @@ from aiohttp import web
 
 if TYPE_CHECKING:  # the daemon builds the API app: no import of its parts at run time
     from docker_cilium.agent.config import DaemonConfig
+    from docker_cilium.agent.options import RuntimeOptions
+    from docker_cilium.datapath.maps.registry import DatapathMaps
     from docker_cilium.endpoint.manager import EndpointManager
     from docker_cilium.identity.cache import IdentityCache
     from docker_cilium.ipam.allocator import IPAM
@@ -41,7 +43,19 @@ class APIDaemon(Protocol):
     @property
     def monitor(self) -> MonitorHub: ...
 
+    def options(self) -> RuntimeOptions:
+        """The runtime options (`cilium config`)."""
+        ...
+
     def host_addressing(self) -> dict[str, Any]: ...
+
+    def nodes(self) -> dict[str, Any]:
+        """Cilium's ClusterNodeStatus (``/v1/cluster/nodes``)."""
+        ...
+
+    def datapath_maps(self) -> DatapathMaps | None:
+        """The pinned maps the agent holds (None without a datapath)."""
+        ...
 
     def monitor_status(self) -> dict[str, Any]:
         """Cilium's MonitorStatus (cpus, npages, pagesize, lost) and who listens."""

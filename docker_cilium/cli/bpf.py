@@ -26,6 +26,7 @@ from docker_cilium.datapath.maps.ctmap import CT4_MAP, CT6_MAP, CT_INGRESS, mono
 from docker_cilium.datapath.maps.lxcmap import EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED
 from docker_cilium.datapath.maps.policymap import PROTO_NAMES
 from docker_cilium.datapath.maps.registry import DatapathMaps
+from docker_cilium.metrics.datapath import direction_name, reason_name
 
 PIN_ROOT_ENV = "CILIUM_BPF_ROOT"
 
@@ -240,3 +241,30 @@ def ipcache_list(ctx: Context, pin_root: str) -> None:
     rows = [[e.prefix, f"{e.identity}" + (f" tunnelendpoint={e.tunnel_endpoint}" if e.tunnel_endpoint else "")]
             for e in order]
     table(["IP PREFIX/ADDRESS", "IDENTITY"], rows)
+
+
+# --- metrics ------------------------------------------------------------------------
+@bpf.group("metrics")
+def metrics_group() -> None:
+    """BPF datapath traffic metrics"""
+
+
+@metrics_group.command("list")
+@bpf_root_option
+@output_option
+@pass_ctx
+def metrics_list(ctx: Context, pin_root: str) -> None:
+    """List BPF datapath traffic metrics (packets and bytes by reason and direction)"""
+    counters = _with_maps(pin_root, lambda dp: dp.metrics.dump())
+    # Forwarded first, then drops by reason number, as the map's keys sort.
+    rows = [(reason, direction, packets, nbytes)
+            for (reason, direction), (packets, nbytes) in sorted(counters.items())]
+    if ctx.output == "json":
+        emit_json([{"reason": reason_name(r), "reason-code": r, "direction": direction_name(d),
+                    "packets": p, "bytes": b} for r, d, p, b in rows])
+        return
+    if not rows:
+        click.echo("No entries found.", err=True)
+        return
+    table(["REASON", "DIRECTION", "PACKETS", "BYTES"],
+          [[reason_name(r), direction_name(d), p, b] for r, d, p, b in rows])

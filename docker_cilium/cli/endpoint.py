@@ -102,3 +102,46 @@ def config(ctx: Context, endpoint_id: str, options: tuple[str, ...]) -> None:
         return
     for key, val in sorted(reply.items()):
         click.echo(f"{key:<24}{val}")
+
+
+@endpoint.command("log")
+@click.argument("endpoint_id")
+@output_option
+@pass_ctx
+@api_call
+def log(ctx: Context, endpoint_id: str) -> None:
+    """View an endpoint's status log (state transitions and regenerations, with reasons)"""
+    entries = ctx.client.get(f"/endpoint/{endpoint_id}/log")
+    if ctx.output == "json":
+        emit_json(entries)
+        return
+    table(["Timestamp", "Status", "State", "Message"],
+          [[e["timestamp"], e["code"], e["state"], e["message"]] for e in entries])
+
+
+@endpoint.command("regenerate")
+@click.argument("endpoint_id")
+@output_option
+@pass_ctx
+@api_call
+def regenerate(ctx: Context, endpoint_id: str) -> None:
+    """Force regeneration of an endpoint (maps from the current policy, programs attached again)"""
+    reply = ctx.client.request("PATCH", f"/endpoint/{endpoint_id}/config", body={})
+    if ctx.output == "json":
+        emit_json(reply)
+        return
+    click.echo(f"Endpoint {endpoint_id} successfully regenerated")
+
+
+@endpoint.command("disconnect")
+@click.argument("endpoint_id")
+@output_option
+@pass_ctx
+@api_call
+def disconnect(ctx: Context, endpoint_id: str) -> None:
+    """Disconnect an endpoint from the network"""
+    reply = ctx.client.request("DELETE", f"/endpoint/{endpoint_id}")
+    if ctx.output == "json":
+        emit_json(reply)
+        return
+    click.echo(f"Endpoint {endpoint_id} successfully disconnected")

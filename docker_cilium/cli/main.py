@@ -6,11 +6,15 @@ import click
 
 from docker_cilium.cli.common import DEFAULT_HOST, Context
 from docker_cilium.cli.bpf import bpf
+from docker_cilium.cli.config import config
+from docker_cilium.cli.debuginfo import debuginfo
 from docker_cilium.cli.endpoint import endpoint
 from docker_cilium.cli.identity import identity
 from docker_cilium.cli.monitor import monitor
+from docker_cilium.cli.metrics import metrics
+from docker_cilium.cli.node import node
 from docker_cilium.cli.policy import policy
-from docker_cilium.cli.status import config, status, version
+from docker_cilium.cli.status import status, version
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,7 +26,7 @@ def cli(ctx: click.Context, host: str, output: str) -> None:
     ctx.obj = Context(host, output)
 
 
-for command in (bpf, endpoint, identity, monitor, policy, status, config, version):
+for command in (bpf, endpoint, identity, metrics, monitor, policy, status, config, version, debuginfo, node):
     cli.add_command(command)
 
 

@@ -80,6 +80,7 @@ def libbpf() -> ctypes.CDLL:
         "bpf_map__map_flags": (U32, [P]),
         "bpf_map__set_pin_path": (I, [P, S]),
         "perf_buffer__new": (P, [I, ctypes.c_size_t, P, P, P, P]),
+        "perf_buffer__new_raw": (P, [I, ctypes.c_size_t, P, P, P, P]),
         "perf_buffer__free": (None, [P]),
         "perf_buffer__epoll_fd": (I, [P]),
         "perf_buffer__poll": (I, [P, I]),

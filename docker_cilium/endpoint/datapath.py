@@ -30,6 +30,12 @@ class ConntrackFlusher(Protocol):
     def flush_addresses(self, *addrs: str | None) -> int: ...
 
 
+class ConntrackBudget(Protocol):
+    """``cilium_ct_budget``: endpoint ids are reused, so a deleted endpoint's slot is zeroed."""
+
+    def reset(self, lxc_id: int) -> None: ...
+
+
 class EndpointMaps(Protocol):
     @property
     def policy(self) -> PolicyMapWriter: ...
@@ -37,6 +43,8 @@ class EndpointMaps(Protocol):
     def endpoints(self) -> EndpointMapWriter: ...
     @property
     def ct(self) -> ConntrackFlusher: ...
+    @property
+    def ct_budget(self) -> ConntrackBudget: ...
 
 
 class EndpointDatapath(Protocol):

@@ -364,7 +364,7 @@ class EndpointManager(RestoreMixin):
         ep.sandbox_key = ""
         await self._save_endpoint(ep)
 
-    async def delete_endpoint(self, network_id: str, endpoint_id: str) -> bool:
+    async def delete_endpoint(self, network_id: str, endpoint_id: str, reason: str = "deleted by Docker") -> bool:
         """Idempotent: dockerd re-deletes endpoints after crashes; unknown is fine.
 
         The endpoint stays known (``disconnecting``, in memory and in the
@@ -377,15 +377,34 @@ class EndpointManager(RestoreMixin):
             await self.links.delete_endpoint_link(endpoint_id)
             return False
         if ep.state != State.DISCONNECTING:
-            ep.set_state(State.DISCONNECTING, "deleted by Docker")
+            ep.set_state(State.DISCONNECTING, reason)
             await self._save_endpoint(ep)
         await self._teardown(ep)
         async with self._lock:
             if self.endpoints.get(endpoint_id) is ep:
                 del self.endpoints[endpoint_id]
         ep.set_state(State.DISCONNECTED, "removed")
-        log.info("endpoint.delete", endpoint=ep.id, ifname=ep.ifname)
+        log.info("endpoint.delete", endpoint=ep.id, ifname=ep.ifname, reason=reason)
         return True
+
+    async def disconnect(self, ep: Endpoint) -> None:
+        """`cilium endpoint disconnect`: the endpoint leaves the network as if
+        Docker had deleted it (link, maps, routes, record, identity reference).
+        The container keeps running without the interface; Docker's later
+        DeleteEndpoint finds nothing left to do, and its address stays
+        allocated to it until Docker releases it."""
+        await self.delete_endpoint(ep.docker_network_id, ep.docker_endpoint_id, "disconnected by the operator (API)")
+
+    async def regenerate(self, ep: Endpoint, reason: str) -> None:
+        """`cilium endpoint regenerate`: its maps rewritten from the current
+        policy and its programs attached again (repairs a detached program)."""
+        if ep.state in (State.DISCONNECTING, State.DISCONNECTED):
+            raise Conflict(f"endpoint {ep.id} is {ep.state.value}: nothing to regenerate")
+        if ep.state == State.READY:
+            ep.set_state(State.WAITING_TO_REGENERATE, reason)
+        else:
+            ep.log_status(reason)
+        await self.hooks.regenerate(ep)
 
     async def _teardown(self, ep: Endpoint) -> None:
         """Remove everything of ``ep`` from the kernel, then its record; each
@@ -462,6 +481,7 @@ class EndpointManager(RestoreMixin):
             if key not in ENDPOINT_OPTIONS:
                 raise BadRequest(f"unknown endpoint option {key!r} (known: {', '.join(ENDPOINT_OPTIONS)})")
         ep.policy_enforcement = parse_enforcement(changes.get("PolicyEnforcement", ep.policy_enforcement))
-        await self.hooks.regenerate(ep)
+        changed = ", ".join(f"{k}={v}" for k, v in sorted(changes.items()))
+        await self.regenerate(ep, f"configuration changed: {changed}" if changes else "regeneration requested (API)")
         await self._save_endpoint(ep)
 

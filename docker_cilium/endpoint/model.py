@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
 
 import structlog
 
 from docker_cilium.identity import reserved
+from docker_cilium.timefmt import rfc3339
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +50,15 @@ TRANSITIONS: dict[State, set[State]] = {
 
 class InvalidTransition(RuntimeError):
     pass
+
+
+#: Entries of an endpoint's status log (`cilium endpoint log`), newest last.
+#: In memory only: a record save per transition would cost a store write per
+#: endpoint on every policy change. After a restart the log starts again with
+#: the restore (the record itself, state aside, is what survives).
+STATUS_LOG_MAX = 100
+CODE_OK, CODE_FAILED = "OK", "Failed"
+_MEMORY_ONLY = ("status_log",)
 
 
 @dataclass
@@ -98,18 +108,30 @@ class Endpoint:
         """
         return bool(self.container_id) or bool(self.effective_labels)
 
-    def set_state(self, new: State, reason: str) -> None:
+    def set_state(self, new: State, reason: str, failed: bool | None = None) -> None:
+        """Checked transition, logged with its reason; ``failed`` defaults to
+        whether the endpoint becomes not-ready (a failed regeneration)."""
         if new == self.state:
             return
         if new not in TRANSITIONS[self.state]:
             raise InvalidTransition(f"endpoint {self.id}: {self.state.value} -> {new.value} is not allowed")
         log.debug("endpoint.state", endpoint=self.id, old=self.state.value, new=new.value, reason=reason)
         self.state = new
-        self.status_log.append({"timestamp": time.time(), "state": new.value, "message": reason})
-        del self.status_log[:-20]
+        self.log_status(reason, new == State.NOT_READY if failed is None else failed)
+
+    def log_status(self, message: str, failed: bool = False) -> None:
+        """An entry in the status log at the current state (also for events
+        that change no state, e.g. a regeneration an operator asked for)."""
+        self.status_log.append({"timestamp": time.time(), "state": self.state.value,
+                                "code": CODE_FAILED if failed else CODE_OK, "message": message})
+        del self.status_log[:-STATUS_LOG_MAX]
+
+    def status_model(self) -> list[dict[str, Any]]:
+        """Cilium's EndpointStatusChange list, oldest first."""
+        return [{**e, "timestamp": rfc3339(e["timestamp"])} for e in self.status_log]
 
     def to_record(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _MEMORY_ONLY}
         d["state"] = self.state.value
         return d
 
@@ -119,8 +141,10 @@ class Endpoint:
         (as Cilium's ParseEndpoint): the recorded state was the old process's."""
         d = dict(d)
         d["state"] = State.RESTORING
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        known = {f for f in cls.__dataclass_fields__} - set(_MEMORY_ONLY)
+        ep = cls(**{k: v for k, v in d.items() if k in known})
+        ep.log_status("restoring after an agent restart (earlier log entries are not kept)")
+        return ep
 
     def to_model(self) -> dict[str, Any]:
         """Cilium's REST endpoint model (the fields `cilium endpoint get` shows)."""
@@ -150,7 +174,7 @@ class Endpoint:
                 "revision": self.policy_revision,
             },
             "mtu": self.mtu,
-            "status": list(self.status_log),
+            "status": self.status_model(),
         }
 
 

@@ -28,6 +28,7 @@ from docker_cilium.datapath.maps.lxcmap import EndpointInfo
 from docker_cilium.datapath.maps.policymap import PolicyEntry as MapPolicyEntry
 from docker_cilium.endpoint.datapath import EndpointDatapath, EndpointMaps
 from docker_cilium.endpoint.model import Endpoint, State
+from docker_cilium.endpoint.timing import RegenerationObserver, timed_regeneration
 from docker_cilium.identity import reserved
 from docker_cilium.identity.allocator import Identity, IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
@@ -69,6 +70,7 @@ class Regenerator:
     def __init__(self, policy: PolicyManager, allocator: IdentityAllocator, identities: IdentityCache,
                  ipcache: IPCache, datapath: EndpointDatapath | None, *,
                  retry_base: float = RETRY_BASE_S, retry_max: float = RETRY_MAX_S,
+                 observer: RegenerationObserver | None = None,
                  monitor: AgentNotifier | None = None) -> None:
         self.policy = policy
         self.monitor: AgentNotifier = monitor or NoNotifier()
@@ -76,6 +78,7 @@ class Regenerator:
         self.identities = identities
         self.ipcache = ipcache
         self.dp = datapath
+        self.observer = observer
         self.endpoints: dict[int, Endpoint] = {}
         # The identity each endpoint holds: the one in its maps and the ipcache.
         self._ep_identity: dict[int, Identity] = {}
@@ -112,6 +115,7 @@ class Regenerator:
         the change the repository's; if a write or the commit fails, the
         endpoints already written get their previous entries back."""
         async with self._lock:
+            t0 = time.perf_counter()
             self._follow_moved_identities()
             eps = [ep for ep in self.endpoints.values() if ep.state not in (State.DISCONNECTING, State.DISCONNECTED)]
             pols = await self._resolve_all(eps, change)
@@ -121,6 +125,8 @@ class Regenerator:
                 await self._write_all(eps, pols, commit)
             for ep in eps:
                 self._regenerated(ep, pols[ep.id])
+                if self.observer is not None:  # each endpoint waited for the whole batch
+                    self.observer.endpoint_regenerated(time.perf_counter() - t0, True)
             self._mark_waiting()
 
     async def _resolve_all(self, eps: list[Endpoint], state: PolicyState) -> dict[int, EndpointPolicy]:
@@ -376,6 +382,7 @@ class Regenerator:
                 maps = self._maps()
                 maps.endpoints.delete(ep.ifindex, ep.ipv4, ep.ipv6)
                 maps.policy.delete_endpoint(ep.id)
+                maps.ct_budget.reset(ep.id)  # ids are reused: the next one starts afresh
             self.ipcache.delete_endpoint(ep.id, ips)
             if self.dp is not None:
                 # A later container on the same address must not inherit these
@@ -390,9 +397,13 @@ class Regenerator:
         self.monitor.agent_event(AGENT_ENDPOINT_DELETED, _ep_message(ep))
 
     async def regenerate(self, ep: Endpoint) -> None:
-        """One endpoint's own settings (PolicyEnforcement) changed."""
+        """One endpoint's own settings (PolicyEnforcement) changed, or an
+        operator asked: its maps from the current policy, its programs attached
+        again (attaching is idempotent)."""
         async with self._lock:
             await self._regenerate(ep, self.identities.identity_labels())
+            if self.dp is not None and self.endpoints.get(ep.id) is ep:
+                await self.dp.attach_async(ep.ifindex)
             self._mark_waiting()
 
     # ---- regeneration -----------------------------------------------------------
@@ -414,6 +425,7 @@ class Regenerator:
         labels, mode = self.policy_subject(ep, state)
         return resolve(state.repo, labels, identities, state.mode_for(mode))
 
+    @timed_regeneration
     async def _regenerate(self, ep: Endpoint, identities: Mapping[int, list[str]]) -> None:
         """One endpoint under the current policy. All or nothing: if its new
         policy does not fit its map (PolicyMapFull names the endpoint and the

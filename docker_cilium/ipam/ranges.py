@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 IPv4Network = ipaddress.IPv4Network
 IPv6Network = ipaddress.IPv6Network
@@ -58,3 +59,10 @@ class NodeAddressing:
             "ipv4-router": str(self.router4),
             "ipv6-router": str(self.router6),
         }
+
+
+def node_element(name: str, node: NodeAddressing, enable_ipv6: bool) -> dict[str, Any]:
+    """Cilium's NodeElement for one node: its addresses and allocation ranges."""
+    return {"name": name, "primary-address": {
+        "ipv4": {"enabled": True, "ip": node.node_ip, "alloc-range": str(node.ipv4_range)},
+        "ipv6": {"enabled": enable_ipv6, "ip": str(node.router6), "alloc-range": str(node.ipv6_range)}}}

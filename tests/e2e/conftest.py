@@ -77,8 +77,14 @@ def dockerd():
 @pytest.fixture(scope="module")
 def agent(dockerd, tmp_path_factory):
     """One agent for a test module; the host is cleaned whatever happens."""
+    yield from running_agent(tmp_path_factory.mktemp("agent"))
+
+
+def running_agent(workdir, extra: list[str] | None = None):
+    """Body of an agent fixture: start it with ``extra`` flags, yield it, then
+    clean the host whatever happened."""
     cleanup_host()
-    a = Agent(tmp_path_factory.mktemp("agent"))
+    a = Agent(workdir, extra=extra)
     try:
         a.start()
         yield a

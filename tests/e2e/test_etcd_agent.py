@@ -3,6 +3,7 @@ works, and `cilium status` reports the store going away and coming back."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -117,10 +118,15 @@ def test_status_reports_kvstore_down_and_back(dockerd, tmp_path):
         assert a.cli_json("status")["kvstore"] == {"state": "Ok", "msg": f"etcd {etcd.address}"}
         etcd.stop()
         t0 = time.monotonic()
-        down = a.cli_json("status")
+        res = a.cli("status", "-o", "json", check=False)
+        down = json.loads(res.stdout)
         assert down["kvstore"]["state"] == "Failure", down
         assert f"etcd {etcd.address}" in down["kvstore"]["msg"], down
         assert down["cilium"]["state"] == "Ok" and time.monotonic() - t0 < 15  # answered, not hung
+        # Unhealthy is the exit status too, for the table as for JSON.
+        assert res.returncode == 1 and res.stderr == "unhealthy: KVStore\n"
+        table = a.cli("status", check=False)
+        assert table.returncode == 1 and table.stdout.startswith(f"{'KVStore:':<24}Failure   ")
         etcd.start()
         wait_until(lambda: a.cli_json("status")["kvstore"]["state"] == "Ok", timeout=60,
                    what="kvstore Ok after etcd is back")

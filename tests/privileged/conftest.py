@@ -231,8 +231,8 @@ class Topology:
 
     def ping(self, src: Container | None, dst: str, from_addr: str | None = None,
              timeout: float = 1.0) -> bool:
-        args = ["ping", dst] + ([f"src={from_addr}"] if from_addr else [])
-        return self._exec(src, *args) == 0
+        args = ["ping", dst, f"timeout={timeout}"] + ([f"src={from_addr}"] if from_addr else [])
+        return self._exec(src, *args, timeout=timeout + 15) == 0
 
     def tcp(self, src: Container | None, dst: str, port: int, from_addr: str | None = None) -> int:
         args = ["tcp", dst, str(port)] + ([f"src={from_addr}"] if from_addr else [])
@@ -263,7 +263,9 @@ class Topology:
             raise RuntimeError(f"sniffer {spec} failed to start")
         return Sniffer(p)
 
-    def serve(self, c: Container, *ports: int, mode: str = "serve") -> None:
+    def serve(self, c: Container, *ports: int | str, mode: str = "serve") -> None:
+        """Start a long-running nettool mode in c (serve, sink, tcphold ...),
+        stopped at cleanup; returns once it printed "ready"."""
         p = subprocess.Popen(["ip", "netns", "exec", c.netns, PYTHON, self.tool, mode,
                               *map(str, ports)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
@@ -359,6 +361,19 @@ def topo():
         errors = t.cleanup()
         leftovers = sh("ip", "-o", "link", "show").stdout.count(f"dc{t.run_id}")
         assert not errors and not leftovers, (errors, leftovers)
+
+
+@pytest.fixture
+def small_ct(topo, pin_root, tmp_path_factory):
+    """A datapath with a 1024-entry CT table and a budget of 64 unreplied
+    entries per endpoint, with the abc containers."""
+    obj = compile_datapath(out_dir=tmp_path_factory.mktemp("smallct"),
+                           defines={"CT_MAP_SIZE": 1024, "CT_EP_BUDGET": 64})
+    dp = Datapath.load(obj, pin_root=pin_root)
+    try:
+        yield dp, make_abc(topo, dp)
+    finally:
+        dp.close()
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ def ping(dst, src=None, timeout=1.0, count=1):
     proto = socket.IPPROTO_ICMPV6 if f == socket.AF_INET6 else socket.IPPROTO_ICMP
     s = socket.socket(f, socket.SOCK_RAW, proto)
     if src: s.bind((src, 0))
+    timeout = float(timeout)
     ident = (os.getpid() ^ int(time.time() * 1000)) & 0xffff
-    ok = 0
+    ok, count = 0, int(count)
     for seq in range(count):
         typ = 128 if f == socket.AF_INET6 else 8
         hdr = struct.pack("!BBHHH", typ, 0, 0, ident, seq) + b"dctest-ping-payload"
@@ -114,6 +115,22 @@ def udpget(dst, port, size):
     """Ask for one datagram of size bytes and check it arrives whole."""
     n = int(size)
     return _udp_ask(dst, port, b"big:%d" % n, lambda d: len(d) == n)
+
+def many(kind, dst, port, n):
+    """n tcp/udp exchanges, each from a new socket (a new flow); prints how
+    many were answered."""
+    ok = sum(1 for _ in range(int(n)) if {"tcp": tcp, "udp": udp}[kind](dst, port) == 0)
+    print(ok, flush=True)
+    return 0 if ok == int(n) else 2
+
+def tcphold(dst, port):
+    """Open a connection to a sink, send a little, print "ready" and keep it
+    open until stdin closes (a live, answered connection)."""
+    s = socket.create_connection((dst, int(port)), timeout=2)
+    s.sendall(b"hold")
+    print("ready", flush=True)
+    sys.stdin.read()
+    s.close()
 
 def sendframe(hexframe, count=1, ifname="eth0"):
     """Send a raw Ethernet frame (AF_PACKET: only CAP_NET_RAW needed)."""
@@ -215,4 +232,4 @@ if __name__ == "__main__":
     sys.exit({"ping": ping, "tcp": tcp, "udp": udp, "serve": serve,
               "bulk": bulk, "sink": sink, "udpsize": udpsize, "udpget": udpget,
               "sendframe": sendframe, "rawip": rawip, "sniff": sniff,
-              "tcpraw": tcpraw}[cmd](*rest, **kw) or 0)
+              "tcpraw": tcpraw, "many": many, "tcphold": tcphold}[cmd](*rest, **kw) or 0)

@@ -15,7 +15,7 @@ from docker_cilium.datapath.drop import DROP_POLICY as DROP_L3
 from docker_cilium.datapath.drop import DROP_POLICY_L4 as DROP_L4
 from docker_cilium.datapath.loader import Datapath
 from docker_cilium.datapath.maps.ctmap import monotonic_seconds
-from docker_cilium.datapath.maps.eventsmap import NOTIFY_DROP, NOTIFY_TRACE
+from docker_cilium.datapath.maps.eventsmap import NOTIFY_DROP
 from docker_cilium.datapath.maps.metricsmap import METRIC_EGRESS, METRIC_INGRESS
 from docker_cilium.datapath.maps.policymap import PolicyEntry
 from docker_cilium.datapath.maps.registry import DatapathMaps
@@ -277,7 +277,7 @@ def test_related_icmp_errors_and_resets(topo, datapath, abc):
     assert not topo.ping(b, a.ipv4)
 
 
-def test_drop_and_trace_events(topo, datapath, abc):
+def test_drop_events(topo, datapath, abc):
     a, b, c = abc
     maps = datapath.maps
     reader = maps.event_reader()
@@ -290,19 +290,11 @@ def test_drop_and_trace_events(topo, datapath, abc):
         e = evs[0]
         assert (e.subtype, e.source, e.src_label, e.dst_label, e.ifindex) == \
             (DROP_L3, b.lxc_id, a.identity, b.identity, a.ifindex)
-        assert e.reason == "Policy denied (L3)"
+        assert e.drop_reason == "Policy denied (L3)"
         assert e.len_cap == min(e.len_orig, 128) and len(e.data) == e.len_cap
         assert e.data[12:14] == b"\x08\x00"                 # IPv4 frame
         assert e.data[14 + 12:14 + 16] == bytes(map(int, a.ipv4.split(".")))
-        # trace events only when enabled in cilium_config
-        maps.endpoints.upsert(b.endpoint(ingress=False))
-        assert topo.ping(a, c.ipv4)
-        assert not [e for e in reader.poll(100) if e.type == NOTIFY_TRACE]
-        maps.config.set_trace(True)
-        assert topo.ping(a, c.ipv4)
-        traces = [e for e in reader.poll(200) if e.type == NOTIFY_TRACE]
-        assert any(e.source == a.lxc_id and e.dst_id == c.lxc_id for e in traces)
-        maps.config.set_trace(False)
+        assert e.direction == 1                             # METRIC_INGRESS
     finally:
         reader.close()
 

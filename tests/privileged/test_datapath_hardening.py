@@ -13,84 +13,41 @@ import time
 
 import pytest
 
-from docker_cilium.datapath.loader import Datapath, compile_datapath
 from docker_cilium.datapath.drop import (
     DROP_CT_CREATE_FAILED,
     DROP_INVALID_SIP as DROP_SIP,
     DROP_INVALID_SMAC as DROP_SMAC,
     DROP_POLICY,
-    DROP_REASONS,
     DROP_UNKNOWN_L3,
     DROP_VLAN_FILTERED,
 )
-from docker_cilium.datapath.maps.ctmap import monotonic_seconds
+from docker_cilium.datapath.maps.ctmap import CT_F_SEEN_REPLY, monotonic_seconds
 from docker_cilium.datapath.maps.policymap import PolicyEntry
 
-from tests.privileged.conftest import make_abc, sh
+from tests.privileged.conftest import sh
+from tests.privileged.nettool import csum
+from tests.privileged.packets import (
+    ETH_P_ARP,
+    ETH_P_IP,
+    arp,
+    frame_from,
+    ip4,
+    ipv4,
+    ipv6,
+    mac,
+    marker,
+    udp,
+    vlan,
+)
 
 pytestmark = pytest.mark.privileged
 
 OK, TIMEOUT, REFUSED = 0, 2, 3
-ETH_P_IP, ETH_P_ARP, ETH_P_8021Q = 0x0800, 0x0806, 0x8100
 ETH_P_UNKNOWN = 0x88B5          # IEEE "local experimental" ethertype
 
 
 def drops(dp, reason: int) -> int:
     return dp.maps.metrics.count(reason)
-
-
-def marker() -> bytes:
-    return b"dcmark-" + random.randbytes(6).hex().encode()
-
-
-# ---- packet building ------------------------------------------------------
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def mac(s: str) -> bytes:
-    return bytes.fromhex(s.replace(":", ""))
-
-
-def ip4(a: str) -> bytes:
-    return socket.inet_aton(a)
-
-
-def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0x1234, 0, 64, proto, 0,
-                      ip4(src), ip4(dst))
-    return hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:] + payload
-
-
-def ipv6(src: str, dst: str, nexthdr: int, payload: bytes) -> bytes:
-    return (struct.pack("!IHBB", 6 << 28, len(payload), nexthdr, 64)
-            + socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
-            + payload)
-
-
-def udp(sport: int, dport: int, payload: bytes) -> bytes:
-    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload  # no checksum
-
-
-def vlan(tags: int, ethertype: int) -> bytes:
-    """tags x 802.1Q VLAN 0 (priority) tag, then the inner ethertype."""
-    return b"".join(struct.pack("!HH", ETH_P_8021Q, 0) for _ in range(tags)) + \
-        struct.pack("!H", ethertype)
-
-
-def frame_from(c, ethertype_and_tags: bytes, payload: bytes) -> str:
-    """Hex of a frame from container c to its host veth."""
-    return (mac(c.node_mac) + mac(c.mac) + ethertype_and_tags + payload).hex()
-
-
-def arp(op: int, sha: str, spa: str, tpa: str) -> bytes:
-    return struct.pack("!HHBBH6s4s6s4s", 1, ETH_P_IP, 6, 4, op, mac(sha), ip4(spa),
-                       b"\0" * 6, ip4(tpa))
 
 
 # ---- item 2: only IPv4, IPv6 and own-address ARP leave a container --------
@@ -124,7 +81,6 @@ def test_vlan_and_unknown_ethertype_frames_are_dropped(topo, datapath, abc):
     assert (at_b.count(), at_c.count(), at_host.count(), at_host_l2.count()) == (1, 0, 0, 0)
     assert drops(datapath, DROP_VLAN_FILTERED) >= vlan_before + 4
     assert drops(datapath, DROP_UNKNOWN_L3) >= l3_before + 1
-    assert DROP_REASONS[DROP_VLAN_FILTERED] and DROP_REASONS[DROP_UNKNOWN_L3]
 
 
 def test_arp_only_for_own_addresses(topo, datapath, abc):
@@ -152,6 +108,25 @@ def test_arp_only_for_own_addresses(topo, datapath, abc):
     neigh = sh("ip", "neigh", "show", "dev", a.host_if).stdout
     assert b.ipv4 not in neigh.split(), neigh
     assert topo.ping(a, b.ipv4)       # the kernel's own ARP keeps working
+
+
+def test_arp_probe_from_own_mac_passes(topo, datapath, abc):
+    """RFC 5227 probes (request, sender IP 0.0.0.0) from the endpoint's MAC
+    reach the host; a probe with another sender MAC and a reply with sender
+    IP 0.0.0.0 do not."""
+    a, b, c = abc
+    eth_arp = struct.pack("!H", ETH_P_ARP)
+    # the marker: sender (hardware, protocol) and target fields
+    probe = arp(1, a.mac, "0.0.0.0", a.ipv4)
+    foreign = arp(1, "02:00:00:00:00:77", "0.0.0.0", a.ipv4)
+    zero_reply = arp(2, a.mac, "0.0.0.0", topo.router4)
+    seen = [topo.sniff(None, f"eth:{ETH_P_ARP:x}:{a.host_if}", p[8:]) for p in (probe, foreign, zero_reply)]
+    sip_before, smac_before = drops(datapath, DROP_SIP), drops(datapath, DROP_SMAC)
+    for p in (probe, foreign, zero_reply):
+        assert topo.run_tool(a, "sendframe", frame_from(a, eth_arp, p)) == OK
+    assert [s.count() for s in seen] == [1, 0, 0]
+    assert drops(datapath, DROP_SMAC) >= smac_before + 1
+    assert drops(datapath, DROP_SIP) >= sip_before + 1
 
 
 # ---- item 8: fragments ----------------------------------------------------
@@ -231,38 +206,33 @@ def _entries(maps, saddr: str, daddr: str):
 
 def test_ct_entries_without_reply_are_short_lived(topo, datapath, abc):
     """A bare ACK creates no 6-hour entry; unreplied entries are not extended
-    by their originator; a real connection gets the long lifetime."""
+    by their originator; a connection the peer answered is marked replied and
+    lives long (6 h TCP, refreshed UDP)."""
     a, b, c = abc
     maps = datapath.maps
     hole4, _ = topo.blackhole(250)
     topo.serve(b, 8080)
+    topo.serve(b, 9100, mode="sink")
     maps.ct.flush()
     assert topo.run_tool(a, "tcpraw", hole4, 443, 1) == OK
     [ack] = _entries(maps, a.ipv4, hole4)
     assert ack.lifetime <= monotonic_seconds() + 60, ack
+    assert not ack.flags & CT_F_SEEN_REPLY, ack
     assert topo.run_tool(a, "rawip", hole4, 17, udp(5353, 5353, b"one").hex()) == OK
-    first = [e for e in _entries(maps, a.ipv4, hole4) if e.proto == 17][0].lifetime
+    [unreplied] = [e for e in _entries(maps, a.ipv4, hole4) if e.proto == 17]
+    assert not unreplied.flags & CT_F_SEEN_REPLY, unreplied
     time.sleep(1.2)
     assert topo.run_tool(a, "rawip", hole4, 17, udp(5353, 5353, b"two").hex()) == OK
-    assert [e for e in _entries(maps, a.ipv4, hole4) if e.proto == 17][0].lifetime == first
-    # a connection the peer answered lives long (6 h)
-    assert topo.tcp(a, b.ipv4, 8080) == OK
+    assert [e for e in _entries(maps, a.ipv4, hole4) if e.proto == 17][0].lifetime == unreplied.lifetime
+    # an open connection the peer answered: replied, 6 h (not closing yet)
+    topo.serve(a, b.ipv4, 9100, mode="tcphold")
+    [conn] = [e for e in _entries(maps, a.ipv4, b.ipv4) if e.proto == 6 and e.dport == 9100]
+    assert conn.flags & CT_F_SEEN_REPLY, conn
+    assert conn.lifetime > monotonic_seconds() + 3600, conn
     assert topo.udp(a, b.ipv4, 8080) == OK
-    udp_entry = [e for e in _entries(maps, a.ipv4, b.ipv4) if e.proto == 17][0]
+    [udp_entry] = [e for e in _entries(maps, a.ipv4, b.ipv4) if e.proto == 17]
+    assert udp_entry.flags & CT_F_SEEN_REPLY, udp_entry
     assert udp_entry.lifetime > monotonic_seconds() + 55     # replied: refreshed
-
-
-@pytest.fixture
-def small_ct(topo, pin_root, tmp_path_factory):
-    """A datapath with a 1024-entry CT table and a budget of 64 unreplied
-    entries per endpoint, with the abc containers."""
-    obj = compile_datapath(out_dir=tmp_path_factory.mktemp("smallct"),
-                           defines={"CT_MAP_SIZE": 1024, "CT_EP_BUDGET": 64})
-    dp = Datapath.load(obj, pin_root=pin_root)
-    try:
-        yield dp, make_abc(topo, dp)
-    finally:
-        dp.close()
 
 
 def test_one_endpoint_cannot_evict_others_ct_entries(topo, small_ct):

@@ -24,16 +24,21 @@ from tests.privileged.conftest import PYTHON, Container, sh
 pytestmark = pytest.mark.privileged
 
 PORT, SPORT = 8080, 40123
-UDP_FROM = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('', int(sys.argv[3]))); "
-            "s.settimeout(1); s.connect((sys.argv[1], int(sys.argv[2]))); s.send(b'hello'); "
-            "sys.exit(0 if s.recv(100) == b'ok:hello' else 4)")
+OK, TIMEOUT = 0, 2  # nettool / UDP_FROM exit codes: answered, dropped (no answer, no refusal)
+UDP_FROM = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('', int(sys.argv[3])))\n"
+            "s.settimeout(1); s.connect((sys.argv[1], int(sys.argv[2]))); s.send(b'hello')\n"
+            "try:\n    d = s.recv(100)\n"
+            "except socket.timeout:\n    sys.exit(2)\n"
+            "except OSError:\n    sys.exit(3)\n"
+            "sys.exit(0 if d == b'ok:hello' else 4)")
 
 
-def udp_from_port(c: Container, dst: str) -> bool:
-    """One datagram from the fixed source port SPORT (always the same flow); answered?"""
+def udp_from_port(c: Container, dst: str) -> int:
+    """One datagram from the fixed source port SPORT (always the same flow): OK or TIMEOUT."""
     return sh("ip", "netns", "exec", c.netns, PYTHON, "-c", UDP_FROM, dst, str(PORT), str(SPORT),
-              check=False).returncode == 0
+              check=False).returncode
 
 
 def endpoint(c: Container, labels: list[str]) -> Endpoint:
@@ -84,19 +89,23 @@ async def become_frontend(regen, ep: Endpoint) -> None:
 
 
 async def test_init_endpoint_opens_no_flow(topo, datapath, regen):
-    """Fail closed: nothing passes and no conntrack entry is created while init."""
+    """Fail closed: nothing passes and no conntrack entry is created while init.
+    Controls: the host reaches B's server, and A's once A's ingress is not enforced."""
     a, ep_a, b = await client_and_server(topo, regen)
+    topo.serve(a, PORT)
     assert ep_a.identity == reserved.INIT
-    assert not udp_from_port(a, b.ipv4)
-    assert topo.tcp(a, b.ipv4, PORT) != 0
-    assert topo.tcp(b, a.ipv4, PORT) != 0 and not topo.ping(b, a.ipv4)  # ingress too
+    assert topo.tcp(None, b.ipv4, PORT) == OK       # B serves
+    assert udp_from_port(a, b.ipv4) == TIMEOUT
+    assert topo.tcp(a, b.ipv4, PORT) == TIMEOUT
+    assert topo.tcp(b, a.ipv4, PORT) == TIMEOUT and not topo.ping(b, a.ipv4)  # ingress too
     assert ct_of(datapath, a.ipv4) == []
     await regen.policy.import_rules(json.dumps([{"endpointSelector": {"matchLabels": {"role": "frontend"}},
                                                  "egress": [{}]}]).encode())
     await become_frontend(regen, ep_a)
-    assert not udp_from_port(a, b.ipv4) and topo.tcp(a, b.ipv4, PORT) != 0
+    assert udp_from_port(a, b.ipv4) == TIMEOUT and topo.tcp(a, b.ipv4, PORT) == TIMEOUT
     # Its ingress is not enforced now: the deny above is its egress policy's.
     assert topo.ping(b, a.ipv4)
+    assert topo.tcp(b, a.ipv4, PORT) == OK
 
 
 async def test_flow_opened_under_init_policy_is_denied_after_identity(topo, datapath, regen):
@@ -108,10 +117,10 @@ async def test_flow_opened_under_init_policy_is_denied_after_identity(topo, data
         {"endpointSelector": {"matchLabels": {"role": "frontend"}}, "egress": [{}]},
     ]).encode())
     a, ep_a, b = await client_and_server(topo, regen)
-    assert udp_from_port(a, b.ipv4)  # allowed by the init rule
-    assert topo.tcp(a, b.ipv4, PORT) == 0
+    assert udp_from_port(a, b.ipv4) == OK  # allowed by the init rule
+    assert topo.tcp(a, b.ipv4, PORT) == OK
     assert ct_of(datapath, a.ipv4) != []
     await become_frontend(regen, ep_a)
-    assert not udp_from_port(a, b.ipv4)  # the very same flow
-    assert topo.tcp(a, b.ipv4, PORT) != 0
+    assert udp_from_port(a, b.ipv4) == TIMEOUT  # the very same flow
+    assert topo.tcp(a, b.ipv4, PORT) == TIMEOUT
     assert ct_of(datapath, a.ipv4) == []

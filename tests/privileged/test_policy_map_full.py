@@ -16,6 +16,7 @@ import json
 
 import pytest
 
+from docker_cilium.datapath.bpf import BPFError
 from docker_cilium.datapath.loader import Datapath, compile_datapath
 from docker_cilium.datapath.maps.policymap import POLICY_MAP, PolicyEntry, PolicyMap, PolicyMapFull
 from docker_cilium.endpoint.model import Endpoint, State
@@ -83,6 +84,23 @@ def rule(name: str, ports: range) -> bytes:
     }]).encode()
 
 
+def record_writes(dp: Datapath) -> list[tuple[str, int | None]]:
+    """Every update of the kernel policy map from now on: ("ok", lxc_id) or ("refused", None)."""
+    m, log = dp.maps.raw[POLICY_MAP], []
+    update = m.update
+
+    def counted(key, value, *args, **kw):
+        try:
+            update(key, value, *args, **kw)
+        except BPFError:
+            log.append(("refused", None))
+            raise
+        log.append(("ok", key.lxc_id))
+
+    m.update = counted
+    return log
+
+
 def map_state(dp: Datapath) -> list[tuple]:
     """Every entry of the kernel map (markers included), read back from the kernel."""
     return [(s.lxc_id, s.identity, s.direction, s.dport, s.proto) for s in dp.maps.policy.dump(include_markers=True)]
@@ -113,9 +131,15 @@ async def test_kernel_refusal_part_way_is_undone_on_every_endpoint(agent):
     other = PolicyMap(dp.maps.raw[POLICY_MAP])
     other.set_endpoint_policy(999, [PolicyEntry(identity=5000 + i) for i in range(17)])  # 5 left free
     before, rev, saved = map_state(dp), policy.revision, await store.get(keys.POLICY_RULES)
+    writes = record_writes(dp)
     with pytest.raises(PolicyMapFull) as exc:
         await policy.import_rules(rule("more", range(2000, 2004)))  # +4 on each endpoint
     assert "is full" in exc.value.message
+    # Part-way: the kernel took the 5 free slots (all 4 of one endpoint, 1 of
+    # the other) before refusing; every write after the refusal is an undo.
+    refused = writes.index(("refused", None))
+    assert writes[:refused] == [("ok", lxc) for lxc in [writes[0][1]] * 4 + [writes[4][1]]]
+    assert {writes[0][1], writes[4][1]} == {11, 12}
     assert map_state(dp) == before
     assert policy.revision == rev and await store.get(keys.POLICY_RULES) == saved
 

@@ -210,12 +210,12 @@ async def test_config(api):
     assert resp.status == 200
     assert (await resp.json())["policy-enforcement"] == "always"
     resp = await client.patch("/v1/config", json={"options": {"PolicyEnforcement": "never"}})
-    assert (await resp.json())["options"] == {"PolicyEnforcement": "never"}
+    assert (await resp.json())["options"] == {"Debug": "Disabled", "PolicyEnforcement": "never"}
     assert daemon.policy.enforcement == "never"
     msg = await _err(await client.patch("/v1/config", json={"policy-enforcement": "strict"}), 400)
     assert msg == "invalid value 'strict' for policy-enforcement: must be one of default, always, never"
-    assert "read-only option 'Debug'" in await _err(
-        await client.patch("/v1/config", json={"options": {"Debug": "true"}}), 400)
+    assert "read-only option 'MTU'" in await _err(
+        await client.patch("/v1/config", json={"options": {"MTU": "9000"}}), 400)
     assert "unknown field 'mtu'" in await _err(await client.patch("/v1/config", json={"mtu": 9000}), 400)
     await _err(await client.patch("/v1/config", data=b"nope"), 400)
     assert daemon.policy.enforcement == "never"

@@ -36,12 +36,17 @@ MIRRORED = {
     "CT_F_TX_CLOSING": ctmap.CT_F_TX_CLOSING,
     "CT_F_SEEN_NON_SYN": ctmap.CT_F_SEEN_NON_SYN,
     "CT_F_SEEN_REPLY": ctmap.CT_F_SEEN_REPLY,
-    "CFG_F_TRACE": configmap.CFG_F_TRACE,
     "CFG_F_DEBUG": configmap.CFG_F_DEBUG,
+    **{name: getattr(configmap, name) for name in dir(configmap)
+       if name.startswith("MONITOR_AGGREGATION_")},
     "NOTIFY_DROP": eventsmap.NOTIFY_DROP,
     "NOTIFY_DEBUG": eventsmap.NOTIFY_DEBUG,
     "NOTIFY_CAPTURE": eventsmap.NOTIFY_CAPTURE,
     "NOTIFY_TRACE": eventsmap.NOTIFY_TRACE,
+    "NOTIFY_POLICY_VERDICT": eventsmap.NOTIFY_POLICY_VERDICT,
+    **{name: getattr(eventsmap, name) for name in dir(eventsmap)
+       if name.startswith(("TRACE_REASON_", "POLICY_MATCH_", "DBG_")) and name.isupper()
+       and isinstance(getattr(eventsmap, name), int)},
     "TRACE_TO_LXC": eventsmap.TRACE_TO_LXC,
     "TRACE_TO_PROXY": eventsmap.TRACE_TO_PROXY,
     "TRACE_TO_HOST": eventsmap.TRACE_TO_HOST,
@@ -58,13 +63,12 @@ C_ONLY = {
     "IDENTITY_UNKNOWN",         # the datapath never looks it up
     "CT_F_NODE_PORT",           # reserved (load balancer)
     "CT_F_PROXY_REDIRECT",      # reserved (L7 proxy)
-    "NOTIFY_POLICY_VERDICT",    # not emitted yet
     "NOTIFY_CAPTURE_LEN",       # capture size; events carry their own len_cap
     "POLICY_MAP_SIZE",          # map sizes are compile-time (-D); Python never assumes them
 }
 
 SHARED_FAMILIES = re.compile(r"^(IDENTITY_|EP_F_|POLICY_|METRIC_|CT_EGRESS$|CT_INGRESS$|CT_F_|"
-                             r"CFG_F_|NOTIFY_|TRACE_|DROP_|REASON_)")
+                             r"CFG_F_|NOTIFY_|TRACE_|DROP_|REASON_|MONITOR_AGGREGATION_|DBG_)")
 
 _DEFINE = re.compile(r"^#define\s+(\w+)\s+(.*?)\s*(?:/\*.*)?$")
 _NUMBER = re.compile(r"^\(?\s*(\d+)\s*(?:<<\s*(\d+))?\s*\)?$")
@@ -117,4 +121,18 @@ def test_drop_reason_texts_cover_exactly_the_header_reasons():
 
 def test_trace_point_names_cover_exactly_the_header_points():
     defines = header_defines()
-    assert set(eventsmap.TRACE_OBS_POINTS) == {v for n, v in defines.items() if n.startswith("TRACE_")}
+    assert set(eventsmap.TRACE_OBS_POINTS) == {v for n, v in defines.items()
+                                               if n.startswith("TRACE_") and not n.startswith("TRACE_REASON_")}
+
+
+def test_monitor_names_cover_exactly_the_header_values():
+    """Every trace reason, match type and aggregation level the datapath can
+    write has its text (the agent renders events with them)."""
+    defines = header_defines()
+
+    def values(prefix: str) -> set[int]:
+        return {v for n, v in defines.items() if n.startswith(prefix)}
+    assert set(eventsmap.TRACE_REASONS) == values("TRACE_REASON_")
+    assert set(eventsmap.POLICY_MATCH_TYPES) == values("POLICY_MATCH_")
+    assert set(configmap.AGGREGATION_NAMES) == values("MONITOR_AGGREGATION_")
+    assert set(eventsmap.DEBUG_MESSAGES) == values("DBG_")

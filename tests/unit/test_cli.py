@@ -221,12 +221,13 @@ def test_endpoint_list_labels_config(agent):
 def test_config(agent):
     sock, daemon = agent
     res = run(sock, "config")
-    assert res.output.splitlines()[0].split() == ["PolicyEnforcement", "default"]
+    assert [line.split() for line in res.output.splitlines()[:2]] == [["Debug", "Disabled"],
+                                                                     ["PolicyEnforcement", "default"]]
     res = run(sock, "config", "PolicyEnforcement=always")
-    assert res.exit_code == 0 and res.output.split() == ["PolicyEnforcement", "always"]
+    assert res.exit_code == 0 and res.output.split() == ["Debug", "Disabled", "PolicyEnforcement", "always"]
     assert daemon.policy.enforcement == "always"
-    res = run(sock, "config", "Debug=true")
-    assert res.exit_code == 1 and "Debug" in res.output
+    res = run(sock, "config", "Debug=maybe")
+    assert res.exit_code == 1 and "invalid value 'maybe' for option Debug" in res.output
     assert json.loads(run(sock, "config", "-o", "json").output)["policy-enforcement"] == "always"
 
 

@@ -22,7 +22,7 @@ from docker_cilium.datapath.loader import SRC_DIR, compile_datapath, clang_binar
 # stack variable only (no BTF): the host C check covers it.
 BTF_STRUCTS = ["endpoint_info", "endpoint_key", "policy_key", "policy_entry", "ipcache_key",
                "remote_endpoint_info", "ipv4_ct_tuple", "ipv6_ct_tuple", "ct_entry",
-               "metrics_key", "metrics_value", "datapath_config"]
+               "metrics_key", "metrics_value", "datapath_config", "ct_budget"]
 
 
 def _ctypes_members(cls):

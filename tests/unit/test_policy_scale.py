@@ -103,8 +103,10 @@ async def test_cidr_identities_are_numbered_without_scanning(store):
 async def test_large_import_gives_the_loop_turns(api):
     """While 10,000 rules are parsed and resolved, a task that wants the loop
     every millisecond is never kept waiting long (the old code held the loop
-    for the whole import). The bound leaves room for a loaded machine; the
-    precise figure is bench/policy_scale.py's."""
+    for the whole import). The gap is measured in the loop thread's CPU time,
+    not wall time: work done without yielding is the property, and a loaded
+    machine that deschedules the process must not fail the test. The
+    wall-clock figure is bench/policy_scale.py's."""
     client, daemon = api
     doc = json.dumps(cidr_rules(10000)).encode()
     gaps: list[float] = []
@@ -112,9 +114,9 @@ async def test_large_import_gives_the_loop_turns(api):
 
     async def ticker() -> None:
         while not done:
-            t = time.perf_counter()
+            t = time.thread_time()
             await asyncio.sleep(0.001)
-            gaps.append(time.perf_counter() - t)
+            gaps.append(time.thread_time() - t)
 
     task = asyncio.create_task(ticker())
     t0 = time.perf_counter()
@@ -123,4 +125,5 @@ async def test_large_import_gives_the_loop_turns(api):
     done = True
     await task
     assert resp.status == 200, await resp.text()
-    assert max(gaps) < 0.2, f"loop blocked for {max(gaps) * 1000:.0f} ms during a {took:.1f}s import"
+    assert len(gaps) > 10, f"the ticker ran only {len(gaps)} times during a {took:.1f}s import"
+    assert max(gaps) < 0.1, f"loop held for {max(gaps) * 1000:.0f} ms of CPU during a {took:.1f}s import"

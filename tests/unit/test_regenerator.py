@@ -82,12 +82,21 @@ class FakeCT:
         return 0
 
 
+class FakeCTBudget:
+    def __init__(self) -> None:
+        self.reset_ids: list[int] = []
+
+    def reset(self, lxc_id: int) -> None:
+        self.reset_ids.append(lxc_id)
+
+
 class FakeMaps:
     def __init__(self) -> None:
         self.log: list[str] = []
         self.policy = FakePolicyMap(self.log)
         self.endpoints = FakeEndpointMap(self.log)
         self.ct = FakeCT()
+        self.ct_budget = FakeCTBudget()
 
 
 class FakeDatapath:
@@ -188,6 +197,7 @@ async def test_deleted_endpoint_leaves_no_map_state(agent) -> None:
     # The address falls back to the CIDR identity a rule gave it.
     assert agent.ipcache_map.entries["10.2.0.2/32"] > LOCAL_IDENTITY_BASE
     assert agent.dp.maps.ct.flushed == [("10.2.0.2",)]
+    assert agent.dp.maps.ct_budget.reset_ids == [1]  # the id's next endpoint starts afresh
 
 
 async def test_enforcement_mode_reaches_every_endpoint(agent) -> None:

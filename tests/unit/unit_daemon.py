@@ -15,13 +15,14 @@ import os
 from typing import Any
 
 from docker_cilium.agent.config import DaemonConfig
+from docker_cilium.agent.options import RuntimeOptions, agent_options
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.errors import Unavailable
 from docker_cilium.endpoint.regenerator import Regenerator
 from docker_cilium.identity.allocator import IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
 from docker_cilium.ipam.allocator import IPAM
-from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.ipam.ranges import NodeAddressing, node_element
 from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 from docker_cilium.monitor.hub import MonitorHub
@@ -54,6 +55,10 @@ class UnitDaemon:
         self.identities = IdentityCache(self.allocator, ipcache)
         self.policy = PolicyManager(self.store, ipcache, self.identities, self.config.policy_enforcement)
         await self.policy.start()
+        self.options = RuntimeOptions(self.store)
+        for option in agent_options(self.policy, self.config):
+            self.options.register(option)
+        await self.options.restore()
         self.regenerator = Regenerator(self.policy, self.allocator, self.identities, ipcache, None,
                                        monitor=self.monitor)
         PolicyEvents(self.policy, self.monitor)
@@ -82,6 +87,12 @@ class UnitDaemon:
     def monitor_status(self) -> dict[str, Any]:
         """No datapath reader here: only agent events flow."""
         return self.monitor.status()
+
+    def datapath_maps(self) -> None:
+        return None  # no kernel here
+
+    def nodes(self) -> dict[str, Any]:
+        return {"self": "unit", "nodes-added": [node_element("unit", NODE, True)]}
 
     def host_addressing(self) -> dict[str, Any]:
         return {"ipv4": {"enabled": True, "ip": str(NODE.router4), "alloc-range": str(NODE.ipv4_range)},

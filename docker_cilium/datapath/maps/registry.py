@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 from docker_cilium import defaults
 from docker_cilium.datapath.bpf import BpfMap
-from docker_cilium.datapath.maps import configmap, ctmap, eventsmap, ipcache, lxcmap, metricsmap, policymap
+from docker_cilium.datapath.maps import (configmap, ctbudget, ctmap, eventsmap, ipcache, lxcmap, metricsmap,
+                                        policymap)
 from docker_cilium.datapath.maps.configmap import ConfigMap
+from docker_cilium.datapath.maps.ctbudget import CTBudget
 from docker_cilium.datapath.maps.ctmap import CTMap
 from docker_cilium.datapath.maps.eventsmap import EventReader
 from docker_cilium.datapath.maps.ipcache import IPCache
@@ -24,13 +26,13 @@ from docker_cilium.datapath.maps.lxcmap import EndpointMap
 from docker_cilium.datapath.maps.metricsmap import Metrics
 from docker_cilium.datapath.maps.policymap import PolicyMap
 
-_MODULES = (lxcmap, policymap, ipcache, ctmap, metricsmap, eventsmap, configmap)
+_MODULES = (lxcmap, policymap, ipcache, ctmap, ctbudget, metricsmap, eventsmap, configmap)
 
 # pinned map name -> (key type, value type, per-CPU)
 MAP_TYPES = {name: types for mod in _MODULES for name, types in mod.MAP_TYPES.items()}
 # Pinned maps only the programs use (the agent never reads them): fragment
-# tracking and the per-endpoint conntrack budget. unpin_all removes them.
-DATAPATH_ONLY_MAPS = ("cilium_ipv4_frag_datagrams", "cilium_ipv6_frag_datagrams", "cilium_ct_budget")
+# tracking. unpin_all removes them.
+DATAPATH_ONLY_MAPS = ("cilium_ipv4_frag_datagrams", "cilium_ipv6_frag_datagrams")
 # C struct name -> its ctypes mirror
 C_STRUCTS = {cls.__name__: cls for mod in _MODULES for cls in mod.C_STRUCTS}
 
@@ -74,6 +76,10 @@ class DatapathMaps:
         return CTMap(self.raw[ctmap.CT4_MAP], self.raw[ctmap.CT6_MAP])
 
     @property
+    def ct_budget(self) -> CTBudget:
+        return CTBudget(self.raw[ctbudget.CT_BUDGET_MAP])
+
+    @property
     def metrics(self) -> Metrics:
         return Metrics(self.raw[metricsmap.METRICS_MAP])
 
@@ -85,5 +91,5 @@ class DatapathMaps:
     def events_fd(self) -> int:
         return self.raw[eventsmap.EVENTS_MAP].fd
 
-    def event_reader(self, page_cnt: int = 64) -> EventReader:
-        return EventReader(self.events_fd, page_cnt)
+    def event_reader(self, page_cnt: int = 64, wakeup_events: int = 1) -> EventReader:
+        return EventReader(self.events_fd, page_cnt, wakeup_events=wakeup_events)
