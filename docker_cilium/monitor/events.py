@@ -24,7 +24,7 @@ from docker_cilium.monitor.notify import *  # noqa: F401,F403  (the AGENT_* subt
 # Cilium's message types (pkg/monitor/api); 130 is not from the datapath.
 MESSAGE_TYPE_AGENT = 130
 TYPE_NAMES = {em.NOTIFY_DROP: "drop", em.NOTIFY_DEBUG: "debug", em.NOTIFY_CAPTURE: "capture",
-              em.NOTIFY_TRACE: "trace", getattr(em, "NOTIFY_POLICY_VERDICT", 5): "policy-verdict",
+              em.NOTIFY_TRACE: "trace", em.NOTIFY_POLICY_VERDICT: "policy-verdict",
               MESSAGE_TYPE_AGENT: "agent"}
 TYPES_BY_NAME = {name: num for num, name in TYPE_NAMES.items()}
 LOST = "lost"  # not a message type: the record of events that never arrived
@@ -65,15 +65,13 @@ def decode(ev: Any, time: str, labels: LabelLookup | None = None) -> dict[str, A
     if ev.type == em.NOTIFY_DROP:
         out.update(verdict="DROPPED", reason=DROP_REASONS.get(ev.subtype, str(ev.subtype)), reasonCode=ev.subtype)
     elif ev.type == em.NOTIFY_TRACE:
-        reason = getattr(ev, "reason", 0)
-        reason = reason if isinstance(reason, int) else 0  # (a drop-reason text before trace CT state existed)
+        reason = ev.reason
         out.update(verdict="FORWARDED", observationPoint=_obs_point(ev.subtype), traceSummary=_trace_summary(ev),
                    state=TRACE_STATES.get(reason, str(reason)))
     elif out["type"] == "policy-verdict":
         _policy_verdict(ev, out)
     elif ev.type == em.NOTIFY_DEBUG:
-        out.update(subtype=ev.subtype, arg1=getattr(ev, "arg1", 0), arg2=getattr(ev, "arg2", 0),
-                   arg3=getattr(ev, "arg3", 0))
+        out.update(subtype=ev.subtype, arg1=ev.arg1, arg2=ev.arg2, arg3=ev.arg3, message=ev.message)
     if labels is not None:
         for key, num in (("srcLabels", ev.src_label), ("dstLabels", ev.dst_label)):
             found = labels(num) if num else None
@@ -88,13 +86,13 @@ def decode(ev: Any, time: str, labels: LabelLookup | None = None) -> dict[str, A
 
 def _policy_verdict(ev: Any, out: dict[str, Any]) -> None:
     """Allow or deny of a new connection, the direction and what matched."""
-    direction = getattr(ev, "direction", 0)
-    verdict = getattr(ev, "verdict", 0)
+    direction = ev.direction
+    verdict = ev.verdict
     match = getattr(ev, "match_type", 0)
     out.update(verdict="ALLOWED" if verdict == 0 else "DENIED", action="allow" if verdict == 0 else "deny",
                direction=DIRECTIONS.get(direction, str(direction)), match=POLICY_MATCH.get(match, "unknown"),
                remoteLabel=ev.src_label if direction == 1 else ev.dst_label,
-               dport=getattr(ev, "dport", 0), proto=getattr(ev, "proto", 0))
+               dport=ev.dport, proto=ev.proto)
     if verdict:
         out["reason"] = DROP_REASONS.get(verdict, str(verdict))
 

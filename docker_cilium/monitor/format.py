@@ -56,8 +56,7 @@ def info(e: dict[str, Any]) -> str:
         return (f"Policy verdict log: flow {e['mark']} local EP ID {e['source']}, remote ID {e['remoteLabel']}, "
                 f"proto {e['proto']}, {e['direction']}, action {e['action']}, match {e['match']}, {_summary(e)}")
     if t == "debug":
-        return (f"CPU {e['cpu']:02d}: MARK {e['mark']} FROM {e['source']} DEBUG: subtype {e['subtype']} "
-                f"{e['arg1']:#x} {e['arg2']:#x} {e['arg3']:#x}")
+        return f"CPU {e['cpu']:02d}: MARK {e['mark']} FROM {e['source']} DEBUG: {e['message']}"
     if t == "agent":
         return f">> {e['subtype']}: {json.dumps(e['message'], separators=(',', ':'))}"
     if t == "lost":

@@ -25,18 +25,6 @@ log = structlog.get_logger(__name__)
 PAGE_CNT = 64  # per CPU, as Cilium's default (64 x 4096 bytes of shared memory)
 
 
-class _Reader(EventReader):
-    """EventReader that keeps each loss record's CPU (the base only sums them)."""
-
-    def __init__(self, events_fd: int, page_cnt: int) -> None:
-        self.lost_records: list[tuple[int, int]] = []
-        super().__init__(events_fd, page_cnt)
-
-    def _on_lost(self, _ctx: Any, cpu: int, cnt: int) -> None:
-        super()._on_lost(_ctx, cpu, cnt)
-        self.lost_records.append((cpu, cnt))
-
-
 class LabelCache:
     """Identity number -> label strings for the events' ``srcLabels`` /
     ``dstLabels``: a snapshot refreshed at most every ``ttl`` seconds, so a
@@ -67,7 +55,8 @@ class DatapathMonitor:
         self.hub = hub
         self.labels = labels
         self.page_cnt = page_cnt
-        self.reader: _Reader | None = None
+        self.reader: EventReader | None = None
+        self._lost: list[tuple[int, int]] = []  # (cpu, count) since the last drain
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0
         hub.on_first, hub.on_last = self.start, self.stop
@@ -76,7 +65,8 @@ class DatapathMonitor:
         if self.reader is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self.reader = _Reader(self._events_fd(), self.page_cnt)
+        self.reader = EventReader(self._events_fd(), self.page_cnt,
+                                  on_lost=lambda cpu, cnt: self._lost.append((cpu, cnt)))
         self._loop.add_reader(self.reader.fileno(), self._on_readable)
         log.info("monitor.reader_attached", cpus=self.cpus, pages=self.page_cnt)
 
@@ -100,9 +90,9 @@ class DatapathMonitor:
             log.exception("monitor.consume_failed")
             return
         self.batches += 1
-        for cpu, cnt in reader.lost_records:
+        lost, self._lost = self._lost, []
+        for cpu, cnt in lost:
             self.hub.ring_lost(cpu, cnt)
-        reader.lost_records.clear()
         if not events:
             return
         stamp = now_rfc3339()
