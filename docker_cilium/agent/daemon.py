@@ -39,6 +39,10 @@ from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore import keys, new_backend
 from docker_cilium.kvstore.backend import Backend
 from docker_cilium.kvstore.sqlite import SQLiteBackend
+from docker_cilium.monitor.hub import MonitorHub
+from docker_cilium.monitor.policy_events import PolicyEvents
+from docker_cilium.monitor.format import node_monitor
+from docker_cilium.monitor.reader import DatapathMonitor, LabelCache
 from docker_cilium.metrics import AgentMetrics
 from docker_cilium.metrics.kvstore import MeteredBackend
 from docker_cilium.metrics.server import MetricsServer
@@ -69,6 +73,8 @@ class Daemon:
         self._regenerator: Regenerator | None = None
         self.allocator: IdentityAllocator | None = None
         self.datapath: Datapath | None = None
+        self.monitor = MonitorHub()  # `cilium monitor`: datapath and agent events
+        self.datapath_monitor: DatapathMonitor | None = None
         self.controllers = Controllers()
         self._options: RuntimeOptions | None = None
         self.watcher: DockerWatcher | None = None
@@ -143,7 +149,9 @@ class Daemon:
         apply_start_flags(config_map, cfg)
         self.metrics.set_datapath_reader(self.datapath.maps.metrics.dump)
 
-        self.allocator = IdentityAllocator(self.kvstore, cfg.node_name)
+        self.datapath_monitor = DatapathMonitor(self._events_fd, self.monitor,
+                                                LabelCache(lambda: self.identities.identity_labels()))
+        self.allocator = IdentityAllocator(self.kvstore, cfg.node_name, monitor=self.monitor)
         await self.allocator.start()
 
         self._ipam = IPAM(self.store, self.node, enable_ipv6=cfg.enable_ipv6)
@@ -159,7 +167,8 @@ class Daemon:
             self._options.register(option)
         await self._options.restore()
         self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath,
-                                        observer=self.metrics)
+                                        observer=self.metrics, monitor=self.monitor)
+        PolicyEvents(self._policy, self.monitor)  # after the Regenerator: next to the commit
         self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu,
                                           self._regenerator)
         await self._endpoints.restore()
@@ -221,6 +230,7 @@ class Daemon:
                     await task
         if self.watcher:
             await self.watcher.stop()
+        self.monitor.close()  # monitor streams end now, not at the server's shutdown timeout
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         for server in reversed(self.servers):
@@ -238,6 +248,15 @@ class Daemon:
             await asyncio.to_thread(self.datapath.close)
         self.lock.release()
         log.info("agent.stopped")
+
+    def _events_fd(self) -> int:
+        assert self.datapath is not None and self.datapath.maps is not None
+        return self.datapath.maps.events_fd
+
+    def monitor_status(self) -> dict[str, Any]:
+        """Cilium's MonitorStatus (the NodeMonitor line of `cilium status`)."""
+        st = self.datapath_monitor.status() if self.datapath_monitor else self.monitor.status()
+        return {**st, "state": "Ok", "msg": node_monitor(st)}  # state/msg: the NodeMonitor line
 
     def host_addressing(self) -> dict[str, Any]:
         assert self.node is not None
@@ -277,10 +296,6 @@ class Daemon:
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
         }
-
-    def monitor_status(self) -> dict[str, Any]:
-        """The NodeMonitor line of `cilium status`: ``state`` and ``msg``."""
-        return {"state": "Disabled", "msg": "no monitor reader in this agent"}
 
     def datapath_maps(self) -> DatapathMaps | None:
         return self.datapath.maps if self.datapath is not None else None

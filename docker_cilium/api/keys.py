@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the daemon builds the API app: no import of its parts at ru
     from docker_cilium.endpoint.manager import EndpointManager
     from docker_cilium.identity.cache import IdentityCache
     from docker_cilium.ipam.allocator import IPAM
+    from docker_cilium.monitor.hub import MonitorHub
     from docker_cilium.policy.manager import PolicyManager
 
 
@@ -40,6 +41,8 @@ class APIDaemon(Protocol):
     def endpoints(self) -> EndpointManager: ...
 
     @property
+    def monitor(self) -> MonitorHub: ...
+
     def options(self) -> RuntimeOptions:
         """The runtime options (`cilium config`)."""
         ...
@@ -52,6 +55,10 @@ class APIDaemon(Protocol):
 
     def datapath_maps(self) -> DatapathMaps | None:
         """The pinned maps the agent holds (None without a datapath)."""
+        ...
+
+    def monitor_status(self) -> dict[str, Any]:
+        """Cilium's MonitorStatus (cpus, npages, pagesize, lost) and who listens."""
         ...
 
     async def status(self) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Iterator
+from urllib.parse import quote, urlencode
 
 from docker_cilium import defaults
 from docker_cilium.errors import APIError, Unavailable, error_for_status
@@ -19,7 +19,7 @@ __all__ = ["APIError", "Client"]
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
+    def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
 
@@ -66,6 +66,28 @@ class Client:
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
+
+    def stream(self, path: str, query: list[tuple[str, str]]) -> Iterator[bytes]:
+        """GET a streaming endpoint (NDJSON) and yield its lines as they come;
+        no timeout: a quiet stream is not an error."""
+        conn = _UnixConnection(self.path, None)
+        try:
+            try:
+                conn.request("GET", "/v1" + path + ("?" + urlencode(query) if query else ""))
+            except OSError as exc:
+                raise self.unreachable(exc) from None
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                payload = resp.read()
+                try:
+                    msg = json.loads(payload).get("message", payload.decode(errors="replace"))
+                except (ValueError, AttributeError):
+                    msg = payload.decode(errors="replace")
+                raise error_for_status(resp.status, f"{msg} ({resp.status})")
+            while line := resp.readline():
+                yield line
+        finally:
+            conn.close()
 
     def unreachable(self, exc: OSError) -> Unavailable:
         """The one line every verb prints when it cannot connect to the agent."""

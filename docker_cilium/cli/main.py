@@ -16,6 +16,7 @@ from docker_cilium.cli.endpoint import endpoint
 from docker_cilium.cli.identity import identity
 from docker_cilium.cli.kvstore import kvstore
 from docker_cilium.cli.maps import map_
+from docker_cilium.cli.monitor import monitor
 from docker_cilium.cli.metrics import metrics
 from docker_cilium.cli.node import node
 from docker_cilium.cli.policy import policy
@@ -42,8 +43,8 @@ def cli(ctx: click.Context, host: str, output: str) -> None:
     ctx.obj = Context(host, output)
 
 
-for command in (bpf, cleanup, completion, config, debuginfo, endpoint, identity, kvstore, map_, metrics, node,
-                policy, status, version):
+for command in (bpf, cleanup, completion, config, debuginfo, endpoint, identity, kvstore, map_, metrics, monitor,
+                node, policy, status, version):
     cli.add_command(command)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import structlog
 
@@ -34,6 +34,8 @@ from docker_cilium.identity.allocator import Identity, IdentityAllocator
 from docker_cilium.identity.cache import IdentityCache
 from docker_cilium.identity.labels import Labels
 from docker_cilium.ipcache import IPCache
+from docker_cilium.monitor.notify import (AGENT_ENDPOINT_CREATED, AGENT_ENDPOINT_DELETED, AGENT_ENDPOINT_REGENERATE_FAIL,
+                                          AGENT_ENDPOINT_REGENERATED, AgentNotifier, NoNotifier)
 from docker_cilium.policy import EndpointPolicy, resolve
 from docker_cilium.policy.manager import Commit, PolicyManager, PolicyState
 from docker_cilium.policy.turns import Turns
@@ -52,6 +54,12 @@ def _map_entries(pol: EndpointPolicy) -> list[MapPolicyEntry]:
                            proxy_port=e.proxy_port) for e in pol.entries]
 
 
+def _ep_message(ep: Endpoint) -> dict[str, Any]:
+    """Cilium's EndpointNotification fields (id, labels) plus the identity."""
+    return {"id": ep.id, "labels": ep.effective_labels, "identity": ep.identity,
+            "container-name": ep.container_name}
+
+
 class Regenerator(HeldIdentities):
     """The endpoint manager's DatapathHooks; regenerates on policy and identity changes.
 
@@ -62,8 +70,10 @@ class Regenerator(HeldIdentities):
     def __init__(self, policy: PolicyManager, allocator: IdentityAllocator, identities: IdentityCache,
                  ipcache: IPCache, datapath: EndpointDatapath | None, *,
                  retry_base: float = RETRY_BASE_S, retry_max: float = RETRY_MAX_S,
-                 observer: RegenerationObserver | None = None) -> None:
+                 observer: RegenerationObserver | None = None,
+                 monitor: AgentNotifier | None = None) -> None:
         self.policy = policy
+        self.monitor: AgentNotifier = monitor or NoNotifier()
         self.allocator = allocator
         self.identities = identities
         self.ipcache = ipcache
@@ -267,6 +277,7 @@ class Regenerator(HeldIdentities):
         the background: a store that is down stalls neither restore nor the
         other endpoints (nothing is allocated under the lock)."""
         t0 = time.perf_counter()
+        self.monitor.agent_event(AGENT_ENDPOINT_CREATED, _ep_message(ep))
         async with self._lock:
             self.endpoints[ep.id] = ep
             if ep.state not in (State.WAITING_FOR_IDENTITY, State.RESTORING):
@@ -339,6 +350,7 @@ class Regenerator(HeldIdentities):
             if held is not None and held.referenced:
                 await self._release(held.identity)
             self._held.pop(ep.id, None)
+        self.monitor.agent_event(AGENT_ENDPOINT_DELETED, _ep_message(ep))
 
     async def regenerate(self, ep: Endpoint) -> None:
         """One endpoint's own settings (PolicyEnforcement) changed, or an
@@ -385,6 +397,7 @@ class Regenerator(HeldIdentities):
                                         pol.ingress_enforced, pol.egress_enforced)
             except Exception as exc:
                 ep.set_state(State.NOT_READY, f"regeneration failed: {exc}")
+                self.monitor.agent_event(AGENT_ENDPOINT_REGENERATE_FAIL, {**_ep_message(ep), "error": str(exc)})
                 raise
         self._regenerated(ep, pol)
 
@@ -407,6 +420,7 @@ class Regenerator(HeldIdentities):
         ep.ingress_enforced, ep.egress_enforced = pol.ingress_enforced, pol.egress_enforced
         ep.policy_revision = pol.revision
         ep.set_state(State.READY, f"regenerated to policy revision {pol.revision}")
+        self.monitor.agent_event(AGENT_ENDPOINT_REGENERATED, {**_ep_message(ep), "revision": pol.revision})
         # Nothing persisted changed here (revision and flags are recomputed on
         # restore): no fsync per endpoint on every policy import.
 

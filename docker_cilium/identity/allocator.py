@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable
 import structlog
 
 from docker_cilium.kvstore import Backend, EventType, KVStoreError
+from docker_cilium.monitor.notify import AGENT_IDENTITY_ALLOCATED, AGENT_IDENTITY_RELEASED, AgentNotifier, NoNotifier
 
 from . import reserved
 from .kvbackend import (
@@ -77,7 +78,9 @@ class IdentityAllocator:
         min_id: int = reserved.MIN_ALLOCATED,
         max_id: int = reserved.MAX,
         lock_timeout: float = LOCK_TIMEOUT_S,
+        monitor: AgentNotifier | None = None,
     ) -> None:
+        self.monitor: AgentNotifier = monitor or NoNotifier()
         self.kv = KVStoreBackend(backend, node_name, min_id=min_id, max_id=max_id, lock_timeout=lock_timeout)
         self.backend = backend
         self.node_name = node_name
@@ -158,6 +161,7 @@ class IdentityAllocator:
             self._local[key] = _LocalRef(num, 1)
             self._cache[num] = key
         log.info("identity.allocated", id=num, labels=str(labels), node=self.node_name)
+        self.monitor.agent_event(AGENT_IDENTITY_ALLOCATED, {"id": num, "labels": labels.to_strings()})
         return Identity(num, labels)
 
     async def release(self, identity: Identity) -> bool:
@@ -180,6 +184,7 @@ class IdentityAllocator:
             del self._local[key]
             await self.kv.release(key, ref.id)
         log.info("identity.released", id=identity.id, labels=str(identity.labels), node=self.node_name)
+        self.monitor.agent_event(AGENT_IDENTITY_RELEASED, {"id": identity.id, "labels": identity.labels.to_strings()})
         return True
 
     def current(self, identity: Identity) -> Identity:

@@ -53,6 +53,7 @@ async def api(daemon):
     client = TestClient(TestServer(build_api_app(daemon)))
     await client.start_server()
     yield client, daemon
+    daemon.monitor.close()  # as the agent's stop does: open monitor streams end now
     await client.close()
 
 

@@ -26,6 +26,8 @@ from docker_cilium.ipam.allocator import IPAM
 from docker_cilium.ipam.ranges import NodeAddressing, node_element
 from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore.sqlite import SQLiteBackend
+from docker_cilium.monitor.hub import MonitorHub
+from docker_cilium.monitor.policy_events import PolicyEvents
 from docker_cilium.policy.manager import PolicyManager
 from tests.unit.fakes import FakeLinks
 
@@ -41,11 +43,12 @@ class UnitDaemon:
         self.workdir = workdir
         self.config = DaemonConfig(lib_dir=workdir)
         self.mtu = 1500
+        self.monitor = MonitorHub()  # agent events only: no datapath here
 
     async def start(self) -> "UnitDaemon":
         self.store = SQLiteBackend(os.path.join(self.workdir, "node.db"))
         await self.store.connect()
-        self.allocator = IdentityAllocator(self.store, "unit")
+        self.allocator = IdentityAllocator(self.store, "unit", monitor=self.monitor)
         await self.allocator.start()
         self.ipam = IPAM(self.store, NODE)
         ipcache = IPCache(self.store, None)
@@ -57,7 +60,9 @@ class UnitDaemon:
         for option in agent_options(self.policy, self.config):
             self.options.register(option)
         await self.options.restore()
-        self.regenerator = Regenerator(self.policy, self.allocator, self.identities, ipcache, None)
+        self.regenerator = Regenerator(self.policy, self.allocator, self.identities, ipcache, None,
+                                       monitor=self.monitor)
+        PolicyEvents(self.policy, self.monitor)
         self.endpoints = EndpointManager(self.store, FakeLinks(), None, NODE, self.ipam, self.mtu,  # type: ignore[arg-type]
                                          self.regenerator)
         await self.endpoints.create_network(NETWORK, [{"AddressSpace": "CiliumLocal", "Pool": "0.0.0.0/0",
@@ -79,6 +84,10 @@ class UnitDaemon:
     async def status(self) -> dict[str, Any]:
         """No agent here (no datapath, no dockerd, no uptime): nothing honest to report."""
         raise Unavailable("the unit-test daemon has no agent status")
+
+    def monitor_status(self) -> dict[str, Any]:
+        """No datapath reader here: only agent events flow."""
+        return self.monitor.status()
 
     def datapath_maps(self) -> None:
         return None  # no kernel here
