@@ -1,6 +1,7 @@
 """`cilium monitor` against a real agent, real dockerd and real BPF drops:
-the handbook's l3 demo seen live by two monitors at once, while a third
-client that never reads its stream stalls neither the agent nor them."""
+the handbook's l3 demo seen live by two monitors at once (drops, and app2's
+allowed connection as a policy verdict), while a client that never reads
+its stream stalls neither the agent nor them."""
 
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ def test_monitor_shows_l3_demo_drops_to_two_monitors_while_one_never_reads(agent
     app2 = run_container(names("app2"), net, "-l", "id=app2")
     app3 = run_container(names("app3"), net, "-l", "id=app3")
     ep1 = labelled(agent, names("app1"), "container:id=app1")
-    labelled(agent, names("app2"), "container:id=app2")
+    ep2 = labelled(agent, names("app2"), "container:id=app2")
     ep3 = labelled(agent, names("app3"), "container:id=app3")
     ip1 = net_settings(app1, net)["IPAddress"]
+    ip2 = net_settings(app2, net)["IPAddress"]
     ip3 = net_settings(app3, net)["IPAddress"]
     agent.cli("policy", "import", str(POLICY))
 
@@ -46,8 +48,9 @@ def test_monitor_shows_l3_demo_drops_to_two_monitors_while_one_never_reads(agent
     text = start_monitor(agent, "--type", "drop")
     j1 = start_monitor(agent, "-j")
     j2 = start_monitor(agent, "-j", "--related-to", str(ep1["id"]))
+    verdicts = start_monitor(agent, "--type", "policy-verdict", "-j")
     try:
-        wait_until(lambda: agent.cli_json("status")["nodeMonitor"]["subscribers"] == 4, what="4 monitors attached")
+        wait_until(lambda: agent.cli_json("status")["nodeMonitor"]["subscribers"] == 5, what="5 monitors attached")
         assert not reaches(app3, ip1)
         assert reaches(app2, ip1)
         # A flood of denied pings: thousands of drop events through all four streams.
@@ -59,7 +62,7 @@ def test_monitor_shows_l3_demo_drops_to_two_monitors_while_one_never_reads(agent
         api_latency = time.monotonic() - t0
         time.sleep(2)
     finally:
-        out_text, out1, out2 = stop(text), stop(j1), stop(j2)
+        out_text, out1, out2, out_pv = stop(text), stop(j1), stop(j2), stop(verdicts)
         stalled.close()
 
     drop_lines = [line for line in out_text.splitlines() if line.startswith("xx drop")]
@@ -77,5 +80,14 @@ def test_monitor_shows_l3_demo_drops_to_two_monitors_while_one_never_reads(agent
     key = lambda e: (e["type"], e["mark"], e["time"], e.get("summaryText"))  # noqa: E731
     echo_keys = {key(e) for e in echo}
     assert [key(e) for e in ev2 if e["type"] == "drop" and key(e) in echo_keys] == [key(e) for e in echo]
+    # app2's allowed connection to app1, as app1's ingress policy verdict (and only verdicts on that stream).
+    pv = [json.loads(line) for line in out_pv.splitlines()]
+    assert pv and all(e["type"] == "policy-verdict" for e in pv), out_pv[:2000]
+    allowed = [e for e in pv if e["verdict"] == "ALLOWED" and e["direction"] == "ingress"
+               and e["dstID"] == ep1["id"] and e["remoteLabel"] == ep2["identity"]["id"]
+               and e.get("summary", {}).get("l3") == {"src": ip2, "dst": ip1}]
+    assert allowed, pv[:5]
+    assert allowed[0]["match"] != "none" and "container:id=app2" in allowed[0].get("srcLabels", [])
+    assert any(e["verdict"] == "DENIED" and e["remoteLabel"] == ep3["identity"]["id"] for e in pv), pv[:5]
     assert api_latency < 2.0, f"the API took {api_latency:.2f}s during the flood"
     print(f"flood of 3000 drops in {flood:.1f}s; API latency {api_latency:.3f}s")
