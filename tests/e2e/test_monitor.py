@@ -10,8 +10,8 @@ import socket
 import subprocess
 import time
 
-from tests.e2e.conftest import create_network, exec_, net_settings, run_container
-from tests.e2e.test_policy_demo import APP1, POLICY, labelled, reaches
+from tests.e2e.conftest import exec_, net_settings
+from tests.e2e.test_policy_demo import POLICY, l3_demo_apps, reaches
 from tests.helpers import VENV_BIN, wait_until
 
 
@@ -28,14 +28,7 @@ def stop(proc: subprocess.Popen) -> str:
 
 
 def test_monitor_shows_l3_demo_drops_to_two_monitors_while_one_never_reads(agent, names):
-    net = names("cilium-net")
-    create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
-    app1 = run_container(names("app1"), net, "-l", "id=app1", cmd=APP1)
-    app2 = run_container(names("app2"), net, "-l", "id=app2")
-    app3 = run_container(names("app3"), net, "-l", "id=app3")
-    ep1 = labelled(agent, names("app1"), "container:id=app1")
-    ep2 = labelled(agent, names("app2"), "container:id=app2")
-    ep3 = labelled(agent, names("app3"), "container:id=app3")
+    net, (app1, app2, app3), (ep1, ep2, ep3) = l3_demo_apps(agent, names)
     ip1 = net_settings(app1, net)["IPAddress"]
     ip2 = net_settings(app2, net)["IPAddress"]
     ip3 = net_settings(app3, net)["IPAddress"]
@@ -66,7 +59,7 @@ def test_monitor_shows_l3_demo_drops_to_two_monitors_while_one_never_reads(agent
         stalled.close()
 
     drop_lines = [line for line in out_text.splitlines() if line.startswith("xx drop")]
-    want = (f"xx drop (Policy denied (L3)) flow ", f"to endpoint {ep1['id']}",
+    want = ("xx drop (Policy denied (L3)) flow ", f"to endpoint {ep1['id']}",
             f"identity {ep3['identity']['id']}->{ep1['identity']['id']}: {ip3} -> {ip1}")
     assert any(all(w in line for w in want) for line in drop_lines), out_text[:3000]
     ev1 = [json.loads(line) for line in out1.splitlines()]  # every -j line parses

@@ -28,15 +28,20 @@ def labelled(agent, name: str, label: str) -> dict:
     return wait_until(check, what=f"{name} labelled {label} with an identity")
 
 
-def test_handbook_l3_demo(agent, names):
+def l3_demo_apps(agent, names) -> tuple[str, list[str], list[dict]]:
+    """The handbook's set-up: cilium-net, app1 serving, app2 and app3 idle;
+    (network, [app1, app2, app3] container IDs, their endpoints once labelled)."""
     net = names("cilium-net")
     create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
-    app1 = run_container(names("app1"), net, "-l", "id=app1", cmd=APP1)
-    app2 = run_container(names("app2"), net, "-l", "id=app2")
-    app3 = run_container(names("app3"), net, "-l", "id=app3")
-    ep1 = labelled(agent, names("app1"), "container:id=app1")
-    labelled(agent, names("app2"), "container:id=app2")
-    labelled(agent, names("app3"), "container:id=app3")
+    apps = [run_container(names("app1"), net, "-l", "id=app1", cmd=APP1),
+            run_container(names("app2"), net, "-l", "id=app2"),
+            run_container(names("app3"), net, "-l", "id=app3")]
+    eps = [labelled(agent, names(f"app{i}"), f"container:id=app{i}") for i in (1, 2, 3)]
+    return net, apps, eps
+
+
+def test_handbook_l3_demo(agent, names):
+    net, (app1, app2, app3), (ep1, _, _) = l3_demo_apps(agent, names)
     s1 = net_settings(app1, net)
     ip1, ip1v6 = s1["IPAddress"], s1["GlobalIPv6Address"]
     ip3 = net_settings(app3, net)["IPAddress"]
