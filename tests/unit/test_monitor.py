@@ -205,3 +205,28 @@ async def test_client_that_never_reads_stalls_neither_publisher_nor_other_client
     finally:
         gc.unfreeze()
         stalled.close()
+
+
+async def test_client_that_leaves_is_unsubscribed_on_a_quiet_stream(api):
+    """`cilium monitor` stopped with Ctrl-C while nothing happens: its
+    subscription ends within the stream's check interval, not at the next
+    event or at shutdown."""
+    client, daemon = api
+    hub = daemon.monitor
+    for close in ("response", "socket"):
+        url = client.make_url("/v1/monitor")
+        if close == "response":
+            resp = await client.get("/v1/monitor")
+            assert (await _lines(resp, 1))[0]["type"] == "monitor-start"
+            resp.close()
+        else:
+            reader, writer = await asyncio.open_connection(url.host, url.port)
+            writer.write(f"GET /v1/monitor HTTP/1.1\r\nHost: {url.host}\r\n\r\n".encode())
+            got = b""
+            while b"monitor-start" not in got:
+                got += await asyncio.wait_for(reader.read(65536), 5)
+            writer.close()
+        deadline = time.monotonic() + 5
+        while hub.subscribers:
+            assert time.monotonic() < deadline, f"{len(hub.subscribers)} subscriber(s) left after the {close} closed"
+            await asyncio.sleep(0.05)
