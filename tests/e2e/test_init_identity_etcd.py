@@ -8,6 +8,7 @@ module-scoped agent of the other e2e modules would hold too."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -55,9 +56,12 @@ def test_etcd_down_at_label_time_waits_closed_then_gets_identity(etcd_agent, nam
         eid = endpoint_of(agent, probe)["id"]
         listing = agent.cli("endpoint", "list").stdout
         assert any(str(eid) in line and "waiting-for-identity" in line for line in listing.splitlines()), listing
-        status = agent.cli_json("status")
+        # etcd is paused: status reports it and exits 1 (unhealthy), the rest is still there.
+        res = agent.cli("status", "-o", "json", check=False)
+        status = json.loads(res.stdout)
+        assert res.returncode == 1 and status["kvstore"]["state"] == "Failure", status
         assert eid in status["identity-pending"]["waiting-for-identity"], status
-        assert f"waiting-for-identity ({eid})" in agent.cli("status").stdout
+        assert f"waiting-for-identity ({eid})" in agent.cli("status", check=False).stdout
         time.sleep(3)
         ep = endpoint_of(agent, probe)
         assert ep["identity"]["id"] == 5 and ep["state"] == "waiting-for-identity"
