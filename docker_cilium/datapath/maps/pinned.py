@@ -17,7 +17,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
-from docker_cilium.datapath.bpf import BPFError, be32_to_ip4, check, libbpf, mac_str, map_info, ntohs
+from docker_cilium.datapath.bpf import (BPFError, be32_to_ip4, check, libbpf, mac_str, map_info, ntohs,
+                                        num_possible_cpus)
 from docker_cilium.datapath.maps.registry import MAP_TYPES
 from docker_cilium.errors import APIError, BadRequest, NotFound
 
@@ -118,9 +119,8 @@ class _Map:
         except BPFError:
             os.close(self.fd)
             raise
-        self.ncpus = 1
-        if self.info.type in PERCPU_TYPES:
-            self.ncpus = check(libbpf().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+        self.percpu = self.info.type in PERCPU_TYPES
+        self.ncpus = num_possible_cpus() if self.percpu else 1
 
     def close(self) -> None:
         os.close(self.fd)
@@ -142,8 +142,12 @@ class _Map:
             prev = nxt
 
     def lookup(self, key: bytes) -> list[bytes] | None:
-        """The value (one per CPU for per-CPU maps); None if the key went away."""
-        stride = (self.info.value_size + 7) & ~7 if self.ncpus > 1 else self.info.value_size
+        """The value (one per CPU for per-CPU maps); None if the key went away.
+
+        The kernel copies per-CPU values 8-byte aligned, one slot per possible
+        CPU, one CPU included: the buffer holds the rounded slots.
+        """
+        stride = (self.info.value_size + 7) & ~7 if self.percpu else self.info.value_size
         buf = ctypes.create_string_buffer(stride * self.ncpus)
         ret = libbpf().bpf_map_lookup_elem(self.fd, ctypes.create_string_buffer(key, len(key)), buf)
         if ret < 0:
@@ -219,7 +223,7 @@ def read_map(pin_root: str, name: str) -> tuple[PinnedMap, list[dict[str, Any]]]
                 if values is None:
                     continue  # deleted while we walked
                 decoded = [_decode_raw(v, value_type) for v in values]
-                item["value"] = decoded if m.ncpus > 1 else decoded[0]
+                item["value"] = decoded if m.percpu else decoded[0]
             entries.append(item)
         return m.describe(name, len(entries)), entries
     except OSError as exc:
