@@ -13,13 +13,13 @@ import platform
 import subprocess
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from docker_cilium import defaults
 from docker_cilium import logging as dclog
-from docker_cilium.datapath.bpf import map_info
+from docker_cilium.datapath.maps.pinned import list_maps
 from docker_cilium.version import version_info
 
 if TYPE_CHECKING:
     from docker_cilium.api.keys import APIDaemon
-    from docker_cilium.datapath.maps.registry import DatapathMaps
 
 #: Tools whose versions matter to the datapath: (name, argv).
 TOOLS = (("clang", ["clang", "--version"]), ("iproute2", ["ip", "-V"]), ("tc", ["tc", "-V"]),
@@ -39,19 +39,6 @@ def _first_line(argv: list[str]) -> str:
 
 def tool_versions() -> dict[str, str]:
     return {name: _first_line(argv) for name, argv in TOOLS}
-
-
-def maps_summary(maps: DatapathMaps | None) -> list[dict[str, Any]]:
-    """Every pinned map the agent holds: name, type, max and current entries."""
-    if maps is None:
-        return []
-    out = []
-    for name, bpf_map in sorted(maps.raw.items()):
-        info = map_info(bpf_map.fd)
-        out.append({"name": name, "type": int(info.type), "key-size": int(info.key_size),
-                    "value-size": int(info.value_size), "max-entries": int(info.max_entries),
-                    "entries": sum(1 for _ in bpf_map.keys())})
-    return out
 
 
 async def _section(fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -78,7 +65,9 @@ async def collect(daemon: APIDaemon, config: Callable[[], dict[str, Any]]) -> di
         return value
 
     async def maps() -> list[dict[str, Any]]:
-        return await asyncio.to_thread(maps_summary, daemon.datapath_maps())
+        """As `cilium map list -o json` shows them."""
+        pinned = await asyncio.to_thread(list_maps, defaults.bpf_pin_root(daemon.config.bpf_root))
+        return [m.to_dict() for m in pinned]
 
     return {
         "cilium-version": version_info(),

@@ -62,6 +62,18 @@ def test_map_list_matches_the_kernel(agent, datapath, pin_root):  # noqa: F811
     assert "## Map: cilium_lxc (hash, 2/" in verbose and "address=10.97.0.7 family=4" in verbose
 
 
+def test_debuginfo_maps_are_the_map_list(agent, datapath, pin_root):  # noqa: F811
+    sock, daemon = agent
+    daemon.config.bpf_root = defaults.bpf_root_of(pin_root)
+    populate(datapath)
+    listed = json.loads(run(sock, "map", "list", "-o", "json").output)
+    assert {m["name"] for m in listed} == set(MAP_TYPES) | set(DATAPATH_ONLY_MAPS)
+    assert json.loads(run(sock, "debuginfo", "-o", "json").output)["maps"] == listed
+    report = run(sock, "debuginfo").output
+    section = report.split("#### BPF maps\n", 1)[1].split("####", 1)[0]
+    assert next(line for line in section.splitlines() if line.startswith("cilium_lxc ")).split()[1] == "2"
+
+
 def test_map_get_decodes_entries(agent, datapath, pin_root):  # noqa: F811
     sock, daemon = agent
     daemon.config.bpf_root = defaults.bpf_root_of(pin_root)

@@ -90,7 +90,8 @@ def test_node_list(agent):  # noqa: F811
 
 
 def test_debuginfo_markdown_json_and_file(agent, tmp_path):  # noqa: F811
-    sock, _ = agent
+    sock, daemon = agent
+    daemon.config.bpf_root = str(tmp_path)  # nothing pinned there
     res = run(sock, "debuginfo")
     assert res.exit_code == 0, res.output
     text = res.output
