@@ -9,6 +9,7 @@ import click
 
 from docker_cilium import defaults
 from docker_cilium.cli.client import Client
+from docker_cilium.cli.output import emit_json
 from docker_cilium.errors import APIError
 
 
@@ -44,6 +45,14 @@ def api_call(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(exc)) from None
 
     return wrapper
+
+
+def show(ctx: Context, data: Any, text: Callable[[], None]) -> None:
+    """``-o json``: ``data`` (what the API returned, or the JSON model); else ``text()`` prints it for people."""
+    if ctx.output == "json":
+        emit_json(data)
+    else:
+        text()
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:

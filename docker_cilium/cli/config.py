@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, parse_options, pass_ctx
-from docker_cilium.cli.output import emit_json
+from docker_cilium.cli.common import Context, api_call, output_option, parse_options, pass_ctx, show
+from docker_cilium.cli.output import print_options
 
 
 @click.command()
@@ -24,12 +24,11 @@ def config(ctx: Context, options: tuple[str, ...]) -> None:
         cfg = ctx.client.request("PATCH", "/config", body={"options": changes})
     else:
         cfg = ctx.client.get("/config")
-    if ctx.output == "json":
-        emit_json(cfg)
-        return
-    for key, val in sorted((cfg.get("options") or {}).items()):
-        click.echo(f"{key:<24}{val}")
-    if changes:
-        return
-    for key, val in sorted(cfg["configuration"].items()):
-        click.echo(f"{key:<24}{val}")
+    show(ctx, cfg, lambda: _text(cfg, with_configuration=not changes))
+
+
+def _text(cfg: dict, with_configuration: bool) -> None:
+    """The runtime options; after a change only those, else the static configuration too."""
+    print_options(cfg.get("options") or {})
+    if with_configuration:
+        print_options(cfg["configuration"])

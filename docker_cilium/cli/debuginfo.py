@@ -10,7 +10,8 @@ from typing import Any, Callable
 import click
 
 from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
-from docker_cilium.cli.output import table
+from docker_cilium.cli.identity import identity_table
+from docker_cilium.cli.output import print_options, table
 from docker_cilium.cli.status import print_status
 from docker_cilium.version import version_line
 
@@ -38,7 +39,7 @@ def _status(st: Any) -> str:
 
 
 def _config(cfg: Any) -> str:
-    return _failed(cfg) or "\n".join(f"{k:<24}{v}" for k, v in sorted((cfg.get("options") or {}).items()))
+    return _failed(cfg) or _captured(lambda: print_options(cfg.get("options") or {}))
 
 
 def _endpoints(eps: Any) -> str:
@@ -49,8 +50,7 @@ def _endpoints(eps: Any) -> str:
 
 
 def _identities(idents: Any) -> str:
-    return _failed(idents) or _captured(lambda: table(
-        ["ID", "LABELS"], [[i["id"], "\n".join(i["labels"])] for i in idents]))
+    return _failed(idents) or _captured(lambda: identity_table(idents))
 
 
 def _policy(pol: Any) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, parse_options, pass_ctx
-from docker_cilium.cli.output import emit_json, table
+from docker_cilium.cli.common import Context, api_call, output_option, parse_options, pass_ctx, show
+from docker_cilium.cli.output import emit_json, print_options, table
 from docker_cilium.identity.reserved import INIT_LABEL
 
 
@@ -29,18 +29,15 @@ def endpoint() -> None:
 def list_(ctx: Context) -> None:
     """List all endpoints"""
     eps = ctx.client.get("/endpoint")
-    if ctx.output == "json":
-        emit_json(eps)
-        return
-    rows = []
-    for ep in eps:
-        labels = ep["labels"].get("effective", ep["labels"]["orchestration-identity"]) or [INIT_LABEL]
-        rows.append([
-            ep["id"], _enforcement(ep, "ingress"), _enforcement(ep, "egress"), ep["identity"]["id"],
-            "\n".join(labels), ep["addressing"]["ipv6"], ep["addressing"]["ipv4"], ep["state"],
-        ])
-    table(["ENDPOINT", "POLICY (ingress) ENFORCEMENT", "POLICY (egress) ENFORCEMENT", "IDENTITY",
-           "LABELS (source:key[=value])", "IPv6", "IPv4", "STATUS"], rows)
+    show(ctx, eps, lambda: table(["ENDPOINT", "POLICY (ingress) ENFORCEMENT", "POLICY (egress) ENFORCEMENT",
+                                  "IDENTITY", "LABELS (source:key[=value])", "IPv6", "IPv4", "STATUS"],
+                                 [_row(ep) for ep in eps]))
+
+
+def _row(ep: dict) -> list:
+    labels = ep["labels"].get("effective", ep["labels"]["orchestration-identity"]) or [INIT_LABEL]
+    return [ep["id"], _enforcement(ep, "ingress"), _enforcement(ep, "egress"), ep["identity"]["id"],
+            "\n".join(labels), ep["addressing"]["ipv6"], ep["addressing"]["ipv4"], ep["state"]]
 
 
 @endpoint.command("get")
@@ -53,10 +50,7 @@ def get(ctx: Context, endpoint_id: str) -> None:
     emit_json(ctx.client.get(f"/endpoint/{endpoint_id}"))
 
 
-def _show_labels(ctx: Context, labels: dict) -> None:
-    if ctx.output == "json":
-        emit_json(labels)
-        return
+def _labels_table(labels: dict) -> None:
     disabled = set(labels.get("disabled") or [])
     rows = [[lbl, "Orchestration-Identity" + (" (disabled)" if lbl in disabled else "")]
             for lbl in labels.get("orchestration-identity") or []]
@@ -78,7 +72,7 @@ def labels(ctx: Context, endpoint_id: str, add: tuple[str, ...], delete: tuple[s
                                    body={"add": list(add), "delete": list(delete)})
     else:
         reply = ctx.client.get(f"/endpoint/{endpoint_id}/labels")
-    _show_labels(ctx, reply)
+    show(ctx, reply, lambda: _labels_table(reply))
 
 
 @endpoint.command("config")
@@ -97,11 +91,7 @@ def config(ctx: Context, endpoint_id: str, options: tuple[str, ...]) -> None:
             return
     else:
         reply = ctx.client.get(f"/endpoint/{endpoint_id}/config")
-    if ctx.output == "json":
-        emit_json(reply)
-        return
-    for key, val in sorted(reply.items()):
-        click.echo(f"{key:<24}{val}")
+    show(ctx, reply, lambda: print_options(reply))
 
 
 @endpoint.command("log")
@@ -112,11 +102,8 @@ def config(ctx: Context, endpoint_id: str, options: tuple[str, ...]) -> None:
 def log(ctx: Context, endpoint_id: str) -> None:
     """View an endpoint's status log (state transitions and regenerations, with reasons)"""
     entries = ctx.client.get(f"/endpoint/{endpoint_id}/log")
-    if ctx.output == "json":
-        emit_json(entries)
-        return
-    table(["Timestamp", "Status", "State", "Message"],
-          [[e["timestamp"], e["code"], e["state"], e["message"]] for e in entries])
+    show(ctx, entries, lambda: table(["Timestamp", "Status", "State", "Message"],
+                                     [[e["timestamp"], e["code"], e["state"], e["message"]] for e in entries]))
 
 
 @endpoint.command("regenerate")
@@ -127,10 +114,7 @@ def log(ctx: Context, endpoint_id: str) -> None:
 def regenerate(ctx: Context, endpoint_id: str) -> None:
     """Force regeneration of an endpoint (maps from the current policy, programs attached again)"""
     reply = ctx.client.request("PATCH", f"/endpoint/{endpoint_id}/config", body={})
-    if ctx.output == "json":
-        emit_json(reply)
-        return
-    click.echo(f"Endpoint {endpoint_id} successfully regenerated")
+    show(ctx, reply, lambda: click.echo(f"Endpoint {endpoint_id} successfully regenerated"))
 
 
 @endpoint.command("disconnect")
@@ -141,7 +125,4 @@ def regenerate(ctx: Context, endpoint_id: str) -> None:
 def disconnect(ctx: Context, endpoint_id: str) -> None:
     """Disconnect an endpoint from the network"""
     reply = ctx.client.request("DELETE", f"/endpoint/{endpoint_id}")
-    if ctx.output == "json":
-        emit_json(reply)
-        return
-    click.echo(f"Endpoint {endpoint_id} successfully disconnected")
+    show(ctx, reply, lambda: click.echo(f"Endpoint {endpoint_id} successfully disconnected"))

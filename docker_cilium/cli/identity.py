@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
-from docker_cilium.cli.output import emit_json, table
+from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx, show
+from docker_cilium.cli.output import table
 
 
-def _show(ctx: Context, idents: list[dict]) -> None:
-    if ctx.output == "json":
-        emit_json(idents)
-        return
+def identity_table(idents: list[dict]) -> None:
+    """Identities as `cilium identity list` prints them (also in `cilium debuginfo`)."""
     table(["ID", "LABELS"], [[i["id"], "\n".join(i["labels"])] for i in idents])
 
 
@@ -27,7 +25,8 @@ def identity() -> None:
 @api_call
 def list_(ctx: Context, labels: tuple[str, ...]) -> None:
     """List identities (those with all the given labels, if any)"""
-    _show(ctx, ctx.client.get("/identity", query={"labels": ",".join(labels)} if labels else None))
+    idents = ctx.client.get("/identity", query={"labels": ",".join(labels)} if labels else None)
+    show(ctx, idents, lambda: identity_table(idents))
 
 
 @identity.command("get")
@@ -38,7 +37,4 @@ def list_(ctx: Context, labels: tuple[str, ...]) -> None:
 def get(ctx: Context, identity_id: str) -> None:
     """Retrieve information about an identity"""
     ident = ctx.client.get(f"/identity/{identity_id}")
-    if ctx.output == "json":
-        emit_json(ident)  # one object, as the API returns it
-    else:
-        _show(ctx, [ident])
+    show(ctx, ident, lambda: identity_table([ident]))  # JSON: one object, as the API returns it

@@ -7,8 +7,8 @@ from urllib.parse import quote
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
-from docker_cilium.cli.output import emit_json, table
+from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx, show
+from docker_cilium.cli.output import table
 
 
 def _text(data: Any) -> str:
@@ -40,13 +40,12 @@ def list_(ctx: Context, verbose: bool) -> None:
     maps = ctx.client.get("/map")["maps"]
     if verbose:
         maps = [ctx.client.get(f"/map/{quote(m['name'], safe='')}") for m in maps]
-    if ctx.output == "json":
-        emit_json(maps)
-        return
-    if not verbose:
-        table(["Name", "Type", "Num entries", "Max entries"],
-              [[m["name"], m["type"], m["entries"], m["max-entries"]] for m in maps])
-        return
+    show(ctx, maps, lambda: _with_entries(maps) if verbose else table(
+        ["Name", "Type", "Num entries", "Max entries"],
+        [[m["name"], m["type"], m["entries"], m["max-entries"]] for m in maps]))
+
+
+def _with_entries(maps: list[dict]) -> None:
     for i, m in enumerate(maps):
         if i:
             click.echo()
@@ -62,7 +61,4 @@ def list_(ctx: Context, verbose: bool) -> None:
 def get(ctx: Context, name: str) -> None:
     """Display cached content of given BPF map"""
     m = ctx.client.get(f"/map/{quote(name, safe='')}")
-    if ctx.output == "json":
-        emit_json(m)
-        return
-    _entries(m)
+    show(ctx, m, lambda: _entries(m))

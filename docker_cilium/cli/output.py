@@ -13,6 +13,12 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
+def print_options(values: dict[str, Any]) -> None:
+    """``Key  Value`` lines, sorted by key, as Cilium's ``config`` verbs print options."""
+    for key, val in sorted(values.items()):
+        click.echo(f"{key:<24}{val}")
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Tab-aligned columns like Cilium's tabwriter output."""
     rows = [[("" if c is None else str(c)) for c in r] for r in rows]
