@@ -205,7 +205,7 @@ def find(bpf_root: str) -> HostTraces:
         traces = HostTraces(tc_filters=_filters(ip, links, ours, pinned_prog_ids(prog_dir)),
                             routes=_routes(ip, ours), links=ours)
     traces.pins = _pins(pin_root, prog_dir)
-    # Parents first: /X/tc/globals before /X/tc (each removed only if empty).
+    # Children first: /X/tc/globals before /X/tc (each removed only if empty).
     traces.pin_dirs = [pin_root, os.path.dirname(pin_root), prog_dir, os.path.dirname(prog_dir)]
     traces.chains = _chains()
     return traces

@@ -80,13 +80,14 @@ def agent(dockerd, tmp_path_factory):
     yield from running_agent(tmp_path_factory.mktemp("agent"))
 
 
-def running_agent(workdir, extra: list[str] | None = None):
-    """Body of an agent fixture: start it with ``extra`` flags, yield it, then
-    clean the host whatever happened."""
+def running_agent(workdir, extra: list[str] | None = None, start: bool = True):
+    """Body of an agent fixture: start it with ``extra`` flags (``start=False``:
+    the test starts and stops it), yield it, then clean the host whatever happened."""
     cleanup_host()
     a = Agent(workdir, extra=extra)
     try:
-        a.start()
+        if start:
+            a.start()
         yield a
     finally:
         cleanup_docker()

@@ -16,8 +16,7 @@ from pyroute2 import IPRoute
 
 from docker_cilium import defaults
 from docker_cilium.datapath.cleanup import is_our_link, pinned_prog_ids
-from tests.e2e.conftest import (cleanup_bpf, cleanup_docker, cleanup_host, create_network, exec_, iptables_leaks,
-                                net_settings, run_container)
+from tests.e2e.conftest import create_network, exec_, iptables_leaks, net_settings, run_container, running_agent
 from tests.helpers import VENV_BIN, Agent, run
 
 IDENTITY_KEY = "cilium/state/identities/v1/id/54321"
@@ -51,16 +50,7 @@ def cleanup_cli(agent: Agent, *args: str, input: str | None = None, sockets_in: 
 @pytest.fixture
 def own_agent(dockerd, tmp_path):
     """An agent of the test's own (not started): these tests stop it and clean up after it."""
-    cleanup_host()
-    a = Agent(tmp_path / "agent")
-    try:
-        yield a
-    finally:
-        cleanup_docker()
-        a.stop()
-        cleanup_host()
-        cleanup_bpf(a.bpf_root)
-    assert iptables_leaks() == []
+    yield from running_agent(tmp_path / "agent", start=False)
 
 
 def test_kvstore_write_reaches_the_running_agent(own_agent):
