@@ -51,43 +51,48 @@ class Client:
                 resp = conn.getresponse()
                 payload = resp.read()
             except (OSError, http.client.HTTPException) as exc:
-                raise Unavailable(f"the cilium agent did not answer {method} /v1{path}: "
-                                  f"{_reason(exc)} (socket {self.path})") from None
+                raise self._gone("did not answer", f"{method} /v1{path}", exc) from None
         finally:
             conn.close()
-        try:
-            decoded = json.loads(payload) if payload else None
-        except ValueError:
-            decoded = payload.decode(errors="replace")
+        decoded = _decode(payload)
         if resp.status >= 400:
-            msg = decoded.get("message") if isinstance(decoded, dict) else decoded
-            raise error_for_status(resp.status, f"{msg} ({resp.status})")
+            raise _error(resp.status, decoded)
         return decoded
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
 
     def stream(self, path: str, query: list[tuple[str, str]]) -> Iterator[bytes]:
-        """GET a streaming endpoint (NDJSON) and yield its lines as they come;
-        no timeout: a quiet stream is not an error."""
+        """GET an endless streaming endpoint (NDJSON) and yield its lines as they
+        come; no timeout: a quiet stream is not an error. The agent ends such a
+        stream only when it goes away (stopped, killed, restarted): that end,
+        clean or cut, raises :class:`Unavailable` after the lines that came."""
         conn = _UnixConnection(self.path, None)
+        what = f"GET /v1{path}"
         try:
             try:
                 conn.request("GET", "/v1" + path + ("?" + urlencode(query) if query else ""))
             except OSError as exc:
                 raise self.unreachable(exc) from None
-            resp = conn.getresponse()
+            try:
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._gone("did not answer", what, exc) from None
             if resp.status >= 400:
-                payload = resp.read()
-                try:
-                    msg = json.loads(payload).get("message", payload.decode(errors="replace"))
-                except (ValueError, AttributeError):
-                    msg = payload.decode(errors="replace")
-                raise error_for_status(resp.status, f"{msg} ({resp.status})")
-            while line := resp.readline():
-                yield line
+                raise _error(resp.status, _decode(resp.read()))
+            try:
+                while line := resp.readline():
+                    yield line
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._gone("ended the stream", what, exc) from None
+            raise self._gone("ended the stream", what, None)
         finally:
             conn.close()
+
+    def _gone(self, what: str, request: str, exc: BaseException | None) -> Unavailable:
+        """The agent went away after the connection: ``exc`` None is a clean close."""
+        reason = _reason(exc) if exc is not None else "connection closed"
+        return Unavailable(f"the cilium agent {what} {request}: {reason} (socket {self.path})")
 
     def unreachable(self, exc: OSError) -> Unavailable:
         """The one line every verb prints when it cannot connect to the agent."""
@@ -96,6 +101,20 @@ class Client:
                                "run as root or as a member of the socket's group")
         return Unavailable(f"cannot reach the cilium agent: {_reason(exc)}: is the agent running? "
                            f"(socket {self.path})")
+
+
+def _decode(payload: bytes) -> Any:
+    """A reply body: its JSON, else its text (None when empty)."""
+    try:
+        return json.loads(payload) if payload else None
+    except ValueError:
+        return payload.decode(errors="replace")
+
+
+def _error(status: int, decoded: Any) -> APIError:
+    """An error reply as the error its status means, with the agent's message."""
+    msg = decoded.get("message", json.dumps(decoded)) if isinstance(decoded, dict) else decoded
+    return error_for_status(status, f"{msg} ({status})")
 
 
 def _reason(exc: BaseException) -> str:

@@ -130,3 +130,45 @@ def test_agent_hangs_up_mid_request(tmp_path):
     assert res.stderr.strip().splitlines() == [
         f"Error: the cilium agent did not answer GET /v1/endpoint: Remote end closed connection without "
         f"response (socket {path})"]
+
+
+def _serve_once(path: str, reply: bytes):
+    """A one-shot agent on ``path``: reads the request, sends ``reply``, hangs up."""
+    import socket
+    import threading
+
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(reply)
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t, srv
+
+
+@pytest.mark.parametrize("reply, expect", [
+    (b"", "the cilium agent did not answer GET /v1/monitor: Remote end closed connection without response"),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"1f\r\n" + b'{"type": "agent", "n": "first"}' + b"\r\n",
+     "the cilium agent ended the stream GET /v1/monitor: "),
+], ids=["before-answer", "mid-stream"])
+def test_agent_hangs_up_on_monitor(tmp_path, reply, expect):
+    """`cilium monitor` whose agent goes away (stopped, killed, restarted):
+    what came is printed, then one line saying the stream ended, exit 1."""
+    path = str(tmp_path / "m.sock")
+    t, srv = _serve_once(path, reply)
+    try:
+        res = run("-H", path, "monitor", "-j")
+    finally:
+        t.join(10)
+        srv.close()
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stdout == ('{"type": "agent", "n": "first"}' if reply else "")
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: " + expect) and lines[0].endswith(f"(socket {path})"), lines
