@@ -10,7 +10,6 @@ import click
 from docker_cilium import defaults
 from docker_cilium.cli.client import Client
 from docker_cilium.cli.output import emit_json
-from docker_cilium.errors import APIError
 
 
 class Context:
@@ -30,19 +29,6 @@ def output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         if output is not None and ctx is not None:
             ctx.output = output
         return fn(*args, **kw)
-
-    return wrapper
-
-
-def api_call(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn API errors into one clear line and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kw: Any) -> Any:
-        try:
-            return fn(*args, **kw)
-        except APIError as exc:
-            raise click.ClickException(str(exc)) from None
 
     return wrapper
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, parse_options, pass_ctx, show
+from docker_cilium.cli.common import Context, output_option, parse_options, pass_ctx, show
 from docker_cilium.cli.output import print_options
 
 
@@ -12,7 +12,6 @@ from docker_cilium.cli.output import print_options
 @click.argument("options", nargs=-1, metavar="[Key=Value]...")
 @output_option
 @pass_ctx
-@api_call
 def config(ctx: Context, options: tuple[str, ...]) -> None:
     """Cilium configuration options
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
+from docker_cilium.cli.common import Context, output_option, pass_ctx
 from docker_cilium.cli.identity import identity_table
 from docker_cilium.cli.output import print_options, table
 from docker_cilium.cli.status import print_status
@@ -89,7 +89,6 @@ def markdown(info: dict[str, Any]) -> str:
               help="Write the report to FILE instead of the terminal")
 @output_option
 @pass_ctx
-@api_call
 def debuginfo(ctx: Context, path: str | None) -> None:
     """Request available debugging information from the agent"""
     info = ctx.client.get("/debuginfo")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, parse_options, pass_ctx, show
+from docker_cilium.cli.common import Context, output_option, parse_options, pass_ctx, show
 from docker_cilium.cli.output import emit_json, print_options, table
 from docker_cilium.identity.reserved import INIT_LABEL
 
@@ -25,7 +25,6 @@ def endpoint() -> None:
 @endpoint.command("list")
 @output_option
 @pass_ctx
-@api_call
 def list_(ctx: Context) -> None:
     """List all endpoints"""
     eps = ctx.client.get("/endpoint")
@@ -44,7 +43,6 @@ def _row(ep: dict) -> list:
 @click.argument("endpoint_id")
 @output_option
 @pass_ctx
-@api_call
 def get(ctx: Context, endpoint_id: str) -> None:
     """Display endpoint information (ID, or container-id:, container-name:, docker-endpoint:)"""
     emit_json(ctx.client.get(f"/endpoint/{endpoint_id}"))
@@ -64,7 +62,6 @@ def _labels_table(labels: dict) -> None:
 @click.option("-d", "--delete", multiple=True, metavar="LABEL", help="Label to delete")
 @output_option
 @pass_ctx
-@api_call
 def labels(ctx: Context, endpoint_id: str, add: tuple[str, ...], delete: tuple[str, ...]) -> None:
     """Show or change an endpoint's labels (its identity follows)"""
     if add or delete:
@@ -80,7 +77,6 @@ def labels(ctx: Context, endpoint_id: str, add: tuple[str, ...], delete: tuple[s
 @click.argument("options", nargs=-1, metavar="[Key=Value]...")
 @output_option
 @pass_ctx
-@api_call
 def config(ctx: Context, endpoint_id: str, options: tuple[str, ...]) -> None:
     """View or change an endpoint's options (PolicyEnforcement=default|always|never)"""
     changes = parse_options(options)
@@ -98,7 +94,6 @@ def config(ctx: Context, endpoint_id: str, options: tuple[str, ...]) -> None:
 @click.argument("endpoint_id")
 @output_option
 @pass_ctx
-@api_call
 def log(ctx: Context, endpoint_id: str) -> None:
     """View an endpoint's status log (state transitions and regenerations, with reasons)"""
     entries = ctx.client.get(f"/endpoint/{endpoint_id}/log")
@@ -110,7 +105,6 @@ def log(ctx: Context, endpoint_id: str) -> None:
 @click.argument("endpoint_id")
 @output_option
 @pass_ctx
-@api_call
 def regenerate(ctx: Context, endpoint_id: str) -> None:
     """Force regeneration of an endpoint (maps from the current policy, programs attached again)"""
     reply = ctx.client.request("PATCH", f"/endpoint/{endpoint_id}/config", body={})
@@ -121,7 +115,6 @@ def regenerate(ctx: Context, endpoint_id: str) -> None:
 @click.argument("endpoint_id")
 @output_option
 @pass_ctx
-@api_call
 def disconnect(ctx: Context, endpoint_id: str) -> None:
     """Disconnect an endpoint from the network"""
     reply = ctx.client.request("DELETE", f"/endpoint/{endpoint_id}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx, show
+from docker_cilium.cli.common import Context, output_option, pass_ctx, show
 from docker_cilium.cli.output import table
 
 
@@ -22,7 +22,6 @@ def identity() -> None:
 @click.argument("labels", nargs=-1)
 @output_option
 @pass_ctx
-@api_call
 def list_(ctx: Context, labels: tuple[str, ...]) -> None:
     """List identities (those with all the given labels, if any)"""
     idents = ctx.client.get("/identity", query={"labels": ",".join(labels)} if labels else None)
@@ -33,7 +32,6 @@ def list_(ctx: Context, labels: tuple[str, ...]) -> None:
 @click.argument("identity_id")
 @output_option
 @pass_ctx
-@api_call
 def get(ctx: Context, identity_id: str) -> None:
     """Retrieve information about an identity"""
     ident = ctx.client.get(f"/identity/{identity_id}")

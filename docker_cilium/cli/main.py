@@ -24,7 +24,7 @@ from docker_cilium.cli.status import status, version
 
 
 class _Cli(click.Group):
-    """The root group: an API error no verb caught is still one line and exit 1."""
+    """The root group: an API error from any verb is one line (``Error: ...``) and exit 1."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx, show
+from docker_cilium.cli.common import Context, output_option, pass_ctx, show
 from docker_cilium.cli.output import table
 
 
@@ -34,7 +34,6 @@ def map_() -> None:
 @click.option("--verbose", is_flag=True, help="Print every map's entries too")
 @output_option
 @pass_ctx
-@api_call
 def list_(ctx: Context, verbose: bool) -> None:
     """List all open BPF maps"""
     maps = ctx.client.get("/map")["maps"]
@@ -57,7 +56,6 @@ def _with_entries(maps: list[dict]) -> None:
 @click.argument("name")
 @output_option
 @pass_ctx
-@api_call
 def get(ctx: Context, name: str) -> None:
     """Display cached content of given BPF map"""
     m = ctx.client.get(f"/map/{quote(name, safe='')}")

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
+from docker_cilium.cli.common import Context, output_option, pass_ctx
 from docker_cilium.cli.output import emit_json, table
 
 
@@ -19,7 +19,6 @@ def metrics() -> None:
 @click.option("-p", "--match-pattern", default="", help="Show only metrics whose names match this regex")
 @output_option
 @pass_ctx
-@api_call
 def list_(ctx: Context, match_pattern: str) -> None:
     """List all metrics"""
     try:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, pass_ctx
+from docker_cilium.cli.common import Context, pass_ctx
 from docker_cilium.monitor.format import render, start_line
 
 TYPES = ("drop", "trace", "policy-verdict", "debug", "capture", "agent")
@@ -27,7 +27,6 @@ TYPES = ("drop", "trace", "policy-verdict", "debug", "capture", "agent")
 @click.option("--hex", "hex_", is_flag=True, help="Show the captured packet bytes in hex")
 @click.option("-j", "--json", "as_json", is_flag=True, help="One JSON object per line")
 @pass_ctx
-@api_call
 def monitor(ctx: Context, types: tuple[str, ...], from_: tuple[int, ...], to: tuple[int, ...],
             related_to: tuple[int, ...], verbose: int, hex_: bool, as_json: bool) -> None:
     """Display BPF program events

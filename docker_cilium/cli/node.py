@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx, show
+from docker_cilium.cli.common import Context, output_option, pass_ctx, show
 from docker_cilium.cli.output import table
 
 
@@ -16,7 +16,6 @@ def node() -> None:
 @node.command("list")
 @output_option
 @pass_ctx
-@api_call
 def list_(ctx: Context) -> None:
     """List nodes: name, addresses and endpoint (allocation) ranges"""
     status = ctx.client.get("/cluster/nodes")

@@ -9,7 +9,7 @@ import time
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
+from docker_cilium.cli.common import Context, output_option, pass_ctx
 from docker_cilium.cli.output import emit_json
 from docker_cilium.policy.api import PolicyValidationError, parse_rules
 
@@ -48,7 +48,6 @@ def policy() -> None:
 @click.argument("path", metavar="FILE|-")
 @output_option
 @pass_ctx
-@api_call
 def import_(ctx: Context, path: str) -> None:
     """Import security policy in JSON format"""
     data = _read(path)
@@ -60,7 +59,6 @@ def import_(ctx: Context, path: str) -> None:
 @click.argument("labels", nargs=-1)
 @output_option
 @pass_ctx
-@api_call
 def get(ctx: Context, labels: tuple[str, ...]) -> None:
     """Display policy node information (rules with all the given labels)"""
     reply = ctx.client.get("/policy", query={"labels": ",".join(labels)} if labels else None)
@@ -76,7 +74,6 @@ def get(ctx: Context, labels: tuple[str, ...]) -> None:
 @click.option("--all", "all_", is_flag=True, help="Delete all policies")
 @output_option
 @pass_ctx
-@api_call
 def delete(ctx: Context, labels: tuple[str, ...], all_: bool) -> None:
     """Delete policy rules whose labels contain the given labels"""
     if not labels and not all_:
@@ -121,7 +118,6 @@ def _labels_of_endpoint(ctx: Context, ref: str) -> list[str]:
 @click.option("--dst-endpoint", help="Destination endpoint (ID or prefixed reference)")
 @output_option
 @pass_ctx
-@api_call
 def trace(ctx: Context, src: tuple[str, ...], dst: tuple[str, ...], dport: tuple[str, ...],
           src_identity: int | None, dst_identity: int | None, src_endpoint: str | None,
           dst_endpoint: str | None) -> None:
@@ -174,7 +170,6 @@ def _enforced_revision(ep: dict) -> int:
 @click.option("--sleep-time", default="250ms", hidden=True)
 @output_option
 @pass_ctx
-@api_call
 def wait(ctx: Context, revision: int, max_wait_time: str, sleep_time: str) -> None:
     """Wait until all endpoints enforce policy revision REVISION"""
     deadline = time.monotonic() + parse_duration(max_wait_time)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from docker_cilium.cli.common import Context, api_call, output_option, pass_ctx
+from docker_cilium.cli.common import Context, output_option, pass_ctx
 from docker_cilium.cli.output import emit_json, table
 from docker_cilium.errors import APIError
 from docker_cilium.version import version_info, version_line
@@ -98,7 +98,6 @@ def print_status(st: dict[str, Any], all_addresses: bool, all_controllers: bool,
 @click.option("--verbose", is_flag=True, help="Show everything (all addresses and controllers)")
 @output_option
 @pass_ctx
-@api_call
 def status(ctx: Context, all_addresses: bool, all_controllers: bool, verbose: bool) -> None:
     """Display status of the agent (exit status 1 when a component is in Failure)"""
     st = ctx.client.get("/healthz")
