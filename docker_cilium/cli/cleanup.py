@@ -21,6 +21,7 @@ import click
 
 from docker_cilium import defaults
 from docker_cilium.agent.lock import LOCK_FILE, AgentLock, AlreadyRunning
+from docker_cilium.cli.common import Context, pass_ctx
 
 STORE_FILES = ("kvstore.db", "node-state.db")
 
@@ -83,8 +84,8 @@ def _confirm() -> bool:
               help="The agent's --bpf-root")
 @click.option("--plugin-socket", default=defaults.PLUGIN_SOCKET, show_default=True,
               help="The agent's --plugin-socket")
-@click.pass_context
-def cleanup(ctx: click.Context, force: bool, all_state: bool, lib_dir: str, state_dir: str, bpf_root: str,
+@pass_ctx
+def cleanup(ctx: Context, force: bool, all_state: bool, lib_dir: str, state_dir: str, bpf_root: str,
             plugin_socket: str) -> None:
     """Remove system state installed by the agent at runtime
 
@@ -94,8 +95,7 @@ def cleanup(ctx: click.Context, force: bool, all_state: bool, lib_dir: str, stat
     """
     if os.geteuid() != 0:
         raise click.ClickException("cleanup changes links, BPF pins and iptables: run it as root")
-    api_socket = ctx.find_root().params["host"]
-    api_socket = api_socket[len("unix://"):] if api_socket.startswith("unix://") else api_socket
+    api_socket = ctx.client.path
     for path in (api_socket, plugin_socket):
         if _served(path):
             raise click.ClickException(f"an agent is running (it answers on {path}): stop it before cleaning up")

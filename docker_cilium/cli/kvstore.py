@@ -27,8 +27,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import click
 
 from docker_cilium import defaults
-from docker_cilium.cli.common import Context, output_option, pass_ctx
-from docker_cilium.cli.output import emit_json
+from docker_cilium.cli.common import Context, output_option, pass_ctx, show
 from docker_cilium.errors import Unavailable
 from docker_cilium.kvstore import KINDS, Backend, EtcdConfigError, new_backend, parse_options
 
@@ -134,11 +133,8 @@ def get(ctx: Context, key: str, recursive: bool, store: Any) -> None:
         if value is None:
             raise click.ClickException(f"key {key} is not found")
         found = {key: value}
-    if ctx.output == "json":
-        emit_json({k: _text(v) for k, v in sorted(found.items())})
-        return
-    for k, v in sorted(found.items()):
-        click.echo(f"{k} => {_text(v)}")
+    texts = {k: _text(v) for k, v in sorted(found.items())}
+    show(ctx, texts, lambda: click.echo("".join(f"{k} => {v}\n" for k, v in texts.items()), nl=False))
 
 
 @kvstore.command("set")
