@@ -8,8 +8,12 @@ entry point), and stdout/stderr are checked as a user would see them.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
+import threading
+from typing import Iterator
 
 import click
 import pytest
@@ -104,39 +108,9 @@ def test_permission_denied_names_the_socket(tmp_path):
                         "run as root or as a member of the socket's group")
 
 
-def test_agent_hangs_up_mid_request(tmp_path):
-    """An agent that accepts and closes without answering: one line, exit 1."""
-    import socket
-    import threading
-
-    path = str(tmp_path / "c.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(path)
-    srv.listen(1)
-
-    def serve() -> None:
-        conn, _ = srv.accept()
-        conn.recv(65536)
-        conn.close()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        res = run("-H", path, "endpoint", "list")
-    finally:
-        t.join(10)
-        srv.close()
-    assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines() == [
-        f"Error: the cilium agent did not answer GET /v1/endpoint: Remote end closed connection without "
-        f"response (socket {path})"]
-
-
-def _serve_once(path: str, reply: bytes):
-    """A one-shot agent on ``path``: reads the request, sends ``reply``, hangs up."""
-    import socket
-    import threading
-
+@contextlib.contextmanager
+def one_shot_agent(path: str, reply: bytes) -> Iterator[None]:
+    """A fake agent on ``path`` for one request: reads it, sends ``reply``, hangs up."""
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(1)
@@ -149,7 +123,22 @@ def _serve_once(path: str, reply: bytes):
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    return t, srv
+    try:
+        yield
+    finally:
+        t.join(10)
+        srv.close()
+
+
+def test_agent_hangs_up_mid_request(tmp_path):
+    """An agent that accepts and closes without answering: one line, exit 1."""
+    path = str(tmp_path / "c.sock")
+    with one_shot_agent(path, b""):
+        res = run("-H", path, "endpoint", "list")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"Error: the cilium agent did not answer GET /v1/endpoint: Remote end closed connection without "
+        f"response (socket {path})"]
 
 
 @pytest.mark.parametrize("reply, expect", [
@@ -162,12 +151,8 @@ def test_agent_hangs_up_on_monitor(tmp_path, reply, expect):
     """`cilium monitor` whose agent goes away (stopped, killed, restarted):
     what came is printed, then one line saying the stream ended, exit 1."""
     path = str(tmp_path / "m.sock")
-    t, srv = _serve_once(path, reply)
-    try:
+    with one_shot_agent(path, reply):
         res = run("-H", path, "monitor", "-j")
-    finally:
-        t.join(10)
-        srv.close()
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert res.stdout == ('{"type": "agent", "n": "first"}' if reply else "")
     lines = res.stderr.strip().splitlines()
