@@ -57,6 +57,40 @@ def test_connection_summaries_match_cilium():
     assert dissect(b"") == {}
 
 
+
+def test_vlan_tagged_frames_are_dissected_past_their_tags():
+    tcp = SYN[14:]
+    tagged = SYN[:12] + b"\x81\x00\x00\x05" + b"\x08\x00" + tcp           # 802.1Q, VLAN 5
+    qinq = SYN[:12] + b"\x88\xa8\x00\x07\x81\x00\x00\x05\x08\x00" + tcp  # 802.1ad outer tag, then 802.1Q
+    for frame in (tagged, qinq):
+        assert connection_summary(dissect(frame)) == "10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN"
+        assert dissect(frame)["vlan"] == 5
+    assert connection_summary(dissect(tagged[:17])).endswith("0x8100")  # the tag cut off: MACs only
+
+
+def test_fragments_after_the_first_show_no_ports():
+    """A later fragment's payload is the middle of the datagram, not an L4 header."""
+    ip = bytearray(SYN[14:])
+    ip[6:8] = (185).to_bytes(2, "big")                          # fragment offset 185 x 8 bytes
+    later = SYN[:14] + bytes(ip)
+    assert "l4" not in dissect(later) and "tcpFlags" not in dissect(later)
+    assert connection_summary(dissect(later)) == "10.0.0.1 -> 10.0.0.2"
+    first = bytearray(SYN[14:])
+    first[6:8] = (0x2000).to_bytes(2, "big")                    # more fragments, offset 0: ports are there
+    assert connection_summary(dissect(SYN[:14] + bytes(first))) == "10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN"
+    frag6 = struct.pack("!BBHI", 6, 0, 0x0001, 7)               # IPv6 fragment header, offset 0, more fragments
+    first6 = ipv6_frame("f00d::1", "f00d::2", 44, frag6 + SYN6[54:])
+    assert connection_summary(dissect(first6)) == "[f00d::1]:40000 -> [f00d::2]:80 tcp SYN, ACK"
+    later6 = ipv6_frame("f00d::1", "f00d::2", 44, struct.pack("!BBHI", 6, 0, 185 << 3, 7) + SYN6[54:])
+    assert connection_summary(dissect(later6)) == "f00d::1 -> f00d::2" and "l4" not in dissect(later6)
+
+
+def test_bad_ipv4_header_length_decodes_no_l4():
+    ip = bytearray(SYN[14:])
+    ip[0] = 0x42                                                # IHL 2 words: shorter than an IPv4 header
+    d = dissect(SYN[:14] + bytes(ip))
+    assert d["l3"] == {"src": "10.0.0.1", "dst": "10.0.0.2"} and "l4" not in d
+
 def test_drop_event_json_and_line():
     labels = {261: ["container:id=app3"], 264: ["container:id=app1"]}
     e = decode(datapath_event(NOTIFY_DROP, 133, ECHO), "2026-01-01T00:00:00Z", labels.get)
