@@ -3,12 +3,14 @@ line format, verbose form (-v, --hex) or as JSON lines (-j)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import sys
 
 import click
 
 from docker_cilium.cli.common import Context, api_call, pass_ctx
+from docker_cilium.errors import Unavailable
 from docker_cilium.monitor.format import render, start_line
 
 TYPES = ("drop", "trace", "policy-verdict", "debug", "capture", "agent")
@@ -33,7 +35,8 @@ def monitor(ctx: Context, types: tuple[str, ...], from_: tuple[int, ...], to: tu
     """Display BPF program events
 
     Drops, traces, policy verdicts, debug and agent events as they happen,
-    until interrupted. Filters are applied by the agent.
+    until interrupted. Filters are applied by the agent. A stream the agent
+    ends or breaks (it stopped, or was killed) is an error: exit status 1.
     """
     query = [("type", t) for t in types] + [("from", str(i)) for i in from_] + \
         [("to", str(i)) for i in to] + [("related-to", str(i)) for i in related_to]
@@ -50,6 +53,11 @@ def monitor(ctx: Context, types: tuple[str, ...], from_: tuple[int, ...], to: tu
                 out.write("\n".join(render(event, verbose, hex_)) + "\n")
             out.flush()
     except KeyboardInterrupt:
-        pass
+        return
     except BrokenPipeError:  # `cilium monitor | head`: the reader left
         sys.stderr.close()
+        return
+    except (http.client.HTTPException, ConnectionError) as exc:  # killed: the stream broke mid-chunk
+        raise Unavailable(f"monitor stream broken: the agent went away ({type(exc).__name__}) "
+                          f"(socket {ctx.client.path})") from None
+    raise Unavailable(f"monitor stream ended by the agent: is it stopping? (socket {ctx.client.path})")
