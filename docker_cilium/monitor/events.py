@@ -38,7 +38,7 @@ def _obs_point(n: int) -> str:
     return em.TRACE_OBS_POINTS.get(n, str(n))
 
 
-def _trace_summary(ev: Any) -> str:
+def _trace_summary(ev: em.DatapathEvent) -> str:
     """Cilium's traceSummary: where the packet went, by observation point."""
     return {em.TRACE_TO_LXC: f"-> endpoint {ev.dst_id}", em.TRACE_TO_PROXY: "-> proxy",
             em.TRACE_TO_HOST: "-> host from", em.TRACE_TO_STACK: "-> stack",
@@ -46,7 +46,7 @@ def _trace_summary(ev: Any) -> str:
         ev.subtype, "unknown trace")
 
 
-def decode(ev: Any, time: str, labels: LabelLookup | None = None) -> dict[str, Any]:
+def decode(ev: em.DatapathEvent, time: str, labels: LabelLookup | None = None) -> dict[str, Any]:
     """One :class:`~docker_cilium.datapath.maps.eventsmap.DatapathEvent` as a dict."""
     summary = dissect(ev.data)
     out: dict[str, Any] = {
@@ -75,7 +75,7 @@ def decode(ev: Any, time: str, labels: LabelLookup | None = None) -> dict[str, A
     return out
 
 
-def _policy_verdict(ev: Any, out: dict[str, Any]) -> None:
+def _policy_verdict(ev: em.DatapathEvent, out: dict[str, Any]) -> None:
     """Allow or deny of a new connection, the direction and what matched."""
     direction = ev.direction
     verdict = ev.verdict
