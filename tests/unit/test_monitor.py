@@ -12,7 +12,11 @@ import struct
 import time
 
 import pytest
-from aiohttp import ClientSession, ClientTimeout
+from aiohttp import ClientSession, ClientTimeout, web
+
+from docker_cilium.agent.servers import UnixServer
+from docker_cilium.api import monitor as monitor_api
+from docker_cilium.api.keys import DAEMON
 
 from docker_cilium.datapath.maps.eventsmap import NOTIFY_DROP, NOTIFY_TRACE, TRACE_TO_LXC, DatapathEvent
 from docker_cilium.monitor.dissect import connection_summary, dissect
@@ -264,3 +268,46 @@ async def test_client_that_leaves_is_unsubscribed_on_a_quiet_stream(api):
         while hub.subscribers:
             assert time.monotonic() < deadline, f"{len(hub.subscribers)} subscriber(s) left after the {close} closed"
             await asyncio.sleep(0.05)
+
+
+async def test_agent_stop_is_not_held_by_a_client_that_never_reads(tmp_path):
+    """A `cilium monitor` that stopped reading (a paused terminal) has the
+    stream's write waiting on its full socket: closing the hub ends that
+    stream at once, so the API server stops without its shutdown timeout."""
+    hub = MonitorHub(queue_len=256)
+
+    class _Daemon:
+        monitor = hub
+
+        def monitor_status(self) -> dict:
+            return hub.status()
+
+    app = web.Application()
+    app[DAEMON] = _Daemon()  # type: ignore[assignment]
+    app.router.add_routes(monitor_api.routes)
+    server = UnixServer(app, str(tmp_path / "api.sock"), 0o600, "api")
+    await server.start()
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(server.path)
+    stalled.sendall(b"GET /v1/monitor HTTP/1.1\r\nHost: localhost\r\n\r\n")  # and never reads
+    try:
+        deadline = time.monotonic() + 5
+        while not hub.subscribers:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        sub = hub.subscribers[0]
+        for i in range(5000):  # far more than the socket buffers hold
+            hub.publish({"type": "agent", "subtype": "x", "message": {"n": i, "pad": "x" * 300}})
+            if i % 500 == 0:
+                await asyncio.sleep(0.01)
+        deadline = time.monotonic() + 5
+        while not sub.dropped_total:  # the writer is stuck: the queue overflowed behind it
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        hub.close()
+        await asyncio.wait_for(server.stop(), 30)
+        assert time.monotonic() - t0 < 5
+    finally:
+        stalled.close()
