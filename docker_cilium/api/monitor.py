@@ -56,13 +56,15 @@ def parse_filter(request: web.Request) -> Filter:
 
 async def _write(resp: web.StreamResponse, sub: Subscription, data: bytes) -> bool:
     """Write ``data`` to the stream; False, with the write given up, if the
-    subscription closed first (the agent is stopping while this client does
-    not read: its write would otherwise wait on a full socket until the
-    server's shutdown timeout)."""
+    subscription closed (the agent is stopping) and this client still did not
+    read within the check interval: its write would otherwise wait on a full
+    socket until the server's shutdown timeout."""
     write = asyncio.ensure_future(resp.write(data))
     closed = asyncio.ensure_future(sub.wait_closed())
     try:
         await asyncio.wait((write, closed), return_when=asyncio.FIRST_COMPLETED)
+        if not write.done():  # closed: a client merely behind gets a moment to catch up
+            await asyncio.wait((write,), timeout=_CHECK_S)
     finally:  # also when this handler is cancelled: no write outlives it
         closed.cancel()
         if not write.done():
