@@ -16,7 +16,7 @@ from aiohttp import web
 from docker_cilium.api.keys import DAEMON
 from docker_cilium.errors import BadRequest
 from docker_cilium.monitor.events import TYPES_BY_NAME, now_rfc3339
-from docker_cilium.monitor.hub import Filter, Item
+from docker_cilium.monitor.hub import Filter, Item, Subscription
 
 routes = web.RouteTableDef()
 
@@ -54,6 +54,27 @@ def parse_filter(request: web.Request) -> Filter:
     return Filter(frozenset(types), _ids(request, "from"), _ids(request, "to"), _ids(request, "related-to"))
 
 
+async def _write(resp: web.StreamResponse, sub: Subscription, data: bytes) -> bool:
+    """Write ``data`` to the stream; False, with the write given up, if the
+    subscription closed (the agent is stopping) and this client still did not
+    read within the check interval: its write would otherwise wait on a full
+    socket until the server's shutdown timeout."""
+    write = asyncio.ensure_future(resp.write(data))
+    closed = asyncio.ensure_future(sub.wait_closed())
+    try:
+        await asyncio.wait((write, closed), return_when=asyncio.FIRST_COMPLETED)
+        if not write.done():  # closed: a client merely behind gets a moment to catch up
+            await asyncio.wait((write,), timeout=_CHECK_S)
+    finally:  # also when this handler is cancelled: no write outlives it
+        closed.cancel()
+        if not write.done():
+            write.cancel()
+    if write.cancelled():
+        return False
+    write.result()  # ConnectionResetError: the client left
+    return True
+
+
 @routes.get("/v1/monitor")
 async def monitor(request: web.Request) -> web.StreamResponse:
     """Stream until the client goes away. A client that does not read only
@@ -76,7 +97,10 @@ async def monitor(request: web.Request) -> web.StreamResponse:
                     continue
                 if not batch:
                     break
-                await resp.write(b"".join(item.line for item in batch))
+                if not await _write(resp, sub, b"".join(item.line for item in batch)):
+                    if request.transport is not None:
+                        request.transport.abort()
+                    break
         except ConnectionResetError:
             pass
     return resp

@@ -32,7 +32,8 @@ def monitor(ctx: Context, types: tuple[str, ...], from_: tuple[int, ...], to: tu
     """Display BPF program events
 
     Drops, traces, policy verdicts, debug and agent events as they happen,
-    until interrupted. Filters are applied by the agent.
+    until interrupted. Filters are applied by the agent. A stream the agent
+    ends or breaks (it stopped, or was killed) is an error: exit status 1.
     """
     query = [("type", t) for t in types] + [("from", str(i)) for i in from_] + \
         [("to", str(i)) for i in to] + [("related-to", str(i)) for i in related_to]

@@ -10,7 +10,10 @@ import struct
 from typing import Any
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_ARP = 0x0800, 0x86DD, 0x0806
+ETH_P_8021Q, ETH_P_8021AD = 0x8100, 0x88A8  # VLAN tags: 4 bytes before the real ethertype
 PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 = 1, 6, 17, 58
+PROTO_IPV6_FRAGMENT = 44
+IP4_OFFSET_MASK = 0x1FFF
 PROTO_NAMES = {PROTO_ICMP: "ICMPv4", PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_ICMPV6: "ICMPv6"}
 
 # gopacket's ICMP type names, as Cilium's connection summary shows them.
@@ -29,31 +32,43 @@ def _mac(b: bytes) -> str:
 def dissect(frame: bytes) -> dict[str, Any]:
     """Decoded layers of ``frame``: ``l2``/``l3``/``l4`` as {src, dst} (Cilium's
     DissectSummary), ``ipVersion``, ``protocol`` and per-protocol details.
-    Layers the capture cut off are absent, never guessed."""
+    Layers the capture cut off are absent, never guessed: a fragment after
+    the first has no L4 header. VLAN tags are skipped (``vlan``: the inner ID)."""
     out: dict[str, Any] = {}
     if len(frame) < 14:
         return out
     ethertype = struct.unpack_from("!H", frame, 12)[0]
     out["l2"] = {"src": _mac(frame[6:12]), "dst": _mac(frame[0:6])}
+    off = 14
+    while ethertype in (ETH_P_8021Q, ETH_P_8021AD) and len(frame) >= off + 4:
+        out["vlan"] = struct.unpack_from("!H", frame, off)[0] & 0x0FFF  # the innermost tag's ID
+        ethertype = struct.unpack_from("!H", frame, off + 2)[0]
+        off += 4
     out["ethertype"] = ethertype
-    ip = frame[14:]
+    ip = frame[off:]
+    l4: bytes | None = None  # None: no L4 header here (a later fragment, a bad header length)
     if ethertype == ETH_P_IP and len(ip) >= 20:
         ihl = (ip[0] & 0x0F) * 4
         proto = ip[9]
         out["ipVersion"] = 4
         out["l3"] = {"src": str(ipaddress.IPv4Address(ip[12:16])), "dst": str(ipaddress.IPv4Address(ip[16:20]))}
         out["ttl"] = ip[8]
-        l4 = ip[ihl:]
+        if ihl >= 20 and not struct.unpack_from("!H", ip, 6)[0] & IP4_OFFSET_MASK:
+            l4 = ip[ihl:]
     elif ethertype == ETH_P_IPV6 and len(ip) >= 40:
         proto = ip[6]
         out["ipVersion"] = 6
         out["l3"] = {"src": str(ipaddress.IPv6Address(ip[8:24])), "dst": str(ipaddress.IPv6Address(ip[24:40]))}
         out["ttl"] = ip[7]
         l4 = ip[40:]
+        if proto == PROTO_IPV6_FRAGMENT and len(l4) >= 8:
+            proto, l4 = l4[0], (l4[8:] if not struct.unpack_from("!H", l4, 2)[0] >> 3 else None)
     else:
         return out
     out["protocol"] = PROTO_NAMES.get(proto, str(proto))
     out["proto"] = proto
+    if l4 is None:
+        return out
     if proto in (PROTO_TCP, PROTO_UDP) and len(l4) >= 4:
         sport, dport = struct.unpack_from("!HH", l4, 0)
         out["l4"] = {"src": str(sport), "dst": str(dport)}

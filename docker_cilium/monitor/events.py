@@ -21,17 +21,9 @@ from docker_cilium.datapath.maps import eventsmap as em
 from docker_cilium.monitor.dissect import connection_summary, dissect
 from docker_cilium.monitor.notify import *  # noqa: F401,F403  (the AGENT_* subtypes)
 
-# Cilium's message types (pkg/monitor/api); 130 is not from the datapath.
-MESSAGE_TYPE_AGENT = 130
-TYPE_NAMES = {em.NOTIFY_DROP: "drop", em.NOTIFY_DEBUG: "debug", em.NOTIFY_CAPTURE: "capture",
-              em.NOTIFY_TRACE: "trace", em.NOTIFY_POLICY_VERDICT: "policy-verdict",
-              MESSAGE_TYPE_AGENT: "agent"}
-TYPES_BY_NAME = {name: num for num, name in TYPE_NAMES.items()}
+# Cilium's message type names (pkg/monitor/api), as the ?type= filter takes them.
+TYPES_BY_NAME = {name: num for num, name in em.NOTIFY_TYPES.items()}
 LOST = "lost"  # not a message type: the record of events that never arrived
-
-TRACE_STATES = {0: "new", 1: "established", 2: "reply", 3: "related"}
-POLICY_MATCH = {0: "none", 1: "L3-Only", 2: "L3-L4", 3: "L4-Only", 4: "all"}
-DIRECTIONS = {1: "ingress", 2: "egress"}
 
 LabelLookup = Callable[[int], "list[str] | None"]
 
@@ -46,7 +38,7 @@ def _obs_point(n: int) -> str:
     return em.TRACE_OBS_POINTS.get(n, str(n))
 
 
-def _trace_summary(ev: Any) -> str:
+def _trace_summary(ev: em.DatapathEvent) -> str:
     """Cilium's traceSummary: where the packet went, by observation point."""
     return {em.TRACE_TO_LXC: f"-> endpoint {ev.dst_id}", em.TRACE_TO_PROXY: "-> proxy",
             em.TRACE_TO_HOST: "-> host from", em.TRACE_TO_STACK: "-> stack",
@@ -54,21 +46,20 @@ def _trace_summary(ev: Any) -> str:
         ev.subtype, "unknown trace")
 
 
-def decode(ev: Any, time: str, labels: LabelLookup | None = None) -> dict[str, Any]:
+def decode(ev: em.DatapathEvent, time: str, labels: LabelLookup | None = None) -> dict[str, Any]:
     """One :class:`~docker_cilium.datapath.maps.eventsmap.DatapathEvent` as a dict."""
     summary = dissect(ev.data)
     out: dict[str, Any] = {
-        "type": TYPE_NAMES.get(ev.type, str(ev.type)), "time": time, "cpu": ev.cpu,
+        "type": ev.type_name, "time": time, "cpu": ev.cpu,
         "mark": f"{ev.hash:#x}", "source": ev.source, "bytes": ev.len_orig,
         "srcLabel": ev.src_label, "dstLabel": ev.dst_label, "dstID": ev.dst_id, "ifindex": ev.ifindex,
     }
     if ev.type == em.NOTIFY_DROP:
-        out.update(verdict="DROPPED", reason=DROP_REASONS.get(ev.subtype, str(ev.subtype)), reasonCode=ev.subtype)
+        out.update(verdict="DROPPED", reason=ev.drop_reason, reasonCode=ev.subtype)
     elif ev.type == em.NOTIFY_TRACE:
-        reason = ev.reason
         out.update(verdict="FORWARDED", observationPoint=_obs_point(ev.subtype), traceSummary=_trace_summary(ev),
-                   state=TRACE_STATES.get(reason, str(reason)))
-    elif out["type"] == "policy-verdict":
+                   state=em.TRACE_REASONS.get(ev.reason, str(ev.reason)))
+    elif ev.type == em.NOTIFY_POLICY_VERDICT:
         _policy_verdict(ev, out)
     elif ev.type == em.NOTIFY_DEBUG:
         out.update(subtype=ev.subtype, arg1=ev.arg1, arg2=ev.arg2, arg3=ev.arg3, message=ev.message)
@@ -84,14 +75,14 @@ def decode(ev: Any, time: str, labels: LabelLookup | None = None) -> dict[str, A
     return out
 
 
-def _policy_verdict(ev: Any, out: dict[str, Any]) -> None:
+def _policy_verdict(ev: em.DatapathEvent, out: dict[str, Any]) -> None:
     """Allow or deny of a new connection, the direction and what matched."""
     direction = ev.direction
     verdict = ev.verdict
-    match = getattr(ev, "match_type", 0)
     out.update(verdict="ALLOWED" if verdict == 0 else "DENIED", action="allow" if verdict == 0 else "deny",
-               direction=DIRECTIONS.get(direction, str(direction)), match=POLICY_MATCH.get(match, "unknown"),
-               remoteLabel=ev.src_label if direction == 1 else ev.dst_label,
+               direction=em.DIRECTIONS.get(direction, str(direction)),
+               match=em.POLICY_MATCH_TYPES.get(ev.match_type, "unknown"),
+               remoteLabel=ev.src_label if direction == em.DIRECTION_INGRESS else ev.dst_label,
                dport=ev.dport, proto=ev.proto)
     if verdict:
         out["reason"] = DROP_REASONS.get(verdict, str(verdict))

@@ -79,6 +79,7 @@ class Subscription:
         self.dropped_total = 0
         self.delivered = 0
         self._wake = asyncio.Event()
+        self._ended = asyncio.Event()
         self.closed = False
 
     def put(self, item: Item) -> None:
@@ -109,10 +110,15 @@ class Subscription:
         self.delivered += len(batch)
         return batch
 
+    async def wait_closed(self) -> None:
+        """Return once :meth:`close` ran (the agent is stopping, or the stream ended)."""
+        await self._ended.wait()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self._wake.set()
+            self._ended.set()
             self.hub._unsubscribe(self)
 
     def __enter__(self) -> "Subscription":

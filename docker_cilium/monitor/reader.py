@@ -75,8 +75,7 @@ class DatapathMonitor:
             return
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self.reader.fileno())
-        self._on_readable()  # what is in the rings now still reaches whoever is left
-        self.reader.close()
+        self.reader.close()  # the hub's last subscriber left: what is still in the rings has no reader
         self.reader = None
         log.info("monitor.reader_detached")
 

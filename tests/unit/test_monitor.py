@@ -12,7 +12,11 @@ import struct
 import time
 
 import pytest
-from aiohttp import ClientSession, ClientTimeout
+from aiohttp import ClientSession, ClientTimeout, web
+
+from docker_cilium.agent.servers import UnixServer
+from docker_cilium.api import monitor as monitor_api
+from docker_cilium.api.keys import DAEMON
 
 from docker_cilium.datapath.maps.eventsmap import NOTIFY_DROP, NOTIFY_TRACE, TRACE_TO_LXC, DatapathEvent
 from docker_cilium.monitor.dissect import connection_summary, dissect
@@ -56,6 +60,40 @@ def test_connection_summaries_match_cilium():
     assert "l3" not in dissect(ECHO[:20]) and connection_summary(dissect(ECHO[:20])).endswith("IPv4")
     assert dissect(b"") == {}
 
+
+
+def test_vlan_tagged_frames_are_dissected_past_their_tags():
+    tcp = SYN[14:]
+    tagged = SYN[:12] + b"\x81\x00\x00\x05" + b"\x08\x00" + tcp           # 802.1Q, VLAN 5
+    qinq = SYN[:12] + b"\x88\xa8\x00\x07\x81\x00\x00\x05\x08\x00" + tcp  # 802.1ad outer tag, then 802.1Q
+    for frame in (tagged, qinq):
+        assert connection_summary(dissect(frame)) == "10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN"
+        assert dissect(frame)["vlan"] == 5
+    assert connection_summary(dissect(tagged[:17])).endswith("0x8100")  # the tag cut off: MACs only
+
+
+def test_fragments_after_the_first_show_no_ports():
+    """A later fragment's payload is the middle of the datagram, not an L4 header."""
+    ip = bytearray(SYN[14:])
+    ip[6:8] = (185).to_bytes(2, "big")                          # fragment offset 185 x 8 bytes
+    later = SYN[:14] + bytes(ip)
+    assert "l4" not in dissect(later) and "tcpFlags" not in dissect(later)
+    assert connection_summary(dissect(later)) == "10.0.0.1 -> 10.0.0.2"
+    first = bytearray(SYN[14:])
+    first[6:8] = (0x2000).to_bytes(2, "big")                    # more fragments, offset 0: ports are there
+    assert connection_summary(dissect(SYN[:14] + bytes(first))) == "10.0.0.1:40000 -> 10.0.0.2:80 tcp SYN"
+    frag6 = struct.pack("!BBHI", 6, 0, 0x0001, 7)               # IPv6 fragment header, offset 0, more fragments
+    first6 = ipv6_frame("f00d::1", "f00d::2", 44, frag6 + SYN6[54:])
+    assert connection_summary(dissect(first6)) == "[f00d::1]:40000 -> [f00d::2]:80 tcp SYN, ACK"
+    later6 = ipv6_frame("f00d::1", "f00d::2", 44, struct.pack("!BBHI", 6, 0, 185 << 3, 7) + SYN6[54:])
+    assert connection_summary(dissect(later6)) == "f00d::1 -> f00d::2" and "l4" not in dissect(later6)
+
+
+def test_bad_ipv4_header_length_decodes_no_l4():
+    ip = bytearray(SYN[14:])
+    ip[0] = 0x42                                                # IHL 2 words: shorter than an IPv4 header
+    d = dissect(SYN[:14] + bytes(ip))
+    assert d["l3"] == {"src": "10.0.0.1", "dst": "10.0.0.2"} and "l4" not in d
 
 def test_drop_event_json_and_line():
     labels = {261: ["container:id=app3"], 264: ["container:id=app1"]}
@@ -230,3 +268,46 @@ async def test_client_that_leaves_is_unsubscribed_on_a_quiet_stream(api):
         while hub.subscribers:
             assert time.monotonic() < deadline, f"{len(hub.subscribers)} subscriber(s) left after the {close} closed"
             await asyncio.sleep(0.05)
+
+
+async def test_agent_stop_is_not_held_by_a_client_that_never_reads(tmp_path):
+    """A `cilium monitor` that stopped reading (a paused terminal) has the
+    stream's write waiting on its full socket: closing the hub ends that
+    stream at once, so the API server stops without its shutdown timeout."""
+    hub = MonitorHub(queue_len=256)
+
+    class _Daemon:
+        monitor = hub
+
+        def monitor_status(self) -> dict:
+            return hub.status()
+
+    app = web.Application()
+    app[DAEMON] = _Daemon()  # type: ignore[assignment]
+    app.router.add_routes(monitor_api.routes)
+    server = UnixServer(app, str(tmp_path / "api.sock"), 0o600, "api")
+    await server.start()
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(server.path)
+    stalled.sendall(b"GET /v1/monitor HTTP/1.1\r\nHost: localhost\r\n\r\n")  # and never reads
+    try:
+        deadline = time.monotonic() + 5
+        while not hub.subscribers:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        sub = hub.subscribers[0]
+        for i in range(5000):  # far more than the socket buffers hold
+            hub.publish({"type": "agent", "subtype": "x", "message": {"n": i, "pad": "x" * 300}})
+            if i % 500 == 0:
+                await asyncio.sleep(0.01)
+        deadline = time.monotonic() + 5
+        while not sub.dropped_total:  # the writer is stuck: the queue overflowed behind it
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        hub.close()
+        await asyncio.wait_for(server.stop(), 30)
+        assert time.monotonic() - t0 < 5
+    finally:
+        stalled.close()
