@@ -23,7 +23,8 @@ from docker_cilium.api import monitor as monitor_api
 from docker_cilium.api.keys import DAEMON
 from docker_cilium.monitor.events import decode, now_rfc3339
 from docker_cilium.monitor.hub import MonitorHub
-from tests.unit.test_monitor import ECHO, datapath_event
+from docker_cilium.datapath.maps.eventsmap import NOTIFY_DROP, DatapathEvent
+from tests import packets
 
 SECONDS = 3.0
 
@@ -65,7 +66,10 @@ async def run(rate: int) -> tuple[int, int, int]:
     tick = 0.005  # the reader drains the rings in batches like this
     per_tick = max(1, int(rate * tick))
     sent, t0 = 0, time.perf_counter()
-    ev = datapath_event(1, 133, ECHO)
+    echo = packets.eth(packets.mac("02:00:00:00:00:02"), packets.mac("02:00:00:00:00:01"), packets.ETH_P_IP,
+                       packets.ipv4("10.11.13.37", "10.11.101.61", 1, packets.echo_request()))
+    ev = DatapathEvent(cpu=1, type=NOTIFY_DROP, subtype=133, source=25729, hash=0xABC, len_orig=len(echo),
+                       len_cap=len(echo), src_label=261, dst_label=264, dst_id=25729, ifindex=7, data=echo)
     while time.perf_counter() - t0 < SECONDS:
         stamp = now_rfc3339()
         for _ in range(per_tick):

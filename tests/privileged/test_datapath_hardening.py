@@ -26,7 +26,7 @@ from docker_cilium.datapath.maps.policymap import PolicyEntry
 
 from tests.privileged.conftest import sh
 from tests.privileged.nettool import csum
-from tests.privileged.packets import (
+from tests.packets import (
     ETH_P_ARP,
     ETH_P_IP,
     arp,

@@ -22,7 +22,7 @@ import pytest
 from docker_cilium.datapath.bpf import BpfMap
 from docker_cilium.datapath.drop import DROP_INVALID_SIP, DROP_POLICY
 from docker_cilium.datapath.maps.policymap import PolicyEntry
-from tests.privileged.packets import (
+from tests.packets import (
     ETH_P_IP,
     ETH_P_IPV6,
     IPPROTO_DSTOPTS,

@@ -58,4 +58,4 @@ def test_monitor_says_the_stream_ended_without_a_traceback(tmp_path: Path, body:
     assert res.returncode == 1, res
     assert "Traceback" not in res.stderr, res.stderr
     err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and "monitor stream" in err[0] and path in err[0], res.stderr
+    assert len(err) == 1 and "the cilium agent ended the stream GET /v1/monitor" in err[0] and path in err[0], res.stderr

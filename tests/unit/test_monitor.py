@@ -11,7 +11,6 @@ import socket
 import struct
 import time
 
-import pytest
 from aiohttp import ClientSession, ClientTimeout, web
 
 from docker_cilium.agent.servers import UnixServer
@@ -23,23 +22,20 @@ from docker_cilium.monitor.dissect import connection_summary, dissect
 from docker_cilium.monitor.events import agent_event, decode
 from docker_cilium.monitor.format import info, render
 from docker_cilium.monitor.hub import Filter, MonitorHub
+from tests import packets
 
 MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 
 
 def ipv4_frame(src: str, dst: str, proto: int, l4: bytes) -> bytes:
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    return MAC_B + MAC_A + b"\x08\x00" + ip + l4
+    return packets.eth(MAC_B, MAC_A, packets.ETH_P_IP, packets.ipv4(src, dst, proto, l4, ident=1))
 
 
 def ipv6_frame(src: str, dst: str, proto: int, l4: bytes) -> bytes:
-    ip = struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64,
-                     socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))
-    return MAC_B + MAC_A + b"\x86\xdd" + ip + l4
+    return packets.eth(MAC_B, MAC_A, packets.ETH_P_IPV6, packets.ipv6(src, dst, proto, l4))
 
 
-ECHO = ipv4_frame("10.11.13.37", "10.11.101.61", 1, b"\x08\x00\x00\x00\x00\x01\x00\x01")
+ECHO = ipv4_frame("10.11.13.37", "10.11.101.61", 1, packets.echo_request())
 SYN = ipv4_frame("10.0.0.1", "10.0.0.2", 6, struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 0x50, 0x02, 512, 0, 0))
 SYN6 = ipv6_frame("f00d::1", "f00d::2", 6, struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 0x50, 0x12, 512, 0, 0))
 

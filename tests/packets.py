@@ -1,4 +1,5 @@
-"""Packet builders for the privileged tests' crafted frames (stdlib only).
+"""Packet builders for crafted frames (stdlib only): the privileged tests send
+them, the monitor's unit tests and bench/monitor_rate.py decode them.
 
 The Internet checksum is nettool's (the helper the namespaces run), so the
 frames the tests build and the packets nettool sends agree on it."""
@@ -69,6 +70,15 @@ def vlan(tags: int, ethertype: int) -> bytes:
     """tags x 802.1Q VLAN 0 (priority) tag, then the inner ethertype."""
     return b"".join(struct.pack("!HH", ETH_P_8021Q, 0) for _ in range(tags)) + \
         struct.pack("!H", ethertype)
+
+
+def eth(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
+    return dst + src + struct.pack("!H", ethertype) + payload
+
+
+def echo_request(ident: int = 1, seq: int = 1) -> bytes:
+    """ICMPv4 echo request header (checksum left 0: decoders don't check it)."""
+    return struct.pack("!BBHHH", 8, 0, 0, ident, seq)
 
 
 def frame_from(c, ethertype_and_tags: bytes, payload: bytes) -> str:
