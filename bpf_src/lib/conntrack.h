@@ -119,13 +119,17 @@ static __always_inline int ct_budget_take(__u16 lxc_id, __u32 now)
  * 4 billion locked the endpoint out for the rest of the window. The count is
  * signed: it goes negative when entries of the previous window get their
  * first reply after a reset; the units it lends match entries that stopped
- * being unreplied, so the bound on unreplied entries holds. */
+ * being unreplied. It stops at -CT_EP_BUDGET (give or take the CPUs racing
+ * past the check): ct_update's first-reply test is not atomic, so two CPUs
+ * handling one entry's first replies both refund it, and an endpoint
+ * answering its own flows from two CPUs could otherwise drive the count
+ * down without end and create unreplied entries without limit. */
 static __always_inline void ct_budget_give(__u16 lxc_id)
 {
 	__u32 key = lxc_id;
 	struct ct_budget *b = bpf_map_lookup_elem(&cilium_ct_budget, &key);
 
-	if (b)
+	if (b && b->count > -CT_EP_BUDGET)
 		__sync_fetch_and_add(&b->count, -1);
 }
 

@@ -6,6 +6,8 @@ budget of 64 (conftest ``small_ct``):
   work, and the count ends where it began;
 * a count driven below zero (two CPUs refunding the last unit at once, or
   refunds after a window reset) does not lock the endpoint out;
+* refunds stop at minus the budget: double refunds (two CPUs handling one
+  entry's first replies) cannot lend an endpoint units without end;
 * zeroing an endpoint's slot (done when the endpoint is deleted, ids are
   reused) gives its id a fresh budget.
 """
@@ -16,6 +18,7 @@ import pytest
 
 from docker_cilium.datapath.drop import DROP_CT_CREATE_FAILED
 from docker_cilium.datapath.maps.ctmap import monotonic_seconds
+from tests.privileged.packets import udp
 
 pytestmark = pytest.mark.privileged
 
@@ -54,6 +57,27 @@ def test_negative_count_does_not_lock_the_endpoint_out(topo, small_ct):
     budget.set(a.lxc_id, monotonic_seconds(), -1)
     assert topo.tcp(a, b.ipv4, 8080) == OK
     assert topo.udp(a, b.ipv4, 8080) == OK
+
+
+def test_refunds_stop_at_minus_the_budget(topo, small_ct):
+    """A's flows to B get B's first replies (raw UDP, B has no socket on the
+    port): with the count at 5 a first reply gives one unit back (control);
+    with the count at -BUDGET (the floor) it gives none, so refunds that
+    outnumber A's entries (a first reply refunded on two CPUs at once) lend
+    A at most BUDGET extra units per window."""
+    dp, (a, b, c) = small_ct
+    budget = dp.maps.ct_budget
+
+    def answered(sport: int, count: int) -> int:
+        budget.set(a.lxc_id, monotonic_seconds(), 0)
+        assert topo.run_tool(a, "rawip", b.ipv4, 17, udp(sport, 9999, b"q").hex()) == OK
+        assert budget.get(a.lxc_id).count == 1     # A's entry charged
+        budget.set(a.lxc_id, monotonic_seconds(), count)
+        assert topo.run_tool(b, "rawip", a.ipv4, 17, udp(9999, sport, b"r").hex()) == OK
+        return budget.get(a.lxc_id).count
+
+    assert answered(40001, 5) == 4
+    assert answered(40002, -BUDGET) == -BUDGET
 
 
 def test_zeroed_slot_gives_a_fresh_budget(topo, small_ct):
