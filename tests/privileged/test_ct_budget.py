@@ -18,7 +18,7 @@ import pytest
 
 from docker_cilium.datapath.drop import DROP_CT_CREATE_FAILED
 from docker_cilium.datapath.maps.ctmap import monotonic_seconds
-from tests.privileged.packets import udp
+from tests.packets import udp
 
 pytestmark = pytest.mark.privileged
 
