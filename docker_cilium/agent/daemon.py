@@ -124,6 +124,11 @@ class Daemon:
         self.lock.acquire()
         for path in (cfg.socket_path, cfg.plugin_socket):
             ensure_socket_free(path)
+        if cfg.prometheus_serve_addr:
+            # Bound before any link, map or socket is touched: a taken port stops the
+            # start here. Until the API is built a scrape has no state series.
+            self.metrics_server = MetricsServer(self.metrics, cfg.prometheus_serve_addr)
+            await self.metrics_server.start()
         self.store = SQLiteBackend(os.path.join(cfg.lib_dir, "node-state.db"))
         await self.store.connect()
         self.kvstore = MeteredBackend(new_backend(cfg.kvstore, cfg.kvstore_opts, cfg.lib_dir), self.metrics)
@@ -184,9 +189,6 @@ class Daemon:
         ]
         for server in self.servers:
             await server.start()
-        if cfg.prometheus_serve_addr:
-            self.metrics_server = MetricsServer(self.metrics, cfg.prometheus_serve_addr)
-            await self.metrics_server.start()
         self.watcher = DockerWatcher(cfg.docker_socket, lambda nid: nid in self.endpoints.networks,
                                      self._endpoints.update_container, self.iptables.ensure_nat_first)
         self.watcher.start()

@@ -55,7 +55,11 @@ class MetricsServer:
     async def start(self) -> None:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # the port is taken, or the address is not this host's
+            raise RuntimeError(f"--prometheus-serve-addr {self.host or ''}:{self.port}: "
+                               f"{exc.strerror or exc}") from None
         log.info("server.listening", name="prometheus", address=f"{self.host or '*'}:{self.port}")
 
     async def stop(self) -> None:
