@@ -11,6 +11,7 @@ import pytest
 from docker_cilium import logging as dclog
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.controllers import Controllers
+from docker_cilium.agent.monitor_options import monitor_options
 from docker_cilium.agent.options import RuntimeOption, RuntimeOptions, agent_options, choice, parse_bool
 from docker_cilium.datapath.maps.configmap import CFG_F_DEBUG, datapath_config
 from docker_cilium.endpoint.model import STATUS_LOG_MAX, Endpoint, State
@@ -189,5 +190,32 @@ async def test_debug_drives_the_datapath_flag_and_is_written_at_start(store):
         assert stale.flags == OTHER_BIT | CFG_F_DEBUG and dclog.debug_enabled()
         await opts.set({"Debug": "off"})
         assert stale.flags == OTHER_BIT and not dclog.debug_enabled()
+    finally:
+        dclog.set_debug(False)
+
+
+class FakeMonitorMap:
+    """cilium_config's aggregation level as MonitorConfigMap shows it."""
+
+    def __init__(self, level: int) -> None:
+        self.monitor_aggregation = level
+
+    def set_monitor_aggregation(self, level: int) -> None:
+        self.monitor_aggregation = level
+
+
+async def test_config_shows_every_runtime_option_live_not_its_start_flag(api):
+    client, daemon = api
+    for opt in monitor_options(FakeMonitorMap(3), daemon.config):  # the flag's level: medium
+        daemon.options.register(opt)
+    try:
+        resp = await client.patch("/v1/config", json={"options": {"MonitorAggregation": "none", "Debug": "on",
+                                                                  "PolicyEnforcement": "always"}})
+        assert resp.status == 200, await resp.text()
+        cfg = await (await client.get("/v1/config")).json()
+        assert cfg["options"] == {"Debug": "Enabled", "MonitorAggregation": "none", "PolicyEnforcement": "always"}
+        assert {k: cfg["configuration"][k] for k in ("debug", "monitor_aggregation", "policy_enforcement")} == {
+            "debug": True, "monitor_aggregation": "none", "policy_enforcement": "always"}
+        assert daemon.config.monitor_aggregation == "medium"  # the start flag itself is kept (restore compares it)
     finally:
         dclog.set_debug(False)
