@@ -55,6 +55,9 @@ from docker_cilium.workloads.docker import DockerWatcher
 
 log = structlog.get_logger(__name__)
 
+#: How long `cilium status` waits for the KV store's health read.
+STATUS_KVSTORE_TIMEOUT_S = 2.0
+
 
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
@@ -271,18 +274,9 @@ class Daemon:
 
     async def status(self) -> dict[str, Any]:
         """Cilium's StatusResponse shape (what `cilium status` prints)."""
-        kv_ok = True
-        try:
-            assert self.kvstore is not None
-            await self.kvstore.get(keys.HEALTH)
-        except Exception as exc:  # report, don't fail the health call
-            kv_ok, kv_msg = False, str(exc)
-        else:
-            kv_msg = f"{self.config.kvstore}" + (
-                f" {self.config.kvstore_opts.get('etcd.address', '')}" if self.config.kvstore == "etcd" else "")
         docker_ok = bool(self.watcher and self.watcher.connected)
         return {
-            "kvstore": {"state": "Ok" if kv_ok else "Failure", "msg": kv_msg},
+            "kvstore": await self._kvstore_status(),
             "container-runtime": {"state": "Ok" if docker_ok else "Warning",
                                   "msg": "docker events connected" if docker_ok else
                                   (self.watcher.last_error if self.watcher else "") or "not connected"},
@@ -298,6 +292,20 @@ class Daemon:
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
         }
+
+    async def _kvstore_status(self) -> dict[str, str]:
+        """A read of the health key, bounded: a store that does not answer (etcd
+        paused, a partition) is a Failure now, not after its RPC timeout."""
+        name = f"{self.config.kvstore}" + (
+            f" {self.config.kvstore_opts.get('etcd.address', '')}" if self.config.kvstore == "etcd" else "")
+        try:
+            assert self.kvstore is not None
+            await asyncio.wait_for(self.kvstore.get(keys.HEALTH), STATUS_KVSTORE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return {"state": "Failure", "msg": f"{name}: no answer within {STATUS_KVSTORE_TIMEOUT_S:g}s"}
+        except Exception as exc:  # report, don't fail the health call
+            return {"state": "Failure", "msg": str(exc)}
+        return {"state": "Ok", "msg": name}
 
     def datapath_maps(self) -> DatapathMaps | None:
         return self.datapath.maps if self.datapath is not None else None
