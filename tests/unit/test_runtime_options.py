@@ -13,7 +13,7 @@ from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.controllers import Controllers
 from docker_cilium.agent.monitor_options import monitor_options
 from docker_cilium.agent.options import RuntimeOption, RuntimeOptions, agent_options, choice, parse_bool
-from docker_cilium.datapath.maps.configmap import CFG_F_DEBUG, datapath_config
+from docker_cilium.datapath.maps.configmap import CFG_F_DEBUG, ConfigMap, datapath_config
 from docker_cilium.endpoint.model import STATUS_LOG_MAX, Endpoint, State
 from docker_cilium.errors import BadRequest
 from docker_cilium.kvstore import keys
@@ -158,17 +158,22 @@ def test_status_log_is_bounded_in_memory_and_restarts_with_the_restore():
 OTHER_BIT = 1 << 0  # a cilium_config flag bit that Debug does not own
 
 
-class FakeConfigMap:
-    """cilium_config[0] as ConfigMap shows it (the real one: tests/e2e/test_cli_ops.py)."""
+class ArrayMap:
+    """A one-entry BPF array in memory, under the real ConfigMap (the kernel's:
+    tests/e2e/test_cli_ops.py)."""
 
     def __init__(self, flags: int) -> None:
-        self.flags = flags
+        self.value = datapath_config(flags=flags, monitor_aggregation=2)
 
-    def get(self) -> datapath_config:
-        return datapath_config(flags=self.flags)
+    def lookup(self, key: object) -> datapath_config:
+        return datapath_config.from_buffer_copy(self.value)
 
-    def set_flags(self, flags: int) -> None:
-        self.flags = flags
+    def update(self, key: object, value: datapath_config) -> None:
+        self.value = datapath_config.from_buffer_copy(value)
+
+    @property
+    def flags(self) -> int:
+        return self.value.flags
 
 
 class Policy:
@@ -179,10 +184,10 @@ class Policy:
 
 
 async def test_debug_drives_the_datapath_flag_and_is_written_at_start(store):
-    stale = FakeConfigMap(OTHER_BIT | CFG_F_DEBUG)  # pinned by an earlier agent that ran with debug
+    stale = ArrayMap(OTHER_BIT | CFG_F_DEBUG)  # pinned by an earlier agent that ran with debug
     try:
         opts = RuntimeOptions(store)
-        for opt in agent_options(Policy(), DaemonConfig(debug=False), stale):  # type: ignore[arg-type]
+        for opt in agent_options(Policy(), DaemonConfig(debug=False), ConfigMap(stale)):  # type: ignore[arg-type]
             opts.register(opt)
         await opts.restore()
         assert stale.flags == OTHER_BIT  # this agent's value, other bits kept
@@ -190,6 +195,7 @@ async def test_debug_drives_the_datapath_flag_and_is_written_at_start(store):
         assert stale.flags == OTHER_BIT | CFG_F_DEBUG and dclog.debug_enabled()
         await opts.set({"Debug": "off"})
         assert stale.flags == OTHER_BIT and not dclog.debug_enabled()
+        assert stale.value.monitor_aggregation == 2  # the same entry's other field is left alone
     finally:
         dclog.set_debug(False)
 
