@@ -56,11 +56,9 @@ async def patch_config(request: web.Request) -> web.Response:
     body = await json_body(request)
     reject_unknown(body, {"policy-enforcement", "options"})
     options = body.get("options", {})
-    if not isinstance(options, dict):
-        raise BadRequest("options must be a JSON object of Key: Value")
     if "policy-enforcement" in body:
         mode = parse_enforcement(body["policy-enforcement"], "policy-enforcement")
-        if "PolicyEnforcement" in options and str(options["PolicyEnforcement"]).lower() != mode:
+        if daemon.options.validate(options).get("PolicyEnforcement", mode) != mode:
             raise BadRequest("policy-enforcement and options.PolicyEnforcement disagree")
         options = {**options, "PolicyEnforcement": mode}
     await daemon.options.set(options)

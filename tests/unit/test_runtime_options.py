@@ -225,3 +225,25 @@ async def test_config_shows_every_runtime_option_live_not_its_start_flag(api):
         assert daemon.config.monitor_aggregation == "medium"  # the start flag itself is kept (restore compares it)
     finally:
         dclog.set_debug(False)
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"policy-enforcement": "always", "options": {"PolicyEnforcement": True}},
+     "option PolicyEnforcement: value must be a string, got true"),
+    ({"policy-enforcement": "always", "options": {"PolicyEnforcement": "never"}},
+     "policy-enforcement and options.PolicyEnforcement disagree"),
+    ({"policy-enforcement": "always", "options": ["Debug=on"]}, "options must be a JSON object of Key: Value"),
+    ({"options": {"Debug": "on", "Nope": "1"}}, "unknown or read-only option 'Nope'"),
+])
+async def test_patch_config_names_what_is_wrong_and_changes_nothing(api, body, message):
+    client, daemon = api
+    resp = await client.patch("/v1/config", json=body)
+    assert resp.status == 400 and message in (await resp.json())["message"], await resp.text()
+    assert daemon.policy.enforcement == "default" and not dclog.debug_enabled()
+
+
+async def test_patch_config_both_spellings_agree(api):
+    client, daemon = api
+    resp = await client.patch("/v1/config", json={"policy-enforcement": "ALWAYS",
+                                                  "options": {"PolicyEnforcement": "always"}})
+    assert resp.status == 200 and (await resp.json())["policy-enforcement"] == "always"
