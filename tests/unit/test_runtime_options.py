@@ -110,16 +110,17 @@ async def test_controllers_count_successes_and_failures():
         if exc is not None:
             raise exc
     st = ctrls.start("kvstore-health", 0.01, step, first_run=0)
-    for want in (1, 2, 3):
-        while st.success_count + st.failure_count < want:
+    async with asyncio.timeout(10):  # a loop that stopped running fails here rather than hangs
+        for want in (1, 2, 3):
+            while st.success_count + st.failure_count < want:
+                await asyncio.sleep(0.005)
+            if want == 3:
+                model = ctrls.models()[0]
+                assert model["status"]["consecutive-failure-count"] == 2 and not st.healthy
+                assert model["status"]["last-failure-msg"] == "etcd unreachable"
+                assert model["status"]["last-failure-timestamp"].endswith("Z")
+        while st.success_count < 2:
             await asyncio.sleep(0.005)
-        if want == 3:
-            model = ctrls.models()[0]
-            assert model["status"]["consecutive-failure-count"] == 2 and not st.healthy
-            assert model["status"]["last-failure-msg"] == "etcd unreachable"
-            assert model["status"]["last-failure-timestamp"].endswith("Z")
-    while st.success_count < 2:
-        await asyncio.sleep(0.005)
     await ctrls.stop()
     assert st.healthy and st.failure_count == 2 and st.consecutive_failure_count == 0
     assert ctrls.models()[0]["configuration"] == {"interval": "0.01s"}
