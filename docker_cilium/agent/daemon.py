@@ -55,6 +55,9 @@ from docker_cilium.workloads.docker import DockerWatcher
 
 log = structlog.get_logger(__name__)
 
+#: How long `cilium status` waits for the KV store's health read.
+STATUS_KVSTORE_TIMEOUT_S = 2.0
+
 
 class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
@@ -124,6 +127,11 @@ class Daemon:
         self.lock.acquire()
         for path in (cfg.socket_path, cfg.plugin_socket):
             ensure_socket_free(path)
+        if cfg.prometheus_serve_addr:
+            # Bound before any link, map or socket is touched: a taken port stops the
+            # start here. Until the API is built a scrape has no state series.
+            self.metrics_server = MetricsServer(self.metrics, cfg.prometheus_serve_addr)
+            await self.metrics_server.start()
         self.store = SQLiteBackend(os.path.join(cfg.lib_dir, "node-state.db"))
         await self.store.connect()
         self.kvstore = MeteredBackend(new_backend(cfg.kvstore, cfg.kvstore_opts, cfg.lib_dir), self.metrics)
@@ -184,9 +192,6 @@ class Daemon:
         ]
         for server in self.servers:
             await server.start()
-        if cfg.prometheus_serve_addr:
-            self.metrics_server = MetricsServer(self.metrics, cfg.prometheus_serve_addr)
-            await self.metrics_server.start()
         self.watcher = DockerWatcher(cfg.docker_socket, lambda nid: nid in self.endpoints.networks,
                                      self._endpoints.update_container, self.iptables.ensure_nat_first)
         self.watcher.start()
@@ -269,18 +274,9 @@ class Daemon:
 
     async def status(self) -> dict[str, Any]:
         """Cilium's StatusResponse shape (what `cilium status` prints)."""
-        kv_ok = True
-        try:
-            assert self.kvstore is not None
-            await self.kvstore.get(keys.HEALTH)
-        except Exception as exc:  # report, don't fail the health call
-            kv_ok, kv_msg = False, str(exc)
-        else:
-            kv_msg = f"{self.config.kvstore}" + (
-                f" {self.config.kvstore_opts.get('etcd.address', '')}" if self.config.kvstore == "etcd" else "")
         docker_ok = bool(self.watcher and self.watcher.connected)
         return {
-            "kvstore": {"state": "Ok" if kv_ok else "Failure", "msg": kv_msg},
+            "kvstore": await self._kvstore_status(),
             "container-runtime": {"state": "Ok" if docker_ok else "Warning",
                                   "msg": "docker events connected" if docker_ok else
                                   (self.watcher.last_error if self.watcher else "") or "not connected"},
@@ -296,6 +292,20 @@ class Daemon:
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
         }
+
+    async def _kvstore_status(self) -> dict[str, str]:
+        """A read of the health key, bounded: a store that does not answer (etcd
+        paused, a partition) is a Failure now, not after its RPC timeout."""
+        name = f"{self.config.kvstore}" + (
+            f" {self.config.kvstore_opts.get('etcd.address', '')}" if self.config.kvstore == "etcd" else "")
+        try:
+            assert self.kvstore is not None
+            await asyncio.wait_for(self.kvstore.get(keys.HEALTH), STATUS_KVSTORE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return {"state": "Failure", "msg": f"{name}: no answer within {STATUS_KVSTORE_TIMEOUT_S:g}s"}
+        except Exception as exc:  # report, don't fail the health call
+            return {"state": "Failure", "msg": str(exc)}
+        return {"state": "Ok", "msg": name}
 
     def datapath_maps(self) -> DatapathMaps | None:
         return self.datapath.maps if self.datapath is not None else None

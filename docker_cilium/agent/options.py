@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import structlog
 
 from docker_cilium import logging as dclog
-from docker_cilium.datapath.maps.configmap import CFG_F_DEBUG, ConfigMap
+from docker_cilium.datapath.maps.configmap import ConfigMap
 from docker_cilium.errors import BadRequest
 from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
@@ -192,9 +192,11 @@ def agent_options(policy: PolicyManager, cfg: DaemonConfig,
     async def set_debug(value: str) -> None:
         enabled = value == ENABLED
         dclog.set_debug(enabled)
-        if config_map is not None:  # one small map write: no worker thread
-            flags = config_map.get().flags
-            config_map.set_flags((flags | CFG_F_DEBUG) if enabled else (flags & ~CFG_F_DEBUG))
+        if config_map is not None:
+            # On the loop, not a worker thread: one lookup and one update of a one-entry
+            # array, and the map's writers (this, MonitorAggregation) each read-modify-
+            # write the same value, which one thread keeps from interleaving.
+            config_map.set_debug(enabled)
 
     return [
         RuntimeOption("PolicyEnforcement", "Policy enforcement mode (default, always, never)",

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from docker_cilium.agent.options import ENABLED
 from docker_cilium.api.keys import DAEMON, APIDaemon
 from docker_cilium.api.errors import json_body, reject_unknown
 from docker_cilium.errors import BadRequest
@@ -19,15 +20,22 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(await request.app[DAEMON].status())
 
 
+#: Runtime option -> the DaemonConfig field of its start flag, shown with the live value.
+CONFIG_FIELDS = {"PolicyEnforcement": "policy_enforcement", "Debug": "debug",
+                 "MonitorAggregation": "monitor_aggregation"}
+
+
 def config_model(daemon: APIDaemon) -> dict[str, Any]:
     configuration = daemon.config.to_dict()
-    mode = daemon.policy.enforcement
-    configuration["policy_enforcement"] = mode  # the live value, not the start flag
-    configuration["debug"] = daemon.options.values().get("Debug") == "Enabled"
+    options = daemon.options.values()
+    for name, value in options.items():
+        key = CONFIG_FIELDS.get(name)
+        if key is not None:  # the live value, not the start flag
+            configuration[key] = value == ENABLED if isinstance(configuration[key], bool) else value
     return {
         "configuration": configuration,
-        "policy-enforcement": mode,
-        "options": daemon.options.values(),
+        "policy-enforcement": daemon.policy.enforcement,
+        "options": options,
         "option-descriptions": daemon.options.describe(),
         "addressing": daemon.host_addressing(),
         "mtu": daemon.mtu,
@@ -48,11 +56,9 @@ async def patch_config(request: web.Request) -> web.Response:
     body = await json_body(request)
     reject_unknown(body, {"policy-enforcement", "options"})
     options = body.get("options", {})
-    if not isinstance(options, dict):
-        raise BadRequest("options must be a JSON object of Key: Value")
     if "policy-enforcement" in body:
         mode = parse_enforcement(body["policy-enforcement"], "policy-enforcement")
-        if "PolicyEnforcement" in options and str(options["PolicyEnforcement"]).lower() != mode:
+        if daemon.options.validate(options).get("PolicyEnforcement", mode) != mode:
             raise BadRequest("policy-enforcement and options.PolicyEnforcement disagree")
         options = {**options, "PolicyEnforcement": mode}
     await daemon.options.set(options)

@@ -49,13 +49,17 @@ def build_app(metrics: AgentMetrics) -> web.Application:
 
 class MetricsServer:
     def __init__(self, metrics: AgentMetrics, addr: str) -> None:
+        self.addr = addr
         self.host, self.port = parse_serve_addr(addr)
         self.runner = web.AppRunner(build_app(metrics), access_log=None, handle_signals=False)
 
     async def start(self) -> None:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # the port is taken, or the address is not this host's
+            raise RuntimeError(f"--prometheus-serve-addr {self.addr}: {exc.strerror or exc}") from None
         log.info("server.listening", name="prometheus", address=f"{self.host or '*'}:{self.port}")
 
     async def stop(self) -> None:

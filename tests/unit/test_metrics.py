@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 
@@ -287,3 +288,18 @@ async def test_a_failing_scrape_is_a_500_and_the_server_keeps_serving():
         assert value(await second.text(), "cilium_forward_count_total", direction="INGRESS") == 1
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])
+async def test_a_taken_port_is_an_error_naming_the_flag(host):
+    taken = socket.socket(socket.AF_INET6 if host.startswith("[") else socket.AF_INET)
+    taken.bind((host.strip("[]"), 0))
+    taken.listen()
+    addr = f"{host}:{taken.getsockname()[1]}"
+    server = MetricsServer(AgentMetrics(), addr)
+    try:
+        with pytest.raises(RuntimeError, match=rf"^--prometheus-serve-addr {re.escape(addr)}: .*in use"):
+            await server.start()
+    finally:
+        await server.stop()
+        taken.close()

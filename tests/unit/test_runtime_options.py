@@ -11,8 +11,9 @@ import pytest
 from docker_cilium import logging as dclog
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.controllers import Controllers
+from docker_cilium.agent.monitor_options import monitor_options
 from docker_cilium.agent.options import RuntimeOption, RuntimeOptions, agent_options, choice, parse_bool
-from docker_cilium.datapath.maps.configmap import CFG_F_DEBUG, datapath_config
+from docker_cilium.datapath.maps.configmap import CFG_F_DEBUG, ConfigMap, datapath_config
 from docker_cilium.endpoint.model import STATUS_LOG_MAX, Endpoint, State
 from docker_cilium.errors import BadRequest
 from docker_cilium.kvstore import keys
@@ -109,16 +110,17 @@ async def test_controllers_count_successes_and_failures():
         if exc is not None:
             raise exc
     st = ctrls.start("kvstore-health", 0.01, step, first_run=0)
-    for want in (1, 2, 3):
-        while st.success_count + st.failure_count < want:
+    async with asyncio.timeout(10):  # a loop that stopped running fails here rather than hangs
+        for want in (1, 2, 3):
+            while st.success_count + st.failure_count < want:
+                await asyncio.sleep(0.005)
+            if want == 3:
+                model = ctrls.models()[0]
+                assert model["status"]["consecutive-failure-count"] == 2 and not st.healthy
+                assert model["status"]["last-failure-msg"] == "etcd unreachable"
+                assert model["status"]["last-failure-timestamp"].endswith("Z")
+        while st.success_count < 2:
             await asyncio.sleep(0.005)
-        if want == 3:
-            model = ctrls.models()[0]
-            assert model["status"]["consecutive-failure-count"] == 2 and not st.healthy
-            assert model["status"]["last-failure-msg"] == "etcd unreachable"
-            assert model["status"]["last-failure-timestamp"].endswith("Z")
-    while st.success_count < 2:
-        await asyncio.sleep(0.005)
     await ctrls.stop()
     assert st.healthy and st.failure_count == 2 and st.consecutive_failure_count == 0
     assert ctrls.models()[0]["configuration"] == {"interval": "0.01s"}
@@ -157,17 +159,22 @@ def test_status_log_is_bounded_in_memory_and_restarts_with_the_restore():
 OTHER_BIT = 1 << 0  # a cilium_config flag bit that Debug does not own
 
 
-class FakeConfigMap:
-    """cilium_config[0] as ConfigMap shows it (the real one: tests/e2e/test_cli_ops.py)."""
+class ArrayMap:
+    """A one-entry BPF array in memory, under the real ConfigMap (the kernel's:
+    tests/e2e/test_cli_ops.py)."""
 
     def __init__(self, flags: int) -> None:
-        self.flags = flags
+        self.value = datapath_config(flags=flags, monitor_aggregation=2)
 
-    def get(self) -> datapath_config:
-        return datapath_config(flags=self.flags)
+    def lookup(self, key: object) -> datapath_config:
+        return datapath_config.from_buffer_copy(self.value)
 
-    def set_flags(self, flags: int) -> None:
-        self.flags = flags
+    def update(self, key: object, value: datapath_config) -> None:
+        self.value = datapath_config.from_buffer_copy(value)
+
+    @property
+    def flags(self) -> int:
+        return self.value.flags
 
 
 class Policy:
@@ -178,10 +185,10 @@ class Policy:
 
 
 async def test_debug_drives_the_datapath_flag_and_is_written_at_start(store):
-    stale = FakeConfigMap(OTHER_BIT | CFG_F_DEBUG)  # pinned by an earlier agent that ran with debug
+    stale = ArrayMap(OTHER_BIT | CFG_F_DEBUG)  # pinned by an earlier agent that ran with debug
     try:
         opts = RuntimeOptions(store)
-        for opt in agent_options(Policy(), DaemonConfig(debug=False), stale):  # type: ignore[arg-type]
+        for opt in agent_options(Policy(), DaemonConfig(debug=False), ConfigMap(stale)):  # type: ignore[arg-type]
             opts.register(opt)
         await opts.restore()
         assert stale.flags == OTHER_BIT  # this agent's value, other bits kept
@@ -189,5 +196,55 @@ async def test_debug_drives_the_datapath_flag_and_is_written_at_start(store):
         assert stale.flags == OTHER_BIT | CFG_F_DEBUG and dclog.debug_enabled()
         await opts.set({"Debug": "off"})
         assert stale.flags == OTHER_BIT and not dclog.debug_enabled()
+        assert stale.value.monitor_aggregation == 2  # the same entry's other field is left alone
     finally:
         dclog.set_debug(False)
+
+
+class FakeMonitorMap:
+    """cilium_config's aggregation level as MonitorConfigMap shows it."""
+
+    def __init__(self, level: int) -> None:
+        self.monitor_aggregation = level
+
+    def set_monitor_aggregation(self, level: int) -> None:
+        self.monitor_aggregation = level
+
+
+async def test_config_shows_every_runtime_option_live_not_its_start_flag(api):
+    client, daemon = api
+    for opt in monitor_options(FakeMonitorMap(3), daemon.config):  # the flag's level: medium
+        daemon.options.register(opt)
+    try:
+        resp = await client.patch("/v1/config", json={"options": {"MonitorAggregation": "none", "Debug": "on",
+                                                                  "PolicyEnforcement": "always"}})
+        assert resp.status == 200, await resp.text()
+        cfg = await (await client.get("/v1/config")).json()
+        assert cfg["options"] == {"Debug": "Enabled", "MonitorAggregation": "none", "PolicyEnforcement": "always"}
+        assert {k: cfg["configuration"][k] for k in ("debug", "monitor_aggregation", "policy_enforcement")} == {
+            "debug": True, "monitor_aggregation": "none", "policy_enforcement": "always"}
+        assert daemon.config.monitor_aggregation == "medium"  # the start flag itself is kept (restore compares it)
+    finally:
+        dclog.set_debug(False)
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"policy-enforcement": "always", "options": {"PolicyEnforcement": True}},
+     "option PolicyEnforcement: value must be a string, got true"),
+    ({"policy-enforcement": "always", "options": {"PolicyEnforcement": "never"}},
+     "policy-enforcement and options.PolicyEnforcement disagree"),
+    ({"policy-enforcement": "always", "options": ["Debug=on"]}, "options must be a JSON object of Key: Value"),
+    ({"options": {"Debug": "on", "Nope": "1"}}, "unknown or read-only option 'Nope'"),
+])
+async def test_patch_config_names_what_is_wrong_and_changes_nothing(api, body, message):
+    client, daemon = api
+    resp = await client.patch("/v1/config", json=body)
+    assert resp.status == 400 and message in (await resp.json())["message"], await resp.text()
+    assert daemon.policy.enforcement == "default" and not dclog.debug_enabled()
+
+
+async def test_patch_config_both_spellings_agree(api):
+    client, daemon = api
+    resp = await client.patch("/v1/config", json={"policy-enforcement": "ALWAYS",
+                                                  "options": {"PolicyEnforcement": "always"}})
+    assert resp.status == 200 and (await resp.json())["policy-enforcement"] == "always"
