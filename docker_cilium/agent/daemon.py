@@ -19,7 +19,7 @@ from docker_cilium import __version__, defaults
 from docker_cilium.agent.config import DaemonConfig
 from docker_cilium.agent.controllers import Controllers
 from docker_cilium.agent.lock import AgentLock
-from docker_cilium.agent.monitor_options import apply_start_flags, monitor_options
+from docker_cilium.agent.monitor_options import monitor_options
 from docker_cilium.agent.options import RuntimeOptions, agent_options
 from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
@@ -154,7 +154,6 @@ class Daemon:
             Datapath.load, obj, defaults.bpf_pin_root(cfg.bpf_root), defaults.bpf_prog_dir(cfg.bpf_root))
         assert self.datapath.maps is not None
         config_map = self.datapath.maps.config
-        apply_start_flags(config_map, cfg)
         self.metrics.set_datapath_reader(self.datapath.maps.metrics.dump)
 
         self.datapath_monitor = DatapathMonitor(self._events_fd, self.monitor,

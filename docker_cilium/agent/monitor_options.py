@@ -3,9 +3,9 @@
 The level lives in ``cilium_config``, which the programs read on every
 packet, so a change takes effect on the next packet without recompiling or
 reattaching. The map is the one source of the live value (``current`` reads
-it back), and it is pinned: an agent start writes the flag value first, then
-the options registry re-applies a persisted change (agent/options.py, which
-also drives the map's debug flag from the ``Debug`` option)."""
+it back), and it is pinned: as for ``Debug``'s flag in the same map, the
+options registry writes the start flag's value, or a persisted change, at
+every start (``reapply``, agent/options.py)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,6 @@ class MonitorConfigMap(Protocol):
     def set_monitor_aggregation(self, level: int) -> None: ...
 
 
-def apply_start_flags(config_map: MonitorConfigMap, cfg: DaemonConfig) -> None:
-    """The flag's level, written before the registry restores a saved change
-    (a pinned value of a previous run never outlives its flag)."""
-    config_map.set_monitor_aggregation(parse_monitor_aggregation(cfg.monitor_aggregation))
-
-
 def monitor_options(config_map: MonitorConfigMap, cfg: DaemonConfig) -> list[RuntimeOption]:
     """``MonitorAggregation``: Cilium's levels (none, lowest, low, medium,
     maximum, or 0-4), shown by their canonical name."""
@@ -49,4 +43,4 @@ def monitor_options(config_map: MonitorConfigMap, cfg: DaemonConfig) -> list[Run
                           "Level of monitor aggregation for traces from the datapath "
                           "(none, lowest, low, medium, maximum)",
                           parse=canonical_monitor_aggregation, flag=lambda: cfg.monitor_aggregation,
-                          current=current, apply=apply)]
+                          current=current, apply=apply, reapply=True)]

@@ -64,8 +64,9 @@ class RuntimeOption:
     ``apply``: make a (parsed) value live. ``persist=False`` for an option
     whose owner already persists it (PolicyEnforcement: the policy manager
     stores it with the rules). ``reapply``: the value is also held by
-    something that outlives the agent (a pinned BPF map), so the start
-    writes it once even when nothing changed."""
+    something that outlives the agent (a pinned BPF map, whose value may be
+    an earlier run's), so the start writes the flag's value, or the restored
+    change, even when it looks unchanged."""
 
     name: str
     description: str
@@ -142,7 +143,7 @@ class RuntimeOptions:
         applied = await self._restore_saved()
         for name, opt in self._options.items():
             if opt.reapply and name not in applied:
-                await opt.apply(opt.current())
+                await opt.apply(opt.parse(opt.flag()))
         return applied
 
     async def _restore_saved(self) -> dict[str, str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from docker_cilium.agent.config import DaemonConfig
-from docker_cilium.agent.monitor_options import apply_start_flags, monitor_options
+from docker_cilium.agent.monitor_options import monitor_options
 from docker_cilium.agent.options import RuntimeOptions
 from docker_cilium.datapath.maps import configmap as cfg
 from docker_cilium.errors import BadRequest
@@ -27,7 +27,6 @@ class FakeConfigMap:
 
 
 async def _registry(store, cmap: FakeConfigMap, conf: DaemonConfig) -> RuntimeOptions:
-    apply_start_flags(cmap, conf)
     opts = RuntimeOptions(store)
     for option in monitor_options(cmap, conf):
         opts.register(option)
