@@ -365,3 +365,27 @@ async def test_allocation_cancelled_after_its_reference_was_written_leaves_no_re
         await task
     assert await node.kv.inner.get_prefix(VALUE_PREFIX) == {}
     assert not node.referenced("container:id=app")
+
+
+async def test_restore_with_kv_down_keeps_peers_allowing_the_restored_identities(node) -> None:
+    """While the store is down, a restored endpoint's peers still allow the
+    number it holds (the one in its ipcache entry), as their maps did before
+    the restart: restoring must not cut traffic between endpoints whose
+    identities the allocator cannot confirm yet."""
+    await node.policy.import_rules(json.dumps([{"endpointSelector": {"matchLabels": {"id": "app8"}},
+                                                "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "app7"}}]}]}]
+                                              ).encode())
+    node.kv.down = True
+    a, b = restored(7, IP, 300), restored(8, "10.2.0.3", 301)
+    for ep in (b, a):  # the selecting endpoint first: it learns of 300 after its own restore
+        await node.regen.endpoint_created(ep)
+        node.assert_consistent(ep)
+    await wait_for(lambda: PolicyEntry(identity=300, direction="ingress") in node.policy_entries(b))
+    assert node.kv.down and a.state == b.state == State.WAITING_FOR_IDENTITY
+    await node.policy.import_rules(init_rule("ingress", {"fromEntities": ["host"]}))  # a policy change meanwhile
+    assert PolicyEntry(identity=300, direction="ingress") in node.policy_entries(b)
+    node.kv.down = False
+    await wait_for(lambda: a.state == State.READY and b.state == State.READY and not node.regen.pending_report()[
+        "waiting-for-identity"] and node.policy_entries(b) == {PolicyEntry(identity=a.identity, direction="ingress")})
+    node.assert_consistent(a)
+    assert not node.allocator._restored  # every restored number now held by reference
