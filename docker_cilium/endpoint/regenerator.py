@@ -327,7 +327,12 @@ class Regenerator(HeldIdentities):
                   duration_ms=round((time.perf_counter() - t0) * 1000, 2))
 
     async def endpoint_deleted(self, ep: Endpoint) -> None:
+        """Its map entries, ipcache entries, flows and identity reference go.
+        ``Endpoint deleted`` is emitted only for an endpoint that was announced
+        (a create rolled back before the datapath was told announces nothing)
+        and once: a retried delete finds it no longer held."""
         async with self._lock:
+            announced = ep.id in self._held
             self.endpoints.pop(ep.id, None)
             running = self._resolvers.get(ep.id)
             if running is not None and running[0] is ep:
@@ -351,7 +356,8 @@ class Regenerator(HeldIdentities):
             if held is not None and held.referenced:
                 await self._release(held.identity)
             self._unhold(ep)
-        self.monitor.agent_event(AGENT_ENDPOINT_DELETED, _ep_message(ep))
+        if announced:
+            self.monitor.agent_event(AGENT_ENDPOINT_DELETED, _ep_message(ep))
 
     async def regenerate(self, ep: Endpoint) -> None:
         """One endpoint's own settings (PolicyEnforcement) changed, or an
