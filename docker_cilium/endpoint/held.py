@@ -70,15 +70,24 @@ class HeldIdentities:
 
     def _hold(self: Regenerator, ep: Endpoint, held: Held | None, *, ipcache: bool = True) -> None:
         """Record what ``ep`` holds (None: nothing) and mirror its number in
-        ``ep.identity`` and (unless the caller writes it) the ipcache."""
+        ``ep.identity``, the allocator's restored identities (a number without
+        a reference of ours) and (unless the caller writes it) the ipcache."""
+        self._unhold(ep)
         if held is None:
-            self._held.pop(ep.id, None)
             ep.identity = reserved.INIT
         else:
             self._held[ep.id] = held
             ep.identity = held.identity.id
+            if not held.referenced and not held.identity.is_reserved:
+                self.allocator.hold_restored(held.identity)
         if ipcache:
             self.ipcache.upsert_endpoint(ep.id, (ep.ipv4, ep.ipv6), ep.identity)
+
+    def _unhold(self: Regenerator, ep: Endpoint) -> None:
+        """Forget what ``ep`` holds (its references are the caller's to release)."""
+        before = self._held.pop(ep.id, None)
+        if before is not None and not before.referenced and not before.identity.is_reserved:
+            self.allocator.drop_restored(before.identity)
 
     def _schedule_retry(self: Regenerator, ep: Endpoint, *, now: bool = False) -> None:
         """Resolve ``ep``'s identity in the background (first attempt after a

@@ -261,7 +261,7 @@ class Regenerator(HeldIdentities):
                     # The restored number is still its labels': the reference
                     # just taken becomes the held one; maps and peers already
                     # carry the number.
-                    self._held[ep.id] = Held(new)
+                    self._hold(ep, Held(new), ipcache=False)
                 if ep.state == State.WAITING_FOR_IDENTITY:
                     await self._regenerate(ep, self.identities.identity_labels())
             else:
@@ -287,6 +287,7 @@ class Regenerator(HeldIdentities):
                 self._hold(ep, Held(INIT_IDENTITY, referenced=wanted is None))
             else:
                 self._hold(ep, Held(Identity(ep.identity, wanted), referenced=False))
+                self.identities_changed()  # peers restored before it may select its number
             ep.set_state(State.WAITING_TO_REGENERATE,
                          "restored identity" if wanted is not None else "holding reserved:init")
             await self._regenerate(ep, self.identities.identity_labels())
@@ -326,7 +327,12 @@ class Regenerator(HeldIdentities):
                   duration_ms=round((time.perf_counter() - t0) * 1000, 2))
 
     async def endpoint_deleted(self, ep: Endpoint) -> None:
+        """Its map entries, ipcache entries, flows and identity reference go.
+        ``Endpoint deleted`` is emitted only for an endpoint that was announced
+        (a create rolled back before the datapath was told announces nothing)
+        and once: a retried delete finds it no longer held."""
         async with self._lock:
+            announced = ep.id in self._held
             self.endpoints.pop(ep.id, None)
             running = self._resolvers.get(ep.id)
             if running is not None and running[0] is ep:
@@ -349,8 +355,9 @@ class Regenerator(HeldIdentities):
             # (DeleteEndpoint runs again) still holds the reference to drop.
             if held is not None and held.referenced:
                 await self._release(held.identity)
-            self._held.pop(ep.id, None)
-        self.monitor.agent_event(AGENT_ENDPOINT_DELETED, _ep_message(ep))
+            self._unhold(ep)
+        if announced:
+            self.monitor.agent_event(AGENT_ENDPOINT_DELETED, _ep_message(ep))
 
     async def regenerate(self, ep: Endpoint) -> None:
         """One endpoint's own settings (PolicyEnforcement) changed, or an

@@ -90,6 +90,7 @@ class IdentityAllocator:
         # Cache of master keys (id -> label key), kept fresh by the watch so
         # that get() on the datapath/policy hot path needs no round-trip.
         self._cache: dict[int, str] = {}
+        self._restored: dict[int, tuple[str, int]] = {}  # number -> (label key, holders): hold_restored
         self._watch_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         self._bg: set[asyncio.Task[None]] = set()
@@ -214,14 +215,32 @@ class IdentityAllocator:
         """Allocated identities as last seen through the watch (no store round trip).
 
         Policy resolution runs on every regeneration and must not wait on the
-        store; the watch keeps this cache current cluster-wide.
+        store; the watch keeps this cache current cluster-wide. Numbers
+        restored endpoints hold (:meth:`hold_restored`) fill what it lacks.
         """
-        return [Identity(num, Labels.from_sorted_key(key)) for num, key in sorted(self._cache.items())]
+        known = {**{num: key for num, (key, _) in self._restored.items()}, **self._cache}
+        return [Identity(num, Labels.from_sorted_key(key)) for num, key in sorted(known.items())]
 
     def cached_identity(self, num: int) -> Identity | None:
         """One allocated identity as last seen through the watch, or None."""
-        key = self._cache.get(num)
-        return Identity(num, Labels.from_sorted_key(key)) if key is not None else None
+        key = self._cache.get(num) or self._restored.get(num, ("", 0))[0]
+        return Identity(num, Labels.from_sorted_key(key)) if key else None
+
+    def hold_restored(self, identity: Identity) -> None:
+        """An endpoint restored from its record holds ``identity`` (in its
+        maps and the ipcache) while allocation has not got through: until
+        then :meth:`cached` lists it where the watch has nothing for its
+        number, so peers' policies keep selecting it while the store is down.
+        Balance with :meth:`drop_restored`."""
+        key, count = self._restored.get(identity.id, (identity.labels.sorted_key(), 0))
+        self._restored[identity.id] = (key, count + 1)
+
+    def drop_restored(self, identity: Identity) -> None:
+        key, count = self._restored.get(identity.id, ("", 0))
+        if count <= 1:
+            self._restored.pop(identity.id, None)
+        else:
+            self._restored[identity.id] = (key, count - 1)
 
     async def list(self, include_reserved: bool = False) -> list[Identity]:
         """All allocated identities, from the store (authoritative), by number."""

@@ -15,7 +15,8 @@ import time
 
 from docker_cilium.agent.lock import AgentLock, AlreadyRunning
 from docker_cilium.datapath.link import host_ifname
-from docker_cilium.endpoint.manager import EP_PREFIX, NET_PREFIX, EndpointManager
+from docker_cilium.endpoint.manager import EP_PREFIX, EndpointManager
+from docker_cilium.endpoint.networks import NET_PREFIX
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.reconcile import DockerReconciler
 from docker_cilium.errors import BadRequest, Conflict

@@ -184,12 +184,13 @@ async def test_kv_down_at_label_time_waits_closed_then_retries(node) -> None:
     assert ep.state == State.WAITING_FOR_IDENTITY and node.lxc(ep).sec_identity == reserved.INIT
 
     node.kv.down = False
-    await wait_for(lambda: ep.state == State.READY)
+    # Flows the init policy let open face the real policy: flushed once the
+    # maps carry the new identity (a worker thread, after the state is ready).
+    await wait_for(lambda: ep.state == State.READY and (IP,) in node.dp.maps.ct.flushed)
     assert ep.identity >= reserved.MIN_ALLOCATED and node.referenced("container:id=app")
     node.assert_consistent(ep)
     info = node.lxc(ep)
     assert (info.ingress_enforced, info.egress_enforced) == (False, False)  # no rule selects id=app
-    assert (IP,) in node.dp.maps.ct.flushed  # flows the init policy let open face the real policy
     assert node.regen.pending_report() == {"waiting-for-identity": [], "init": []}
 
 
@@ -365,3 +366,57 @@ async def test_allocation_cancelled_after_its_reference_was_written_leaves_no_re
         await task
     assert await node.kv.inner.get_prefix(VALUE_PREFIX) == {}
     assert not node.referenced("container:id=app")
+
+
+async def test_restore_with_kv_down_keeps_peers_allowing_the_restored_identities(node) -> None:
+    """While the store is down, a restored endpoint's peers still allow the
+    number it holds (the one in its ipcache entry), as their maps did before
+    the restart: restoring must not cut traffic between endpoints whose
+    identities the allocator cannot confirm yet."""
+    await node.policy.import_rules(json.dumps([{"endpointSelector": {"matchLabels": {"id": "app8"}},
+                                                "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "app7"}}]}]}]
+                                              ).encode())
+    node.kv.down = True
+    a, b = restored(7, IP, 300), restored(8, "10.2.0.3", 301)
+    for ep in (b, a):  # the selecting endpoint first: it learns of 300 after its own restore
+        await node.regen.endpoint_created(ep)
+        node.assert_consistent(ep)
+    await wait_for(lambda: PolicyEntry(identity=300, direction="ingress") in node.policy_entries(b))
+    assert node.kv.down and a.state == b.state == State.WAITING_FOR_IDENTITY
+    await node.policy.import_rules(init_rule("ingress", {"fromEntities": ["host"]}))  # a policy change meanwhile
+    assert PolicyEntry(identity=300, direction="ingress") in node.policy_entries(b)
+    node.kv.down = False
+    await wait_for(lambda: a.state == State.READY and b.state == State.READY and not node.regen.pending_report()[
+        "waiting-for-identity"] and node.policy_entries(b) == {PolicyEntry(identity=a.identity, direction="ingress")})
+    node.assert_consistent(a)
+    assert not node.allocator._restored  # every restored number now held by reference
+
+
+class Events:
+    """The agent events the regenerator emits, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def agent_event(self, subtype: str, message: dict[str, Any]) -> None:
+        self.seen.append((subtype, message["id"]))
+
+
+async def test_create_rolled_back_before_the_datapath_knew_it_emits_no_endpoint_event(node, monkeypatch) -> None:
+    """A create that fails before the regenerator was told (the link cannot be
+    made) announces nothing: no `Endpoint deleted` for an endpoint no
+    `Endpoint created` announced. One that fails after announces both."""
+    node.regen.monitor = events = Events()
+
+    async def no_link(*args: Any) -> Any:
+        raise OSError("link: no room")
+    real = node.mgr.links.create_endpoint_link
+    monkeypatch.setattr(node.mgr.links, "create_endpoint_link", no_link)
+    with pytest.raises(OSError):
+        await node.create()
+    assert events.seen == []
+    monkeypatch.setattr(node.mgr.links, "create_endpoint_link", real)
+    ep = await node.create()
+    await node.mgr.delete_endpoint(NETWORK, ep.docker_endpoint_id)
+    kinds = [kind for kind, _ in events.seen]
+    assert kinds[0] == "Endpoint created" and kinds[-1] == "Endpoint deleted" and kinds.count("Endpoint deleted") == 1

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from docker_cilium.endpoint.manager import NET_PREFIX
+from docker_cilium.endpoint.networks import NET_PREFIX
 from docker_cilium.endpoint.network import Network
 from tests.unit.unit_daemon import ENDPOINTS, NETWORK, NODE
 
