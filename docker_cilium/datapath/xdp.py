@@ -4,8 +4,10 @@
   datapath's pin root, so its maps (the CIDR tries, ``cilium_metrics``) are
   the pinned ones, reused by name; pins the program as
   ``<prog dir>/cil_xdp_entry`` (atomically replacing an older pin); takes the
-  prefilter off any other device it ran on (the flag changed); and attaches
-  it to the device in native (driver) or generic (skb) mode.
+  previously pinned prefilter off any other device it ran on (the flag
+  changed); and attaches it to the device in native (driver) or generic
+  (skb) mode. Only the program pinned under our program dir counts as ours
+  elsewhere: another agent's prefilter (its own bpf root) is left alone.
 * The kernel holds one program per mode on a device and refuses both modes at
   once: our program in the other mode is detached first. A program that is
   not ours is never replaced: :class:`XDPError` names it.
@@ -108,13 +110,16 @@ def query(ifindex: int, ifname: str = "") -> list[Attached]:
                                                                 ("generic", opts.skb_prog_id)) if pid]
 
 
-def is_ours(prog_id: int, ours: set[int]) -> bool:
-    """One of our pinned programs, or a program of ours whose pin is gone."""
-    return prog_id in ours or prog_name(prog_id) == XDP_PROGRAM
+def is_ours(prog_id: int, ours: set[int], by_name: bool = False) -> bool:
+    """One of our pinned programs (``ours``), or with ``by_name`` any prefilter:
+    only the device being attached to may have one replaced whose pin is gone
+    (an earlier run's); elsewhere a prefilter pinned under another bpf root is
+    another agent's and stays."""
+    return prog_id in ours or (by_name and prog_name(prog_id) == XDP_PROGRAM)
 
 
 def find_ours(ours: set[int]) -> list[Attached]:
-    """Every device of this namespace running a prefilter of ours."""
+    """Every device of this namespace running one of the programs ``ours``."""
     found = []
     for ifindex, ifname in socket.if_nameindex():
         try:
@@ -174,7 +179,7 @@ def install(obj_path: str, pin_root: str, prog_dir: str, device: str, mode: str)
         raise XDPError(errno.ENODEV, f"prefilter device {device!r} does not exist") from None
     ours = {i for i in (pinned_id(prog_dir),) if i}
     for a in query(ifindex, device):
-        if not is_ours(a.prog_id, ours):
+        if not is_ours(a.prog_id, ours, by_name=True):
             raise XDPError(errno.EEXIST, f"{device} already runs XDP program {a.prog_id} "
                                          f"({prog_name(a.prog_id) or '?'}) in {a.mode} mode, which is not the "
                                          f"prefilter: detach it first (ip link set dev {device} xdp off)")

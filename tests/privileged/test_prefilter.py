@@ -198,3 +198,44 @@ def test_foreign_program_is_not_replaced(datapath, prefilter, outside, tmp_path)
 def test_missing_device_is_a_clear_error(datapath, prefilter):
     with pytest.raises(xdp.XDPError, match="prefilter device 'nosuchdev0' does not exist"):
         prefilter("nosuchdev0", "native")
+
+
+def test_cleanup_finds_and_detaches_only_our_prefilter(datapath, datapath_object, xdp_object, prefilter, outside,
+                                                       outside2):
+    """`cilium cleanup` for this pin root takes its prefilter off and unpins it; a
+    prefilter of another bpf root (another agent's) stays where it is."""
+    from docker_cilium import defaults
+    from docker_cilium.datapath import cleanup as host
+    from docker_cilium.datapath.loader import Datapath, unpin_all
+
+    bpf_root = defaults.bpf_root_of(datapath.pin_root)
+    ours = prefilter(outside.host_if, "native")
+    other_base = os.path.join(defaults.BPFFS_ROOT, f"dctest-{os.getpid()}-{random.randrange(1 << 30):x}")
+    other_dp = Datapath.load(datapath_object, pin_root=defaults.bpf_pin_root(other_base))
+    try:
+        theirs = xdp.install(str(xdp_object), other_dp.pin_root, other_dp.prog_dir, outside2.host_if, "generic")
+        traces = host.find(bpf_root)
+        assert traces.xdp_programs == [ours]
+        assert any(p.endswith("/" + xdp.XDP_PROGRAM) for p in traces.pins)
+        assert "XDP programs" in "".join(traces.describe())
+        pin = os.path.join(datapath.prog_dir, xdp.XDP_PROGRAM)
+        done, errors = host.remove(host.HostTraces(xdp_programs=traces.xdp_programs, pins=[pin]))
+        assert errors == [] and done == [f"removed XDP program from {outside.host_if}", f"removed {pin}"]
+        assert xdp.query(ours.ifindex) == [] and xdp.query(theirs.ifindex) == [theirs]
+    finally:
+        xdp.remove(other_dp.prog_dir)
+        other_dp.close()
+        unpin_all(other_dp.pin_root)
+        for dirpath, _dirs, files in os.walk(other_base, topdown=False):
+            for f in files:
+                os.unlink(os.path.join(dirpath, f))
+            os.rmdir(dirpath)
+
+
+def test_mode_change_on_the_same_device(datapath, prefilter, outside):
+    """The kernel refuses native and generic at once: the old mode's program is taken off first."""
+    native = prefilter(outside.host_if, "native")
+    generic = prefilter(outside.host_if, "generic")
+    assert xdp.query(native.ifindex) == [generic]
+    datapath.maps.prefilter.insert(net(f"{outside.ns4}/32"))
+    assert not outside.ping(outside.host4)
