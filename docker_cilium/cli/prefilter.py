@@ -42,27 +42,22 @@ def list_(ctx: Context) -> None:
     show(ctx, reply, text)
 
 
-def _change(ctx: Context, method: str, cidrs: tuple[str, ...], revision: int, verb: str) -> None:
-    body = {"revision": revision, "deny": _cidrs(cidrs)}
-    reply = ctx.client.request(method, "/prefilter", body=body)
-    show(ctx, reply, lambda: click.echo(f"{verb} {len(body['deny'])} prefilter entries"))
+def _change_command(name: str, method: str, verb: str, what: str, doc: str) -> click.Command:
+    """``update`` (PATCH) and ``delete`` (DELETE): the same flags, Cilium's one-line answer."""
+
+    @prefilter.command(name, help=doc)
+    @click.option("--cidr", "cidrs", multiple=True, required=True,
+                  help=f"CIDR prefixes to {what} (repeat, or comma-separated)")
+    @click.option("--revision", type=click.IntRange(min=0), default=0, help="Update revision (0: the current one)")
+    @output_option
+    @pass_ctx
+    def command(ctx: Context, cidrs: tuple[str, ...], revision: int) -> None:
+        body = {"revision": revision, "deny": _cidrs(cidrs)}
+        reply = ctx.client.request(method, "/prefilter", body=body)
+        show(ctx, reply, lambda: click.echo(f"{verb} {len(body['deny'])} prefilter entries"))
+
+    return command
 
 
-@prefilter.command("update")
-@click.option("--cidr", "cidrs", multiple=True, required=True, help="CIDR prefixes to block (repeat, or comma-separated)")
-@click.option("--revision", type=click.IntRange(min=0), default=0, help="Update revision (0: the current one)")
-@output_option
-@pass_ctx
-def update(ctx: Context, cidrs: tuple[str, ...], revision: int) -> None:
-    """Update CIDR filters"""
-    _change(ctx, "PATCH", cidrs, revision, "Updated")
-
-
-@prefilter.command("delete")
-@click.option("--cidr", "cidrs", multiple=True, required=True, help="CIDR prefixes to delete (repeat, or comma-separated)")
-@click.option("--revision", type=click.IntRange(min=0), default=0, help="Update revision (0: the current one)")
-@output_option
-@pass_ctx
-def delete(ctx: Context, cidrs: tuple[str, ...], revision: int) -> None:
-    """Delete CIDR filters"""
-    _change(ctx, "DELETE", cidrs, revision, "Deleted")
+update = _change_command("update", "PATCH", "Updated", "block", "Update CIDR filters")
+delete = _change_command("delete", "DELETE", "Deleted", "delete", "Delete CIDR filters")
