@@ -4,12 +4,14 @@ test namespace is the prefilter device (never the machine's uplink).
 `cilium prefilter update` stops traffic from the namespace (IPv4 and IPv6) and
 counts the drops, bad CIDRs and stale revisions are refused with their
 reason (CLI and API), the list survives an agent restart and keeps dropping
-while the agent is down, `delete` restores traffic, and an agent started
-without --prefilter-device takes the program off and answers 404.
+while the agent is down, `delete` restores traffic, `cilium cleanup` takes
+the program off, and an agent started without --prefilter-device takes it
+off too and answers 404.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -18,6 +20,7 @@ from docker_cilium.cli.client import Client
 from docker_cilium.datapath import xdp
 from docker_cilium.errors import BadRequest
 from tests.e2e.conftest import running_agent
+from tests.helpers import VENV_BIN, run
 from tests.outside import Outside
 
 
@@ -83,11 +86,25 @@ def test_prefilter_through_the_agent(pf_agent, outside):
     assert outside.ping(outside.host6), "IPv6 not restored after delete"
     assert _lines(agent, "prefilter", "list") == ["Revision: 4"]
 
-    # started without --prefilter-device: the program comes off, the API says the prefilter is off
+    # the agent stopped, `cilium cleanup` takes the prefilter off and unpins it
+    agent.cli("prefilter", "update", "--cidr", f"{outside.ns4}/32")
+    agent.stop()
+    assert not outside.ping(outside.host4)
+    res = run(str(VENV_BIN / "cilium"), "-H", agent.api_socket, "cleanup", "-f", "--lib-dir", str(agent.lib_dir),
+              "--state-dir", str(agent.state_dir), "--bpf-root", agent.bpf_root, "--plugin-socket", agent.plugin_socket)
+    assert f"removed XDP program from {outside.host_if}" in res.stdout, res.stdout
+    assert xdp.query(ifindex) == [] and outside.ping(outside.host4)
+    assert not os.path.exists(os.path.join(agent.bpf_root, "cilium", "progs", xdp.XDP_PROGRAM))
+
+    # started again (the list kept in the node store), then without --prefilter-device:
+    # the program comes off, the API says the prefilter is off
+    agent.start()
+    assert _lines(agent, "prefilter", "list") == ["Revision: 5", f"{outside.ns4}/32"]
+    assert not outside.ping(outside.host4)
     agent.stop()
     agent.extra = []
     agent.start()
-    assert xdp.query(ifindex) == []
+    assert xdp.query(ifindex) == [] and outside.ping(outside.host4)
     res = agent.cli("prefilter", "list", check=False)
     assert res.returncode == 1 and res.stderr.strip() == (
         "Error: prefilter is not enabled in the agent: start cilium-agent with --prefilter-device DEV (404)")
