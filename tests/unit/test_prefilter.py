@@ -190,3 +190,16 @@ async def test_api_without_a_prefilter_device_is_404(api):
     for method in ("GET", "PATCH", "DELETE"):
         msg = await api_error(await client.request(method, "/v1/prefilter", data=b'{"deny": ["10.0.0.0/8"]}'), 404)
         assert msg == "prefilter is not enabled in the agent: start cilium-agent with --prefilter-device DEV"
+
+
+def test_cilium_map_get_shows_the_tries_keys_as_addresses():
+    """`cilium map get cilium_cidr_v4_dyn` decodes the LPM keys by their C fields."""
+    from docker_cilium.datapath.maps.cidrmap import lpm_v4_key, lpm_v6_key
+    from docker_cilium.datapath.maps.pinned import decode
+
+    k4 = lpm_v4_key(prefixlen=24)
+    k4.addr[:] = bytes([192, 0, 2, 0])
+    k6 = lpm_v6_key(prefixlen=32)
+    k6.addr[:] = ipaddress.ip_address("2001:db8::").packed
+    assert decode(k4) == {"prefixlen": 24, "addr": "192.0.2.0"}
+    assert decode(k6) == {"prefixlen": 32, "addr": "2001:db8::"}
