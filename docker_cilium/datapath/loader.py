@@ -90,8 +90,8 @@ def _include_dirs() -> list[str]:
     return dirs
 
 
-def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str) -> str:
-    h = hashlib.sha256()
+def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str, source: str = "bpf_lxc.c") -> str:
+    h = hashlib.sha256(source.encode() + b"\0")
     for p in sorted(Path(src_dir).rglob("*")):
         if p.is_file() and p.suffix in (".c", ".h"):
             h.update(str(p.relative_to(src_dir)).encode() + b"\0")
@@ -104,9 +104,10 @@ def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str) -> str:
 
 def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
                      out_dir: str | os.PathLike | None = None,
-                     defines: Mapping[str, Any] | None = None) -> Path:
-    """Compile bpf_lxc.c into ``out_dir/<sha256>.o`` unless that file exists
-    (``out_dir`` defaults to the agent's: ``<state dir>/bpf``).
+                     defines: Mapping[str, Any] | None = None, source: str = "bpf_lxc.c") -> Path:
+    """Compile ``source`` (an object's top file in ``src_dir``: bpf_lxc.c, or
+    bpf_xdp.c for the prefilter) into ``out_dir/<sha256>.o`` unless that file
+    exists (``out_dir`` defaults to the agent's: ``<state dir>/bpf``).
 
     ``defines``: ``{"NAME": value}`` -> ``-DNAME=value`` (``None`` -> ``-DNAME``),
     e.g. ``{"POLICY_MAP_SIZE": 16384, "DISABLE_IPV6": None}``.
@@ -115,7 +116,7 @@ def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
     src_dir = Path(src_dir)
     out_dir = Path(out_dir if out_dir is not None else defaults.bpf_object_dir())
     clang = clang_binary()
-    digest = datapath_hash(src_dir, defines, clang)
+    digest = datapath_hash(src_dir, defines, clang, source)
     obj = out_dir / f"{digest}.o"
     if obj.exists():
         return obj
@@ -127,7 +128,7 @@ def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
         cmd += ["-idirafter", d]
     for k, v in sorted(defines.items()):
         cmd.append(f"-D{k}" if v is None else f"-D{k}={v}")
-    cmd += ["-c", str(src_dir / "bpf_lxc.c"), "-o", str(tmp)]
+    cmd += ["-c", str(src_dir / source), "-o", str(tmp)]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:

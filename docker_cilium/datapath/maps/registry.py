@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 from docker_cilium import defaults
 from docker_cilium.datapath.bpf import BpfMap
-from docker_cilium.datapath.maps import (configmap, ctbudget, ctmap, eventsmap, ipcache, lbmap, lxcmap,
+from docker_cilium.datapath.maps import (cidrmap, configmap, ctbudget, ctmap, eventsmap, ipcache, lbmap, lxcmap,
                                         metricsmap, policymap)
+from docker_cilium.datapath.maps.cidrmap import CIDRMap
 from docker_cilium.datapath.maps.configmap import ConfigMap
 from docker_cilium.datapath.maps.ctbudget import CTBudget
 from docker_cilium.datapath.maps.ctmap import CTMap
@@ -27,7 +28,7 @@ from docker_cilium.datapath.maps.lxcmap import EndpointMap
 from docker_cilium.datapath.maps.metricsmap import Metrics
 from docker_cilium.datapath.maps.policymap import PolicyMap
 
-_MODULES = (lxcmap, policymap, ipcache, ctmap, ctbudget, metricsmap, eventsmap, configmap, lbmap)
+_MODULES = (lxcmap, policymap, ipcache, ctmap, ctbudget, metricsmap, eventsmap, configmap, lbmap, cidrmap)
 
 # pinned map name -> (key type, value type, per-CPU)
 MAP_TYPES = {name: types for mod in _MODULES for name, types in mod.MAP_TYPES.items()}
@@ -87,6 +88,10 @@ class DatapathMaps:
     @property
     def metrics(self) -> Metrics:
         return Metrics(self.raw[metricsmap.METRICS_MAP])
+
+    @property
+    def prefilter(self) -> CIDRMap:
+        return CIDRMap(self.raw[cidrmap.CIDR4_MAP], self.raw[cidrmap.CIDR6_MAP])
 
     @property
     def config(self) -> ConfigMap:
