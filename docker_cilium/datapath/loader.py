@@ -1,9 +1,10 @@
 """Compile (once), load (once) and attach (per endpoint) the datapath.
 
-* :func:`compile_datapath` builds ``bpf_src/bpf_lxc.c`` with clang into
-  ``<out_dir>/<sha256>.o``; the hash covers every source file, the defines and
-  the clang version, so an existing object is reused and clang never runs on
-  the endpoint path.
+* :func:`compile_datapath` builds ``bpf_src/bpf_lxc.c`` (or another program
+  of ``bpf_src``, e.g. ``bpf_sock.c`` for :mod:`.socketlb`) with clang into
+  ``<out_dir>/<sha256>.o``; the hash covers the program's name, every source
+  file, the defines and the clang version, so an existing object is reused and
+  clang never runs on the endpoint path.
 * :class:`Datapath` loads the object through libbpf (ctypes). Maps are pinned
   by name under ``pin_root`` (default ``/sys/fs/bpf/tc/globals``): pinned maps
   that already exist are REUSED (a restarted agent keeps all endpoint, policy,
@@ -90,8 +91,9 @@ def _include_dirs() -> list[str]:
     return dirs
 
 
-def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str) -> str:
+def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str, source: str = "bpf_lxc.c") -> str:
     h = hashlib.sha256()
+    h.update(f"{source}\0".encode())
     for p in sorted(Path(src_dir).rglob("*")):
         if p.is_file() and p.suffix in (".c", ".h"):
             h.update(str(p.relative_to(src_dir)).encode() + b"\0")
@@ -104,9 +106,9 @@ def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str) -> str:
 
 def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
                      out_dir: str | os.PathLike | None = None,
-                     defines: Mapping[str, Any] | None = None) -> Path:
-    """Compile bpf_lxc.c into ``out_dir/<sha256>.o`` unless that file exists
-    (``out_dir`` defaults to the agent's: ``<state dir>/bpf``).
+                     defines: Mapping[str, Any] | None = None, source: str = "bpf_lxc.c") -> Path:
+    """Compile ``source`` (a program in ``src_dir``) into ``out_dir/<sha256>.o``
+    unless that file exists (``out_dir`` defaults to the agent's: ``<state dir>/bpf``).
 
     ``defines``: ``{"NAME": value}`` -> ``-DNAME=value`` (``None`` -> ``-DNAME``),
     e.g. ``{"POLICY_MAP_SIZE": 16384, "DISABLE_IPV6": None}``.
@@ -115,7 +117,7 @@ def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
     src_dir = Path(src_dir)
     out_dir = Path(out_dir if out_dir is not None else defaults.bpf_object_dir())
     clang = clang_binary()
-    digest = datapath_hash(src_dir, defines, clang)
+    digest = datapath_hash(src_dir, defines, clang, source)
     obj = out_dir / f"{digest}.o"
     if obj.exists():
         return obj
@@ -127,14 +129,14 @@ def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
         cmd += ["-idirafter", d]
     for k, v in sorted(defines.items()):
         cmd.append(f"-D{k}" if v is None else f"-D{k}={v}")
-    cmd += ["-c", str(src_dir / "bpf_lxc.c"), "-o", str(tmp)]
+    cmd += ["-c", str(src_dir / source), "-o", str(tmp)]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"clang failed ({res.returncode}):\n{res.stderr}")
     os.replace(tmp, obj)  # atomic: concurrent compilers never see a partial file
-    log.info("datapath compiled", object=str(obj),
+    log.info("datapath compiled", source=source, object=str(obj),
              ms=round((time.perf_counter() - t0) * 1000, 1))
     return obj
 
@@ -196,7 +198,7 @@ class Datapath:
                 if not prog:
                     break
                 lib.bpf_program__set_type(prog, BPF_PROG_TYPE_SCHED_CLS)
-            self._drop_incompatible_pins(obj)
+            self.drop_incompatible_pins(obj, self.pin_root)
             ret = lib.bpf_object__load(obj)
             if ret < 0:
                 vlog = logbuf.value.decode(errors="replace")
@@ -228,7 +230,11 @@ class Datapath:
         (~150 ms, once) instead of on the first endpoint's attach. Non-blocking."""
         self._worker().submit(self._ip)
 
-    def _drop_incompatible_pins(self, obj) -> None:
+    @staticmethod
+    def drop_incompatible_pins(obj, pin_root: str) -> None:
+        """Unlink the pins under ``pin_root`` of ``obj``'s maps whose type or
+        sizes differ from the object's, so that loading it creates them anew
+        (also used for the socket LB's object, :mod:`.socketlb`)."""
         lib = libbpf()
         m = None
         while True:
@@ -236,7 +242,7 @@ class Datapath:
             if not m:
                 break
             name = lib.bpf_map__name(m).decode()
-            path = os.path.join(self.pin_root, name)
+            path = os.path.join(pin_root, name)
             if not os.path.exists(path):
                 continue
             fd = lib.bpf_obj_get(path.encode())
