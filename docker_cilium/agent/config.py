@@ -30,6 +30,8 @@ class DaemonConfig:
     monitor_aggregation: str = "medium"  # Cilium's level name; see datapath/maps/configmap.py
     docker_reconcile_grace: float = 60.0  # seconds; see endpoint/reconcile.py
     prometheus_serve_addr: str = ""  # HOST:PORT for /metrics; empty: not served
+    bpf_lb_sock: bool = True  # host processes reach service VIPs (datapath/socketlb.py)
+    cgroup_root: str = defaults.CGROUP_ROOT  # cgroup v2 mount the socket LB attaches to
 
     def to_dict(self) -> dict:
         return asdict(self)

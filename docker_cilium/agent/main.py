@@ -69,6 +69,11 @@ def _aggregation_level(_ctx: click.Context, _param: click.Parameter, value: str)
 @click.option("--monitor-aggregation", default="medium", callback=_aggregation_level,
               help="Level of monitor aggregation for traces from the datapath: none, lowest, low, "
                    "medium (traces of new connections and state changes only) or maximum")
+@click.option("--bpf-lb-sock", type=click.BOOL, default=True,
+              help="Socket-level load balancing: host processes reach service VIPs (cgroup connect/sendmsg/"
+                   "recvmsg/getpeername hooks, host netns only); false detaches them")
+@click.option("--cgroup-root", default=defaults.CGROUP_ROOT,
+              help="Where cgroup v2 is (mounted there if it is not) for the socket LB's hooks")
 @click.option("--debug", "-D", is_flag=True, help="Debug logging (and datapath debug events)")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:

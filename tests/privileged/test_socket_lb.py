@@ -294,3 +294,21 @@ def test_pinned_links_outlive_the_loader_and_are_updated_in_place(sock_object, p
     assert sorted(os.path.basename(p) for p in detach(links_dir)) == sorted(PROGRAMS)
     assert not os.path.exists(links_dir)
     assert client(cgroup, "tcp", vip4, 80)[0]["error"] in ("EINVAL", "ENETUNREACH", "timeout")
+
+
+def test_cilium_cleanup_detaches_the_hooks(pin_root, socklb, cgroup, links_dir, svc):
+    """`cilium cleanup`'s find/remove take the socket LB's links and maps; the
+    hooks are gone with the pins. Only this test's bpffs dir is touched."""
+    from docker_cilium.datapath import cleanup as host
+    from docker_cilium.datapath.maps.socklb import MAP_TYPES
+
+    lb, vip4, _vip6, a, _b = svc
+    lb.upsert_service(12, L4Addr(vip4, 80), [(1, L4Addr(a.ipv4, 8080))])
+    assert replies(client(cgroup, "tcp", vip4, 80)) == {"a"}
+    base = defaults.bpf_root_of(pin_root)
+    traces = host.find(base)
+    mine = [p for p in traces.pins if p.startswith(base + "/")]
+    assert {os.path.join(links_dir, n) for n in PROGRAMS} | {os.path.join(pin_root, n) for n in MAP_TYPES} <= set(mine)
+    done, errors = host.remove(host.HostTraces(pins=mine, pin_dirs=traces.pin_dirs))
+    assert errors == [] and not os.path.exists(links_dir)
+    assert client(cgroup, "tcp", vip4, 80)[0]["error"] in ("EINVAL", "ENETUNREACH", "timeout")
