@@ -5,14 +5,12 @@ its service manager does) is reached by host sockets at its VIP; the links
 outlive the agent, a restart swaps programs in place, and
 ``--bpf-lb-sock=false`` detaches them.
 
-The VIPs are blackholed on the host for the test, so a connection that is
-not translated fails here instead of leaving the machine.
+The VIPs are blackholed on the host for the test (tests/e2e/vips.py).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from contextlib import contextmanager
 
 import pytest
@@ -23,29 +21,12 @@ from docker_cilium.datapath.maps.lbmap import L4Addr
 from docker_cilium.datapath.maps.registry import DatapathMaps
 from docker_cilium.datapath.socketlb import PROGRAMS, is_cgroup2, link_info
 from tests.e2e.conftest import create_network, net_settings, running_agent, run_container
-from tests.helpers import run
-
-VIP4, VIP6 = "198.18.251.10", "fd00:dc5::10"
-
-
-def _server(name: str) -> tuple[str, ...]:
-    return ("sh", "-c", f"mkdir -p /tmp/w && echo backend-{name} > /tmp/w/index.html && exec httpd -f -p 80 -h /tmp/w")
+from tests.e2e.vips import VIP4, VIP6, blackholed_vips, http_get, server_cmd
 
 
 @pytest.fixture
 def sock_agent(dockerd, tmp_path_factory):
     yield from running_agent(tmp_path_factory.mktemp("sockagent"))
-
-
-@pytest.fixture
-def blackholed_vips():
-    for fam, addr in (("-4", f"{VIP4}/32"), ("-6", f"{VIP6}/128")):
-        run("ip", fam, "route", "replace", "blackhole", addr)
-    try:
-        yield
-    finally:
-        for fam, addr in (("-4", f"{VIP4}/32"), ("-6", f"{VIP6}/128")):
-            run("ip", fam, "route", "del", "blackhole", addr, check=False)
 
 
 @contextmanager
@@ -55,23 +36,6 @@ def lb_maps(agent):
         yield maps.lb
     finally:
         maps.close()
-
-
-def http_get(ip: str) -> tuple[str, tuple]:
-    """(body, peer address) of one HTTP GET from this (host) process, or ("error:...", ())."""
-    fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.settimeout(3)
-        try:
-            s.connect((ip, 80))
-            peer = s.getpeername()[:2]
-            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-        except OSError as exc:
-            return f"error:{exc.errno}", ()
-    return data.decode().rpartition("\r\n\r\n")[2].strip(), peer
 
 
 def links(agent) -> dict:
@@ -86,11 +50,17 @@ def links(agent) -> dict:
     return out
 
 
-def test_host_process_reaches_vip_through_the_agents_hooks(sock_agent, blackholed_vips, names):
+@pytest.fixture
+def vips():
+    with blackholed_vips():
+        yield
+
+
+def test_host_process_reaches_vip_through_the_agents_hooks(sock_agent, vips, names):
     net = names("socklb")
     create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
-    a = run_container(names("a"), net, cmd=_server("a"))
-    b = run_container(names("b"), net, cmd=_server("b"))
+    a = run_container(names("a"), net, cmd=server_cmd("a"))
+    b = run_container(names("b"), net, cmd=server_cmd("b"))
     sa, sb = net_settings(a, net), net_settings(b, net)
 
     assert is_cgroup2(defaults.CGROUP_ROOT)

@@ -13,7 +13,6 @@ subnet: a connection that is NOT translated fails instead of reaching anything.
 from __future__ import annotations
 
 import ctypes
-import errno
 import json
 import os
 import random
