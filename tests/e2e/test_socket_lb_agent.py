@@ -10,6 +10,7 @@ The VIPs are blackholed on the host for the test (tests/e2e/vips.py).
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 
@@ -22,6 +23,7 @@ from docker_cilium.datapath.maps.registry import DatapathMaps
 from docker_cilium.datapath.socketlb import PROGRAMS, is_cgroup2, link_info
 from tests.e2e.conftest import create_network, net_settings, running_agent, run_container
 from tests.e2e.vips import VIP4, VIP6, blackholed_vips, http_get, server_cmd
+from tests.helpers import run
 
 
 @pytest.fixture
@@ -94,6 +96,8 @@ def test_host_process_reaches_vip_through_the_agents_hooks(sock_agent, vips, nam
     sock_agent.extra = ["--bpf-lb-sock=false"]
     sock_agent.start()
     assert links(sock_agent) == {}
+    kernel_links = {link["id"] for link in json.loads(run("bpftool", "-j", "link", "show").stdout)}
+    assert not kernel_links & {i.id for i in after.values()}  # detached, not just unpinned
     install()
     assert http_get(VIP4)[0].startswith("error:")
     assert http_get(VIP6)[0].startswith("error:")
