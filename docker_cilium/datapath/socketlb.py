@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from docker_cilium.datapath.bpf import BPFError, bpf_object_open_opts, check, ensure_bpffs, libbpf
+from docker_cilium import defaults
+from docker_cilium.datapath.bpf import (BPFError, bpf_object_open_opts, check, ensure_bpffs, ensure_mounted,
+                                        is_mounted, libbpf)
 from docker_cilium.datapath.loader import Datapath
 from docker_cilium.datapath.maps.socklb import SockLBMaps, netns_cookie
 
@@ -38,7 +40,7 @@ SOURCE = "bpf_sock.c"
 # Cilium's program names; each one's attach type comes from its ELF section.
 PROGRAMS = ("cil_sock4_connect", "cil_sock4_sendmsg", "cil_sock4_recvmsg", "cil_sock4_getpeername",
             "cil_sock6_connect", "cil_sock6_sendmsg", "cil_sock6_recvmsg", "cil_sock6_getpeername")
-CGROUP2_MAGIC_FS = "cgroup2"
+CGROUP2_FS = "cgroup2"
 BPF_LINK_TYPE_CGROUP = 3  # <linux/bpf.h>
 
 
@@ -67,23 +69,15 @@ def link_info(fd: int) -> LinkInfo:
 
 
 def is_cgroup2(path: str) -> bool:
-    path = os.path.normpath(path)
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == path and line.split()[2] == CGROUP2_MAGIC_FS for line in f)
+    return is_mounted(path, CGROUP2_FS)
 
 
 def ensure_cgroup2(path: str) -> None:
     """Mount the cgroup v2 hierarchy at ``path`` unless it is mounted there (as
     Cilium mounts ``/run/cilium/cgroupv2``; works beside Docker's cgroup v1)."""
-    if is_cgroup2(path):
-        return
-    os.makedirs(path, exist_ok=True)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
-    if libc.mount(b"none", path.encode(), b"cgroup2", 0, None) != 0:
-        err = ctypes.get_errno()
-        raise BPFError(err, f"mount -t cgroup2 none {path}: {os.strerror(err)}")
-    log.info("socketlb.cgroup2_mounted", path=path)
+    if not is_cgroup2(path):
+        ensure_mounted(path, CGROUP2_FS, "none")
+        log.info("socketlb.cgroup2_mounted", path=path)
 
 
 @dataclass
@@ -97,7 +91,7 @@ class SocketLB:
     def load(cls, obj_path: str | os.PathLike, pin_root: str) -> "SocketLB":
         """Load the object with its maps pinned (or reused) under ``pin_root``,
         the endpoint datapath's pin root."""
-        if os.path.normpath(pin_root).startswith("/sys/fs/bpf"):
+        if os.path.normpath(pin_root).startswith(defaults.BPFFS_ROOT):
             ensure_bpffs()
         os.makedirs(pin_root, exist_ok=True)
         lib = libbpf()
