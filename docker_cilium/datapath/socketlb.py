@@ -206,12 +206,16 @@ def detach(links_dir: str) -> list[str]:
 def enable(obj_path: str | os.PathLike, pin_root: str, links_dir: str, cgroup_root: str) -> None:
     """The agent's start: mount cgroup v2 if needed, load, attach to its root
     for the agent's (host) netns, then drop the fds (the pinned links stay)."""
-    ensure_cgroup2(cgroup_root)
-    lb = SocketLB.load(obj_path, pin_root)
     try:
-        lb.attach(cgroup_root, links_dir)
-    finally:
-        lb.close()
+        ensure_cgroup2(cgroup_root)
+        lb = SocketLB.load(obj_path, pin_root)
+        try:
+            lb.attach(cgroup_root, links_dir)
+        finally:
+            lb.close()
+    except OSError as exc:
+        raise BPFError(exc.errno or errno.EINVAL, f"socket LB (--bpf-lb-sock) on cgroup {cgroup_root}: {exc}; "
+                       "start with --bpf-lb-sock=false to run without it") from exc
 
 
 __all__ = ["SOURCE", "PROGRAMS", "SocketLB", "detach", "enable", "ensure_cgroup2", "is_cgroup2", "link_info"]

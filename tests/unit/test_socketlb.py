@@ -53,3 +53,13 @@ def test_cleanup_lists_socket_lb_pins_and_nothing_else(tmp_path):
     found = {os.path.relpath(p, root) for p in cleanup._pins(pin_root, prog_dir, links)}
     assert found == ({f"tc/globals/{n}" for n in socklb.MAP_TYPES}
                      | {f"cilium/socketlb/links/cgroup/{n}" for n in [*PROGRAMS, "cil_sock4_connect_new"]})
+
+
+def test_enable_failure_names_the_flag(tmp_path):
+    """A cgroup root that cannot be mounted stops the start with a message naming the way out."""
+    from docker_cilium.datapath import socketlb
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(OSError, match=r"socket LB \(--bpf-lb-sock\) on cgroup .*file: .*--bpf-lb-sock=false"):
+        socketlb.enable(tmp_path / "none.o", str(tmp_path / "pins"), str(tmp_path / "links"), str(not_a_dir))
