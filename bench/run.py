@@ -55,6 +55,7 @@ def main() -> None:
             "init_window": run_module("init_window", "--json"),
             "monitor_overhead": run_module("monitor_overhead"),
             "prefilter": run_module("prefilter", "--json"),
+            "socket_lb": run_module("socket_lb"),
         }
     finally:
         if proc is not None:

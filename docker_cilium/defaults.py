@@ -14,6 +14,10 @@ BPFFS_ROOT = "/sys/fs/bpf"
 TC_GLOBALS_PATH = "tc/globals"
 PROGS_PATH = "cilium/progs"
 BPF_OBJ_PATH = "bpf"
+# Under the bpffs root: the socket LB's cgroup links (Cilium's path).
+SOCKETLB_LINKS_PATH = "cilium/socketlb/links/cgroup"
+# Where the agent mounts cgroup v2 for the socket LB unless it is there (Cilium's --cgroup-root).
+CGROUP_ROOT = "/run/cilium/cgroupv2"
 
 
 def bpf_pin_root(bpf_root: str = BPFFS_ROOT) -> str:
@@ -24,6 +28,11 @@ def bpf_pin_root(bpf_root: str = BPFFS_ROOT) -> str:
 def bpf_prog_dir(bpf_root: str = BPFFS_ROOT) -> str:
     """Where the datapath's programs are pinned: ``<bpf_root>/cilium/progs``."""
     return os.path.join(bpf_root, PROGS_PATH)
+
+
+def socketlb_links_dir(bpf_root: str = BPFFS_ROOT) -> str:
+    """Where the socket LB's cgroup links are pinned: ``<bpf_root>/cilium/socketlb/links/cgroup``."""
+    return os.path.join(bpf_root, SOCKETLB_LINKS_PATH)
 
 
 def bpf_root_of(pin_root: str) -> str:

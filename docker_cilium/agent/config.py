@@ -32,6 +32,8 @@ class DaemonConfig:
     prometheus_serve_addr: str = ""  # HOST:PORT for /metrics; empty: not served
     prefilter_device: str = ""  # XDP prefilter device; empty: no prefilter
     prefilter_mode: str = "native"  # native (driver) or generic XDP
+    bpf_lb_sock: bool = True  # host processes reach service VIPs (datapath/socketlb.py)
+    cgroup_root: str = defaults.CGROUP_ROOT  # cgroup v2 mount the socket LB attaches to
 
     def to_dict(self) -> dict:
         return asdict(self)

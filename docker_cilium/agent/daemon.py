@@ -23,6 +23,7 @@ from docker_cilium.agent.monitor_options import monitor_options
 from docker_cilium.agent.options import RuntimeOptions, agent_options
 from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
+from docker_cilium.datapath import socketlb
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
 from docker_cilium.datapath.loader import Datapath, compile_datapath
@@ -152,10 +153,15 @@ class Daemon:
 
         # The datapath is compiled once per configuration (cached by hash) and
         # loaded once; pinned maps from a previous run are reused as they are.
-        obj = await asyncio.to_thread(compile_datapath, out_dir=defaults.bpf_object_dir(cfg.state_dir))
+        obj_dir = defaults.bpf_object_dir(cfg.state_dir)
+        obj, sock_obj = await asyncio.gather(
+            asyncio.to_thread(compile_datapath, out_dir=obj_dir),
+            asyncio.to_thread(compile_datapath, out_dir=obj_dir, source=socketlb.SOURCE) if cfg.bpf_lb_sock
+            else asyncio.sleep(0))
         self.datapath = await asyncio.to_thread(
             Datapath.load, obj, defaults.bpf_pin_root(cfg.bpf_root), defaults.bpf_prog_dir(cfg.bpf_root))
         assert self.datapath.maps is not None
+        await self._socket_lb(sock_obj)
         config_map = self.datapath.maps.config
         self.metrics.set_datapath_reader(self.datapath.maps.metrics.dump)
 
@@ -204,6 +210,17 @@ class Daemon:
         log.info("agent.started", version=__version__, node=self.node.to_dict(), mtu=self.mtu,
                  kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
                  endpoints=len(self._endpoints.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000))
+
+    async def _socket_lb(self, sock_obj: "os.PathLike[str] | None") -> None:
+        """Attach the socket LB (its maps beside the datapath's, links pinned) or,
+        with --bpf-lb-sock=false, detach what an earlier run attached."""
+        cfg = self.config
+        links = defaults.socketlb_links_dir(cfg.bpf_root)
+        if cfg.bpf_lb_sock:
+            await asyncio.to_thread(socketlb.enable, sock_obj, defaults.bpf_pin_root(cfg.bpf_root), links,
+                                    cfg.cgroup_root)
+        elif removed := await asyncio.to_thread(socketlb.detach, links):
+            log.info("socketlb.detached", links=len(removed))
 
     def _start_controllers(self) -> None:
         """The agent's periodic loops, as controllers `cilium status` reports."""

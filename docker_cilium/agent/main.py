@@ -73,6 +73,11 @@ def _aggregation_level(_ctx: click.Context, _param: click.Parameter, value: str)
               help="Device to attach the XDP prefilter to (drops sources in `cilium prefilter` CIDRs); off when empty")
 @click.option("--prefilter-mode", type=click.Choice(["native", "generic"]), default="native",
               help="XDP mode of the prefilter: native (in the driver) or generic (any device, slower)")
+@click.option("--bpf-lb-sock", type=click.BOOL, default=True,
+              help="Socket-level load balancing: host processes reach service VIPs (cgroup connect/sendmsg/"
+                   "recvmsg/getpeername hooks, host netns only); false detaches them")
+@click.option("--cgroup-root", default=defaults.CGROUP_ROOT,
+              help="Where cgroup v2 is (mounted there if it is not) for the socket LB's hooks")
 @click.option("--debug", "-D", is_flag=True, help="Debug logging (and datapath debug events)")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:

@@ -89,7 +89,7 @@ def cleanup(ctx: Context, force: bool, all_state: bool, lib_dir: str, state_dir:
             plugin_socket: str) -> None:
     """Remove system state installed by the agent at runtime
 
-    tc filters, pinned BPF maps and programs, cilium_host, endpoint links and
+    tc filters, pinned BPF maps, programs and socket LB links, cilium_host, endpoint links and
     their routes, CILIUM_* iptables chains and the run state; with
     --all-state also the persistent state. The agent must be stopped.
     """

@@ -83,6 +83,9 @@ def libbpf() -> ctypes.CDLL:
         "bpf_map__max_entries": (U32, [P]),
         "bpf_map__map_flags": (U32, [P]),
         "bpf_map__set_pin_path": (I, [P, S]),
+        "bpf_program__expected_attach_type": (I, [P]),
+        "bpf_link_create": (I, [I, I, I, P]),
+        "bpf_link_update": (I, [I, I, P]),
         "perf_buffer__new": (P, [I, ctypes.c_size_t, P, P, P, P]),
         "perf_buffer__new_raw": (P, [I, ctypes.c_size_t, P, P, P, P]),
         "perf_buffer__free": (None, [P]),
@@ -111,23 +114,33 @@ def num_possible_cpus() -> int:
     return check(libbpf().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
 
 
-def is_bpffs(path: str = defaults.BPFFS_ROOT) -> bool:
+def is_mounted(path: str, fstype: str) -> bool:
+    """Whether a file system of type ``fstype`` is mounted at ``path``."""
     path = os.path.normpath(path)
     with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == path and line.split()[2] == "bpf" for line in f)
+        return any(line.split()[1] == path and line.split()[2] == fstype for line in f)
 
 
-def ensure_bpffs(path: str = defaults.BPFFS_ROOT) -> None:
-    """Mount bpffs at ``path`` (mount(2) via ctypes) unless already mounted."""
-    if is_bpffs(path):
+def ensure_mounted(path: str, fstype: str, source: str) -> None:
+    """Mount ``fstype`` at ``path`` (mount(2) via ctypes) unless already mounted."""
+    if is_mounted(path, fstype):
         return
     os.makedirs(path, exist_ok=True)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
-    if libc.mount(b"bpf", path.encode(), b"bpf", 0, None) != 0:
+    if libc.mount(source.encode(), path.encode(), fstype.encode(), 0, None) != 0:
         err = ctypes.get_errno()
         if err != errno.EBUSY:
-            raise BPFError(err, f"mount -t bpf bpf {path}: {os.strerror(err)}")
+            raise BPFError(err, f"mount -t {fstype} {source} {path}: {os.strerror(err)}")
+
+
+def is_bpffs(path: str = defaults.BPFFS_ROOT) -> bool:
+    return is_mounted(path, "bpf")
+
+
+def ensure_bpffs(path: str = defaults.BPFFS_ROOT) -> None:
+    """Mount bpffs at ``path`` unless already mounted."""
+    ensure_mounted(path, "bpf", "bpf")
 
 
 class bpf_map_info(ctypes.Structure):

@@ -13,6 +13,8 @@ pinned, chains in place: containers keep their connectivity and policy).
 * the maps the datapath pins (:data:`registry.MAP_TYPES` and
   :data:`registry.DATAPATH_ONLY_MAPS`) under the pin root, and its two
   programs under the program dir; then those directories if left empty;
+* the socket LB's maps (:data:`socklb.MAP_TYPES`) and its pinned cgroup
+  links (unpinning a link detaches its hook from the cgroup);
 * the links the agent creates (``cilium_host``/``cilium_net``, ``lxc`` + 12
   hex endpoint veths, ``tmp`` + 12 hex container sides never moved into a
   container) and the routes leaving by them;
@@ -44,9 +46,12 @@ from docker_cilium.datapath.iptables import FORWARD_CHAIN, NAT_CHAIN, Iptables
 from docker_cilium.datapath.link import PEER_IFNAME_PREFIX, is_endpoint_ifname
 from docker_cilium.datapath.loader import PROGRAMS, TC_PARENT
 from docker_cilium.datapath.maps.registry import DATAPATH_ONLY_MAPS, MAP_TYPES
+from docker_cilium.datapath.maps.socklb import MAP_TYPES as SOCKLB_MAP_TYPES
+from docker_cilium.datapath.socketlb import PROGRAMS as SOCKLB_PROGRAMS
 
 FILTER_NAME = "bpf_lxc"  # the loader names its filters "bpf_lxc.o:[<program>]"
 OUR_MAPS = frozenset(MAP_TYPES) | frozenset(DATAPATH_ONLY_MAPS)
+SOCKLB_PINS = frozenset(SOCKLB_MAP_TYPES)  # pinned beside OUR_MAPS when --bpf-lb-sock is on
 CHAINS = (("filter", FORWARD_CHAIN, "FORWARD"), ("nat", NAT_CHAIN, "POSTROUTING"))
 _PEER_RE = re.compile(re.escape(PEER_IFNAME_PREFIX) + r"[0-9a-f]{12}")
 _PARENTS = {int(p.replace(":", ""), 16): direction for direction, p in TC_PARENT.items()}
@@ -134,7 +139,7 @@ class HostTraces:
     def describe(self) -> list[str]:
         sections = [("tc filters", [str(f) for f in self.tc_filters]),
                     ("XDP programs", [str(a) for a in self.xdp_programs]),
-                    ("pinned BPF maps and programs", self.pins),
+                    ("pinned BPF maps, programs and links", self.pins),
                     ("routes", [str(r) for r in self.routes]),
                     ("links", sorted(self.links.values())),
                     ("iptables chains (and the jumps into them)", [" ".join(c) for c in self.chains])]
@@ -189,10 +194,11 @@ def _chains() -> list[tuple[str, str, str]]:
     return out
 
 
-def _pins(pin_root: str, prog_dir: str) -> list[str]:
+def _pins(pin_root: str, prog_dir: str, links_dir: str) -> list[str]:
     out = []
-    progs = {n for p in (*PROGRAMS, xdp.XDP_PROGRAM) for n in (p, p + "_new")}
-    for directory, names in ((pin_root, OUR_MAPS), (prog_dir, progs)):
+    for directory, names in ((pin_root, OUR_MAPS | SOCKLB_PINS),
+                             (prog_dir, {n for p in (*PROGRAMS, xdp.XDP_PROGRAM) for n in (p, p + "_new")}),
+                             (links_dir, {n for p in SOCKLB_PROGRAMS for n in (p, p + "_new")})):
         try:
             present = sorted(os.listdir(directory))
         except FileNotFoundError:
@@ -211,9 +217,11 @@ def find(bpf_root: str) -> HostTraces:
                             routes=_routes(ip, ours), links=ours)
     xdp_id = xdp.pinned_id(prog_dir)
     traces.xdp_programs = xdp.find_ours({xdp_id}) if xdp_id else []
-    traces.pins = _pins(pin_root, prog_dir)
+    links_dir = defaults.socketlb_links_dir(bpf_root)
+    traces.pins = _pins(pin_root, prog_dir, links_dir)
     # Children first: /X/tc/globals before /X/tc (each removed only if empty).
-    traces.pin_dirs = [pin_root, os.path.dirname(pin_root), prog_dir, os.path.dirname(prog_dir)]
+    traces.pin_dirs = [pin_root, os.path.dirname(pin_root), prog_dir, links_dir, os.path.dirname(links_dir),
+                       os.path.dirname(os.path.dirname(links_dir)), os.path.dirname(prog_dir)]
     traces.chains = _chains()
     return traces
 

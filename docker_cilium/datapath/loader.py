@@ -1,9 +1,10 @@
 """Compile (once), load (once) and attach (per endpoint) the datapath.
 
-* :func:`compile_datapath` builds ``bpf_src/bpf_lxc.c`` with clang into
-  ``<out_dir>/<sha256>.o``; the hash covers every source file, the defines and
-  the clang version, so an existing object is reused and clang never runs on
-  the endpoint path.
+* :func:`compile_datapath` builds ``bpf_src/bpf_lxc.c`` (or another program
+  of ``bpf_src``, e.g. ``bpf_sock.c`` for :mod:`.socketlb`) with clang into
+  ``<out_dir>/<sha256>.o``; the hash covers the program's name, every source
+  file, the defines and the clang version, so an existing object is reused and
+  clang never runs on the endpoint path.
 * :class:`Datapath` loads the object through libbpf (ctypes). Maps are pinned
   by name under ``pin_root`` (default ``/sys/fs/bpf/tc/globals``): pinned maps
   that already exist are REUSED (a restarted agent keeps all endpoint, policy,
@@ -106,7 +107,7 @@ def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
                      out_dir: str | os.PathLike | None = None,
                      defines: Mapping[str, Any] | None = None, source: str = "bpf_lxc.c") -> Path:
     """Compile ``source`` (an object's top file in ``src_dir``: bpf_lxc.c, or
-    bpf_xdp.c for the prefilter) into ``out_dir/<sha256>.o`` unless that file
+    bpf_xdp.c for the prefilter, bpf_sock.c for the socket LB) into ``out_dir/<sha256>.o`` unless that file
     exists (``out_dir`` defaults to the agent's: ``<state dir>/bpf``).
 
     ``defines``: ``{"NAME": value}`` -> ``-DNAME=value`` (``None`` -> ``-DNAME``),
@@ -135,7 +136,7 @@ def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"clang failed ({res.returncode}):\n{res.stderr}")
     os.replace(tmp, obj)  # atomic: concurrent compilers never see a partial file
-    log.info("datapath compiled", object=str(obj),
+    log.info("datapath compiled", source=source, object=str(obj),
              ms=round((time.perf_counter() - t0) * 1000, 1))
     return obj
 
@@ -197,7 +198,7 @@ class Datapath:
                 if not prog:
                     break
                 lib.bpf_program__set_type(prog, BPF_PROG_TYPE_SCHED_CLS)
-            self._drop_incompatible_pins(obj)
+            self.drop_incompatible_pins(obj, self.pin_root)
             ret = lib.bpf_object__load(obj)
             if ret < 0:
                 vlog = logbuf.value.decode(errors="replace")
@@ -229,7 +230,11 @@ class Datapath:
         (~150 ms, once) instead of on the first endpoint's attach. Non-blocking."""
         self._worker().submit(self._ip)
 
-    def _drop_incompatible_pins(self, obj) -> None:
+    @staticmethod
+    def drop_incompatible_pins(obj, pin_root: str) -> None:
+        """Unlink the pins under ``pin_root`` of ``obj``'s maps whose type or
+        sizes differ from the object's, so that loading it creates them anew
+        (also used for the socket LB's object, :mod:`.socketlb`)."""
         lib = libbpf()
         m = None
         while True:
@@ -237,7 +242,7 @@ class Datapath:
             if not m:
                 break
             name = lib.bpf_map__name(m).decode()
-            path = os.path.join(self.pin_root, name)
+            path = os.path.join(pin_root, name)
             if not os.path.exists(path):
                 continue
             fd = lib.bpf_obj_get(path.encode())

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from docker_cilium.datapath.maps import registry
+from docker_cilium.datapath.maps import registry, socklb
 from docker_cilium.datapath.loader import SRC_DIR, compile_datapath, clang_binary
 
 # structs that appear in the object's BTF (map keys/values); notify_msg is a
@@ -112,3 +112,53 @@ def test_struct_matches_host_c(tmp_path):
         assert int(got[f"{name} size"]) == ctypes.sizeof(cls), name
         for fname, _t in cls._fields_:
             assert int(got[f"{name}.{fname}"]) == getattr(cls, fname).offset, (name, fname)
+
+
+# ---- the socket LB's own maps (bpf_src/lib/sock.h, compiled into bpf_sock.o) ----
+@pytest.fixture(scope="module")
+def sock_btf(tmp_path_factory):
+    obj = compile_datapath(out_dir=tmp_path_factory.mktemp("sockobj"), source="bpf_sock.c")
+    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    res = subprocess.run([bpftool, "-j", "btf", "dump", "file", str(obj)], capture_output=True,
+                         text=True, check=True)
+    return {t["id"]: t for t in json.loads(res.stdout)["types"]}
+
+
+@pytest.mark.parametrize("cls", socklb.C_STRUCTS, ids=lambda c: c.__name__)
+def test_socklb_struct_matches_btf(sock_btf, cls):
+    found = [t for t in sock_btf.values() if t["kind"] == "STRUCT" and t.get("name") == cls.__name__]
+    assert found, f"struct {cls.__name__} not in bpf_sock.o's BTF"
+    assert ctypes.sizeof(cls) == found[0]["size"]
+    assert _ctypes_members(cls) == [(m["name"], m["bits_offset"] // 8, _type_size(sock_btf, m["type_id"]))
+                                    for m in found[0]["members"]]
+
+
+def test_socklb_map_types_match_btf(sock_btf):
+    """Every map of lib/sock.h is in socklb.MAP_TYPES with the object's key/value sizes."""
+    maps = {}
+    for t in sock_btf.values():
+        if t["kind"] == "VAR" and t["name"].startswith("cilium_lb") and t["name"].endswith(("_sk", "_hostns")):
+            members = {m["name"]: m for m in sock_btf[t["type_id"]]["members"]}
+            # __type(key, T) is a pointer member to T
+            maps[t["name"]] = tuple(_type_size(sock_btf, sock_btf[members[part]["type_id"]]["type_id"])
+                                    for part in ("key", "value"))
+    assert maps == {name: (ctypes.sizeof(k), ctypes.sizeof(v)) for name, (k, v, _p) in socklb.MAP_TYPES.items()}
+
+
+def test_socklb_struct_matches_host_c(tmp_path):
+    lines = ['#include "lib/common.h"', '#include "lib/sock.h"', "#include <stdio.h>", "#include <stddef.h>",
+             "int main(void) {"]
+    for cls in socklb.C_STRUCTS:
+        lines.append(f'printf("{cls.__name__} size %zu\\n", sizeof(struct {cls.__name__}));')
+        for fname, _t in cls._fields_:
+            lines.append(f'printf("{cls.__name__}.{fname} %zu\\n", offsetof(struct {cls.__name__}, {fname}));')
+    lines.append("return 0; }")
+    (tmp_path / "layout.c").write_text("\n".join(lines))
+    subprocess.run([clang_binary(), "-Wno-unused-function", "-I", str(SRC_DIR), str(tmp_path / "layout.c"),
+                    "-o", str(tmp_path / "layout")], check=True, capture_output=True)
+    got = dict(line.rsplit(" ", 1) for line in subprocess.run(
+        [str(tmp_path / "layout")], capture_output=True, text=True, check=True).stdout.splitlines())
+    for cls in socklb.C_STRUCTS:
+        assert int(got[f"{cls.__name__} size"]) == ctypes.sizeof(cls)
+        for fname, _t in cls._fields_:
+            assert int(got[f"{cls.__name__}.{fname}"]) == getattr(cls, fname).offset, (cls.__name__, fname)

@@ -3,7 +3,7 @@
 Cilium's ``cilium map list|get`` shows the agent's map caches; ours shows
 the kernel's maps themselves: whatever is pinned under the pin root, with
 the type, sizes and limit the kernel reports and the entries counted by
-walking the keys. Maps the agent knows (:data:`registry.MAP_TYPES`) are
+walking the keys. Maps the agent knows (:data:`registry.KNOWN_MAP_TYPES`) are
 decoded through their ctypes mirrors (addresses, MACs and ports made
 readable); any other map shows its raw bytes in hex.
 """
@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from docker_cilium.datapath.bpf import (BPFError, be32_to_ip4, check, libbpf, mac_str, map_info, ntohs,
                                         num_possible_cpus)
-from docker_cilium.datapath.maps.registry import MAP_TYPES
+from docker_cilium.datapath.maps.registry import KNOWN_MAP_TYPES
 from docker_cilium.errors import APIError, BadRequest, NotFound
 
 # enum bpf_map_type (<linux/bpf.h>) names as bpftool prints them
@@ -215,7 +215,7 @@ def read_map(pin_root: str, name: str) -> tuple[PinnedMap, list[dict[str, Any]]]
     m = _open(pin_root, name)
     if m is None:
         raise NotFound(f"{os.path.join(pin_root, name)} is pinned but is not a map")
-    key_type, value_type, _ = MAP_TYPES.get(name, (None, None, False))
+    key_type, value_type, _ = KNOWN_MAP_TYPES.get(name, (None, None, False))
     try:
         entries: list[dict[str, Any]] = []
         for key in list(m.keys()):

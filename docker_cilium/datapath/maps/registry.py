@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from docker_cilium import defaults
 from docker_cilium.datapath.bpf import BpfMap
 from docker_cilium.datapath.maps import (cidrmap, configmap, ctbudget, ctmap, eventsmap, ipcache, lbmap, lxcmap,
-                                        metricsmap, policymap)
+                                        metricsmap, policymap, socklb)
 from docker_cilium.datapath.maps.cidrmap import CIDRMap
 from docker_cilium.datapath.maps.configmap import ConfigMap
 from docker_cilium.datapath.maps.ctbudget import CTBudget
@@ -35,6 +35,9 @@ MAP_TYPES = {name: types for mod in _MODULES for name, types in mod.MAP_TYPES.it
 # Pinned maps only the programs use (the agent never reads them): fragment
 # tracking. unpin_all removes them.
 DATAPATH_ONLY_MAPS = ("cilium_ipv4_frag_datagrams", "cilium_ipv6_frag_datagrams")
+# Every map we pin, with its types: MAP_TYPES plus the socket LB's, which are
+# pinned only while it is on (--bpf-lb-sock), so DatapathMaps.open does not need them.
+KNOWN_MAP_TYPES = {**MAP_TYPES, **socklb.MAP_TYPES}
 # C struct name -> its ctypes mirror
 C_STRUCTS = {cls.__name__: cls for mod in _MODULES for cls in mod.C_STRUCTS}
 
