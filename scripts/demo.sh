@@ -100,7 +100,7 @@ ensure_network() {
     return 0
   fi
   showq $DOCKER network create --ipv6 --subnet ::1/112 --driver cilium --ipam-driver cilium \
-    --label "$LABEL" "$DEMO_NET" >/dev/null
+    --label "$LABEL" "$DEMO_NET"
 }
 
 endpoints_ready() {  # every app has an endpoint in state ready with a non-reserved identity
