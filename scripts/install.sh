@@ -46,14 +46,6 @@ for tool in cilium-agent cilium; do
   ln -sfn "$ROOT/.venv/bin/$tool" "/usr/local/bin/$tool"
 done
 
-# Where systemd runs: the agent as a service ordered before docker.service
-# (contrib/systemd/cilium.service), enabled, not started here.
-if [ -d /run/systemd/system ]; then
-  unit=/etc/systemd/system/cilium.service
-  if ! cmp -s contrib/systemd/cilium.service "$unit"; then
-    install -m 0644 contrib/systemd/cilium.service "$unit"
-    systemctl daemon-reload
-  fi
-  systemctl is-enabled --quiet cilium.service || systemctl enable --quiet cilium.service
-fi
+# Where systemd runs: the agent as a service ordered before docker.service.
+scripts/install-systemd.sh
 echo "docker-cilium installed (venv: $ROOT/.venv, commands: /usr/local/bin/cilium-agent, /usr/local/bin/cilium)"

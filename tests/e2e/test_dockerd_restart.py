@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import create_network, exec_, net_settings, run_container
+from tests.e2e.conftest import create_network, net_settings, run_container
+from tests.e2e.test_policy_demo import reaches
 from tests.helpers import ROOT, VENV_BIN, docker, run, wait_until
 
 DOCKERD_PIDFILE = "/var/run/docker.pid"
@@ -103,12 +104,6 @@ def endpoints(agent, names, net_id):
              if e["docker-network-id"] == net_id}
     ok = set(named) == mine and all(e["identity"]["id"] >= 256 and e["state"] == "ready" for e in named.values())
     return named if ok else None
-
-
-def reaches(container: str, ip: str) -> bool:
-    host = f"[{ip}]" if ":" in ip else ip
-    res = exec_(container, "timeout", "3", "wget", "-q", "-O", "-", f"http://{host}/", check=False, timeout=20)
-    return res.returncode == 0 and "docker-cilium" in res.stdout
 
 
 def assert_wired_and_enforced(agent, names, net, net_id, before):

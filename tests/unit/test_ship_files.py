@@ -41,7 +41,7 @@ def test_unit_runs_the_agent_make_install_links():
     install = (ROOT / "scripts" / "install.sh").read_text()
     assert re.search(r'for tool in [^;]*cilium-agent[^;]*; do\s+ln -sfn "\$ROOT/\.venv/bin/\$tool" "/usr/local/bin/\$tool"',
                      install), "install.sh no longer links /usr/local/bin/cilium-agent"
-    assert "contrib/systemd/cilium.service" in install
+    assert "\nscripts/install-systemd.sh\n" in install
 
 
 def test_vagrantfile_provisions_with_make_install_then_make_demo():
@@ -65,3 +65,35 @@ def test_vagrantfile_is_valid_ruby():
         pytest.fail("ruby is not installed: run `sudo make install`")
     res = subprocess.run([ruby, "-c", str(VAGRANTFILE)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0 and "Syntax OK" in res.stdout, res.stdout + res.stderr
+
+
+def install_systemd(tmp_path, systemd_running: bool, enabled: bool = False) -> list[str]:
+    """Run scripts/install-systemd.sh against scratch dirs; the systemctl calls it made."""
+    run_dir, unit_dir, log = tmp_path / "run-systemd", tmp_path / "etc-systemd", tmp_path / "calls"
+    unit_dir.mkdir(exist_ok=True)
+    if systemd_running:
+        run_dir.mkdir(exist_ok=True)
+    fake = tmp_path / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n[ "$1" != is-enabled ] || exit {0 if enabled else 1}\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "SYSTEMD_RUN_DIR": str(run_dir), "UNIT_DIR": str(unit_dir),
+           "SYSTEMCTL": str(fake)}
+    res = subprocess.run([str(ROOT / "scripts" / "install-systemd.sh")], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 0, res.stderr
+    calls = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return calls
+
+
+def test_install_leaves_hosts_without_systemd_alone(tmp_path):
+    assert install_systemd(tmp_path, systemd_running=False) == []
+    assert not (tmp_path / "etc-systemd" / "cilium.service").exists()
+
+
+def test_install_installs_and_enables_the_unit_where_systemd_runs(tmp_path):
+    calls = install_systemd(tmp_path, systemd_running=True)
+    assert (tmp_path / "etc-systemd" / "cilium.service").read_text() == UNIT.read_text()
+    assert calls == ["daemon-reload", "is-enabled --quiet cilium.service", "enable --quiet cilium.service"]
+    # Again, unchanged and enabled: no reload, no enable; never started by the install.
+    assert install_systemd(tmp_path, systemd_running=True, enabled=True) == ["is-enabled --quiet cilium.service"]
