@@ -160,10 +160,20 @@ IPv6:       {{.GlobalIPv6Address}}{{end}}" app1
   echo "Revision: $rev"
   "$CILIUM" policy wait "$rev" >/dev/null
 
+  # The datapath's drop events while app3 tries (unbuffered: `timeout` ends the monitor).
+  local mon monpid
+  mon=$(mktemp)
+  PYTHONUNBUFFERED=1 timeout 5 "$CILIUM" monitor --type drop >"$mon" 2>/dev/null &
+  monpid=$!
+  sleep 0.5
   matrix "after the policy" "$ip"
+  wait "$monpid" || true
+  say "cilium monitor --type drop, while app3 tried"
+  grep -m 3 ' drop ' "$mon" || echo "(no drop event seen)"
+  rm -f "$mon"
 
   say "next"
-  echo "cilium monitor --type drop     # watch app3's packets being dropped while it retries"
+  echo "cilium monitor --type drop     # watch drops live"
   echo "make demo-down                 # remove the demo"
 }
 

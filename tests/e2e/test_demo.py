@@ -85,6 +85,8 @@ def test_make_demo_matrix_idempotent_and_demo_down(demo_env):
     assert "$ docker network create --ipv6 --subnet ::1/112 --driver cilium --ipam-driver cilium" in first, first
     assert matrix(first, "before the policy") == {"app2 -> app1": "allowed", "app3 -> app1": "allowed"}, first
     assert matrix(first, "after the policy") == {"app2 -> app1": "allowed", "app3 -> app1": "denied"}, first
+    drops = first.split("== cilium monitor --type drop, while app3 tried", 1)[1].split("\n== ", 1)[0]
+    assert "Policy denied" in drops, first
     agent_pid = int(open(demo_env["DEMO_RUN_DIR"] + "/demo-agent.pid").read())
     ids_first = set(demo_containers())
     assert len(ids_first) == 3
