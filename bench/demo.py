@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -48,6 +49,7 @@ def one_run() -> dict[str, float]:
     finally:
         down, _ = demo("down", env)
         subprocess.run(["docker", "rmi", "-f", IMAGE], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
     return {"cold_s": round(cold, 2), "warm_rerun_s": round(warm, 2), "down_s": round(down, 2)}
 
 
