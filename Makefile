@@ -4,7 +4,7 @@ VENV := .venv
 PYTEST := $(VENV)/bin/pytest
 AGENT_FLAGS ?=
 
-.PHONY: install run test test-unit test-integration test-privileged test-e2e bench services clean-host
+.PHONY: install run test test-unit test-integration test-privileged test-e2e bench services clean-host demo demo-down
 
 install:
 	@scripts/install.sh
@@ -39,3 +39,11 @@ test-e2e: services
 bench: services
 	@scripts/busybox-image.sh busybox:latest
 	$(VENV)/bin/python -m bench.run
+
+# The handbook's walkthrough on this host (agent, cilium-net, app1..3, the l3
+# policy and the allowed/denied matrix before and after it). Idempotent.
+demo: install
+	@scripts/demo.sh up
+
+demo-down:
+	@scripts/demo.sh down

@@ -14,6 +14,8 @@ fi
 # headers of linux-libc-dev (<linux/bpf.h>, ...): no kernel build headers.
 PKGS=(docker.io clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables etcd-server
       etcd-client busybox-static iperf3 docker-compose python3-venv kmod)
+# systemd-analyze checks the agent's unit; ruby checks the Vagrantfile's syntax.
+PKGS+=(systemd ruby)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -43,4 +45,7 @@ fi
 for tool in cilium-agent cilium; do
   ln -sfn "$ROOT/.venv/bin/$tool" "/usr/local/bin/$tool"
 done
+
+# Where systemd runs: the agent as a service ordered before docker.service.
+scripts/install-systemd.sh
 echo "docker-cilium installed (venv: $ROOT/.venv, commands: /usr/local/bin/cilium-agent, /usr/local/bin/cilium)"

@@ -21,6 +21,7 @@ from docker_cilium.agent.controllers import Controllers
 from docker_cilium.agent.lock import AgentLock
 from docker_cilium.agent.monitor_options import monitor_options
 from docker_cilium.agent.options import RuntimeOptions, agent_options
+from docker_cilium.agent.sdnotify import notify as sd_notify
 from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
 from docker_cilium.datapath import socketlb
@@ -207,6 +208,7 @@ class Daemon:
         self.watcher.start()
         self._reconcile = asyncio.create_task(self.reconciler.run(self.watcher.view), name="docker-reconcile")
         self.started = time.time()
+        sd_notify("READY=1")  # systemd may start dockerd now (contrib/systemd/cilium.service)
         log.info("agent.started", version=__version__, node=self.node.to_dict(), mtu=self.mtu,
                  kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
                  endpoints=len(self._endpoints.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000))
