@@ -1,0 +1,47 @@
+"""compose/: etcd and the agent as containers, the handbook's apps on
+cilium-net, the l3 policy imported from beside the compose file."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import iptables_leaks
+from tests.e2e.shipenv import COMPOSE_DIR, ComposeEnv, build_agent_image, reaches
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+def compose_env(dockerd):
+    build_agent_image()
+    env = ComposeEnv("compose")
+    try:
+        yield env
+    finally:
+        env.down()
+    assert iptables_leaks() == [], "the compose agent left iptables rules behind"
+
+
+def test_compose_env_enforces_handbook_l3_policy(compose_env):
+    env = compose_env
+    env.up()
+    app1, app2, app3 = (env.container(s) for s in ("app1", "app2", "app3"))
+    ip1, ip1v6 = env.address("app1"), env.address("app1", "GlobalIPv6Address")
+    assert ip1 and ip1v6.startswith("f00d:"), (ip1, ip1v6)
+
+    # The agent in the container runs on etcd and knows the three apps by label.
+    status = env.dirs.cli("status").stdout
+    assert "KVStore:" in status and "etcd" in status, status
+
+    def labelled():
+        eps = env.dirs.cli("endpoint", "list").stdout
+        return all(f"container:id=app{i}" in eps for i in (1, 2, 3)) and eps.count("ready") >= 3
+    wait_until(labelled, what="app1..app3 endpoints ready with their labels")
+
+    assert reaches(app2, ip1) and reaches(app3, ip1), "without policy every app reaches app1"
+
+    out = env.dirs.cli("policy", "import", str(COMPOSE_DIR / "demo" / "l3-rule.json")).stdout
+    assert out.strip().startswith("Revision:"), out
+    env.dirs.cli("policy", "wait", out.split()[-1])
+
+    assert reaches(app2, ip1) and reaches(app2, ip1v6)
+    assert not reaches(app3, ip1) and not reaches(app3, ip1v6)
