@@ -126,3 +126,30 @@ def reaches(container: str, ip: str, port: int = 80) -> bool:
     res = run(DOCKER, "exec", container, "timeout", "3", "wget", "-q", "-O", "-", f"http://{host}:{port}/",
               check=False, timeout=20)
     return res.returncode == 0 and "docker-cilium" in res.stdout
+
+
+class PluginEnv:
+    """``scripts/plugin.sh`` (`make plugin`): the agent as a managed plugin
+    named ``name``, with its mounts and bpffs directory set to private ones."""
+
+    def __init__(self, tag: str) -> None:
+        self.name = f"dct-{tag}:test"
+        self.dirs = AgentDirs(tag)
+
+    def create(self) -> None:
+        run(str(ROOT / "scripts" / "plugin.sh"), self.name, timeout=900)
+
+    def enable(self) -> None:
+        docker("plugin", "set", self.name, f"cilium-run.source={self.dirs.run_dir}",
+               f"cilium-lib.source={self.dirs.lib_dir}", f"CILIUM_BPF_ROOT={self.dirs.bpf_root}", "CILIUM_DEBUG=true")
+        docker("plugin", "enable", "--timeout", "60", self.name)
+
+    def inspect(self, fmt: str) -> str:
+        return docker("plugin", "inspect", "-f", fmt, self.name).stdout.strip()
+
+    def remove(self) -> None:
+        try:
+            docker("plugin", "disable", "-f", self.name, check=False)
+            docker("plugin", "rm", "-f", self.name, check=False)
+        finally:
+            self.dirs.remove()
