@@ -107,11 +107,11 @@ def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str | None) 
 
 
 def prebuilt_object(src_dir: str | os.PathLike = SRC_DIR, defines: Mapping[str, Any] | None = None,
-                    prebuilt_dir: str | os.PathLike = defaults.BPF_PREBUILT_DIR) -> Path:
+                    prebuilt_dir: str | os.PathLike | None = None) -> Path:
     """The object ``python -m docker_cilium.datapath.prebuild`` compiled for these
     sources and defines (the agent image: built in its build stage, no clang at
     run time); FileNotFoundError naming both ways out when there is none."""
-    obj = Path(prebuilt_dir) / f"{datapath_hash(Path(src_dir), dict(defines or {}), None)}.o"
+    obj = Path(prebuilt_dir or defaults.BPF_PREBUILT_DIR) / f"{datapath_hash(Path(src_dir), dict(defines or {}), None)}.o"
     if not obj.exists():
         raise FileNotFoundError(f"clang not found and no prebuilt datapath object {obj} for these sources: "
                                 f"install clang (apt-get install clang) or rebuild the image")
