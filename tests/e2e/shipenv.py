@@ -76,10 +76,11 @@ class ComposeEnv:
     def plugin_socket(self) -> str:
         return f"/run/docker/plugins/{self.driver}.sock"
 
-    def compose(self, which: str, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def compose(self, which: str, *args: str, check: bool = True, timeout: float = 300,
+                input: str | None = None) -> subprocess.CompletedProcess:
         project, cwd = self.projects[which]
         proc = subprocess.run([COMPOSE, "--no-ansi", "-p", project, *args], cwd=cwd, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, input=input)
         if check and proc.returncode != 0:
             raise AssertionError(f"docker-compose {' '.join(args)} ({which}) failed ({proc.returncode}):\n"
                                  f"{proc.stdout}\n{proc.stderr}\nagent log:\n{self.agent_log()}")

@@ -39,7 +39,10 @@ def test_compose_env_enforces_handbook_l3_policy(compose_env):
 
     assert reaches(app2, ip1) and reaches(app3, ip1), "without policy every app reaches app1"
 
-    out = env.dirs.cli("policy", "import", str(COMPOSE_DIR / "demo" / "l3-rule.json")).stdout
+    # The README's way without a host CLI: the image's own `cilium`, the file on stdin.
+    policy = (COMPOSE_DIR / "demo" / "l3-rule.json").read_text()
+    out = env.compose("agent", "exec", "-T", "cilium", "cilium", "-H", env.dirs.api_socket, "policy", "import", "-",
+                      input=policy).stdout
     assert out.strip().startswith("Revision:"), out
     env.dirs.cli("policy", "wait", out.split()[-1])
 
