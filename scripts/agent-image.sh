@@ -3,8 +3,9 @@
 # Idempotent: an image built from the same sources is reused (its label
 # carries their hash), so tests and make targets call it every time.
 # The base image comes from scripts/debian-image.sh; the build context is
-# only what the Dockerfile copies, plus $PIP_CERT (as extra-ca.crt) when PyPI
-# sits behind a TLS-inspecting proxy.
+# only what the Dockerfile copies, plus pip's CA bundle ($PIP_CERT or
+# /etc/pip.conf's cert, as extra-ca.crt) when PyPI sits behind a
+# TLS-inspecting proxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${1:-local/cilium-agent:latest}
@@ -21,7 +22,8 @@ scripts/debian-image.sh
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 tar -c --exclude=__pycache__ "${FILES[@]}" | tar -x -C "$ctx"
-if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then cp "$PIP_CERT" "$ctx/extra-ca.crt"; fi
+cert=${PIP_CERT:-$(sed -n 's/^cert *= *//p' /etc/pip.conf 2>/dev/null | head -1)}
+if [ -n "$cert" ] && [ -f "$cert" ]; then cp "$cert" "$ctx/extra-ca.crt"; fi
 # --network host: the build's apt-get/pip reach the registries the host reaches.
 $DOCKER build -q --network host --label "docker-cilium.source=$hash" -t "$IMAGE" "$ctx" >/dev/null
 echo "built $IMAGE ($hash)"

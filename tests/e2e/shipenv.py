@@ -20,13 +20,14 @@ from pathlib import Path
 from tests.e2e.conftest import cleanup_bpf, cleanup_host
 from tests.helpers import DOCKER, ROOT, VENV_BIN, docker, run, wait_until
 
-AGENT_IMAGE = "local/cilium-agent:latest"
+AGENT_IMAGE = "local/cilium-agent:latest"  # conftest's agent_image fixture builds it
 COMPOSE = shutil.which("docker-compose", path="/usr/bin") or "docker-compose"
 COMPOSE_DIR = ROOT / "compose"
 
 
 def build_agent_image() -> str:
-    """Build (or reuse: the script compares the sources' hash) the agent image."""
+    """Build (or reuse: the script compares the sources' hash) the agent image
+    (once per session: the agent_image fixture; bench.compose_up)."""
     run(str(ROOT / "scripts" / "agent-image.sh"), AGENT_IMAGE, timeout=900)
     return AGENT_IMAGE
 

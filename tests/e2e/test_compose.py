@@ -6,13 +6,12 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.conftest import iptables_leaks
-from tests.e2e.shipenv import COMPOSE_DIR, ComposeEnv, build_agent_image, reaches
+from tests.e2e.shipenv import COMPOSE_DIR, ComposeEnv, reaches
 from tests.helpers import wait_until
 
 
 @pytest.fixture
-def compose_env(dockerd):
-    build_agent_image()
+def compose_env(agent_image):
     env = ComposeEnv("compose")
     try:
         yield env

@@ -10,13 +10,12 @@ import os
 import pytest
 
 from tests.e2e.conftest import TEST_LABEL, cleanup_docker, iptables_leaks, net_settings
-from tests.e2e.shipenv import ROOT, PluginEnv, build_agent_image, reaches
+from tests.e2e.shipenv import ROOT, PluginEnv, reaches
 from tests.helpers import docker, wait_until
 
 
 @pytest.fixture
-def plugin(dockerd, names):
-    build_agent_image()
+def plugin(agent_image, names):
     env = PluginEnv("plugin")
     try:
         yield env
