@@ -3,6 +3,8 @@ cilium-net, the l3 policy imported from beside the compose file."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.e2e.conftest import iptables_leaks
@@ -30,6 +32,8 @@ def test_compose_env_enforces_handbook_l3_policy(compose_env):
     # The agent in the container runs on etcd and knows the three apps by label.
     status = env.dirs.cli("status").stdout
     assert "KVStore:" in status and "etcd" in status, status
+    # Its maps are pinned in the host's bpffs (bind-mounted), where they outlive the container.
+    assert "cilium_lxc" in os.listdir(os.path.join(env.dirs.bpf_root, "tc", "globals"))
 
     def labelled():
         eps = env.dirs.cli("endpoint", "list").stdout

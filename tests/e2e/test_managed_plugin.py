@@ -37,6 +37,8 @@ def test_managed_plugin_serves_network_with_policy(plugin, names):
     # `docker plugin set` reached the agent: its API socket is in the private run dir.
     wait_until(lambda: os.path.exists(plugin.dirs.api_socket), what="the plugin agent's API socket")
     assert "etcd" not in plugin.dirs.cli("status").stdout
+    # ... and CILIUM_BPF_ROOT too: the maps are pinned in the host's bpffs under it.
+    assert "cilium_lxc" in os.listdir(os.path.join(plugin.dirs.bpf_root, "tc", "globals"))
 
     net = names("plugin-net")
     docker("network", "create", "--label", TEST_LABEL, "--ipv6", "--subnet", "::1/112",
