@@ -13,6 +13,7 @@
  */
 #include "lib/common.h"
 #include "lib/maps.h"
+#include "lib/lb.h"
 #include "lib/eth.h"
 #include "lib/l4.h"
 #include "lib/ipv4.h"

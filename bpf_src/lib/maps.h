@@ -6,6 +6,7 @@
 #define __LIB_MAPS_H_
 
 #include "common.h"
+#include "prefilter.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -30,6 +30,8 @@ class DaemonConfig:
     monitor_aggregation: str = "medium"  # Cilium's level name; see datapath/maps/configmap.py
     docker_reconcile_grace: float = 60.0  # seconds; see endpoint/reconcile.py
     prometheus_serve_addr: str = ""  # HOST:PORT for /metrics; empty: not served
+    prefilter_device: str = ""  # XDP prefilter device; empty: no prefilter
+    prefilter_mode: str = "native"  # native (driver) or generic XDP
 
     def to_dict(self) -> dict:
         return asdict(self)

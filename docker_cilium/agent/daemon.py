@@ -50,6 +50,8 @@ from docker_cilium.plugin.app import build_app as build_plugin
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
 from docker_cilium.policy.manager import PolicyManager
+from docker_cilium.prefilter import PreFilter
+from docker_cilium.prefilter.device import start_prefilter
 from docker_cilium.version import version_info
 from docker_cilium.workloads.docker import DockerWatcher
 
@@ -87,6 +89,7 @@ class Daemon:
         self._reconcile: asyncio.Task[None] | None = None
         self.metrics = AgentMetrics()
         self.metrics_server: MetricsServer | None = None
+        self.prefilter: PreFilter | None = None  # `--prefilter-device`: the XDP deny list
 
     @property
     def ipam(self) -> IPAM:
@@ -181,6 +184,8 @@ class Daemon:
         await self._endpoints.restore()
         await self._endpoints.restore_datapath()
         await collect_orphans(self.links, self.datapath.maps, self._endpoints.endpoints.values(), self.node)
+        self.prefilter = await start_prefilter(self.store, self.datapath.maps.prefilter, cfg.prefilter_device,
+                                               cfg.prefilter_mode, cfg.bpf_root, cfg.state_dir)
         self.reconciler = DockerReconciler(self._endpoints, self._ipam, cfg.docker_reconcile_grace)
         self._start_controllers()
 

@@ -72,6 +72,10 @@ def _aggregation_level(_ctx: click.Context, _param: click.Parameter, value: str)
 @click.option("--monitor-aggregation", default="medium", callback=_aggregation_level,
               help="Level of monitor aggregation for traces from the datapath: none, lowest, low, "
                    "medium (traces of new connections and state changes only) or maximum")
+@click.option("--prefilter-device", default="", metavar="DEV",
+              help="Device to attach the XDP prefilter to (drops sources in `cilium prefilter` CIDRs); off when empty")
+@click.option("--prefilter-mode", type=click.Choice(["native", "generic"]), default="native",
+              help="XDP mode of the prefilter: native (in the driver) or generic (any device, slower)")
 @click.option("--debug", "-D", is_flag=True, help="Debug logging (and datapath debug events)")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:

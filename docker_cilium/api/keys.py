@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the daemon builds the API app: no import of its parts at ru
     from docker_cilium.ipam.allocator import IPAM
     from docker_cilium.monitor.hub import MonitorHub
     from docker_cilium.policy.manager import PolicyManager
+    from docker_cilium.prefilter import PreFilter
 
 
 class APIDaemon(Protocol):
@@ -42,6 +43,11 @@ class APIDaemon(Protocol):
 
     @property
     def monitor(self) -> MonitorHub: ...
+
+    @property
+    def prefilter(self) -> PreFilter | None:
+        """The XDP prefilter's deny list (None: no ``--prefilter-device``)."""
+        ...
 
     def options(self) -> RuntimeOptions:
         """The runtime options (`cilium config`)."""

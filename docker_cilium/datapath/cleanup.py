@@ -8,6 +8,8 @@ pinned, chains in place: containers keep their connectivity and policy).
   (``bpf_lxc.o:[...]``) and either on one of our links or running a program
   pinned under our program dir (another datapath on the host, e.g. a test's
   or a second agent's with its own bpf root, is left alone);
+* the XDP prefilter on whatever device runs the program pinned under our
+  program dir (:mod:`docker_cilium.datapath.xdp`);
 * the maps the datapath pins (:data:`registry.MAP_TYPES` and
   :data:`registry.DATAPATH_ONLY_MAPS`) under the pin root, and its two
   programs under the program dir; then those directories if left empty;
@@ -16,8 +18,7 @@ pinned, chains in place: containers keep their connectivity and policy).
   container) and the routes leaving by them;
 * the ``CILIUM_*`` iptables/ip6tables chains and the jumps into them.
 
-The agent attaches no XDP program, so there is none to find. Order follows
-Cilium's: filters first (a filter whose maps were unpinned still runs),
+Order follows Cilium's: filters and XDP first (a filter whose maps were unpinned still runs),
 then maps, routes and links, then iptables.
 """
 
@@ -37,6 +38,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from docker_cilium import defaults
+from docker_cilium.datapath import xdp
 from docker_cilium.datapath.bpf import check, libbpf
 from docker_cilium.datapath.iptables import FORWARD_CHAIN, NAT_CHAIN, Iptables
 from docker_cilium.datapath.link import PEER_IFNAME_PREFIX, is_endpoint_ifname
@@ -119,6 +121,7 @@ class HostTraces:
     """Everything of ours found on the host; ``describe`` lists it for the confirmation."""
 
     tc_filters: list[TcFilter] = field(default_factory=list)
+    xdp_programs: list[xdp.Attached] = field(default_factory=list)
     pins: list[str] = field(default_factory=list)
     pin_dirs: list[str] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
@@ -126,10 +129,11 @@ class HostTraces:
     chains: list[tuple[str, str, str]] = field(default_factory=list)  # (binary, table, chain)
 
     def empty(self) -> bool:
-        return not (self.tc_filters or self.pins or self.routes or self.links or self.chains)
+        return not (self.tc_filters or self.xdp_programs or self.pins or self.routes or self.links or self.chains)
 
     def describe(self) -> list[str]:
         sections = [("tc filters", [str(f) for f in self.tc_filters]),
+                    ("XDP programs", [str(a) for a in self.xdp_programs]),
                     ("pinned BPF maps and programs", self.pins),
                     ("routes", [str(r) for r in self.routes]),
                     ("links", sorted(self.links.values())),
@@ -187,7 +191,8 @@ def _chains() -> list[tuple[str, str, str]]:
 
 def _pins(pin_root: str, prog_dir: str) -> list[str]:
     out = []
-    for directory, names in ((pin_root, OUR_MAPS), (prog_dir, {n for p in PROGRAMS for n in (p, p + "_new")})):
+    progs = {n for p in (*PROGRAMS, xdp.XDP_PROGRAM) for n in (p, p + "_new")}
+    for directory, names in ((pin_root, OUR_MAPS), (prog_dir, progs)):
         try:
             present = sorted(os.listdir(directory))
         except FileNotFoundError:
@@ -204,6 +209,8 @@ def find(bpf_root: str) -> HostTraces:
         ours = {l["index"]: l.get("ifname") for l in links if is_our_link(l.get("ifname") or "")}
         traces = HostTraces(tc_filters=_filters(ip, links, ours, pinned_prog_ids(prog_dir)),
                             routes=_routes(ip, ours), links=ours)
+    xdp_id = xdp.pinned_id(prog_dir)
+    traces.xdp_programs = xdp.find_ours({xdp_id}) if xdp_id else []
     traces.pins = _pins(pin_root, prog_dir)
     # Children first: /X/tc/globals before /X/tc (each removed only if empty).
     traces.pin_dirs = [pin_root, os.path.dirname(pin_root), prog_dir, os.path.dirname(prog_dir)]
@@ -224,6 +231,12 @@ def remove(traces: HostTraces) -> tuple[list[str], list[str]]:
             except NetlinkError as exc:
                 if exc.code not in (errno.ENOENT, errno.ENODEV):  # gone already, or its link is
                     errors.append(f"tc filter {f}: {os.strerror(exc.code)}")
+        for attached in traces.xdp_programs:
+            try:
+                xdp.detach(attached)
+                done.append(f"removed XDP program from {attached.ifname}")
+            except OSError as exc:
+                errors.append(f"XDP on {attached.ifname}: {exc}")
         for path in traces.pins:
             try:
                 os.unlink(path)

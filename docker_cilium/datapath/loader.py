@@ -90,11 +90,11 @@ def _include_dirs() -> list[str]:
     return dirs
 
 
-def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str | None) -> str:
-    """sha256 of the sources, the defines and ``clang --version``; ``clang=None``
-    leaves the compiler out: the name of an object shipped prebuilt (an image
-    without clang cannot ask which clang built it)."""
-    h = hashlib.sha256()
+def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str | None, source: str = "bpf_lxc.c") -> str:
+    """sha256 of the top source's name, the sources, the defines and ``clang
+    --version``; ``clang=None`` leaves the compiler out: the name of an object
+    shipped prebuilt (an image without clang cannot ask which clang built it)."""
+    h = hashlib.sha256(source.encode() + b"\0")
     for p in sorted(Path(src_dir).rglob("*")):
         if p.is_file() and p.suffix in (".c", ".h"):
             h.update(str(p.relative_to(src_dir)).encode() + b"\0")
@@ -107,23 +107,25 @@ def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str | None) 
 
 
 def prebuilt_object(src_dir: str | os.PathLike = SRC_DIR, defines: Mapping[str, Any] | None = None,
-                    prebuilt_dir: str | os.PathLike | None = None) -> Path:
+                    source: str = "bpf_lxc.c", prebuilt_dir: str | os.PathLike | None = None) -> Path:
     """The object ``python -m docker_cilium.datapath.prebuild`` compiled for these
     sources and defines (the agent image: built in its build stage, no clang at
     run time); FileNotFoundError naming both ways out when there is none."""
-    obj = Path(prebuilt_dir or defaults.BPF_PREBUILT_DIR) / f"{datapath_hash(Path(src_dir), dict(defines or {}), None)}.o"
+    digest = datapath_hash(Path(src_dir), dict(defines or {}), None, source)
+    obj = Path(prebuilt_dir or defaults.BPF_PREBUILT_DIR) / f"{digest}.o"
     if not obj.exists():
-        raise FileNotFoundError(f"clang not found and no prebuilt datapath object {obj} for these sources: "
+        raise FileNotFoundError(f"clang not found and no prebuilt datapath object {obj} for {source} and these sources: "
                                 f"install clang (apt-get install clang) or rebuild the image")
     return obj
 
 
 def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
                      out_dir: str | os.PathLike | None = None,
-                     defines: Mapping[str, Any] | None = None) -> Path:
-    """Compile bpf_lxc.c into ``out_dir/<sha256>.o`` unless that file exists
-    (``out_dir`` defaults to the agent's: ``<state dir>/bpf``). Without clang
-    (the agent image), the prebuilt object for these sources (:func:`prebuilt_object`).
+                     defines: Mapping[str, Any] | None = None, source: str = "bpf_lxc.c") -> Path:
+    """Compile ``source`` (an object's top file in ``src_dir``: bpf_lxc.c, or
+    bpf_xdp.c for the prefilter) into ``out_dir/<sha256>.o`` unless that file
+    exists (``out_dir`` defaults to the agent's: ``<state dir>/bpf``). Without
+    clang (the agent image), the prebuilt object (:func:`prebuilt_object`).
 
     ``defines``: ``{"NAME": value}`` -> ``-DNAME=value`` (``None`` -> ``-DNAME``),
     e.g. ``{"POLICY_MAP_SIZE": 16384, "DISABLE_IPV6": None}``.
@@ -134,8 +136,8 @@ def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
     try:
         clang = clang_binary()
     except FileNotFoundError:
-        return prebuilt_object(src_dir, defines)
-    digest = datapath_hash(src_dir, defines, clang)
+        return prebuilt_object(src_dir, defines, source)
+    digest = datapath_hash(src_dir, defines, clang, source)
     obj = out_dir / f"{digest}.o"
     if obj.exists():
         return obj
@@ -147,7 +149,7 @@ def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
         cmd += ["-idirafter", d]
     for k, v in sorted(defines.items()):
         cmd.append(f"-D{k}" if v is None else f"-D{k}={v}")
-    cmd += ["-c", str(src_dir / "bpf_lxc.c"), "-o", str(tmp)]
+    cmd += ["-c", str(src_dir / source), "-o", str(tmp)]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:

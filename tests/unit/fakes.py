@@ -42,3 +42,24 @@ class FakeLinks:
 
     async def del_host_address(self, address: str) -> None:
         self.host_addresses.discard(address)
+
+
+class FakeTries:
+    """The prefilter's deny tries as a set; ``fail_on`` makes inserting that prefix fail."""
+
+    def __init__(self) -> None:
+        self.nets: set = set()
+        self.fail_on = None
+
+    def insert(self, net) -> None:
+        if net == self.fail_on:
+            raise OSError(28, "No space left on device")
+        self.nets.add(net)
+
+    def delete(self, net) -> bool:
+        found = net in self.nets
+        self.nets.discard(net)
+        return found
+
+    def dump(self) -> list:
+        return list(self.nets)

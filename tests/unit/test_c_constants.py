@@ -15,7 +15,7 @@ import re
 
 from docker_cilium.datapath import drop
 from docker_cilium.datapath.loader import SRC_DIR
-from docker_cilium.datapath.maps import configmap, ctmap, eventsmap, lxcmap, metricsmap, policymap
+from docker_cilium.datapath.maps import cidrmap, configmap, ctmap, eventsmap, lxcmap, metricsmap, policymap
 from docker_cilium.identity import reserved
 
 # C define -> its Python copy
@@ -56,6 +56,7 @@ MIRRORED = {
     **{name: getattr(drop, name) for name in dir(drop)
        if name.startswith("DROP_") and name != "DROP_REASONS"},
     "REASON_FORWARDED": drop.REASON_FORWARDED,
+    "CIDR_MAP_SIZE": cidrmap.CIDR_MAP_SIZE,
 }
 
 # Defines of the shared families that no Python code reads.

@@ -37,6 +37,8 @@ ARGS = {
     ("policy", "import"): ["{policy}"],
     ("policy", "delete"): ["--all"],
     ("policy", "trace"): ["--src", "id=a", "--dst", "id=b"],
+    ("prefilter", "update"): ["--cidr", "192.0.2.0/24"],
+    ("prefilter", "delete"): ["--cidr", "192.0.2.0/24"],
 }
 
 

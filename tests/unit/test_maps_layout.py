@@ -22,7 +22,9 @@ from docker_cilium.datapath.loader import SRC_DIR, compile_datapath, clang_binar
 # stack variable only (no BTF): the host C check covers it.
 BTF_STRUCTS = ["endpoint_info", "endpoint_key", "policy_key", "policy_entry", "ipcache_key",
                "remote_endpoint_info", "ipv4_ct_tuple", "ipv6_ct_tuple", "ct_entry",
-               "metrics_key", "metrics_value", "datapath_config", "ct_budget"]
+               "metrics_key", "metrics_value", "datapath_config", "ct_budget",
+               "lb4_key", "lb6_key", "lb_service", "lb4_backend", "lb6_backend", "lb4_reverse_nat",
+               "lb6_reverse_nat", "lpm_v4_key", "lpm_v6_key", "lpm_val"]
 
 
 def _ctypes_members(cls):
@@ -89,7 +91,7 @@ def test_map_key_value_sizes_match_btf(btf):
 
 def test_struct_matches_host_c(tmp_path):
     """sizeof/offsetof from the real header compiled for the host."""
-    lines = ['#include "lib/common.h"', "#include <stdio.h>", "#include <stddef.h>",
+    lines = ['#include "lib/common.h"', '#include "lib/lb.h"', '#include "lib/prefilter.h"', "#include <stdio.h>", "#include <stddef.h>",
              "int main(void) {"]
     for name, cls in registry.C_STRUCTS.items():
         lines.append(f'printf("{name} size %zu\\n", sizeof(struct {name}));')

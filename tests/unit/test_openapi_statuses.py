@@ -104,6 +104,8 @@ VALID = {
     ("PUT", "/v1/policy"): [{"endpointSelector": {"matchLabels": {"id": "app1"}}, "labels": ["probe=1"]}],
     ("DELETE", "/v1/policy"): {"labels": ["probe=1"]},
     ("GET", "/v1/policy/resolve"): {"from": ["id=app1"], "to": ["id=app2"], "dports": ["80/TCP"]},
+    ("PATCH", "/v1/prefilter"): {"revision": 0, "deny": ["192.0.2.0/24"]},
+    ("DELETE", "/v1/prefilter"): {"revision": 7, "deny": ["192.0.2.0/24"]},
 }
 
 

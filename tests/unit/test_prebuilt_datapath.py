@@ -26,14 +26,17 @@ def test_prebuild_output_is_what_the_loader_loads_without_clang(tmp_path, monkey
     src = tmp_path / "bpf_src"
     shutil.copytree(loader.SRC_DIR, src)
     out = tmp_path / "prebuilt"
-    (built,) = prebuild.prebuild(out, src)  # real clang, as in the image's build stage
-    assert built.stat().st_size > 0 and built.read_bytes()[:4] == b"\x7fELF"
+    built = prebuild.prebuild(out, src)  # real clang, as in the image's build stage
+    sources = sorted(p.name for p in src.glob("bpf_*.c"))
+    assert "bpf_lxc.c" in sources and len(built) == len(sources) == len(set(built))
+    assert all(o.read_bytes()[:4] == b"\x7fELF" for o in built)
 
     def missing() -> str:
         raise FileNotFoundError("clang not found")
     monkeypatch.setattr(loader, "clang_binary", missing)
     monkeypatch.setattr(defaults, "BPF_PREBUILT_DIR", str(out))
-    assert loader.compile_datapath(src, tmp_path / "cache") == built
+    # Every object the agent compiles (bpf_lxc.c at start, bpf_xdp.c for the prefilter...).
+    assert [loader.compile_datapath(src, tmp_path / "cache", source=s) for s in sources] == built
 
     # A changed source is not served by the old object: the hash covers the sources.
     with open(src / "bpf_lxc.c", "a") as f:

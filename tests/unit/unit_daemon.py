@@ -29,7 +29,8 @@ from docker_cilium.kvstore.sqlite import SQLiteBackend
 from docker_cilium.monitor.hub import MonitorHub
 from docker_cilium.monitor.policy_events import PolicyEvents
 from docker_cilium.policy.manager import PolicyManager
-from tests.unit.fakes import FakeLinks
+from docker_cilium.prefilter import PreFilter
+from tests.unit.fakes import FakeLinks, FakeTries
 
 NODE = NodeAddressing.derive("192.0.2.2")  # 10.2.0.0/16, f00d::a02:0:0:0/96
 NETWORK = "n" * 64
@@ -44,10 +45,13 @@ class UnitDaemon:
         self.config = DaemonConfig(lib_dir=workdir)
         self.mtu = 1500
         self.monitor = MonitorHub()  # agent events only: no datapath here
+        self.prefilter: PreFilter | None = None  # set in start(): a deny list over FakeTries
 
     async def start(self) -> "UnitDaemon":
         self.store = SQLiteBackend(os.path.join(self.workdir, "node.db"))
         await self.store.connect()
+        self.prefilter = PreFilter(self.store, FakeTries(), "unit0", "native")
+        await self.prefilter.restore()
         self.allocator = IdentityAllocator(self.store, "unit", monitor=self.monitor)
         await self.allocator.start()
         self.ipam = IPAM(self.store, NODE)

@@ -69,6 +69,8 @@ def _decode_field(name: str, ctype: Any, value: Any) -> Any:
             return [decode(v) for v in value]
         if name in _ADDR6 and len(raw) == 16:
             return str(ipaddress.IPv6Address(raw))
+        if name == "addr" and len(raw) in (4, 16):  # the prefilter's LPM keys
+            return str(ipaddress.ip_address(raw))
         if "mac" in name and len(raw) == 6:
             return mac_str(raw)
         return raw.hex()

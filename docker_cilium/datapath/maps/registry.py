@@ -15,18 +15,20 @@ from dataclasses import dataclass, field
 
 from docker_cilium import defaults
 from docker_cilium.datapath.bpf import BpfMap
-from docker_cilium.datapath.maps import (configmap, ctbudget, ctmap, eventsmap, ipcache, lxcmap, metricsmap,
-                                        policymap)
+from docker_cilium.datapath.maps import (cidrmap, configmap, ctbudget, ctmap, eventsmap, ipcache, lbmap, lxcmap,
+                                        metricsmap, policymap)
+from docker_cilium.datapath.maps.cidrmap import CIDRMap
 from docker_cilium.datapath.maps.configmap import ConfigMap
 from docker_cilium.datapath.maps.ctbudget import CTBudget
 from docker_cilium.datapath.maps.ctmap import CTMap
 from docker_cilium.datapath.maps.eventsmap import EventReader
 from docker_cilium.datapath.maps.ipcache import IPCache
+from docker_cilium.datapath.maps.lbmap import LBMap
 from docker_cilium.datapath.maps.lxcmap import EndpointMap
 from docker_cilium.datapath.maps.metricsmap import Metrics
 from docker_cilium.datapath.maps.policymap import PolicyMap
 
-_MODULES = (lxcmap, policymap, ipcache, ctmap, ctbudget, metricsmap, eventsmap, configmap)
+_MODULES = (lxcmap, policymap, ipcache, ctmap, ctbudget, metricsmap, eventsmap, configmap, lbmap, cidrmap)
 
 # pinned map name -> (key type, value type, per-CPU)
 MAP_TYPES = {name: types for mod in _MODULES for name, types in mod.MAP_TYPES.items()}
@@ -72,6 +74,10 @@ class DatapathMaps:
         return IPCache(self.raw[ipcache.IPCACHE_MAP])
 
     @property
+    def lb(self) -> LBMap:
+        return LBMap.from_raw(self.raw)
+
+    @property
     def ct(self) -> CTMap:
         return CTMap(self.raw[ctmap.CT4_MAP], self.raw[ctmap.CT6_MAP])
 
@@ -82,6 +88,10 @@ class DatapathMaps:
     @property
     def metrics(self) -> Metrics:
         return Metrics(self.raw[metricsmap.METRICS_MAP])
+
+    @property
+    def prefilter(self) -> CIDRMap:
+        return CIDRMap(self.raw[cidrmap.CIDR4_MAP], self.raw[cidrmap.CIDR6_MAP])
 
     @property
     def config(self) -> ConfigMap:
