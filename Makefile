@@ -47,3 +47,14 @@ demo: install
 
 demo-down:
 	@scripts/demo.sh down
+# The agent image (Dockerfile) from a local Debian base (scripts/debian-image.sh);
+# rebuilt only when its sources change. Used by compose/ and `make plugin`.
+.PHONY: image plugin
+image: install
+	@scripts/agent-image.sh
+
+# The agent as a managed Docker plugin named $(PLUGIN) (created disabled:
+# `docker plugin set` its options, then `docker plugin enable $(PLUGIN)`).
+PLUGIN ?= docker-cilium:latest
+plugin: install
+	@scripts/plugin.sh $(PLUGIN)

@@ -50,6 +50,10 @@ def bpf_object_dir(state_dir: str = STATE_DIR) -> str:
 
 BPF_PIN_ROOT = bpf_pin_root()
 
+# Datapath objects compiled when the agent image is built (it has no clang);
+# named by the sha256 of their sources and defines (datapath.prebuild).
+BPF_PREBUILT_DIR = "/usr/lib/docker-cilium/bpf"
+
 HOST_DEVICE = "cilium_host"
 HOST_PEER_DEVICE = "cilium_net"
 ENDPOINT_IFNAME_PREFIX = "lxc"

@@ -42,7 +42,10 @@ def _aggregation_level(_ctx: click.Context, _param: click.Parameter, value: str)
         raise click.BadParameter(str(exc)) from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+# Every flag also reads CILIUM_<FLAG> from the environment, as Cilium's agent
+# does (CILIUM_KVSTORE=etcd): the managed plugin's `docker plugin set` names.
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True,
+                                 "auto_envvar_prefix": "CILIUM"})
 @click.option("--kvstore", type=click.Choice(["local", "etcd"]), default="local",
               help="Key-value store for cluster state (local = embedded, no server)")
 @click.option("--kvstore-opt", multiple=True,

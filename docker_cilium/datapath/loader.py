@@ -91,7 +91,10 @@ def _include_dirs() -> list[str]:
     return dirs
 
 
-def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str, source: str = "bpf_lxc.c") -> str:
+def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str | None, source: str = "bpf_lxc.c") -> str:
+    """sha256 of the top source's name, the sources, the defines and ``clang
+    --version``; ``clang=None`` leaves the compiler out: the name of an object
+    shipped prebuilt (an image without clang cannot ask which clang built it)."""
     h = hashlib.sha256(source.encode() + b"\0")
     for p in sorted(Path(src_dir).rglob("*")):
         if p.is_file() and p.suffix in (".c", ".h"):
@@ -99,16 +102,32 @@ def datapath_hash(src_dir: Path, defines: Mapping[str, Any], clang: str, source:
             h.update(p.read_bytes() + b"\0")
     for k in sorted(defines):
         h.update(f"-D{k}={defines[k]}\0".encode())
-    h.update(_clang_version(clang).encode())
+    if clang is not None:
+        h.update(_clang_version(clang).encode())
     return h.hexdigest()
+
+
+def prebuilt_object(src_dir: str | os.PathLike = SRC_DIR, defines: Mapping[str, Any] | None = None,
+                    source: str = "bpf_lxc.c", prebuilt_dir: str | os.PathLike | None = None) -> Path:
+    """The object ``python -m docker_cilium.datapath.prebuild`` compiled for these
+    sources and defines (the agent image: built in its build stage, no clang at
+    run time); FileNotFoundError naming both ways out when there is none."""
+    digest = datapath_hash(Path(src_dir), dict(defines or {}), None, source)
+    obj = Path(prebuilt_dir or defaults.BPF_PREBUILT_DIR) / f"{digest}.o"
+    if not obj.exists():
+        raise FileNotFoundError(f"clang not found and no prebuilt datapath object {obj} for {source} and these sources: "
+                                f"install clang (apt-get install clang) or rebuild the image")
+    return obj
 
 
 def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
                      out_dir: str | os.PathLike | None = None,
                      defines: Mapping[str, Any] | None = None, source: str = "bpf_lxc.c") -> Path:
     """Compile ``source`` (an object's top file in ``src_dir``: bpf_lxc.c, or
-    bpf_xdp.c for the prefilter, bpf_sock.c for the socket LB) into ``out_dir/<sha256>.o`` unless that file
-    exists (``out_dir`` defaults to the agent's: ``<state dir>/bpf``).
+    bpf_xdp.c for the prefilter, bpf_sock.c for the socket LB) into
+    ``out_dir/<sha256>.o`` unless that file exists (``out_dir`` defaults to the
+    agent's: ``<state dir>/bpf``). Without clang (the agent image), the
+    prebuilt object (:func:`prebuilt_object`).
 
     ``defines``: ``{"NAME": value}`` -> ``-DNAME=value`` (``None`` -> ``-DNAME``),
     e.g. ``{"POLICY_MAP_SIZE": 16384, "DISABLE_IPV6": None}``.
@@ -116,7 +135,10 @@ def compile_datapath(src_dir: str | os.PathLike = SRC_DIR,
     defines = dict(defines or {})
     src_dir = Path(src_dir)
     out_dir = Path(out_dir if out_dir is not None else defaults.bpf_object_dir())
-    clang = clang_binary()
+    try:
+        clang = clang_binary()
+    except FileNotFoundError:
+        return prebuilt_object(src_dir, defines, source)
     digest = datapath_hash(src_dir, defines, clang, source)
     obj = out_dir / f"{digest}.o"
     if obj.exists():
@@ -384,4 +406,4 @@ def unpin_all(pin_root: str, prog_dir: str | None = None) -> None:
                 os.unlink(os.path.join(d, n))
 
 
-__all__ = ["compile_datapath", "Datapath", "unpin_all", "SRC_DIR"]
+__all__ = ["compile_datapath", "prebuilt_object", "Datapath", "unpin_all", "SRC_DIR"]

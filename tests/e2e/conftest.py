@@ -152,3 +152,12 @@ def outside_host():
             if found:
                 ip.link("del", index=found[0])
         netns.remove(OUTSIDE_NS)
+
+
+@pytest.fixture(scope="session")
+def agent_image(dockerd) -> str:
+    """The agent image (Dockerfile), built once per session (and reused across
+    sessions while its sources' hash is unchanged)."""
+    from tests.e2e.shipenv import build_agent_image  # shipenv imports this module
+
+    return build_agent_image()
