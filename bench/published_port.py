@@ -3,8 +3,9 @@
 An "outside machine" (a network namespace on a veth with its own /30) dials
 the host's address on that link, as a client on the LAN dials the uplink's:
 TCP throughput (iperf3, the host's binary inside the containers' namespaces)
-and the rate of sequential TCP connections (connect + close against busybox
-httpd) through each published port, interleaved round by round. The cilium
+and the rate of sequential TCP connections (connect + close against an
+accept loop with a deep backlog, so the server's speed is not what is
+measured) through each published port, interleaved round by round. The cilium
 container has an ingress policy allowing `world` on those ports, so the
 figure includes enforcement. Needs a running agent and dockerd.
 """
@@ -24,14 +25,14 @@ from bench.throughput import DOCKER, pid, sh
 
 NS, HOST_IF, NS_IF = "bench-pp-out", "bench-pp0", "bench-pp1"
 HOST_IP, NS_IP = "198.18.78.1", "198.18.78.2"  # a /30 of the benchmarking range (RFC 2544)
-IPERF_PORT, HTTP_PORT = 5201, 80
+IPERF_PORT, ACCEPT_PORT = 5201, 8080
 PUBLISHED = {"cilium": (15201, 18181), "bridge": (15202, 18182)}
 POLICY = [{
     "labels": [{"key": "name", "value": "bench-published-port"}],
     "endpointSelector": {"matchLabels": {"role": "bench-published"}},
     "ingress": [{"fromEntities": ["world"],
                  "toPorts": [{"ports": [{"port": str(IPERF_PORT), "protocol": "TCP"},
-                                        {"port": str(HTTP_PORT), "protocol": "TCP"}]}]}],
+                                        {"port": str(ACCEPT_PORT), "protocol": "TCP"}]}]}],
 }]
 CONNECT_LOOP = """
 import socket, sys, time
@@ -44,6 +45,15 @@ while time.monotonic() < end:
     n += 1
 print(n / seconds)
 """
+ACCEPT_LOOP = """
+import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", %d))
+s.listen(4096)
+while True:
+    s.accept()[0].close()
+""" % ACCEPT_PORT
 
 
 def outside_ns() -> list[str]:
@@ -93,10 +103,10 @@ def main() -> None:
             tp, hp = PUBLISHED[kind]
             c = f"bench-pp-{kind}"
             sh(DOCKER, "run", "-d", "--name", c, "--net", net, "-l", "role=bench-published",
-               "-p", f"{tp}:{IPERF_PORT}", "-p", f"{hp}:{HTTP_PORT}",
-               "busybox", "httpd", "-f", "-p", str(HTTP_PORT), "-h", "/var/www")
-            servers.append(subprocess.Popen(["nsenter", "-t", pid(c), "-n", "iperf3", "-s", "-p", str(IPERF_PORT)],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+               "-p", f"{tp}:{IPERF_PORT}", "-p", f"{hp}:{ACCEPT_PORT}", "busybox", "sleep", "3600")
+            for cmd in (["iperf3", "-s", "-p", str(IPERF_PORT)], [sys.executable, "-c", ACCEPT_LOOP]):
+                servers.append(subprocess.Popen(["nsenter", "-t", pid(c), "-n", *cmd],
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         client = outside_ns()
         time.sleep(2)  # labels arrive through Docker's events; iperf3 servers start
         gbit: dict[str, list[float]] = {k: [] for k in nets}
