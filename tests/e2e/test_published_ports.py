@@ -198,3 +198,15 @@ def test_mappings_survive_agent_restart(agent, names, net, outside_host):
             s.bind(("0.0.0.0", 18085))  # held again by the restarted agent
     finally:
         s.close()
+
+
+def test_stop_unpublishes_start_publishes_again(agent, names, net):
+    c = run_container(names("stopstart"), net, "-p", "18087:80", cmd=HTTPD)
+    wait_until(lambda: from_host("127.0.0.1", 18087), what="published")
+    docker("stop", "-t", "1", c)
+    assert not from_host("127.0.0.1", 18087)
+    assert not any("--dport 18087" in r for r in dnat_rules())
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 18087))  # released while the container is stopped
+    docker("start", c)
+    wait_until(lambda: from_host("127.0.0.1", 18087), what="published again after docker start")

@@ -183,3 +183,68 @@ async def test_restore_rebuilds_live_and_forgets_gone(store):
     with socket.socket() as s, pytest.raises(OSError):
         s.bind(("0.0.0.0", p1))  # held again
     mgr2.close()
+
+
+# ---- the plugin calls ------------------------------------------------------------
+
+@pytest.fixture
+async def ports_plugin(store):
+    """The plugin app with a PortMapManager (fake rules) behind it, one endpoint created."""
+    import json as _json
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from docker_cilium.endpoint.manager import EndpointManager
+    from docker_cilium.ipam.allocator import IPAM
+    from docker_cilium.plugin.app import build_app
+    from docker_cilium.plugin.ipam import IpamDriver
+    from docker_cilium.plugin.network import NetworkDriver
+    from tests.unit.conftest import NODE
+    from tests.unit.fakes import FakeLinks
+
+    rules = FakeRules()
+    ports = PortMapManager(store, rules)
+    ipam = IPAM(store, NODE)
+    mgr = EndpointManager(store, FakeLinks(), None, NODE, ipam, 1400, ports=ports)  # type: ignore[arg-type]
+    client = TestClient(TestServer(build_app(NetworkDriver(mgr, ports), IpamDriver(ipam))))
+    await client.start_server()
+
+    async def call(method: str, body: dict) -> tuple[int, dict]:
+        resp = await client.post(f"/NetworkDriver.{method}", data=_json.dumps(body) + "\n")
+        return resp.status, _json.loads(await resp.text())
+
+    gw = f"{NODE.router4}/32"
+    assert (await call("CreateNetwork", {"NetworkID": "n" * 64, "Options": {}, "IPv6Data": [],
+                                         "IPv4Data": [{"AddressSpace": "CiliumLocal", "Pool": "0.0.0.0/0",
+                                                       "Gateway": gw}]}))[0] == 200
+    ip = str(NODE.router4 + 5)
+    assert (await call("CreateEndpoint", {"NetworkID": "n" * 64, "EndpointID": "e" * 64,
+                                          "Interface": {"Address": f"{ip}/32", "AddressIPv6": "",
+                                                        "MacAddress": ""}}))[0] == 200
+    yield call, rules, ip
+    ports.close()
+    await client.close()
+
+
+async def test_plugin_program_oper_info_revoke_delete(ports_plugin, store):
+    call, rules, ip = ports_plugin
+    port = free_port()
+    ids = {"NetworkID": "n" * 64, "EndpointID": "e" * 64}
+    status, body = await call("ProgramExternalConnectivity", {**ids, "Options": opts(pb(HostPort=port,
+                                                                                         HostPortEnd=port))})
+    assert (status, body) == (200, {})
+    assert [str(m) for m in rules.installed] == [f"0.0.0.0:{port}/tcp -> {ip}:80"]  # IPv4-only endpoint
+    _, info = await call("EndpointOperInfo", ids)
+    assert info["Value"][PORTMAP_OPTION] == [{"Proto": 6, "IP": ip, "Port": 80, "HostIP": "0.0.0.0",
+                                              "HostPort": port, "HostPortEnd": port}]
+    status, body = await call("ProgramExternalConnectivity", {**ids, "Options": opts(pb(Port=0))})
+    assert status == 400 and "Port: 0 is out of range" in body["Err"]
+    assert [m.host_port for m in rules.installed] == [port]  # a refused request changes nothing
+
+    await call("ProgramExternalConnectivity", {**ids, "Options": opts(pb(HostPort=port, HostPortEnd=port))})
+    assert (await call("RevokeExternalConnectivity", ids)) == (200, {})
+    assert rules.installed == [] and await store.get_prefix(keys.PORTMAP) == {}
+    # Deleting the endpoint unpublishes too (dockerd may never revoke: agent down, reconciliation).
+    await call("ProgramExternalConnectivity", {**ids, "Options": opts(pb(HostPort=port, HostPortEnd=port))})
+    assert (await call("DeleteEndpoint", ids))[0] == 200
+    assert rules.installed == [] and await store.get_prefix(keys.PORTMAP) == {}
