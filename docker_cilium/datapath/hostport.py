@@ -110,7 +110,12 @@ class HostPortRules:
         async with self._lock:
             for ifname, ms in published.items():
                 if any(m.family == 4 for m in ms):
-                    await asyncio.to_thread(self._set_route_localnet, ifname, True)
+                    try:
+                        await asyncio.to_thread(self._set_route_localnet, ifname, True)
+                    except FileNotFoundError:
+                        # Its link is gone (a reboot, a deleted veth): the endpoint waits
+                        # for Docker's delete; the rules lead nowhere meanwhile.
+                        log.warning("hostport.link_gone", ifname=ifname)
             for family, binary in self._families():
                 lines = static_rules(family)
                 nat_end = lines.index("COMMIT")  # mapping rules go in the nat section

@@ -248,3 +248,22 @@ async def test_plugin_program_oper_info_revoke_delete(ports_plugin, store):
     await call("ProgramExternalConnectivity", {**ids, "Options": opts(pb(HostPort=port, HostPortEnd=port))})
     assert (await call("DeleteEndpoint", ids))[0] == 200
     assert rules.installed == [] and await store.get_prefix(keys.PORTMAP) == {}
+
+
+async def test_ensure_tolerates_a_gone_link(monkeypatch):
+    """Restore after a reboot: an endpoint whose veth is gone must not stop the agent's start."""
+    from docker_cilium.datapath import hostport
+
+    calls: list[tuple[str, list[str]]] = []
+
+    async def restore(binary, lines):
+        calls.append((binary, lines))
+
+    async def run(binary, *args, check=True):
+        return 0
+
+    rules = hostport.HostPortRules(type("Ipt", (), {"ipv6": False, "_run": staticmethod(run)})())  # type: ignore
+    monkeypatch.setattr(rules, "_restore", restore)
+    m = Mapping("tcp", 4, "0.0.0.0", 8080, "10.2.0.7", 80)
+    await rules.ensure({"lxcgone0000000": [m]})
+    assert calls and any("--dport 8080" in line for line in calls[0][1])
