@@ -192,6 +192,7 @@ def test_mappings_survive_agent_restart(agent, names, net, outside_host):
     assert from_outside(HOST_IP, 18085), "rules stay while the agent is down"
     agent.start()
     assert from_outside(HOST_IP, 18085)
+    assert sum("--dport 18085" in r for r in dnat_rules()) == 4, dnat_rules()  # rebuilt, not doubled
     s = socket.socket()
     try:
         with pytest.raises(OSError):
