@@ -56,6 +56,7 @@ def main() -> None:
             "monitor_overhead": run_module("monitor_overhead"),
             "prefilter": run_module("prefilter", "--json"),
             "socket_lb": run_module("socket_lb"),
+            "published_port": run_module("published_port", "--cilium", str(BIN / "cilium")),
         }
     finally:
         if proc is not None:

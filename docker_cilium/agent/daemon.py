@@ -25,6 +25,7 @@ from docker_cilium.agent.sdnotify import notify as sd_notify
 from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
 from docker_cilium.datapath import socketlb
+from docker_cilium.datapath.hostport import HostPortRules
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
 from docker_cilium.datapath.loader import Datapath, compile_datapath
@@ -52,6 +53,7 @@ from docker_cilium.plugin.app import build_app as build_plugin
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
 from docker_cilium.policy.manager import PolicyManager
+from docker_cilium.portmap.manager import PortMapManager
 from docker_cilium.prefilter import PreFilter
 from docker_cilium.prefilter.device import start_prefilter
 from docker_cilium.version import version_info
@@ -75,6 +77,7 @@ class Daemon:
         self.mtu = 0
         self._ipam: IPAM | None = None
         self._endpoints: EndpointManager | None = None
+        self.portmap: PortMapManager | None = None
         self._policy: PolicyManager | None = None
         self._identities: IdentityCache | None = None
         self._regenerator: Regenerator | None = None
@@ -186,10 +189,13 @@ class Daemon:
         self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath,
                                         observer=self.metrics, monitor=self.monitor)
         PolicyEvents(self._policy, self.monitor)  # after the Regenerator: next to the commit
+        self.portmap = PortMapManager(self.store, HostPortRules(self.iptables))
         self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu,
-                                          self._regenerator)
+                                          self._regenerator, self.portmap)
         await self._endpoints.restore()
         await self._endpoints.restore_datapath()
+        await self.portmap.restore(self._endpoints.endpoints)  # host ports held again, chains rebuilt
+        self._endpoints.restore_failures += self.portmap.restore_failures
         await collect_orphans(self.links, self.datapath.maps, self._endpoints.endpoints.values(), self.node)
         self.prefilter = await start_prefilter(self.store, self.datapath.maps.prefilter, cfg.prefilter_device,
                                                cfg.prefilter_mode, cfg.bpf_root, cfg.state_dir)
@@ -198,7 +204,7 @@ class Daemon:
 
         self.servers = [
             UnixServer(build_api(self, self.metrics), cfg.socket_path, 0o660, "api"),
-            UnixServer(build_plugin(NetworkDriver(self._endpoints), IpamDriver(self._ipam)),
+            UnixServer(build_plugin(NetworkDriver(self._endpoints, self.portmap), IpamDriver(self._ipam)),
                        cfg.plugin_socket, 0o600, "docker-plugin"),
         ]
         for server in self.servers:
@@ -271,6 +277,8 @@ class Daemon:
             if store is not None:
                 await store.close()
         await self.links.close()
+        if self.portmap is not None:
+            self.portmap.close()  # its rules stay: published ports keep forwarding
         if self.datapath is not None:
             # Programs stay attached and maps pinned: enforcement goes on.
             await asyncio.to_thread(self.datapath.close)

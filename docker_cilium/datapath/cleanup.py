@@ -42,7 +42,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from docker_cilium import defaults
 from docker_cilium.datapath import xdp
 from docker_cilium.datapath.bpf import check, libbpf
-from docker_cilium.datapath.iptables import FORWARD_CHAIN, NAT_CHAIN, Iptables
+from docker_cilium.datapath.iptables import CHAINS, Iptables
 from docker_cilium.datapath.link import PEER_IFNAME_PREFIX, is_endpoint_ifname
 from docker_cilium.datapath.loader import PROGRAMS, TC_PARENT
 from docker_cilium.datapath.maps.registry import DATAPATH_ONLY_MAPS, MAP_TYPES
@@ -52,7 +52,6 @@ from docker_cilium.datapath.socketlb import PROGRAMS as SOCKLB_PROGRAMS
 FILTER_NAME = "bpf_lxc"  # the loader names its filters "bpf_lxc.o:[<program>]"
 OUR_MAPS = frozenset(MAP_TYPES) | frozenset(DATAPATH_ONLY_MAPS)
 SOCKLB_PINS = frozenset(SOCKLB_MAP_TYPES)  # pinned beside OUR_MAPS when --bpf-lb-sock is on
-CHAINS = (("filter", FORWARD_CHAIN, "FORWARD"), ("nat", NAT_CHAIN, "POSTROUTING"))
 _PEER_RE = re.compile(re.escape(PEER_IFNAME_PREFIX) + r"[0-9a-f]{12}")
 _PARENTS = {int(p.replace(":", ""), 16): direction for direction, p in TC_PARENT.items()}
 TCA_BPF_ID = 11  # <linux/pkt_cls.h>: the attached program's id

@@ -25,6 +25,7 @@ it on those Docker events.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import shutil
 
 import structlog
@@ -33,12 +34,37 @@ log = structlog.get_logger(__name__)
 
 FORWARD_CHAIN = "CILIUM_FORWARD"
 NAT_CHAIN = "CILIUM_POST_nat"
+#: Published ports (``datapath/hostport.py``): DNAT from outside and from host
+#: processes, and the drop that keeps containers off the host's loopback.
+PRE_NAT_CHAIN = "CILIUM_PRE_nat"
+OUTPUT_NAT_CHAIN = "CILIUM_OUTPUT_nat"
+INPUT_CHAIN = "CILIUM_INPUT"
+#: skb mark of a published-port packet that came in from a container (masqueraded on its way out).
+HOSTPORT_MARK = 0x4000
 KEEP_SOURCE_RULE = ("-o", "lxc+", "-m", "addrtype", "!", "--src-type", "LOCAL", "-m", "comment",
                     "--comment", "cilium: non-host sources keep their address into endpoints", "-j", "ACCEPT")
 
 
 class IptablesError(RuntimeError):
     pass
+
+
+def hostport_jumps(family: int) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(table, chain, parent, match) of the published ports' jumps. Outside
+    packets to loopback are never DNATed (they would be routed to the container)."""
+    loopback = "127.0.0.0/8" if family == 4 else "::1/128"
+    local = ("-m", "addrtype", "--dst-type", "LOCAL")
+    jumps = [("nat", PRE_NAT_CHAIN, "PREROUTING", ("!", "-d", loopback, *local)),
+             ("nat", OUTPUT_NAT_CHAIN, "OUTPUT", local)]
+    if family == 4:
+        jumps.append(("filter", INPUT_CHAIN, "INPUT", ()))
+    return jumps
+
+
+#: (table, chain, parent) of every chain of ours.
+CHAINS = (("filter", FORWARD_CHAIN, "FORWARD"), ("nat", NAT_CHAIN, "POSTROUTING"),
+          ("nat", PRE_NAT_CHAIN, "PREROUTING"), ("nat", OUTPUT_NAT_CHAIN, "OUTPUT"),
+          ("filter", INPUT_CHAIN, "INPUT"))
 
 
 class Iptables:
@@ -152,8 +178,16 @@ class Iptables:
         for _, binary in (self._binaries() if self.ipv6 else [(4, "iptables"), (6, "ip6tables")]):
             if shutil.which(binary) is None:
                 continue
-            for table, chain, parent in (("filter", FORWARD_CHAIN, "FORWARD"), ("nat", NAT_CHAIN, "POSTROUTING")):
-                while await self._run(binary, "-t", table, "-D", parent, "-j", chain, check=False) == 0:
-                    pass
+            for table, chain, parent in CHAINS:
+                # Every jump to the chain, whatever it matches: listed, then deleted by its spec.
+                for spec in await self._jumps(binary, table, chain, parent):
+                    await self._run(binary, "-t", table, "-D", parent, *spec, check=False)
                 await self._run(binary, "-t", table, "-F", chain, check=False)
                 await self._run(binary, "-t", table, "-X", chain, check=False)
+
+    async def _jumps(self, binary: str, table: str, chain: str, parent: str) -> list[list[str]]:
+        proc = await asyncio.create_subprocess_exec(binary, "-w", "5", "-t", table, "-S", parent,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        specs = [shlex.split(line)[2:] for line in out.decode().splitlines() if line.startswith(f"-A {parent} ")]
+        return [spec for spec in specs if spec[-2:] == ["-j", chain]]

@@ -64,6 +64,12 @@ class NoDatapath:
         return None
 
 
+class EndpointPorts(Protocol):
+    """Published ports (``portmap.PortMapManager``): unpublished when an endpoint goes."""
+
+    async def endpoint_deleted(self, ep: Endpoint) -> None: ...
+
+
 @dataclass
 class StaticRoute:
     destination: str
@@ -91,6 +97,7 @@ class EndpointManager(NetworksMixin, RestoreMixin):
         ipam: IPAM,
         default_mtu: int,
         hooks: DatapathHooks | None = None,
+        ports: EndpointPorts | None = None,
     ) -> None:
         self.store = store
         self.links = links
@@ -99,6 +106,7 @@ class EndpointManager(NetworksMixin, RestoreMixin):
         self.ipam = ipam
         self.default_mtu = default_mtu
         self.hooks: DatapathHooks = hooks or NoDatapath()
+        self.ports = ports
         self.networks: dict[str, Network] = {}
         self.endpoints: dict[str, Endpoint] = {}  # by Docker endpoint ID
         self._lock = asyncio.Lock()
@@ -319,6 +327,8 @@ class EndpointManager(NetworksMixin, RestoreMixin):
     async def _teardown(self, ep: Endpoint) -> None:
         """Remove everything of ``ep`` from the kernel, then its record; each
         step is idempotent, so a retry after a failure redoes all of them."""
+        if self.ports is not None:
+            await self.ports.endpoint_deleted(ep)  # no DNAT to an address about to go
         # The link goes first: while it exists its programs need its map
         # entries, or they would let its traffic through unchecked.
         await self.links.delete_endpoint_link(ep.docker_endpoint_id)

@@ -16,6 +16,8 @@ IPAM = f"{STATE}/ipam/v1/"
 #: Node-local Docker networks and endpoints: ``<docker id>`` -> record.
 NETWORKS = f"{STATE}/networks/v1/"
 ENDPOINTS = f"{STATE}/endpoints/v1/"
+#: Node-local published ports (``docker run -p``): ``<docker endpoint id>`` -> mappings.
+PORTMAP = f"{STATE}/portmap/v1/"
 #: Node-local policy repository and enforcement mode (one JSON document).
 POLICY_RULES = f"{STATE}/policy/v1/rules"
 #: Node-local CIDR identities: prefix -> identity number.

@@ -13,6 +13,8 @@ from typing import Any
 
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.errors import BadRequest
+from docker_cilium.portmap.binding import PORTMAP_OPTION
+from docker_cilium.portmap.manager import PortMapManager
 from docker_cilium.plugin.schemas import (
     AllocateNetworkRequest,
     CreateEndpointRequest,
@@ -39,8 +41,9 @@ def _check_families(req: CreateNetworkRequest) -> None:
 
 
 class NetworkDriver:
-    def __init__(self, endpoints: EndpointManager) -> None:
+    def __init__(self, endpoints: EndpointManager, ports: PortMapManager | None = None) -> None:
         self.endpoints = endpoints
+        self.ports = ports  # None: nothing is published (-p is acknowledged and ignored)
 
     async def get_capabilities(self, _: Empty) -> Reply:
         return {"Scope": "local", "ConnectivityScope": "local"}
@@ -65,7 +68,11 @@ class NetworkDriver:
 
     async def endpoint_oper_info(self, req: EndpointRequest) -> Reply:
         ep = self.endpoints.by_docker_id(req["EndpointID"], req["NetworkID"])
-        return {"Value": {"id": ep.id, "ifname": ep.ifname, "identity": ep.identity, "state": ep.state.value}}
+        value = {"id": ep.id, "ifname": ep.ifname, "identity": ep.identity, "state": ep.state.value}
+        if self.ports is not None:
+            # The key and shape dockerd's own drivers report (20.10 reads it only from them).
+            value[PORTMAP_OPTION] = [m.to_libnetwork() for m in self.ports.mappings(ep.docker_endpoint_id)]
+        return {"Value": value}
 
     async def delete_endpoint(self, req: EndpointRequest) -> Reply:
         await self.endpoints.delete_endpoint(req["NetworkID"], req["EndpointID"])
@@ -92,10 +99,14 @@ class NetworkDriver:
         return {}
 
     async def program_external_connectivity(self, req: ProgramExternalConnectivityRequest) -> Reply:
-        # Published ports (-p) come with the service load-balancer work.
+        if self.ports is not None:
+            ep = self.endpoints.by_docker_id(req["EndpointID"], req["NetworkID"])
+            await self.ports.program(ep, req["Options"])
         return {}
 
     async def revoke_external_connectivity(self, req: EndpointRequest) -> Reply:
+        if self.ports is not None:
+            await self.ports.revoke(req["EndpointID"])
         return {}
 
     async def discover(self, req: DiscoveryNotification) -> Reply:

@@ -72,7 +72,7 @@ def test_cleanup_after_agent_stop(own_agent, tmp_path, names):
     a.start()
     net = names("cleanup")
     create_network(net, "--driver", "cilium", "--ipam-driver", "cilium")
-    c1 = run_container(names("c1"), net)
+    c1 = run_container(names("c1"), net, "-p", "18086:80")  # published: CILIUM_PRE_nat rules too
     ip1 = net_settings(c1, net)["IPAddress"]
     lxc = json.loads(a.cli("map", "get", "cilium_lxc", "-o", "json").stdout)
     assert ip1 in {e["key"]["address"] for e in lxc["cache"]}
@@ -93,6 +93,7 @@ def test_cleanup_after_agent_stop(own_agent, tmp_path, names):
     res = cleanup_cli(a, input="n\n")
     assert res.returncode == 0 and "You are about to remove:" in res.stdout
     assert "cilium_host" in res.stdout and "CILIUM_FORWARD" in res.stdout and "Nothing removed." in res.stdout
+    assert "CILIUM_PRE_nat" in res.stdout and "CILIUM_OUTPUT_nat" in res.stdout
     assert "cilium_host" in our_links() and pins(a)
 
     res = cleanup_cli(a, "-f")

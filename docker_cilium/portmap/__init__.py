@@ -1,0 +1,1 @@
+"""Published ports (``docker run -p`` / ``-P``): parsing, held host ports, the manager."""
