@@ -50,6 +50,7 @@ from docker_cilium.plugin.app import build_app as build_plugin
 from docker_cilium.plugin.ipam import IpamDriver
 from docker_cilium.plugin.network import NetworkDriver
 from docker_cilium.policy.manager import PolicyManager
+from docker_cilium.service.manager import ServiceManager
 from docker_cilium.version import version_info
 from docker_cilium.workloads.docker import DockerWatcher
 
@@ -74,6 +75,7 @@ class Daemon:
         self._policy: PolicyManager | None = None
         self._identities: IdentityCache | None = None
         self._regenerator: Regenerator | None = None
+        self._services: ServiceManager | None = None
         self.allocator: IdentityAllocator | None = None
         self.datapath: Datapath | None = None
         self.monitor = MonitorHub()  # `cilium monitor`: datapath and agent events
@@ -112,6 +114,11 @@ class Daemon:
     def endpoints(self) -> EndpointManager:
         assert self._endpoints is not None
         return self._endpoints
+
+    @property
+    def services(self) -> ServiceManager:
+        assert self._services is not None
+        return self._services
 
     @property
     def options(self) -> RuntimeOptions:
@@ -181,6 +188,10 @@ class Daemon:
         await self._endpoints.restore()
         await self._endpoints.restore_datapath()
         await collect_orphans(self.links, self.datapath.maps, self._endpoints.endpoints.values(), self.node)
+        # Services into the LB maps before any socket opens (containers started
+        # meanwhile reach their VIPs).
+        self._services = ServiceManager(self.store, self.datapath.maps.lb)
+        await self._services.restore()
         self.reconciler = DockerReconciler(self._endpoints, self._ipam, cfg.docker_reconcile_grace)
         self._start_controllers()
 
@@ -212,6 +223,9 @@ class Daemon:
             removed = await asyncio.to_thread(self.datapath.maps.ct.gc)
             if removed:
                 log.debug("ct.gc", removed=removed)
+            if self._services is not None and self._services.draining():
+                # removed backends leave the map once no connection uses them
+                self._services.collect_backends(await asyncio.to_thread(self.datapath.maps.ct.service_backends))
 
     async def _identity_gc(self) -> None:
         """Free identities no node references any more."""

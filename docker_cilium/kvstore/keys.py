@@ -20,6 +20,8 @@ ENDPOINTS = f"{STATE}/endpoints/v1/"
 POLICY_RULES = f"{STATE}/policy/v1/rules"
 #: Node-local CIDR identities: prefix -> identity number.
 CIDR_IDENTITIES = f"{STATE}/policy/v1/cidr-identities"
+#: Node-local services (`cilium service`): ``<service ID>`` -> frontend, backends and their IDs.
+SERVICES = f"{STATE}/services/v1/"
 #: Node-local runtime options changed with `cilium config` (one JSON document).
 RUNTIME_OPTIONS = f"{STATE}/config/v1/options"
 #: Read by the health check to prove the kvstore answers.

@@ -37,6 +37,8 @@ ARGS = {
     ("policy", "import"): ["{policy}"],
     ("policy", "delete"): ["--all"],
     ("policy", "trace"): ["--src", "id=a", "--dst", "id=b"],
+    ("service", "delete"): ["1"],
+    ("service", "update"): ["--id", "1", "--frontend", "10.96.0.10:80"],
 }
 
 

@@ -104,6 +104,8 @@ VALID = {
     ("PUT", "/v1/policy"): [{"endpointSelector": {"matchLabels": {"id": "app1"}}, "labels": ["probe=1"]}],
     ("DELETE", "/v1/policy"): {"labels": ["probe=1"]},
     ("GET", "/v1/policy/resolve"): {"from": ["id=app1"], "to": ["id=app2"], "dports": ["80/TCP"]},
+    ("PUT", "/v1/service/{id}"): {"frontend-address": {"ip": "10.96.0.10", "port": 80},
+                                  "backend-addresses": [{"ip": "10.2.0.2", "port": 8080}]},
 }
 
 

@@ -140,6 +140,11 @@ class CTMap:
                 n += m.delete(k)
         return n
 
+    def service_backends(self, now: int | None = None) -> set[int]:
+        """Backend IDs named by live CT_SERVICE entries (connections still on them)."""
+        now = monotonic_seconds() if now is None else now
+        return {v.src_sec_id for _m, k, v in self._entries() if k.flags == CT_SERVICE and v.lifetime >= now}
+
     def gc(self, now: int | None = None) -> int:
         """Delete entries whose lifetime has passed; returns how many."""
         now = monotonic_seconds() if now is None else now
