@@ -54,6 +54,7 @@ def main() -> None:
             "datapath_compile": run_module("datapath_compile", "--json"),
             "init_window": run_module("init_window", "--json"),
             "monitor_overhead": run_module("monitor_overhead"),
+            "service": run_module("service", "--cilium", str(BIN / "cilium")),
         }
     finally:
         if proc is not None:
