@@ -13,9 +13,10 @@
  *     identity and the connection's CT entry carries the service ID as its
  *     rev_nat_index;
  *   - a client whose backend is itself (hairpin) also gets its source
- *     rewritten to IPV4_LOOPBACK (Cilium's 169.254.42.1): the kernel drops
- *     a packet arriving with its own address as source, and the reply must
- *     leave the container to be translated back (CT_F_LOOPBACK).
+ *     rewritten to a loopback address (IPv4: Cilium's IPV4_LOOPBACK
+ *     169.254.42.1): the kernel drops a packet arriving with its own
+ *     address as source, and the reply must leave the container to be
+ *     translated back (CT_F_LOOPBACK).
  *   The CT_SERVICE entry is written once the flow passed policy, so a
  *   denied client takes no room in the CT table for it.
  * Replies (CT_REPLY of an entry with a rev_nat_index), in from-container
@@ -35,8 +36,24 @@
 #include "lb.h"
 #include "conntrack.h"
 
-/* Cilium's IPV4_LOOPBACK: the source of a hairpin flow */
+/* The source of a hairpin flow: Cilium's IPV4_LOOPBACK, and for IPv6 an
+ * address of the discard-only prefix 100::/64 (RFC 6666), which no host
+ * routes anywhere should a packet escape the datapath untranslated */
 #define IPV4_LOOPBACK		bpf_htonl(0xa9fe2a01)	/* 169.254.42.1 */
+#define IPV6_LOOPBACK_HI	bpf_htonl(0x01000000)	/* 100::a9fe:2a01 */
+#define IPV6_LOOPBACK_LO	bpf_htonl(0xa9fe2a01)
+
+static __always_inline void lb_loopback(const struct flow *f, union v6addr *lo)
+{
+	lo->d[0] = 0;
+	lo->d[1] = 0;
+	if (f->family == 4) {
+		lo->p32[0] = IPV4_LOOPBACK;
+	} else {
+		lo->p32[0] = IPV6_LOOPBACK_HI;
+		lo->p32[3] = IPV6_LOOPBACK_LO;
+	}
+}
 
 /* The entry points below are global functions (verified once each, not
  * inlined into both programs' every path: the verifier's state count
@@ -191,10 +208,10 @@ LB_FUNC int lb_lxc_translate(struct __sk_buff *skb, struct flow *f, __u32 now, s
 	lb->nat.rev_nat_index = svc->rev_nat_index;
 	if (lb_rewrite(skb, f, 1, &backend, port) < 0)
 		return DROP_INVALID;
-	if (f->family == 4 && f->saddr.p32[0] == f->daddr.p32[0]) {
-		union v6addr lo = {};
+	if (ipv6_addr_equals(&f->saddr, f->daddr.addr)) {	/* IPv4: p32[0], rest 0 */
+		union v6addr lo;
 
-		lo.p32[0] = IPV4_LOOPBACK;
+		lb_loopback(f, &lo);
 		lb->nat.flags = CT_F_LOOPBACK;
 		if (lb_rewrite(skb, f, 0, &lo, f->sport) < 0)
 			return DROP_INVALID;
@@ -300,8 +317,13 @@ LB_FUNC int lb_rev_nat(struct __sk_buff *skb, struct flow *f, const struct ct_na
 	}
 	if (lb_rewrite(skb, f, 0, &fe, port) < 0)
 		return -1;
-	if (f->family == 4 && (nat->flags & CT_F_LOOPBACK) && f->daddr.p32[0] == IPV4_LOOPBACK)
-		return lb_rewrite(skb, f, 1, &client, f->dport);
+	if (nat->flags & CT_F_LOOPBACK) {
+		union v6addr lo;
+
+		lb_loopback(f, &lo);
+		if (ipv6_addr_equals(&f->daddr, lo.addr))
+			return lb_rewrite(skb, f, 1, &client, f->dport);
+	}
 	return 0;
 }
 

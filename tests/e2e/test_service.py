@@ -9,7 +9,6 @@ for the test: without the service the host drops what a client sends there
 from __future__ import annotations
 
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from docker_cilium import defaults
 from docker_cilium.datapath.maps.registry import DatapathMaps
 from tests.e2e.conftest import create_network, exec_, net_settings, run_container
-from tests.helpers import docker, run, wait_until
+from tests.helpers import LineProcess, docker, run, wait_until
 
 NETTOOL = Path(__file__).parent.parent / "privileged" / "nettool.py"
 
@@ -112,35 +111,23 @@ def test_established_connection_to_removed_backend_ends_cleanly(agent, apps, vip
     v4, _ = vips
     s1, s2 = apps["s1"], apps["s2"]
     ns = lambda c: ("nsenter", "-t", pid(c), "-n")  # noqa: E731
-    servers = [subprocess.Popen([*ns(apps[b]), sys.executable, str(NETTOOL), "idserve", b, "9000"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for b in ("b1", "b2")]
+    servers: list[LineProcess] = []
     conv = None
     try:
-        assert all(p.stdout.readline().strip() == "ready" for p in servers)
+        servers = [LineProcess(*ns(apps[b]), sys.executable, str(NETTOOL), "idserve", b, "9000") for b in ("b1", "b2")]
         agent.cli("service", "update", "--id", "3", "--frontend", f"{v4}:9000",
                   "--backends", f"{s1['IPAddress']}:9000")
-        conv = subprocess.Popen([*ns(apps["client"]), sys.executable, str(NETTOOL), "converse", v4, "9000"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert conv.stdout.readline().strip() == "ready"
-
-        def say() -> str:
-            conv.stdin.write("x\n")
-            conv.stdin.flush()
-            return conv.stdout.readline().strip()
-
-        assert say() == "b1"
+        conv = LineProcess(*ns(apps["client"]), sys.executable, str(NETTOOL), "converse", v4, "9000")
+        assert conv.say() == "b1"
         agent.cli("service", "update", "--id", "3", "--frontend", f"{v4}:9000",
                   "--backends", f"{s2['IPAddress']}:9000")
         new = run(*ns(apps["client"]), sys.executable, str(NETTOOL), "ask", "tcp", v4, "9000", "6").stdout.split()
         assert new == ["b2"] * 6
-        assert [say() for _ in range(3)] == ["b1"] * 3
-        conv.stdin.close()
-        assert conv.wait(timeout=10) == 0
+        assert [conv.say() for _ in range(3)] == ["b1"] * 3
+        assert conv.finish() == 0
     finally:
         for p in [*servers, *([conv] if conv else [])]:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=5)
+            p.close()
         agent.cli("service", "delete", "--all")
 
 

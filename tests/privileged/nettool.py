@@ -93,6 +93,11 @@ def serve(*ports):
                 us.sendto(b"ok:len=%d" % len(d), a)
             else:
                 us.sendto(b"ok:" + d, a)
+    _serve_ports(ports, tcp_loop, udp_loop)
+
+def _serve_ports(ports, tcp_loop, udp_loop):
+    """Dual-stack TCP and UDP sockets on each port, each served by its loop in
+    a thread; "ready" once bound, then run until the test closes our stdin."""
     for p in ports:
         ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -241,18 +246,7 @@ def idserve(name, *ports):
         while True:
             _d, a = us.recvfrom(65535)
             us.sendto(name.encode(), a)
-    for p in ports:
-        ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("::", int(p))); ls.listen(64)
-        threading.Thread(target=tcp_loop, args=(ls,), daemon=True).start()
-        us = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        us.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        us.bind(("::", int(p)))
-        threading.Thread(target=udp_loop, args=(us,), daemon=True).start()
-    print("ready", flush=True)
-    sys.stdin.read()
+    _serve_ports(ports, tcp_loop, udp_loop)
 
 def ask(kind, dst, port, n, timeout=1.0):
     """n exchanges with an idserve, each from a new socket (connected, so a

@@ -17,6 +17,7 @@ import pytest
 from docker_cilium.datapath import drop
 from docker_cilium.datapath.maps.lbmap import L4Addr
 from docker_cilium.datapath.maps.metricsmap import METRIC_EGRESS
+from tests.helpers import LineProcess
 from tests.privileged.conftest import PYTHON, Container, Topology
 
 PORT = 8080
@@ -59,16 +60,12 @@ def test_backend_outside_the_endpoints_replies_through_to_container(topo, datapa
     its replies reach the client through to-container, which translates them."""
     a, _b, _c = abc
     vip = _vips(topo)[0]
-    host = subprocess.Popen([PYTHON, topo.tool, "idserve", "host", "18931"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    host = LineProcess(PYTHON, topo.tool, "idserve", "host", "18931")
     try:
-        assert host.stdout.readline().strip() == "ready"
         datapath.maps.lb.upsert_service(6, L4Addr(vip, 80), [(61, L4Addr(topo.router4, 18931))])
         assert _ask(topo, a, "tcp", vip, 80, 3) == ["host"] * 3
     finally:
-        host.stdin.close()
-        host.kill()
-        host.wait(timeout=5)
+        host.close()
 
 
 def test_no_backend_drops_158(topo, datapath, abc):
@@ -90,16 +87,9 @@ def test_removed_backend_keeps_its_connection_new_ones_move(topo, datapath, abc)
     vip = _vips(topo)[0]
     lb = datapath.maps.lb
     lb.upsert_service(8, L4Addr(vip, 80), [(81, L4Addr(b.ipv4, PORT))])
-    conv = subprocess.Popen(["ip", "netns", "exec", a.netns, PYTHON, topo.tool, "converse", vip, "80"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    conv = LineProcess("ip", "netns", "exec", a.netns, PYTHON, topo.tool, "converse", vip, "80")
+    say = conv.say
     try:
-        assert conv.stdout.readline().strip() == "ready"
-
-        def say() -> str:
-            conv.stdin.write("x\n")
-            conv.stdin.flush()
-            return conv.stdout.readline().strip()
-
         assert say() == "b"
         # b leaves the service (its backend entry stays while connections use it)
         lb.upsert_service(8, L4Addr(vip, 80), [(82, L4Addr(c.ipv4, PORT))])
@@ -110,20 +100,20 @@ def test_removed_backend_keeps_its_connection_new_ones_move(topo, datapath, abc)
         assert lb.delete_backend(81, 4)
         assert say() == "closed"
     finally:
-        conv.stdin.close()
-        conv.kill()
-        conv.wait(timeout=5)
+        conv.close()
 
 
-def test_hairpin_backend_is_the_client(topo, datapath, abc):
+@pytest.mark.parametrize("family", [4, 6])
+def test_hairpin_backend_is_the_client(topo, datapath, abc, family):
     a, b, _c = abc
     _backends(topo, a, b)
-    vip = _vips(topo)[0]
-    datapath.maps.lb.upsert_service(9, L4Addr(vip, 80), [(91, L4Addr(a.ipv4, PORT))])
+    vip = _vips(topo)[0 if family == 4 else 1]
+    addr = a.ipv4 if family == 4 else a.ipv6
+    datapath.maps.lb.upsert_service(9, L4Addr(vip, 80), [(91, L4Addr(addr, PORT))])
     assert _ask(topo, a, "tcp", vip, 80, 3) == ["a"] * 3
     # another client of the same backend is not rewritten
     assert _ask(topo, b, "tcp", vip, 80, 1) == ["a"]
-    datapath.maps.lb.upsert_service(10, L4Addr(vip, 53, "UDP"), [(92, L4Addr(a.ipv4, PORT, "UDP"))])
+    datapath.maps.lb.upsert_service(10, L4Addr(vip, 53, "UDP"), [(92, L4Addr(addr, PORT, "UDP"))])
     assert _ask(topo, a, "udp", vip, 53, 2) == ["a"] * 2
 
 
