@@ -132,7 +132,7 @@ def test_established_connection_to_removed_backend_ends_cleanly(agent, apps, vip
 
 
 def test_no_backend_drops_158_and_hairpin(agent, apps, vips):
-    v4, _ = vips
+    v4, v6 = vips
     s1, b1 = apps["s1"], apps["b1"]
     agent.cli("service", "update", "--id", "4", "--frontend", f"{v4}:80")
     assert fetch(apps["client"], v4) == "-"
@@ -142,7 +142,10 @@ def test_no_backend_drops_158_and_hairpin(agent, apps, vips):
     # a backend reaching the VIP is balanced to itself
     agent.cli("service", "update", "--id", "4", "--frontend", f"{v4}:80", "--backends", f"{s1['IPAddress']}:80")
     assert answers(b1, v4, 3) == ["b1"] * 3
-    agent.cli("service", "delete", "4")
+    agent.cli("service", "update", "--id", "5", "--frontend", f"[{v6}]:80",
+              "--backends", f"[{s1['GlobalIPv6Address']}]:80")
+    assert answers(b1, v6, 3) == ["b1"] * 3
+    agent.cli("service", "delete", "--all")
 
 
 def test_bad_input_is_named(agent):
