@@ -15,6 +15,7 @@ import subprocess
 import pytest
 
 from docker_cilium.datapath import drop
+from docker_cilium.datapath.maps.eventsmap import NOTIFY_DROP
 from docker_cilium.datapath.maps.lbmap import L4Addr
 from docker_cilium.datapath.maps.metricsmap import METRIC_EGRESS
 from tests.helpers import LineProcess
@@ -69,14 +70,24 @@ def test_backend_outside_the_endpoints_replies_through_to_container(topo, datapa
 
 
 def test_no_backend_drops_158(topo, datapath, abc):
+    """In the metrics and as a monitor drop event naming the client."""
     a, b, _c = abc
     _backends(topo, b)
     vip = _vips(topo)[0]
     metrics = datapath.maps.metrics
     before = metrics.count(drop.DROP_NO_SERVICE, METRIC_EGRESS)
     datapath.maps.lb.upsert_service(7, L4Addr(vip, 80, "UDP"), [])
-    assert _ask(topo, a, "udp", vip, 80, 3) == ["-"] * 3
+    reader = datapath.maps.event_reader(page_cnt=64)
+    try:
+        assert _ask(topo, a, "udp", vip, 80, 3) == ["-"] * 3
+        events = []
+        while got := reader.poll(300):
+            events += got
+    finally:
+        reader.close()
     assert metrics.count(drop.DROP_NO_SERVICE, METRIC_EGRESS) - before == 3
+    drops = [e for e in events if e.type == NOTIFY_DROP and e.subtype == drop.DROP_NO_SERVICE]
+    assert len(drops) == 3 and {(e.source, e.src_label) for e in drops} == {(a.lxc_id, a.identity)}
     datapath.maps.lb.upsert_service(7, L4Addr(vip, 80, "UDP"), [(71, L4Addr(b.ipv4, PORT, "UDP"))])
     assert _ask(topo, a, "udp", vip, 80, 1) == ["b"]
 
