@@ -135,10 +135,14 @@ static __always_inline void ct_budget_give(__u16 lxc_id)
 
 /* The first reply of an entry gives its unit back to the endpoint it was
  * charged to: the originator for CT_EGRESS entries, the originator's peer
- * for CT_INGRESS ones. 'f' is the reply, so the roles are swapped. */
-static __always_inline void ct_budget_refund(const struct flow *f, __u8 key_flags)
+ * for CT_INGRESS ones. 'f' is the reply, so the roles are swapped; a
+ * hairpin reply (CT_F_LOOPBACK) goes to the loopback address, and its
+ * sender is the originator itself. */
+static __always_inline void ct_budget_refund(const struct flow *f, __u8 key_flags,
+					     __u16 entry_flags)
 {
-	const union v6addr *owner = key_flags == CT_EGRESS ? &f->daddr : &f->saddr;
+	const union v6addr *owner = key_flags == CT_EGRESS && !(entry_flags & CT_F_LOOPBACK) ?
+				    &f->daddr : &f->saddr;
 	struct endpoint_info *ep = lookup_lxc(f, owner);
 
 	if (ep)
@@ -241,7 +245,7 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
 	}
 	if (e) {
 		if (ct_update(e, f, 1, len, now, monitor))
-			ct_budget_refund(f, key_flags);
+			ct_budget_refund(f, key_flags, e->flags);
 		*src_sec_id = e->src_sec_id;
 		nat->rev_nat_index = e->rev_nat_index;
 		nat->flags = e->flags;

@@ -138,3 +138,15 @@ def test_policy_applies_to_the_chosen_backend(topo, datapath, abc):
                                                           (112, L4Addr(c.ipv4, PORT))])
     answers = _ask(topo, a, "tcp", vip, 80, 16)
     assert "b" in answers and "c" not in answers and "-" in answers, answers
+
+
+def test_hairpin_replies_refund_the_ct_budget(topo, small_ct):
+    """Each answered connection gives its unit of the endpoint's unreplied-entry
+    budget back (64 here), hairpin ones too: their reply goes to the loopback
+    address, not to the endpoint that was charged."""
+    dp, (a, _b, _c) = small_ct
+    _backends(topo, a)
+    vip = _vips(topo)[0]
+    dp.maps.lb.upsert_service(12, L4Addr(vip, 80), [(121, L4Addr(a.ipv4, PORT))])
+    answers = _ask(topo, a, "tcp", vip, 80, 100)
+    assert answers == ["a"] * 100, answers.index("-")
