@@ -199,10 +199,11 @@ int from_container(struct __sk_buff *skb)
 
 	ct = ct_lookup(&f, CT_EGRESS, len, now, &ct_src_id, &monitor, &nat);
 	if (ct == CT_NEW && f.is_error)
-		ct = ct_lookup_related(skb, &f, now, 1);
+		ct = ct_lookup_related(skb, &f, now, 1, &nat);
 	debug_ct_lookup(skb, &f, lxc_id, CT_EGRESS, ct);
-	/* a reply from this endpoint as a service's backend */
-	if (ct == CT_REPLY && nat.rev_nat_index && lb_rev_nat(skb, &f, &nat) < 0)
+	/* a reply (or an ICMP error) from this endpoint as a service's backend */
+	if (nat.rev_nat_index && ((ct == CT_REPLY && lb_rev_nat(skb, &f, &nat) < 0) ||
+				  (ct == CT_RELATED && lb_rev_nat_icmp(skb, &f, &nat) < 0)))
 		return send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id, src_id, 0, 0);
 	dst_ep = lookup_lxc(&f, &f.daddr);
 	/* The peer's identity: a reply's is the one its entry recorded for the
@@ -312,10 +313,12 @@ int to_container(struct __sk_buff *skb)
 	now = bpf_now_sec();
 	ct = ct_lookup(&f, CT_INGRESS, len, now, &ct_src_id, &monitor, &nat);
 	if (ct == CT_NEW && f.is_error)
-		ct = ct_lookup_related(skb, &f, now, 0);
+		ct = ct_lookup_related(skb, &f, now, 0, &nat);
 	debug_ct_lookup(skb, &f, lxc_id, CT_INGRESS, ct);
-	/* a reply from a service's backend outside this node's endpoints */
-	if (ct == CT_REPLY && nat.rev_nat_index && lb_rev_nat(skb, &f, &nat) < 0)
+	/* a reply (or an ICMP error) about a flow to a service's backend
+	 * outside this node's endpoints */
+	if (nat.rev_nat_index && ((ct == CT_REPLY && lb_rev_nat(skb, &f, &nat) < 0) ||
+				  (ct == CT_RELATED && lb_rev_nat_icmp(skb, &f, &nat) < 0)))
 		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
 	if (ct == CT_NEW) {
 		src_ep = lookup_lxc(&f, &f.saddr);

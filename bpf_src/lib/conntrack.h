@@ -262,12 +262,17 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
 
 /* ICMP error: is the quoted packet part of a tracked connection?
  * 'from_endpoint': the error was sent by the local endpoint (from-container),
- * which is no router: it can only report on packets addressed to itself. */
+ * which is no router: it can only report on packets addressed to itself.
+ * *nat: the translation of the recipient's own flow the error is about. */
 static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct flow *f,
-					     __u32 now, int from_endpoint)
+					     __u32 now, int from_endpoint, struct ct_nat *nat)
 {
 	struct flow inner = {};
+	struct ct_entry *e;
 	int ret;
+
+	nat->rev_nat_index = 0;
+	nat->flags = 0;
 
 	if (f->family == 4)
 		ret = ipv4_parse_hdr(skb, f->l4_off + 8, &inner, 1);
@@ -285,8 +290,14 @@ static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct
 	 * arriving from the host side may come from any router on the path. */
 	if (from_endpoint && !ipv6_addr_equals(&inner.daddr, f->saddr.addr))
 		return CT_NEW;
-	if (ct_lookup_live(&inner, 0, CT_EGRESS, now) ||
-	    ct_lookup_live(&inner, 0, CT_INGRESS, now) ||
+	e = ct_lookup_live(&inner, 0, CT_EGRESS, now);
+	if (e) {
+		/* a flow the recipient opened: its translation, if a service's */
+		nat->rev_nat_index = e->rev_nat_index;
+		nat->flags = e->flags;
+		return CT_RELATED;
+	}
+	if (ct_lookup_live(&inner, 0, CT_INGRESS, now) ||
 	    ct_lookup_live(&inner, 1, CT_EGRESS, now) ||
 	    ct_lookup_live(&inner, 1, CT_INGRESS, now))
 		return CT_RELATED;

@@ -22,7 +22,8 @@
  * Replies (CT_REPLY of an entry with a rev_nat_index), in from-container
  * (the backend is a local endpoint) or to-container (it is elsewhere), get
  * the frontend back as their source from cilium_lb{4,6}_reverse_nat (and a
- * hairpin reply its client's address as destination).
+ * hairpin reply its client's address as destination); ICMP errors about
+ * such a flow (CT_RELATED) get it back in the packet they quote.
  * A backend removed from a service keeps its connections while its entry
  * stays in the backends map: the agent deletes it once no CT_SERVICE entry
  * names it (docker_cilium/service/manager.py). Later fragments are
@@ -289,32 +290,38 @@ LB_FUNC int lb_lxc_track(const struct flow *f, const struct lb_flow *lb, __u32 n
 /* A reply of a translated flow: the frontend becomes its source again (and
  * a hairpin reply's destination its client, which is the backend itself).
  * Nothing to do once the service is gone. Returns 0 or -1. */
+/* The frontend of service rev_nat_index; 0 once the service is gone. */
+static __always_inline int lb_frontend(const struct flow *f, __u16 rev_nat_index, union v6addr *fe,
+				       __be16 *port)
+{
+	if (f->family == 4) {
+		struct lb4_reverse_nat *rn = bpf_map_lookup_elem(&cilium_lb4_reverse_nat, &rev_nat_index);
+
+		if (!rn)
+			return 0;
+		fe->p32[0] = rn->address;
+		*port = rn->port;
+	} else {
+		struct lb6_reverse_nat *rn = bpf_map_lookup_elem(&cilium_lb6_reverse_nat, &rev_nat_index);
+
+		if (!rn)
+			return 0;
+		__builtin_memcpy(fe->addr, rn->address.addr, 16);
+		*port = rn->port;
+	}
+	return 1;
+}
+
 LB_FUNC int lb_rev_nat(struct __sk_buff *skb, struct flow *f, const struct ct_nat *nat)
 {
 	union v6addr fe = {}, client;
-	__u16 key;
-	__be16 port;
+	__be16 port = 0;
 
 	if (!f || !nat)
 		return 0;
 	client = f->saddr;
-	key = nat->rev_nat_index;
-
-	if (f->family == 4) {
-		struct lb4_reverse_nat *rn = bpf_map_lookup_elem(&cilium_lb4_reverse_nat, &key);
-
-		if (!rn)
-			return 0;
-		fe.p32[0] = rn->address;
-		port = rn->port;
-	} else {
-		struct lb6_reverse_nat *rn = bpf_map_lookup_elem(&cilium_lb6_reverse_nat, &key);
-
-		if (!rn)
-			return 0;
-		__builtin_memcpy(fe.addr, rn->address.addr, 16);
-		port = rn->port;
-	}
+	if (!lb_frontend(f, nat->rev_nat_index, &fe, &port))
+		return 0;
 	if (lb_rewrite(skb, f, 0, &fe, port) < 0)
 		return -1;
 	if (nat->flags & CT_F_LOOPBACK) {
@@ -324,6 +331,85 @@ LB_FUNC int lb_rev_nat(struct __sk_buff *skb, struct flow *f, const struct ct_na
 		if (ipv6_addr_equals(&f->daddr, lo.addr))
 			return lb_rewrite(skb, f, 1, &client, f->dport);
 	}
+	return 0;
+}
+
+/* An ICMP error about a translated flow, on its way to the client: the
+ * packet it quotes (client -> backend) gets the frontend back as its
+ * destination, so the client's socket (connected to the VIP) sees the
+ * error, and the error's own source becomes the frontend when the backend
+ * sent it (a router on the way keeps its address). IPv4: the quoted
+ * header's checksum moves with its address, so the ICMP checksum only
+ * changes with the port; ICMPv6's covers the quoted address too and the
+ * outer addresses through the pseudo header. The quoted L4 checksum is
+ * left alone (nobody verifies a quoted, possibly truncated, segment).
+ * Errors of hairpin flows, and IPv6 errors quoting extension headers, are
+ * left as they are. Returns 0 or -1. */
+LB_FUNC int lb_rev_nat_icmp(struct __sk_buff *skb, struct flow *f, const struct ct_nat *nat)
+{
+	union v6addr fe = {}, backend = {};
+	__u32 in_off, l4_off, csum_off;
+	__be16 port = 0, bport;
+	__u8 proto;
+
+	if (!f || !nat || (nat->flags & CT_F_LOOPBACK))
+		return 0;
+	if (!lb_frontend(f, nat->rev_nat_index, &fe, &port))
+		return 0;
+	in_off = f->l4_off + 8;
+	csum_off = f->l4_off + 2;	/* icmphdr / icmp6hdr checksum */
+	/* the quoted header (IPv6: without extension headers), read field by
+	 * field: the caller's stack leaves little room for a struct flow */
+	if (f->family == 4) {
+		__u8 vihl;
+
+		if (bpf_skb_load_bytes(skb, in_off, &vihl, 1) < 0 ||
+		    bpf_skb_load_bytes(skb, in_off + offsetof(struct iphdr, protocol), &proto, 1) < 0 ||
+		    bpf_skb_load_bytes(skb, in_off + offsetof(struct iphdr, daddr), backend.p32, 4) < 0)
+			return 0;
+		l4_off = in_off + (vihl & 0x0f) * 4;
+	} else {
+		if (bpf_skb_load_bytes(skb, in_off + offsetof(struct ipv6hdr, nexthdr), &proto, 1) < 0 ||
+		    bpf_skb_load_bytes(skb, in_off + offsetof(struct ipv6hdr, daddr), backend.addr, 16) < 0)
+			return 0;
+		l4_off = in_off + sizeof(struct ipv6hdr);
+	}
+	if ((proto != IPPROTO_TCP && proto != IPPROTO_UDP) ||
+	    bpf_skb_load_bytes(skb, l4_off + 2, &bport, 2) < 0)
+		return 0;
+
+	if (f->family == 4) {
+		__be32 old = backend.p32[0], new = fe.p32[0];
+
+		if (f->saddr.p32[0] == old) {
+			if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check),
+						old, new, 4) < 0 ||
+			    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr),
+						&new, 4, 0) < 0)
+				return -1;
+			f->saddr.p32[0] = new;
+		}
+		if (bpf_l3_csum_replace(skb, in_off + offsetof(struct iphdr, check), old, new, 4) < 0 ||
+		    bpf_skb_store_bytes(skb, in_off + offsetof(struct iphdr, daddr), &new, 4, 0) < 0)
+			return -1;
+	} else {
+		__s64 sum = bpf_csum_diff(backend.p32, 16, fe.p32, 16, 0);
+
+		if (ipv6_addr_equals(&f->saddr, backend.addr)) {
+			if (bpf_l4_csum_replace(skb, csum_off, 0, sum, BPF_F_PSEUDO_HDR) < 0 ||
+			    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, saddr),
+						fe.addr, 16, 0) < 0)
+				return -1;
+			f->saddr = fe;
+		}
+		if (bpf_l4_csum_replace(skb, csum_off, 0, sum, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, in_off + offsetof(struct ipv6hdr, daddr), fe.addr, 16, 0) < 0)
+			return -1;
+	}
+	if (bport != port &&
+	    (bpf_l4_csum_replace(skb, csum_off, bport, port, 2) < 0 ||
+	     bpf_skb_store_bytes(skb, l4_off + 2, &port, 2, 0) < 0))
+		return -1;
 	return 0;
 }
 

@@ -56,6 +56,18 @@ def test_vip_balances_over_both_backends(topo, datapath, abc, family, kind):
     assert _ask(topo, a, kind, vip, 81, 1) == ["-"]
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_icmp_error_from_backend_reaches_the_client_socket(topo, datapath, abc, family):
+    """UDP to a backend port nobody listens on: the backend's port-unreachable,
+    translated back, makes the client's socket (connected to the VIP) fail
+    with ECONNREFUSED (nettool udp: 3) instead of waiting for a reply (2)."""
+    a, b, _c = abc
+    vip = _vips(topo)[0 if family == 4 else 1]
+    addr = b.ipv4 if family == 4 else b.ipv6
+    datapath.maps.lb.upsert_service(13, L4Addr(vip, 53, "UDP"), [(131, L4Addr(addr, 5999, "UDP"))])
+    assert topo.udp(a, vip, 53) == 3
+
+
 def test_backend_outside_the_endpoints_replies_through_to_container(topo, datapath, abc):
     """A backend the stack routes to (a host process on the router address):
     its replies reach the client through to-container, which translates them."""
