@@ -57,6 +57,7 @@ def main() -> None:
             "prefilter": run_module("prefilter", "--json"),
             "socket_lb": run_module("socket_lb"),
             "published_port": run_module("published_port", "--cilium", str(BIN / "cilium")),
+            "service": run_module("service", "--cilium", str(BIN / "cilium")),
         }
     finally:
         if proc is not None:

@@ -10,10 +10,15 @@
  *   to-container:   tc egress of the host veth (packets the kernel routes into
  *                   the container; endpoint-to-endpoint traffic bypasses it via
  *                   bpf_redirect_peer()).
+ *
+ * Services (lib/lb_lxc.h): from-container translates a packet to a service
+ * frontend to its backend before conntrack and policy see it; replies are
+ * translated back in whichever program sees them.
  */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/lb.h"
+#include "lib/lb_lxc.h"
 #include "lib/eth.h"
 #include "lib/l4.h"
 #include "lib/ipv4.h"
@@ -111,6 +116,8 @@ int from_container(struct __sk_buff *skb)
 	struct endpoint_info *ep, *dst_ep;
 	struct ethhdr eth;
 	struct flow f = {};
+	struct lb_flow lb = {};
+	struct ct_nat nat;
 	__u32 now, len = skb->len, src_id, dst_id = 0, ct_src_id = 0;
 	__u16 lxc_id;
 	__u8 monitor = 0, match = POLICY_MATCH_NONE;
@@ -186,12 +193,19 @@ int from_container(struct __sk_buff *skb)
 	}
 
 	now = bpf_now_sec();
-	dst_ep = lookup_lxc(&f, &f.daddr);
+	ret = lb_lxc_translate(skb, &f, now, &lb);
+	if (ret)
+		return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id, 0, 0);
 
-	ct = ct_lookup(&f, CT_EGRESS, len, now, &ct_src_id, &monitor);
+	ct = ct_lookup(&f, CT_EGRESS, len, now, &ct_src_id, &monitor, &nat);
 	if (ct == CT_NEW && f.is_error)
-		ct = ct_lookup_related(skb, &f, now, 1);
+		ct = ct_lookup_related(skb, &f, now, 1, &nat);
 	debug_ct_lookup(skb, &f, lxc_id, CT_EGRESS, ct);
+	/* a reply (or an ICMP error) from this endpoint as a service's backend */
+	if (nat.rev_nat_index && ((ct == CT_REPLY && lb_rev_nat(skb, &f, &nat) < 0) ||
+				  (ct == CT_RELATED && lb_rev_nat_icmp(skb, &f, &nat) < 0)))
+		return send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+	dst_ep = lookup_lxc(&f, &f.daddr);
 	/* The peer's identity: a reply's is the one its entry recorded for the
 	 * originator; others need a lookup, skipped for an established packet
 	 * to the stack that neither policy counters nor a trace will use. */
@@ -234,7 +248,7 @@ int from_container(struct __sk_buff *skb)
 			}
 		}
 		if (!f.is_error) {	/* an unrelated ICMP error opens no flow */
-			ret = ct_create(&f, CT_EGRESS, src_id, len, now, lxc_id);
+			ret = ct_create(&f, CT_EGRESS, src_id, len, now, lxc_id, &lb.nat);
 			if (ret)
 				return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id,
 							dst_id, dst_ep ? dst_ep->lxc_id : 0);
@@ -242,6 +256,8 @@ int from_container(struct __sk_buff *skb)
 		}
 	}
 
+	if (lb.nat.rev_nat_index && ct != CT_REPLY)
+		lb_lxc_track(&f, &lb, now);
 	frag_record(&f);
 	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
 	if (dst_ep) {
@@ -261,6 +277,7 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint_info *ep, *src_ep;
 	struct ethhdr eth;
 	struct flow f = {};
+	struct ct_nat nat, no_nat = {};
 	__u32 now, len = skb->len, src_id = 0, dst_id, ct_src_id = 0;
 	__u16 lxc_id;
 	__u8 monitor = 0, match = POLICY_MATCH_NONE;
@@ -294,10 +311,15 @@ int to_container(struct __sk_buff *skb)
 	}
 
 	now = bpf_now_sec();
-	ct = ct_lookup(&f, CT_INGRESS, len, now, &ct_src_id, &monitor);
+	ct = ct_lookup(&f, CT_INGRESS, len, now, &ct_src_id, &monitor, &nat);
 	if (ct == CT_NEW && f.is_error)
-		ct = ct_lookup_related(skb, &f, now, 0);
+		ct = ct_lookup_related(skb, &f, now, 0, &nat);
 	debug_ct_lookup(skb, &f, lxc_id, CT_INGRESS, ct);
+	/* a reply (or an ICMP error) about a flow to a service's backend
+	 * outside this node's endpoints */
+	if (nat.rev_nat_index && ((ct == CT_REPLY && lb_rev_nat(skb, &f, &nat) < 0) ||
+				  (ct == CT_RELATED && lb_rev_nat_icmp(skb, &f, &nat) < 0)))
+		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
 	if (ct == CT_NEW) {
 		src_ep = lookup_lxc(&f, &f.saddr);
 		src_id = src_ep ? src_ep->sec_identity : ipcache_identity(&f, &f.saddr);
@@ -312,7 +334,7 @@ int to_container(struct __sk_buff *skb)
 			}
 		}
 		if (!f.is_error) {
-			ret = ct_create(&f, CT_INGRESS, src_id, len, now, lxc_id);
+			ret = ct_create(&f, CT_INGRESS, src_id, len, now, lxc_id, &no_nat);
 			if (ret)
 				return send_drop_notify(skb, ret, METRIC_INGRESS, lxc_id, src_id,
 							dst_id, lxc_id);

@@ -123,3 +123,33 @@ class Agent:
 
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "-o", "json").stdout)
+
+
+class LineProcess:
+    """A long-running helper (e.g. a nettool mode) that prints "ready" once
+    set up, then answers each stdin line with one stdout line; killed by close()."""
+
+    def __init__(self, *argv: str) -> None:
+        self.proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline().strip()
+        if ready != "ready":
+            self.close()
+            raise AssertionError(f"{' '.join(argv)} did not start: {ready!r}")
+
+    def say(self, line: str = "x") -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def finish(self, timeout: float = 10) -> int:
+        """Close stdin (the helper's cue to end) and wait for its exit status."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=5)

@@ -60,6 +60,8 @@
 /* ---- conntrack key flags (which program created the entry) ---- */
 #define CT_EGRESS		0	/* originated by the local endpoint */
 #define CT_INGRESS		1	/* originated by the peer, towards the endpoint */
+#define CT_SERVICE		2	/* a flow to a service VIP (pre-translation tuple):
+					 * its backend (lib/lb_lxc.h) */
 
 /* ---- conntrack entry flags ---- */
 #define CT_F_RX_CLOSING		(1 << 0)
@@ -68,6 +70,8 @@
 #define CT_F_NODE_PORT		(1 << 3)	/* reserved (load balancer) */
 #define CT_F_PROXY_REDIRECT	(1 << 4)	/* reserved (L7 proxy) */
 #define CT_F_SEEN_REPLY		(1 << 5)	/* a packet went the reply way */
+#define CT_F_LOOPBACK		(1 << 6)	/* hairpin service flow: source rewritten
+						 * to IPV4_LOOPBACK (lib/lb_lxc.h) */
 
 /* ---- conntrack timeouts (seconds) ---- */
 #ifndef CT_LIFETIME_TCP
@@ -130,6 +134,7 @@
 #define DROP_UNKNOWN_L3		139
 #define DROP_NO_LXC		152
 #define DROP_CT_CREATE_FAILED	155
+#define DROP_NO_SERVICE		158
 #define DROP_POLICY_L4		159
 #define DROP_POLICY_CIDR	162
 #define DROP_FRAG_NOT_FOUND	175
@@ -295,9 +300,9 @@ struct ct_entry {
 	__u64 packets;
 	__u64 bytes;
 	__u32 lifetime;		/* expiry, seconds of CLOCK_MONOTONIC */
-	__u16 rev_nat_index;	/* reserved (load balancer) */
+	__u16 rev_nat_index;	/* service ID of a translated flow (lib/lb_lxc.h), 0 = none */
 	__u16 flags;		/* CT_F_* */
-	__u32 src_sec_id;
+	__u32 src_sec_id;	/* CT_SERVICE entries: the backend ID */
 	__u32 last_report;
 };
 
@@ -399,7 +404,8 @@ struct flow {
 	__u8  frag_first;	/* first fragment: record its ports once forwarded */
 	__u32 frag_id;		/* IP id (IPv4) / Fragment header id (IPv6), network order */
 	__u8  frag_nexthdr;	/* IPv6: the Fragment header's next header */
-	__u8  pad2[3];
+	__u8  frag_later;	/* a later fragment: no L4 header in this packet */
+	__u8  pad2[2];
 };
 
 #define TCP_FLAG_FIN	0x01

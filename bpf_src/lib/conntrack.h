@@ -135,10 +135,14 @@ static __always_inline void ct_budget_give(__u16 lxc_id)
 
 /* The first reply of an entry gives its unit back to the endpoint it was
  * charged to: the originator for CT_EGRESS entries, the originator's peer
- * for CT_INGRESS ones. 'f' is the reply, so the roles are swapped. */
-static __always_inline void ct_budget_refund(const struct flow *f, __u8 key_flags)
+ * for CT_INGRESS ones. 'f' is the reply, so the roles are swapped; a
+ * hairpin reply (CT_F_LOOPBACK) goes to the loopback address, and its
+ * sender is the originator itself. */
+static __always_inline void ct_budget_refund(const struct flow *f, __u8 key_flags,
+					     __u16 entry_flags)
 {
-	const union v6addr *owner = key_flags == CT_EGRESS ? &f->daddr : &f->saddr;
+	const union v6addr *owner = key_flags == CT_EGRESS && !(entry_flags & CT_F_LOOPBACK) ?
+				    &f->daddr : &f->saddr;
 	struct endpoint_info *ep = lookup_lxc(f, owner);
 
 	if (ep)
@@ -199,16 +203,28 @@ static __always_inline int ct_update(struct ct_entry *e, const struct flow *f,
 	return first_reply;
 }
 
+/* What a tracked connection's entry says about address translation: the
+ * service it went through (lib/lb_lxc.h) and whether its source was
+ * rewritten to the loopback address (hairpin). */
+struct ct_nat {
+	__u16 rev_nat_index;	/* 0: no service */
+	__u16 flags;		/* the entry's CT_F_* */
+};
+
 /* Classify f against the CT table from the point of view of a program whose
  * own originator flag is 'dir'. On CT_ESTABLISHED / CT_REPLY the entry is
- * updated and *monitor gets its CT_MONITOR_* bits (0 otherwise). */
+ * updated, *monitor gets its CT_MONITOR_* bits (0 otherwise) and *nat the
+ * entry's translation. */
 static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
-				     __u32 now, __u32 *src_sec_id, __u8 *monitor)
+				     __u32 now, __u32 *src_sec_id, __u8 *monitor,
+				     struct ct_nat *nat)
 {
 	__u8 key_flags, other = dir == CT_EGRESS ? CT_INGRESS : CT_EGRESS;
 	struct ct_entry *e;
 
 	*monitor = 0;
+	nat->rev_nat_index = 0;
+	nat->flags = 0;
 	e = ct_lookup_live(f, 0, dir, now);
 	if (e) {
 		/* a new SYN on a fully closed connection re-opens it: re-evaluate policy */
@@ -217,6 +233,8 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
 			return CT_NEW;
 		ct_update(e, f, 0, len, now, monitor);
 		*src_sec_id = e->src_sec_id;
+		nat->rev_nat_index = e->rev_nat_index;
+		nat->flags = e->flags;
 		return CT_ESTABLISHED;
 	}
 	key_flags = other;
@@ -227,8 +245,10 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
 	}
 	if (e) {
 		if (ct_update(e, f, 1, len, now, monitor))
-			ct_budget_refund(f, key_flags);
+			ct_budget_refund(f, key_flags, e->flags);
 		*src_sec_id = e->src_sec_id;
+		nat->rev_nat_index = e->rev_nat_index;
+		nat->flags = e->flags;
 		return CT_REPLY;
 	}
 	e = ct_lookup_live(f, 0, other, now);
@@ -242,12 +262,17 @@ static __always_inline int ct_lookup(const struct flow *f, __u8 dir, __u32 len,
 
 /* ICMP error: is the quoted packet part of a tracked connection?
  * 'from_endpoint': the error was sent by the local endpoint (from-container),
- * which is no router: it can only report on packets addressed to itself. */
+ * which is no router: it can only report on packets addressed to itself.
+ * *nat: the translation of the recipient's own flow the error is about. */
 static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct flow *f,
-					     __u32 now, int from_endpoint)
+					     __u32 now, int from_endpoint, struct ct_nat *nat)
 {
 	struct flow inner = {};
+	struct ct_entry *e;
 	int ret;
+
+	nat->rev_nat_index = 0;
+	nat->flags = 0;
 
 	if (f->family == 4)
 		ret = ipv4_parse_hdr(skb, f->l4_off + 8, &inner, 1);
@@ -265,18 +290,27 @@ static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct
 	 * arriving from the host side may come from any router on the path. */
 	if (from_endpoint && !ipv6_addr_equals(&inner.daddr, f->saddr.addr))
 		return CT_NEW;
-	if (ct_lookup_live(&inner, 0, CT_EGRESS, now) ||
-	    ct_lookup_live(&inner, 0, CT_INGRESS, now) ||
+	e = ct_lookup_live(&inner, 0, CT_EGRESS, now);
+	if (e) {
+		/* a flow the recipient opened: its translation, if a service's */
+		nat->rev_nat_index = e->rev_nat_index;
+		nat->flags = e->flags;
+		return CT_RELATED;
+	}
+	if (ct_lookup_live(&inner, 0, CT_INGRESS, now) ||
 	    ct_lookup_live(&inner, 1, CT_EGRESS, now) ||
 	    ct_lookup_live(&inner, 1, CT_INGRESS, now))
 		return CT_RELATED;
 	return CT_NEW;
 }
 
-/* Create the entry of a NEW flow that policy allowed, charged to lxc_id.
+/* Create the entry of a NEW flow that policy allowed, charged to lxc_id;
+ * 'nat': the service the flow was translated for (0 when none) and
+ * CT_F_LOOPBACK for a hairpin flow.
  * Returns 0 or DROP_CT_CREATE_FAILED (budget used up, map update failed). */
 static __always_inline int ct_create(const struct flow *f, __u8 dir, __u32 src_sec_id,
-				     __u32 len, __u32 now, __u16 lxc_id)
+				     __u32 len, __u32 now, __u16 lxc_id,
+				     const struct ct_nat *nat)
 {
 	struct ct_entry e = {};
 	int ret;
@@ -287,6 +321,8 @@ static __always_inline int ct_create(const struct flow *f, __u8 dir, __u32 src_s
 	e.packets = 1;
 	e.bytes = len;
 	e.src_sec_id = src_sec_id;
+	e.rev_nat_index = nat->rev_nat_index;
+	e.flags = nat->flags;
 	e.lifetime = now + CT_LIFETIME_NONTCP;
 	if (f->nexthdr == IPPROTO_TCP) {
 		__u8 tf = f->tcp_flags;

@@ -52,6 +52,7 @@ static __always_inline int ipv4_parse_hdr(struct __sk_buff *skb, __u32 off,
 			return PARSE_FRAG_NOT_FOUND;
 		f->sport = known->sport;
 		f->dport = known->dport;
+		f->frag_later = 1;
 		return 0;
 	}
 	ret = parse_l4(skb, f, inner);

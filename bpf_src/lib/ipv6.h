@@ -112,6 +112,7 @@ static __always_inline int ipv6_parse_hdr(struct __sk_buff *skb, __u32 off,
 		f->sport = known->sport;
 		f->dport = known->dport;
 		f->nexthdr = known->nexthdr;
+		f->frag_later = 1;
 		return 0;
 	}
 	ret = parse_l4(skb, f, inner);

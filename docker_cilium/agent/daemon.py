@@ -56,6 +56,7 @@ from docker_cilium.policy.manager import PolicyManager
 from docker_cilium.portmap.manager import PortMapManager
 from docker_cilium.prefilter import PreFilter
 from docker_cilium.prefilter.device import start_prefilter
+from docker_cilium.service.manager import ServiceManager
 from docker_cilium.version import version_info
 from docker_cilium.workloads.docker import DockerWatcher
 
@@ -81,6 +82,7 @@ class Daemon:
         self._policy: PolicyManager | None = None
         self._identities: IdentityCache | None = None
         self._regenerator: Regenerator | None = None
+        self._services: ServiceManager | None = None
         self.allocator: IdentityAllocator | None = None
         self.datapath: Datapath | None = None
         self.monitor = MonitorHub()  # `cilium monitor`: datapath and agent events
@@ -120,6 +122,11 @@ class Daemon:
     def endpoints(self) -> EndpointManager:
         assert self._endpoints is not None
         return self._endpoints
+
+    @property
+    def services(self) -> ServiceManager:
+        assert self._services is not None
+        return self._services
 
     @property
     def options(self) -> RuntimeOptions:
@@ -199,6 +206,10 @@ class Daemon:
         await collect_orphans(self.links, self.datapath.maps, self._endpoints.endpoints.values(), self.node)
         self.prefilter = await start_prefilter(self.store, self.datapath.maps.prefilter, cfg.prefilter_device,
                                                cfg.prefilter_mode, cfg.bpf_root, cfg.state_dir)
+        # Services into the LB maps before any socket opens (containers started
+        # meanwhile reach their VIPs).
+        self._services = ServiceManager(self.store, self.datapath.maps.lb)
+        await self._services.restore()
         self.reconciler = DockerReconciler(self._endpoints, self._ipam, cfg.docker_reconcile_grace)
         self._start_controllers()
 
@@ -242,6 +253,9 @@ class Daemon:
             removed = await asyncio.to_thread(self.datapath.maps.ct.gc)
             if removed:
                 log.debug("ct.gc", removed=removed)
+            if self._services is not None and self._services.draining():
+                # removed backends leave the map once no connection uses them
+                self._services.collect_backends(await asyncio.to_thread(self.datapath.maps.ct.service_backends))
 
     async def _identity_gc(self) -> None:
         """Free identities no node references any more."""

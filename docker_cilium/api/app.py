@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from docker_cilium.api import (config, debuginfo, endpoint, identity, ipam, maps, metrics, monitor, openapi, policy,
-                                prefilter)
+                                prefilter, service)
 from docker_cilium.api.keys import DAEMON, APIDaemon
 from docker_cilium.api.errors import error_middleware
 from docker_cilium.errors import NotFound
@@ -23,7 +23,8 @@ def build_app(daemon: APIDaemon, agent_metrics: AgentMetrics | None = None) -> w
     app[DAEMON] = daemon
     app[metrics.METRICS] = agent_metrics if agent_metrics is not None else AgentMetrics()
     app[metrics.METRICS].set_state_source(lambda: agent_state(daemon))
-    for module in (config, debuginfo, endpoint, identity, ipam, maps, metrics, monitor, policy, openapi, prefilter):
+    for module in (config, debuginfo, endpoint, identity, ipam, maps, metrics, monitor, policy, openapi, prefilter,
+                   service):
         app.router.add_routes(module.routes)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the daemon builds the API app: no import of its parts at ru
     from docker_cilium.monitor.hub import MonitorHub
     from docker_cilium.policy.manager import PolicyManager
     from docker_cilium.prefilter import PreFilter
+    from docker_cilium.service.manager import ServiceManager
 
 
 class APIDaemon(Protocol):
@@ -40,6 +41,9 @@ class APIDaemon(Protocol):
 
     @property
     def endpoints(self) -> EndpointManager: ...
+
+    @property
+    def services(self) -> ServiceManager: ...
 
     @property
     def monitor(self) -> MonitorHub: ...

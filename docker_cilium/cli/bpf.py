@@ -22,7 +22,7 @@ from docker_cilium import defaults
 from docker_cilium.errors import APIError
 from docker_cilium.cli.common import Context, output_option, pass_ctx
 from docker_cilium.cli.output import emit_json, table
-from docker_cilium.datapath.maps.ctmap import CT4_MAP, CT6_MAP, CT_INGRESS, monotonic_seconds
+from docker_cilium.datapath.maps.ctmap import CT4_MAP, CT6_MAP, CT_INGRESS, CT_SERVICE, monotonic_seconds
 from docker_cilium.datapath.maps.lxcmap import EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED
 from docker_cilium.datapath.maps.policymap import PROTO_NAMES
 from docker_cilium.datapath.maps.registry import DatapathMaps
@@ -142,11 +142,13 @@ def _addr(ip: str, port: int) -> str:
 
 def ct_line(e: Any, now: int | None = None) -> str:
     proto = PROTO_NAMES.get(e.proto, str(e.proto))
-    direction = "IN" if e.direction == CT_INGRESS else "OUT"
+    direction = {CT_INGRESS: "IN", CT_SERVICE: "SVC"}.get(e.direction, "OUT")
     expires = e.expires_in(now)
     return (f"{proto} {direction} {_addr(e.saddr, e.sport)} -> {_addr(e.daddr, e.dport)} "
             f"expires={expires}{' (expired)' if expires < 0 else ''} packets={e.packets} bytes={e.bytes} "
-            f"flags=0x{e.flags:x} src_identity={e.src_sec_id}")
+            f"flags=0x{e.flags:x} " + (f"backend_id={e.src_sec_id}" if e.direction == CT_SERVICE
+                                       else f"src_identity={e.src_sec_id}")
+            + (f" rev_nat={e.rev_nat_index}" if e.rev_nat_index else ""))
 
 
 def _check_table(name: str) -> None:
@@ -241,6 +243,33 @@ def ipcache_list(ctx: Context, pin_root: str) -> None:
     rows = [[e.prefix, f"{e.identity}" + (f" tunnelendpoint={e.tunnel_endpoint}" if e.tunnel_endpoint else "")]
             for e in order]
     table(["IP PREFIX/ADDRESS", "IDENTITY"], rows)
+
+
+# --- lb -----------------------------------------------------------------------------
+@bpf.group("lb")
+def lb_group() -> None:
+    """Load-balancing configuration"""
+
+
+@lb_group.command("list")
+@bpf_root_option
+@output_option
+@pass_ctx
+def lb_list(ctx: Context, pin_root: str) -> None:
+    """List load-balancing configuration (services and their backends, as the maps hold them)"""
+    services = _with_maps(pin_root, lambda dp: dp.lb.dump())
+    if ctx.output == "json":
+        emit_json([{"id": s.id, "frontend": dataclasses.asdict(s.frontend),
+                    "backends": [{"backend-id": i, **dataclasses.asdict(b)} for i, b in s.backends]}
+                   for s in services])
+        return
+    if not services:
+        click.echo("No entries found.", err=True)
+        return
+    rows = [[f"{_addr(s.frontend.ip, s.frontend.port)}/{s.frontend.protocol}",
+             "\n".join(f"{_addr(b.ip, b.port)} ({s.id})" for _i, b in s.backends) or f"(no backends) ({s.id})"]
+            for s in services]
+    table(["SERVICE ADDRESS", "BACKEND ADDRESS (REVNAT_ID)"], rows)
 
 
 # --- metrics ------------------------------------------------------------------------

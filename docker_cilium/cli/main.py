@@ -21,6 +21,7 @@ from docker_cilium.cli.metrics import metrics
 from docker_cilium.cli.node import node
 from docker_cilium.cli.policy import policy
 from docker_cilium.cli.prefilter import prefilter
+from docker_cilium.cli.service import service
 from docker_cilium.cli.status import status, version
 
 
@@ -45,7 +46,7 @@ def cli(ctx: click.Context, host: str, output: str) -> None:
 
 
 for command in (bpf, cleanup, completion, config, debuginfo, endpoint, identity, kvstore, map_, metrics, monitor,
-                node, policy, prefilter, status, version):
+                node, policy, prefilter, service, status, version):
     cli.add_command(command)
 
 

@@ -15,6 +15,7 @@ DROP_CT_INVALID_HDR = 135
 DROP_UNKNOWN_L3 = 139
 DROP_NO_LXC = 152
 DROP_CT_CREATE_FAILED = 155
+DROP_NO_SERVICE = 158
 DROP_POLICY_L4 = 159
 DROP_POLICY_CIDR = 162
 DROP_FRAG_NOT_FOUND = 175
@@ -32,6 +33,7 @@ DROP_REASONS = {
     DROP_UNKNOWN_L3: "Unsupported L3 protocol",
     DROP_NO_LXC: "No matching local container found",
     DROP_CT_CREATE_FAILED: "CT: Map insertion failed",
+    DROP_NO_SERVICE: "Service backend not found",
     DROP_POLICY_L4: "Policy denied (L4)",
     DROP_POLICY_CIDR: "Policy denied (CIDR)",
     DROP_FRAG_NOT_FOUND: "First logical datagram fragment not found",

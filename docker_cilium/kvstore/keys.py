@@ -24,6 +24,8 @@ POLICY_RULES = f"{STATE}/policy/v1/rules"
 CIDR_IDENTITIES = f"{STATE}/policy/v1/cidr-identities"
 #: Node-local XDP prefilter deny list and its revision (one JSON document).
 PREFILTER = f"{STATE}/prefilter/v1/spec"
+#: Node-local services (`cilium service`): ``<service ID>`` -> frontend, backends and their IDs.
+SERVICES = f"{STATE}/services/v1/"
 #: Node-local runtime options changed with `cilium config` (one JSON document).
 RUNTIME_OPTIONS = f"{STATE}/config/v1/options"
 #: Read by the health check to prove the kvstore answers.

@@ -93,6 +93,11 @@ def serve(*ports):
                 us.sendto(b"ok:len=%d" % len(d), a)
             else:
                 us.sendto(b"ok:" + d, a)
+    _serve_ports(ports, tcp_loop, udp_loop)
+
+def _serve_ports(ports, tcp_loop, udp_loop):
+    """Dual-stack TCP and UDP sockets on each port, each served by its loop in
+    a thread; "ready" once bound, then run until the test closes our stdin."""
     for p in ports:
         ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -221,6 +226,60 @@ def sink(port):
     print("ready", flush=True)
     sys.stdin.read()
 
+def idserve(name, *ports):
+    """Servers that answer every TCP message and UDP datagram with 'name'
+    (which backend a client reached); a TCP connection stays open for more."""
+    def conn(c):
+        with c:
+            while True:
+                try:
+                    if not c.recv(100):
+                        return
+                    c.sendall(name.encode())
+                except OSError:
+                    return
+    def tcp_loop(ls):
+        while True:
+            c, _ = ls.accept()
+            threading.Thread(target=conn, args=(c,), daemon=True).start()
+    def udp_loop(us):
+        while True:
+            _d, a = us.recvfrom(65535)
+            us.sendto(name.encode(), a)
+    _serve_ports(ports, tcp_loop, udp_loop)
+
+def ask(kind, dst, port, n, timeout=1.0):
+    """n exchanges with an idserve, each from a new socket (connected, so a
+    reply from any other address than dst:port is not taken); prints one
+    answer per line, '-' when there was none."""
+    for _ in range(int(n)):
+        s = socket.socket(fam(dst), socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+        s.settimeout(float(timeout))
+        try:
+            s.connect((dst, int(port)))
+            s.send(b"who")
+            print(s.recv(100).decode() or "-", flush=True)
+        except OSError:
+            print("-", flush=True)
+        finally:
+            s.close()
+
+def converse(dst, port):
+    """One TCP connection to an idserve: print "ready" once connected, then
+    for every stdin line send it and print the answer ('-' for none, 'closed'
+    when the connection ended)."""
+    s = socket.create_connection((dst, int(port)), timeout=2)
+    print("ready", flush=True)
+    for _line in sys.stdin:
+        try:
+            s.send(b"x")
+            d = s.recv(100)
+            print(d.decode() if d else "closed", flush=True)
+        except socket.timeout:
+            print("-", flush=True)
+        except OSError:
+            print("closed", flush=True)
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     kw = {}
@@ -232,4 +291,5 @@ if __name__ == "__main__":
     sys.exit({"ping": ping, "tcp": tcp, "udp": udp, "serve": serve,
               "bulk": bulk, "sink": sink, "udpsize": udpsize, "udpget": udpget,
               "sendframe": sendframe, "rawip": rawip, "sniff": sniff,
-              "tcpraw": tcpraw, "many": many, "tcphold": tcphold}[cmd](*rest, **kw) or 0)
+              "tcpraw": tcpraw, "many": many, "tcphold": tcphold,
+              "idserve": idserve, "ask": ask, "converse": converse}[cmd](*rest, **kw) or 0)

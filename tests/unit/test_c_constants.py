@@ -32,10 +32,12 @@ MIRRORED = {
     "METRIC_EGRESS": metricsmap.METRIC_EGRESS,
     "CT_EGRESS": ctmap.CT_EGRESS,
     "CT_INGRESS": ctmap.CT_INGRESS,
+    "CT_SERVICE": ctmap.CT_SERVICE,
     "CT_F_RX_CLOSING": ctmap.CT_F_RX_CLOSING,
     "CT_F_TX_CLOSING": ctmap.CT_F_TX_CLOSING,
     "CT_F_SEEN_NON_SYN": ctmap.CT_F_SEEN_NON_SYN,
     "CT_F_SEEN_REPLY": ctmap.CT_F_SEEN_REPLY,
+    "CT_F_LOOPBACK": ctmap.CT_F_LOOPBACK,
     "CFG_F_DEBUG": configmap.CFG_F_DEBUG,
     **{name: getattr(configmap, name) for name in dir(configmap)
        if name.startswith("MONITOR_AGGREGATION_")},

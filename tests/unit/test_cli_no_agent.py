@@ -39,6 +39,8 @@ ARGS = {
     ("policy", "trace"): ["--src", "id=a", "--dst", "id=b"],
     ("prefilter", "update"): ["--cidr", "192.0.2.0/24"],
     ("prefilter", "delete"): ["--cidr", "192.0.2.0/24"],
+    ("service", "delete"): ["1"],
+    ("service", "update"): ["--id", "1", "--frontend", "10.96.0.10:80"],
 }
 
 

@@ -106,6 +106,8 @@ VALID = {
     ("GET", "/v1/policy/resolve"): {"from": ["id=app1"], "to": ["id=app2"], "dports": ["80/TCP"]},
     ("PATCH", "/v1/prefilter"): {"revision": 0, "deny": ["192.0.2.0/24"]},
     ("DELETE", "/v1/prefilter"): {"revision": 7, "deny": ["192.0.2.0/24"]},
+    ("PUT", "/v1/service/{id}"): {"frontend-address": {"ip": "10.96.0.10", "port": 80},
+                                  "backend-addresses": [{"ip": "10.2.0.2", "port": 8080}]},
 }
 
 

@@ -30,6 +30,7 @@ from docker_cilium.monitor.hub import MonitorHub
 from docker_cilium.monitor.policy_events import PolicyEvents
 from docker_cilium.policy.manager import PolicyManager
 from docker_cilium.prefilter import PreFilter
+from docker_cilium.service.manager import ServiceManager
 from tests.unit.fakes import FakeLinks, FakeTries
 
 NODE = NodeAddressing.derive("192.0.2.2")  # 10.2.0.0/16, f00d::a02:0:0:0/96
@@ -67,6 +68,8 @@ class UnitDaemon:
         self.regenerator = Regenerator(self.policy, self.allocator, self.identities, ipcache, None,
                                        monitor=self.monitor)
         PolicyEvents(self.policy, self.monitor)
+        self.services = ServiceManager(self.store, None)  # no LB maps here
+        await self.services.restore()
         self.endpoints = EndpointManager(self.store, FakeLinks(), None, NODE, self.ipam, self.mtu,  # type: ignore[arg-type]
                                          self.regenerator)
         await self.endpoints.create_network(NETWORK, [{"AddressSpace": "CiliumLocal", "Pool": "0.0.0.0/0",

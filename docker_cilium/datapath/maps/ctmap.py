@@ -23,11 +23,13 @@ CT6_MAP = "cilium_ct6"
 # bpf_src/lib/common.h: conntrack key flags (which program created the entry)
 CT_EGRESS = 0
 CT_INGRESS = 1
+CT_SERVICE = 2
 # bpf_src/lib/common.h: conntrack entry flags (ct_entry.flags)
 CT_F_RX_CLOSING = 1 << 0
 CT_F_TX_CLOSING = 1 << 1
 CT_F_SEEN_NON_SYN = 1 << 2
 CT_F_SEEN_REPLY = 1 << 5
+CT_F_LOOPBACK = 1 << 6
 
 
 class ipv4_ct_tuple(ctypes.Structure):
@@ -82,7 +84,7 @@ class CTEntry:
     sport: int              # host order (ICMP echo: the echo id)
     dport: int
     proto: int
-    direction: int          # CT_EGRESS / CT_INGRESS (which side opened it)
+    direction: int          # CT_EGRESS / CT_INGRESS (which side opened it) / CT_SERVICE
     packets: int
     bytes: int
     lifetime: int           # expiry, monotonic seconds
@@ -137,6 +139,11 @@ class CTMap:
             if s in want or d in want:
                 n += m.delete(k)
         return n
+
+    def service_backends(self, now: int | None = None) -> set[int]:
+        """Backend IDs named by live CT_SERVICE entries (connections still on them)."""
+        now = monotonic_seconds() if now is None else now
+        return {v.src_sec_id for _m, k, v in self._entries() if k.flags == CT_SERVICE and v.lifetime >= now}
 
     def gc(self, now: int | None = None) -> int:
         """Delete entries whose lifetime has passed; returns how many."""

@@ -174,6 +174,14 @@ class LBMap:
         f.revnat.delete(u16(svc_id))
         return True
 
+    def backends(self) -> dict[int, L4Addr]:
+        """Every backend entry of both families by ID (including those no slot names)."""
+        out = {}
+        for f in self._fam.values():
+            for k, v in f.backends.items():
+                out[int(k.value)] = L4Addr(f.addr(v.address), ntohs(v.port), _proto_name(v.proto))
+        return out
+
     def dump(self) -> list[LBService]:
         """Every service the maps hold, by frontend, with its backends in slot order."""
         out = []
