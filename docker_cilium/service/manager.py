@@ -190,10 +190,12 @@ class ServiceManager:
                 log.error("service.rollback.failed", id=svc_id, error=str(exc))
         if old_raw is None:
             await self._store.delete(keys.SERVICES + str(svc_id))
+        else:  # a record restore skipped (``old`` None) goes back as it was too
+            await self._store.put(keys.SERVICES + str(svc_id), old_raw)
+        if old is None:
             self._services.pop(svc_id, None)
         else:
-            await self._store.put(keys.SERVICES + str(svc_id), old_raw)
-            self._services[svc_id] = old if old is not None else self._services[svc_id]
+            self._services[svc_id] = old
         self._release_unused()
         if old is not None:
             try:
