@@ -112,12 +112,12 @@ class ServiceManager:
             await self._store.put(keys.SERVICES + str(svc.id), _record(svc, ids))
             try:
                 if old is not None and old.frontend != svc.frontend and self._lb is not None:
-                    self._lb.delete_service(old.id, old.frontend)
+                    await asyncio.to_thread(self._lb.delete_service, old.id, old.frontend)
                 self._services[svc.id] = svc
                 self._backend_ids.update(ids)
                 for backend_id in ids.values():
                     self._draining.pop(backend_id, None)
-                self._write(svc)
+                await asyncio.to_thread(self._write, svc)
             except Exception:
                 await self._rollback(svc, old, old_raw)
                 raise
@@ -135,7 +135,7 @@ class ServiceManager:
             await self._store.delete(keys.SERVICES + str(svc_id))
             del self._services[svc_id]
             if self._lb is not None:
-                self._lb.delete_service(svc_id, svc.frontend)
+                await asyncio.to_thread(self._lb.delete_service, svc_id, svc.frontend)
             self._release_unused()
             log.info("service.deleted", id=svc_id, frontend=format_addr(svc.frontend))
             return True
@@ -169,6 +169,8 @@ class ServiceManager:
         return backend_id
 
     def _write(self, svc: Service) -> None:
+        """The service into the maps: up to 2 syscalls per backend, so callers on the
+        event loop run it in a thread. The backend IDs it reads are settled before."""
         if self._lb is not None:
             self._lb.upsert_service(svc.id, svc.frontend, [(self._backend_ids[b], b) for b in svc.backends])
 
@@ -183,18 +185,20 @@ class ServiceManager:
         svc_id = svc.id
         if self._lb is not None and (old is None or old.frontend != svc.frontend):
             try:
-                self._lb.delete_service(svc_id, svc.frontend)
+                await asyncio.to_thread(self._lb.delete_service, svc_id, svc.frontend)
             except Exception as exc:
                 log.error("service.rollback.failed", id=svc_id, error=str(exc))
         if old_raw is None:
             await self._store.delete(keys.SERVICES + str(svc_id))
+        else:  # a record restore skipped (``old`` None) goes back as it was too
+            await self._store.put(keys.SERVICES + str(svc_id), old_raw)
+        if old is None:
             self._services.pop(svc_id, None)
         else:
-            await self._store.put(keys.SERVICES + str(svc_id), old_raw)
-            self._services[svc_id] = old if old is not None else self._services[svc_id]
+            self._services[svc_id] = old
         self._release_unused()
         if old is not None:
             try:
-                self._write(old)
+                await asyncio.to_thread(self._write, old)
             except Exception as exc:  # the maps are beyond repair here: logged, restart restores
                 log.error("service.rollback.failed", id=svc_id, error=str(exc))

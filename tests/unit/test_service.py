@@ -169,3 +169,19 @@ async def test_map_failure_rolls_the_store_back(store):
     with pytest.raises(OSError):
         await mgr.upsert(Service(2, FE2, (B1, B2)))
     assert mgr.get(2) is None and await store.get(keys.SERVICES + "2") is None
+
+
+async def test_map_failure_over_an_unreadable_record_forgets_the_service(store):
+    """A record restore skipped is put back, and the refused service is not answered."""
+    class Full(MemLB):
+        def upsert_service(self, svc_id, frontend, backends):
+            raise OSError(28, "No space left on device")
+
+    await store.put(keys.SERVICES + "1", b"{not json")
+    lb = Full()
+    mgr = ServiceManager(store, lb)  # type: ignore[arg-type]
+    assert await mgr.restore() == 0
+    with pytest.raises(OSError):
+        await mgr.upsert(Service(1, FE1, (B1,)))
+    assert mgr.get(1) is None and mgr.services() == []
+    assert await store.get(keys.SERVICES + "1") == b"{not json"
