@@ -62,17 +62,6 @@ def _mappings(ep: Endpoint, b: PortBinding, held: list[reserve.HeldPort]) -> lis
     return out
 
 
-async def _take(b: PortBinding, families: list[int]) -> list[reserve.HeldPort]:
-    """``reserve.take`` off the event loop (a range, ``-p 8000-9000:80``, is a
-    bind per candidate port); a cancelled request still releases what it got."""
-    task = asyncio.ensure_future(asyncio.to_thread(reserve.take, b, PROTOCOLS[b.proto], families))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.add_done_callback(lambda t: t.cancelled() or t.exception() or reserve.release(t.result()))
-        raise
-
-
 class PortMapManager:
     def __init__(self, store: Backend, rules: PortRules) -> None:
         self.store = store
@@ -101,7 +90,8 @@ class PortMapManager:
                     families = b.families(ep.ipv4 is not None, ep.ipv6 is not None)
                     if not families:
                         continue
-                    got = await _take(b, families)
+                    # Off the event loop: a range (-p 8000-9000:80) is a bind per candidate port.
+                    got = await asyncio.to_thread(reserve.take, b, PROTOCOLS[b.proto], families)
                     held += got
                     mappings += _mappings(ep, b, got)
                 pub = Published(ep.id, ep.ifname, mappings, held)
