@@ -116,13 +116,18 @@ class Iptables:
                     for src in masq_sources.get(family, []):
                         await self._add_masq(family, binary, src)
 
-    async def _jump_positions(self, binary: str, table: str, chain: str, parent: str) -> list[int]:
+    @staticmethod
+    async def _rules(binary: str, table: str, parent: str, check: bool = True) -> list[str]:
+        """The ``-A`` lines of ``iptables -S parent``, in order."""
         proc = await asyncio.create_subprocess_exec(binary, "-w", "5", "-t", table, "-S", parent,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await proc.communicate()
-        if proc.returncode != 0:
+        if check and proc.returncode != 0:
             raise IptablesError(f"{binary} -t {table} -S {parent}: {err.decode().strip()}")
-        rules = [line.strip() for line in out.decode().splitlines() if line.startswith("-A ")]
+        return [line.strip() for line in out.decode().splitlines() if line.startswith(f"-A {parent} ")]
+
+    async def _jump_positions(self, binary: str, table: str, chain: str, parent: str) -> list[int]:
+        rules = await self._rules(binary, table, parent)
         return [i + 1 for i, rule in enumerate(rules) if rule == f"-A {parent} -j {chain}"]
 
     async def _jump_first(self, binary: str, table: str, chain: str, parent: str) -> bool:
@@ -186,8 +191,5 @@ class Iptables:
                 await self._run(binary, "-t", table, "-X", chain, check=False)
 
     async def _jumps(self, binary: str, table: str, chain: str, parent: str) -> list[list[str]]:
-        proc = await asyncio.create_subprocess_exec(binary, "-w", "5", "-t", table, "-S", parent,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, _ = await proc.communicate()
-        specs = [shlex.split(line)[2:] for line in out.decode().splitlines() if line.startswith(f"-A {parent} ")]
+        specs = [shlex.split(line)[2:] for line in await self._rules(binary, table, parent, check=False)]
         return [spec for spec in specs if spec[-2:] == ["-j", chain]]

@@ -90,7 +90,8 @@ class PortMapManager:
                     families = b.families(ep.ipv4 is not None, ep.ipv6 is not None)
                     if not families:
                         continue
-                    got = reserve.take(b, PROTOCOLS[b.proto], families)
+                    # Off the event loop: a range (-p 8000-9000:80) is a bind per candidate port.
+                    got = await asyncio.to_thread(reserve.take, b, PROTOCOLS[b.proto], families)
                     held += got
                     mappings += _mappings(ep, b, got)
                 pub = Published(ep.id, ep.ifname, mappings, held)
@@ -147,19 +148,23 @@ class PortMapManager:
                     await self.store.delete(key)
                     continue
                 pub = Published(ep.id, ep.ifname, mappings)
-                for m in mappings:
-                    try:
-                        pub.held.append(reserve.HeldPort(m.family, m.host_ip, m.host_port,
-                                                         reserve.bind(m.proto, m.family, m.host_ip, m.host_port)))
-                    except OSError as exc:
-                        # The rule still sends the port to the container (Docker believes it is
-                        # published); the process that took it meanwhile gets no new connections.
-                        self._failed(key, OSError(exc.errno, f"host port {m.host_ip}:{m.host_port}/{m.proto} "
-                                                             f"was taken while the agent was down: {exc.strerror}"))
+                await asyncio.to_thread(self._rehold, key, pub)  # a bind per mapping, off the event loop
                 self._published[eid] = pub
             await self.rules.ensure({p.ifname: p.mappings for p in self._published.values()})
         log.info("portmap.restore", endpoints=len(self._published),
                  mappings=sum(len(p.mappings) for p in self._published.values()))
+
+    def _rehold(self, key: str, pub: Published) -> None:
+        """Bind the host port of each of ``pub``'s mappings again (restore)."""
+        for m in pub.mappings:
+            try:
+                pub.held.append(reserve.HeldPort(m.family, m.host_ip, m.host_port,
+                                                 reserve.bind(m.proto, m.family, m.host_ip, m.host_port)))
+            except OSError as exc:
+                # The rule still sends the port to the container (Docker believes it is
+                # published); the process that took it meanwhile gets no new connections.
+                self._failed(key, OSError(exc.errno, f"host port {m.host_ip}:{m.host_port}/{m.proto} "
+                                                     f"was taken while the agent was down: {exc.strerror}"))
 
     def _failed(self, key: str, exc: Exception) -> None:
         log.error("portmap.restore.failed", key=key, error=str(exc))

@@ -3,7 +3,9 @@ persisted and restored (the kernel rules are a fake here; tests/e2e has the real
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 
 import pytest
 
@@ -12,6 +14,7 @@ from docker_cilium.endpoint.model import Endpoint
 from docker_cilium.errors import BadRequest, Conflict
 from docker_cilium.kvstore import keys
 from docker_cilium.portmap.binding import PORTMAP_OPTION, Mapping, PortBinding, parse_portmap
+from docker_cilium.portmap import reserve
 from docker_cilium.portmap.manager import PortMapManager
 
 
@@ -151,6 +154,25 @@ async def test_rule_failure_releases_everything(store):
     assert await store.get_prefix(keys.PORTMAP) == {}
     with socket.socket() as s:
         s.bind(("0.0.0.0", port))
+
+
+async def test_program_binds_off_the_event_loop(store, monkeypatch):
+    gate, opened = threading.Event(), []
+    real = reserve.take
+
+    def take(*args):
+        opened.append(gate.wait(2))  # True only if the test's loop ran on and opened it meanwhile
+        return real(*args)
+
+    monkeypatch.setattr(reserve, "take", take)
+    mgr = PortMapManager(store, FakeRules())
+    port = free_port()
+    task = asyncio.create_task(mgr.program(endpoint(), opts(pb(HostPort=port, HostPortEnd=port))))
+    await asyncio.sleep(0.05)  # the loop gets here during the bind only if the bind is in a thread
+    gate.set()
+    await task
+    assert opened == [True], "the bind blocked the event loop"
+    mgr.close()
 
 
 async def test_range_and_ephemeral(store):
