@@ -102,6 +102,24 @@ class PreFilter:
             raise
 
     async def _commit(self, new: set[Network], add: list[Network], remove: list[Network]) -> None:
+        """Apply the change to completion even if the caller is cancelled (agent
+        shutdown): the tries write runs on in its thread regardless, so stopping
+        half-way would leave the tries dropping prefixes the list and the record
+        do not hold. The lock stays held until the change has landed or been undone."""
+        task = asyncio.ensure_future(self._apply(new, add, remove))
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.cancelled():
+                    raise
+                cancelled = True
+        task.result()
+        if cancelled:
+            raise asyncio.CancelledError()
+
+    async def _apply(self, new: set[Network], add: list[Network], remove: list[Network]) -> None:
         await asyncio.to_thread(self._write, add, remove)
         doc = json.dumps({"revision": self.revision + 1, "deny": [str(n) for n in sorted(new, key=sort_key)]})
         try:
