@@ -29,6 +29,12 @@ from docker_cilium.prefilter.spec import Network, PrefilterSpec, parse_cidr, sor
 
 log = structlog.get_logger(__name__)
 
+
+def _head(nets: Iterable[Network], n: int = 10) -> list[str]:
+    """The first few prefixes of a change for its log line (a request may carry 65536)."""
+    return [str(net) for _, net in zip(range(n), nets)]
+
+
 class CIDRTries(Protocol):
     """What the manager needs of the deny tries (datapath/maps/cidrmap.CIDRMap)."""
 
@@ -102,6 +108,24 @@ class PreFilter:
             raise
 
     async def _commit(self, new: set[Network], add: list[Network], remove: list[Network]) -> None:
+        """Apply the change to completion even if the caller is cancelled (agent
+        shutdown): the tries write runs on in its thread regardless, so stopping
+        half-way would leave the tries dropping prefixes the list and the record
+        do not hold. The lock stays held until the change has landed or been undone."""
+        task = asyncio.ensure_future(self._apply(new, add, remove))
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.cancelled():
+                    raise
+                cancelled = True
+        task.result()
+        if cancelled:
+            raise asyncio.CancelledError()
+
+    async def _apply(self, new: set[Network], add: list[Network], remove: list[Network]) -> None:
         await asyncio.to_thread(self._write, add, remove)
         doc = json.dumps({"revision": self.revision + 1, "deny": [str(n) for n in sorted(new, key=sort_key)]})
         try:
@@ -123,7 +147,7 @@ class PreFilter:
                     raise InsufficientStorage(f"the IPv{version} deny list would hold {count} prefixes, more "
                                               f"than its map holds ({CIDR_MAP_SIZE})")
             await self._commit(new, [n for n in spec.deny if n not in self._deny], [])
-            log.info("prefilter.update", revision=self.revision, added=[str(n) for n in spec.deny])
+            log.info("prefilter.update", revision=self.revision, added=len(spec.deny), first=_head(spec.deny))
             return self.model()
 
     async def delete(self, spec: PrefilterSpec) -> dict[str, Any]:
@@ -135,5 +159,5 @@ class PreFilter:
                 raise NotFound(f"not in the prefilter deny list: {', '.join(missing[:10])}"
                                + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""))
             await self._commit(self._deny - set(spec.deny), [], list(spec.deny))
-            log.info("prefilter.delete", revision=self.revision, removed=[str(n) for n in spec.deny])
+            log.info("prefilter.delete", revision=self.revision, removed=len(spec.deny), first=_head(spec.deny))
             return self.model()

@@ -203,3 +203,31 @@ def test_cilium_map_get_shows_the_tries_keys_as_addresses():
     k6.addr[:] = ipaddress.ip_address("2001:db8::").packed
     assert decode(k4) == {"prefixlen": 24, "addr": "192.0.2.0"}
     assert decode(k6) == {"prefixlen": 32, "addr": "2001:db8::"}
+
+
+async def test_a_cancelled_change_still_leaves_tries_list_and_record_agreeing(pf, store):
+    """Cancelling a PATCH while its tries write runs (agent shutdown) must not
+    leave the tries dropping a prefix the list and the record do not hold."""
+    import asyncio
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    insert = pf.tries.insert
+
+    def slow_insert(net):
+        entered.set()
+        release.wait(5)
+        insert(net)
+
+    pf.tries.insert = slow_insert
+    task = asyncio.ensure_future(pf.insert(PrefilterSpec(0, nets("10.0.0.0/8"))))
+    assert await asyncio.to_thread(entered.wait, 5)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    raw = await store.get(keys.PREFILTER)
+    record = json.loads(raw) if raw else {"revision": 1, "deny": []}  # nothing persisted yet
+    assert pf.tries.nets == set(pf.deny) == {ipaddress.ip_network(c) for c in record["deny"]}
+    assert record["revision"] == pf.revision
