@@ -17,12 +17,10 @@ bpftool and iperf3; no agent, no dockerd.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import contextlib
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -30,6 +28,7 @@ import tempfile
 import threading
 import time
 
+from bench.common import private_bpf_base, round_args
 from docker_cilium.datapath.bpf import libbpf
 from docker_cilium.datapath.loader import Datapath, compile_datapath, unpin_all
 from docker_cilium import defaults
@@ -130,12 +129,9 @@ def run_mode(dp: Datapath, stats: ProgStats, client_ns: str, server_ip: str, mod
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
-    args = ap.parse_args()
+    args = round_args(__doc__)
     dc_logging.setup()  # logs to stderr: stdout carries only the figures
-    base = os.path.join(defaults.BPFFS_ROOT, f"dcbench-{os.getpid()}-{random.randrange(1 << 30):x}")
+    base = private_bpf_base()
     pin_root = defaults.bpf_pin_root(base)
     topo = Topology(str(NETTOOL))
     dp = Datapath.load(compile_datapath(out_dir=tempfile.mkdtemp(prefix="dcbench-bpf-")), pin_root=pin_root)

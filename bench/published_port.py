@@ -12,7 +12,6 @@ figure includes enforcement. Needs a running agent and dockerd.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -21,6 +20,7 @@ import sys
 import tempfile
 import time
 
+from bench.common import round_args
 from bench.throughput import DOCKER, pid, sh
 
 NS, HOST_IF, NS_IF = "bench-pp-out", "bench-pp0", "bench-pp1"
@@ -81,11 +81,7 @@ def connect_rate(client: list[str], port: int, seconds: float) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--cilium", default="cilium", help="path of the cilium CLI")
-    args = ap.parse_args()
+    args = round_args(__doc__, cilium=True)
     nets = {"cilium": "bench-pp-cilium", "bridge": "bench-pp-bridge"}
     servers: list[subprocess.Popen] = []
     policy_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)

@@ -14,18 +14,17 @@ no dockerd. ``python -m bench.socket_lb [--rounds N] [--seconds S]``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from bench.common import private_bpf_base, round_args
 from bench.monitor_overhead import ProgStats
 from docker_cilium import defaults
 from docker_cilium import logging as dc_logging
@@ -86,12 +85,9 @@ def iperf(cgroup: str, dst: str, seconds: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
-    args = ap.parse_args()
+    args = round_args(__doc__)
     dc_logging.setup()  # logs to stderr: stdout carries only the figures
-    base = os.path.join(defaults.BPFFS_ROOT, f"dcbench-{os.getpid()}-{random.randrange(1 << 30):x}")
+    base = private_bpf_base()
     pin_root = defaults.bpf_pin_root(base)
     links = defaults.socketlb_links_dir(base)
     objdir = tempfile.mkdtemp(prefix="dcbench-bpf-")

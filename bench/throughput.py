@@ -8,13 +8,14 @@ need nothing but a shell. Needs a running agent and dockerd.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import tempfile
 import time
+
+from bench.common import round_args
 
 DOCKER = "/usr/bin/docker"
 PORT = 5201
@@ -87,11 +88,7 @@ def veth_pair() -> Pair:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--cilium", default="cilium", help="path of the cilium CLI")
-    args = ap.parse_args()
+    args = round_args(__doc__, cilium=True)
     nets = {"cilium": "bench-tp-cilium", "bridge": "bench-tp-bridge"}
     containers: list[str] = []
     pairs: list[Pair] = []

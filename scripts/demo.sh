@@ -45,9 +45,10 @@ die() { echo "demo: $*" >&2; exit 1; }
 agent_answers() { "$CILIUM" status -o json 2>/dev/null | grep -q '^{'; }
 
 wait_for() {  # wait_for SECONDS WHAT CMD...
-  local deadline=$((SECONDS + $1)) what=$2; shift 2
+  local seconds=$1 what=$2; shift 2
+  local deadline=$((SECONDS + seconds))
   until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt "$deadline" ] || die "timed out after $1 s waiting for $what"
+    [ $SECONDS -lt "$deadline" ] || die "timed out after $seconds s waiting for $what"
     sleep 0.3
   done
 }

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from tests.e2e.conftest import cleanup_bpf, cleanup_host
-from tests.helpers import DOCKER, ROOT, VENV_BIN, docker, run, wait_until
+from tests.e2e.test_policy_demo import reaches  # noqa: F401 (the e2e HTTP check, for test_compose, test_managed_plugin)
+from tests.helpers import ROOT, VENV_BIN, docker, run, wait_until
 
 AGENT_IMAGE = "local/cilium-agent:latest"  # conftest's agent_image fixture builds it
 COMPOSE = shutil.which("docker-compose", path="/usr/bin") or "docker-compose"
@@ -120,14 +121,6 @@ class ComposeEnv:
             docker("network", "rm", self.network, check=False)
         finally:
             self.dirs.remove()
-
-
-def reaches(container: str, ip: str, port: int = 80) -> bool:
-    """An HTTP GET from ``container`` to ``ip`` answers with the busybox page."""
-    host = f"[{ip}]" if ":" in ip else ip
-    res = run(DOCKER, "exec", container, "timeout", "3", "wget", "-q", "-O", "-", f"http://{host}:{port}/",
-              check=False, timeout=20)
-    return res.returncode == 0 and "docker-cilium" in res.stdout
 
 
 class PluginEnv:
