@@ -381,8 +381,10 @@ async def test_restore_with_kv_down_keeps_peers_allowing_the_restored_identities
     for ep in (b, a):  # the selecting endpoint first: it learns of 300 after its own restore
         await node.regen.endpoint_created(ep)
         node.assert_consistent(ep)
-    await wait_for(lambda: PolicyEntry(identity=300, direction="ingress") in node.policy_entries(b))
-    assert node.kv.down and a.state == b.state == State.WAITING_FOR_IDENTITY
+    # Both regenerations settle (a loaded machine may still be mid-way when the entry appears).
+    await wait_for(lambda: PolicyEntry(identity=300, direction="ingress") in node.policy_entries(b)
+                   and a.state == b.state == State.WAITING_FOR_IDENTITY)
+    assert node.kv.down
     await node.policy.import_rules(init_rule("ingress", {"fromEntities": ["host"]}))  # a policy change meanwhile
     assert PolicyEntry(identity=300, direction="ingress") in node.policy_entries(b)
     node.kv.down = False
