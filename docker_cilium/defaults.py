@@ -60,3 +60,7 @@ ENDPOINT_IFNAME_PREFIX = "lxc"
 CONTAINER_IFNAME_PREFIX = "cilium"
 
 DEFAULT_MTU = 1500
+
+#: L7 proxy redirect ports (Cilium's range)
+PROXY_PORT_MIN = 10000
+PROXY_PORT_MAX = 20000

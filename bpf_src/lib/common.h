@@ -123,6 +123,16 @@
 #define METRICS_MAP_SIZE	1024
 #endif
 
+/* ---- skb->mark (Cilium's MARK_MAGIC_*; docker_cilium/datapath/marks.py) ----
+ * bits 8-11: the magic. TO_PROXY: | proxy port << 16, set by BPF on packets
+ * handed to the proxy (routed locally by table 2004). PROXY_INGRESS/EGRESS:
+ * set by the proxy on its upstream sockets, with the source identity:
+ * bits 16-31 = identity bits 0-15, bits 0-7 = identity bits 24-31. */
+#define MARK_MAGIC_HOST_MASK	0x0F00
+#define MARK_MAGIC_TO_PROXY	0x0200
+#define MARK_MAGIC_PROXY_INGRESS	0x0A00
+#define MARK_MAGIC_PROXY_EGRESS	0x0B00
+
 /* ---- drop reasons (Cilium numbering); 0 = forwarded ---- */
 #define REASON_FORWARDED	0
 #define DROP_INVALID_SMAC	130

@@ -63,6 +63,7 @@ from docker_cilium.u8proto import PROTO_NAMES
 from .api.cidr import cidr_identity_labels, cidr_label
 from .api.entities import entity_matches
 from .api.l4 import PROTO_NUMBERS
+from .api.l7 import PortRuleHTTP
 from .api.rule import PeerRule, Rule
 from .api.selector import EndpointSelector, LabelSet
 from .index import IdentityIndex
@@ -104,14 +105,17 @@ ENFORCEMENT_MODES = ("default", "always", "never")
 @dataclass(frozen=True, order=True)
 class PolicyEntry:
     """One policy-map entry. ``identity`` 0 = any peer, ``port``/``proto`` 0 =
-    any port and protocol (including ICMP). ``proxy_port`` is reserved for the
-    L7 proxy (0 = plain allow)."""
+    any port and protocol (including ICMP). ``l7``: None = plain allow, else
+    the connections this entry allows go through the L7 proxy, which allows
+    only these requests; ``proxy_port`` is the redirect's listener, set by
+    regeneration (0 = plain allow)."""
 
     direction: str
     identity: int
     port: int = 0
     proto: int = 0
     proxy_port: int = 0
+    l7: tuple[PortRuleHTTP, ...] | None = None
 
     def __str__(self) -> str:
         port = "ANY" if self.port == 0 and self.proto == 0 else f"{self.port}/{PROTO_NAMES.get(self.proto, self.proto)}"
