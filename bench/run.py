@@ -58,6 +58,7 @@ def main() -> None:
             "socket_lb": run_module("socket_lb"),
             "published_port": run_module("published_port", "--cilium", str(BIN / "cilium")),
             "service": run_module("service", "--cilium", str(BIN / "cilium")),
+            "l7_proxy": run_module("l7", "--cilium", str(BIN / "cilium")),
         }
     finally:
         if proc is not None:

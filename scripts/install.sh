@@ -13,7 +13,7 @@ fi
 # bpf_src/ compiles with clang against libbpf-dev's <bpf/*.h> and the UAPI
 # headers of linux-libc-dev (<linux/bpf.h>, ...): no kernel build headers.
 PKGS=(docker.io clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables etcd-server
-      etcd-client busybox-static iperf3 docker-compose python3-venv kmod debootstrap)
+      etcd-client busybox-static iperf3 wrk docker-compose python3-venv kmod debootstrap)
 # systemd-analyze checks the agent's unit; ruby checks the Vagrantfile's syntax.
 PKGS+=(systemd ruby)
 
