@@ -129,7 +129,7 @@ int from_container(struct __sk_buff *skb)
 	struct lb_flow lb = {};
 	struct ct_nat nat, ct_flags;
 	__u32 now, len = skb->len, src_id, dst_id = 0, ct_src_id = 0;
-	__u16 lxc_id, proxy_port = 0;
+	__u16 lxc_id, proxy_port = 0, in_port = 0;
 	int to_proxy = 0;
 	__u8 monitor = 0, match = POLICY_MATCH_NONE;
 	int ret, ct;
@@ -248,7 +248,7 @@ int from_container(struct __sk_buff *skb)
 
 		if (ep->flags & EP_F_EGRESS_ENFORCED) {
 			ret = policy_can_access_proxy(lxc_id, POLICY_EGRESS, dst_id, &f, len, &match,
-						      tcp ? &proxy_port : NULL);
+						      &proxy_port);
 			send_policy_verdict_notify(skb, &f, lxc_id, src_id, dst_id,
 						   dst_ep ? dst_ep->lxc_id : 0, METRIC_EGRESS,
 						   ret, match);
@@ -259,11 +259,8 @@ int from_container(struct __sk_buff *skb)
 			}
 		}
 		if (dst_ep && (dst_ep->flags & EP_F_INGRESS_ENFORCED)) {
-			/* the egress proxy's upstream connection meets the
-			 * destination's ingress proxy in to-container */
 			ret = policy_can_access_proxy(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f,
-						      len, &match,
-						      tcp && !proxy_port ? &proxy_port : NULL);
+						      len, &match, &in_port);
 			send_policy_verdict_notify(skb, &f, dst_ep->lxc_id, src_id, dst_id,
 						   dst_ep->lxc_id, METRIC_INGRESS, ret, match);
 			if (ret) {
@@ -272,6 +269,12 @@ int from_container(struct __sk_buff *skb)
 							src_id, dst_id, dst_ep->lxc_id);
 			}
 		}
+		/* the egress proxy's upstream connection meets the destination's
+		 * ingress proxy in to-container */
+		if (!proxy_port)
+			proxy_port = in_port;
+		if (!tcp)
+			proxy_port = 0;
 		if (proxy_port) {
 			/* before the CT entry: a SYN the proxy did not get opens
 			 * nothing, its retransmission meets the policy again */
@@ -324,7 +327,7 @@ int to_container(struct __sk_buff *skb)
 	struct flow f = {};
 	struct ct_nat nat, no_nat = {};
 	__u32 now, len = skb->len, src_id = 0, dst_id, ct_src_id = 0, mark = skb->mark;
-	__u16 lxc_id, proxy_port = 0;
+	__u16 lxc_id, proxy_port = 0, in_port = 0;
 	int to_proxy = 0;
 	__u8 monitor = 0, match = POLICY_MATCH_NONE;
 	int ret, ct;
@@ -382,7 +385,7 @@ int to_container(struct __sk_buff *skb)
 		}
 		if (ep->flags & EP_F_INGRESS_ENFORCED) {
 			ret = policy_can_access_proxy(lxc_id, POLICY_INGRESS, src_id, &f, len, &match,
-						      tcp ? &proxy_port : NULL);
+						      &proxy_port);
 			send_policy_verdict_notify(skb, &f, lxc_id, src_id, dst_id, lxc_id,
 						   METRIC_INGRESS, ret, match);
 			if (ret) {
@@ -391,6 +394,8 @@ int to_container(struct __sk_buff *skb)
 							dst_id, lxc_id);
 			}
 		}
+		if (!tcp)
+			proxy_port = 0;
 		if (!f.is_error) {
 			if (proxy_port)
 				no_nat.flags = CT_F_PROXY_REDIRECT;
