@@ -53,6 +53,7 @@ class TransparentListener:
     port: int = 0
     accepted: list[Accepted] = field(default_factory=list)
     socks: list[socket.socket] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
     _stop: bool = False
 
     def start(self) -> "TransparentListener":
@@ -64,8 +65,10 @@ class TransparentListener:
                 self.close()
         else:
             raise RuntimeError("no port free for both families")
-        for s in self.socks:
-            threading.Thread(target=self._accept_loop, args=(s,), daemon=True).start()
+        self._threads = [threading.Thread(target=self._accept_loop, args=(s,), daemon=True)
+                         for s in self.socks]
+        for t in self._threads:
+            t.start()
         return self
 
     def _open(self) -> None:
@@ -110,7 +113,12 @@ class TransparentListener:
                     return
 
     def close(self) -> None:
+        """Stop listening; returns once the sockets are gone (a socket closed
+        while another thread waits in accept() lives until that returns)."""
         self._stop = True
+        for t in self._threads:
+            t.join()
+        self._threads = []
         for s in self.socks:
             s.close()
         self.socks = []
