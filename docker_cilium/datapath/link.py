@@ -178,6 +178,9 @@ class LinkManager:
                 ip.link("set", index=peer, state="up", mtu=mtu)
             write_sysctl("net.ipv4.ip_forward", "1")
             write_sysctl(f"net.ipv4.conf.{defaults.HOST_DEVICE}.rp_filter", "0")
+            # connections to-container hands to the ingress proxy enter the
+            # stack here, the host's own among them (source a local address)
+            write_sysctl(f"net.ipv4.conf.{defaults.HOST_DEVICE}.accept_local", "1")
             self._add_addr(idx, router4, 32)
             if router6:
                 write_sysctl("net.ipv6.conf.all.forwarding", "1")

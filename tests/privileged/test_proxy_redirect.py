@@ -324,3 +324,22 @@ def test_no_listener_drops_178(topo, datapath, abc, proxy_routes, host_dev, fami
     assert drops(datapath, DROP_PROXY_LOOKUP_FAILED, METRIC_INGRESS) > before[1]
     # no CT entry was left for the refused SYN from the container
     assert not [e for e in datapath.maps.ct.dump() if e.saddr == addr(a, family) and e.dport == PORT]
+
+
+def test_proxy_policy_routing_is_idempotent_and_removed():
+    """ensure() installs the rule and table 2004's local routes for both
+    families once (a second call adds nothing), a TO_PROXY-marked packet to
+    any address is then routed locally, and remove() takes back what it added."""
+    before = proxyroute.find()
+    added = proxyroute.ensure()
+    try:
+        assert {(r.kind, r.family) for r in proxyroute.find()} == {
+            (k, f) for k in ("rule", "route") for f in proxyroute.FAMILIES}
+        assert proxyroute.ensure() == []
+        for dst in ("192.0.2.1", "2001:db8::1"):
+            marked = sh("ip", "route", "get", dst, "mark", "0x4e200").stdout
+            assert marked.startswith(f"local {dst} ") and " dev lo table 2004 " in marked, marked
+            assert not sh("ip", "route", "get", dst, "mark", "0x4e300", check=False).stdout.startswith("local")
+    finally:
+        assert proxyroute.remove(added) == []
+    assert proxyroute.find() == before
