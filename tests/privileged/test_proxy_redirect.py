@@ -199,6 +199,23 @@ def test_egress_redirect_to_a_remote_destination(topo, datapath, abc, proxy_rout
 
 
 @FAMILIES
+def test_egress_redirect_to_a_local_endpoint(topo, datapath, abc, proxy_routes, listener, family):
+    """A's egress L7 entry for B: the proxy gets A -> B:80 (never B's own
+    server); B's ingress, enforced without L7 for A, does not redirect it
+    again and the egress proxy's port wins."""
+    a, b, _c = abc
+    topo.serve(b, PORT)
+    datapath.maps.endpoints.upsert(a.endpoint(egress=True))
+    datapath.maps.endpoints.upsert(b.endpoint(ingress=True))
+    datapath.maps.policy.set_endpoint_policy(a.lxc_id, [
+        PolicyEntry(b.identity, "egress", PORT, "TCP", proxy_port=listener.port)])
+    datapath.maps.policy.set_endpoint_policy(b.lxc_id, [PolicyEntry(a.identity, "ingress", PORT, "TCP")])
+    assert topo.tcp(a, addr(b, family), PORT) == OK
+    [acc] = wait_accepted(listener, 1)
+    assert acc.local == (addr(b, family), PORT) and acc.peer[0] == addr(a, family)
+
+
+@FAMILIES
 def test_ingress_redirect_between_local_endpoints(topo, datapath, abc, proxy_routes, listener, family):
     """A -> B:80 with B's ingress L7 entry for A: from-container hands it to
     the proxy instead of B (B runs no server on 80); C, allowed without L7 on
