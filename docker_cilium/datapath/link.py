@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
 PEER_IFNAME_PREFIX = "tmp"
 
 
@@ -118,6 +119,10 @@ class LinkManager:
         def _mtu() -> int:
             ip = self._ip()
             for route in ip.get_default_routes(family=2):
+                # the main table's: other tables have defaults too (the L7
+                # proxy's "local default dev lo table 2004", lo's MTU 65536)
+                if route.get_attr("RTA_TABLE") != RT_TABLE_MAIN or route["type"] != RTN_UNICAST:
+                    continue
                 oif = route.get("oif")
                 if oif:
                     return int(ip.get_links(oif)[0].get("mtu"))

@@ -12,6 +12,8 @@ datapath/proxyroute.py is installed for the test (and removed if it added it).
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 import subprocess
 import threading
@@ -22,6 +24,7 @@ import pytest
 
 from docker_cilium.datapath import proxyroute
 from docker_cilium.datapath.drop import DROP_POLICY, DROP_PROXY_LOOKUP_FAILED
+from docker_cilium.datapath.link import LinkManager
 from docker_cilium.datapath.maps.ctmap import CT_EGRESS, CT_F_PROXY_REDIRECT, CT_INGRESS
 from docker_cilium.datapath.maps.metricsmap import METRIC_EGRESS, METRIC_INGRESS
 from docker_cilium.datapath.maps.policymap import PolicyEntry
@@ -360,3 +363,20 @@ def test_proxy_policy_routing_is_idempotent_and_removed():
     finally:
         assert proxyroute.remove(added) == []
     assert proxyroute.find() == before
+
+
+def test_uplink_mtu_ignores_the_proxy_tables_default_route(proxy_routes):
+    """The agent sizes its links by the main table's default route: table
+    2004's "local default dev lo" (MTU 65536, more than a veth takes) is
+    another default route, listed first."""
+    main_default = json.loads(sh("ip", "-j", "-4", "route", "show", "default", "table", "main").stdout)
+    want = int(open(f"/sys/class/net/{main_default[0]['dev']}/mtu").read())
+
+    async def mtu() -> int:
+        links = LinkManager()
+        try:
+            return await links.uplink_mtu()
+        finally:
+            await links.close()
+
+    assert asyncio.run(mtu()) == want != 65536
