@@ -327,7 +327,7 @@ int to_container(struct __sk_buff *skb)
 	struct flow f = {};
 	struct ct_nat nat, no_nat = {};
 	__u32 now, len = skb->len, src_id = 0, dst_id, ct_src_id = 0, mark = skb->mark;
-	__u16 lxc_id, proxy_port = 0, in_port = 0;
+	__u16 lxc_id, proxy_port = 0;
 	int to_proxy = 0;
 	__u8 monitor = 0, match = POLICY_MATCH_NONE;
 	int ret, ct;

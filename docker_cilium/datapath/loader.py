@@ -9,16 +9,17 @@
   by name under ``pin_root`` (default ``/sys/fs/bpf/tc/globals``): pinned maps
   that already exist are REUSED (a restarted agent keeps all endpoint, policy,
   CT and ipcache state). A pinned map whose type/sizes no longer match the
-  object is unlinked and recreated (logged). The two programs are pinned too,
-  under ``prog_dir`` (default ``/sys/fs/bpf/cilium/progs``: ``from_container``
-  and ``to_container``), replacing older pins.
+  object is unlinked and recreated (logged). The programs are pinned too,
+  under ``prog_dir`` (default ``/sys/fs/bpf/cilium/progs``: ``from_container``,
+  ``to_container`` and ``from_host``), replacing older pins.
 * Attached tc filters hold their own program reference, so enforcement goes on
   while the agent is down. A restarted agent either loads the (cached) object
   again and re-attaches every endpoint with :meth:`Datapath.attach`
   (idempotent: same prio/handle, ``replace``), or, without loading anything,
   uses :meth:`Datapath.from_pinned` to get the pinned programs and maps.
 * Attaching: ``from-container`` on tc ingress and ``to-container`` on tc
-  egress of the host-side veth, through pyroute2. pyroute2 0.9's sync
+  egress of the host-side veth (``from-host`` once on cilium_host's tc ingress,
+  :meth:`Datapath.attach_host`), through pyroute2. pyroute2 0.9's sync
   ``IPRoute`` cannot run inside a running event loop, so every netlink call
   runs in ONE dedicated worker thread that owns one ``IPRoute`` socket;
   :meth:`attach`/:meth:`detach` block the caller (safe from any thread, even a
