@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from docker_cilium import defaults
 from docker_cilium.datapath import proxyroute
 from docker_cilium.datapath.drop import DROP_POLICY, DROP_PROXY_LOOKUP_FAILED
 from docker_cilium.datapath.link import LinkManager
@@ -30,6 +31,8 @@ from docker_cilium.datapath.maps.metricsmap import METRIC_EGRESS, METRIC_INGRESS
 from docker_cilium.datapath.maps.policymap import PolicyEntry
 from docker_cilium.datapath.marks import MARK_MAGIC_PROXY_EGRESS, MARK_MAGIC_PROXY_INGRESS, identity_mark
 from docker_cilium.identity.reserved import HOST as IDENTITY_HOST
+
+from tests.unit.test_cli import run as run_cli
 
 from .conftest import PYTHON, sh, write_sysctl
 
@@ -239,10 +242,11 @@ def test_ingress_redirect_between_local_endpoints(topo, datapath, abc, proxy_rou
 
 
 @FAMILIES
-def test_hairpin_from_the_host(topo, datapath, abc, proxy_routes, listener, host_dev, family):
+def test_hairpin_from_the_host(topo, datapath, pin_root, abc, proxy_routes, listener, host_dev, family):
     """host -> B:80 with B's ingress L7 entry for the host: to-container
     hairpins the SYN through cilium_host, from-host puts it on the listener;
-    the proxy's answers reach the host's client."""
+    the proxy's answers reach the host's client; `cilium bpf proxy list`
+    shows the connection."""
     _a, b, _c = abc
     topo.serve(b, PORT)
     datapath.maps.endpoints.upsert(b.endpoint(ingress=True))
@@ -253,6 +257,11 @@ def test_hairpin_from_the_host(topo, datapath, abc, proxy_routes, listener, host
     router = topo.router4 if family == 4 else topo.router6
     assert acc.local == (addr(b, family), PORT) and acc.peer[0] == router
     assert ct_entry(datapath, router, addr(b, family), PORT, CT_INGRESS).flags & CT_F_PROXY_REDIRECT
+    res = run_cli(None, "bpf", "proxy", "list", "--bpf-root", defaults.bpf_root_of(pin_root))
+    [row] = [line.split() for line in res.output.splitlines()[1:]]
+    dst = f"{addr(b, family)}:{PORT}" if family == 4 else f"[{addr(b, family)}]:{PORT}"
+    assert row[0] == "TCP" and row[1].startswith(router if family == 4 else f"[{router}]")
+    assert row[2:5] == [dst, "IN", str(IDENTITY_HOST)]
 
 
 def converse(topo, src, dst: str, port: int, n: int) -> list[str]:
