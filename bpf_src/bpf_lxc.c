@@ -10,6 +10,15 @@
  *   to-container:   tc egress of the host veth (packets the kernel routes into
  *                   the container; endpoint-to-endpoint traffic bypasses it via
  *                   bpf_redirect_peer()).
+ *   from-host:      tc ingress of cilium_host (connections to-container hands
+ *                   to an ingress proxy, lib/proxy.h).
+ *
+ * L7 redirects (lib/proxy.h): a new TCP flow whose deciding policy entry has
+ * a proxy port goes to the proxy's socket: from-container assigns it for
+ * the source's egress entry, else for a local destination's ingress entry;
+ * to-container hairpins it through cilium_host for the endpoint's ingress
+ * entry unless it comes from the ingress proxy itself. Its CT entry carries
+ * CT_F_PROXY_REDIRECT, and the flow's later packets follow it.
  *
  * Services (lib/lb_lxc.h): from-container translates a packet to a service
  * frontend to its backend before conntrack and policy see it; replies are
@@ -27,6 +36,7 @@
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 #include "lib/trace.h"
+#include "lib/proxy.h"
 
 /* ARP from a container: well-formed Ethernet/IPv4 request or reply whose
  * sender is the endpoint itself (its MAC and its IPv4), or an ARP probe
@@ -117,9 +127,10 @@ int from_container(struct __sk_buff *skb)
 	struct ethhdr eth;
 	struct flow f = {};
 	struct lb_flow lb = {};
-	struct ct_nat nat;
+	struct ct_nat nat, ct_flags;
 	__u32 now, len = skb->len, src_id, dst_id = 0, ct_src_id = 0;
-	__u16 lxc_id;
+	__u16 lxc_id, proxy_port = 0, in_port = 0;
+	int to_proxy = 0;
 	__u8 monitor = 0, match = POLICY_MATCH_NONE;
 	int ret, ct;
 
@@ -224,9 +235,20 @@ int from_container(struct __sk_buff *skb)
 			policy_can_access(lxc_id, POLICY_EGRESS, dst_id, &f, len, NULL);
 		if (dst_ep && (dst_ep->flags & EP_F_INGRESS_ENFORCED))
 			policy_can_access(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len, NULL);
+		if (nat.flags & CT_F_PROXY_REDIRECT) {
+			/* the proxy's socket of this connection, or a drop */
+			ret = proxy_assign(skb, &f, 0);
+			if (ret)
+				return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id,
+							dst_id, dst_ep ? dst_ep->lxc_id : 0);
+			to_proxy = 1;
+		}
 	} else if (ct == CT_NEW) {
+		int tcp = f.nexthdr == IPPROTO_TCP;
+
 		if (ep->flags & EP_F_EGRESS_ENFORCED) {
-			ret = policy_can_access(lxc_id, POLICY_EGRESS, dst_id, &f, len, &match);
+			ret = policy_can_access_proxy(lxc_id, POLICY_EGRESS, dst_id, &f, len, &match,
+						      &proxy_port);
 			send_policy_verdict_notify(skb, &f, lxc_id, src_id, dst_id,
 						   dst_ep ? dst_ep->lxc_id : 0, METRIC_EGRESS,
 						   ret, match);
@@ -237,8 +259,8 @@ int from_container(struct __sk_buff *skb)
 			}
 		}
 		if (dst_ep && (dst_ep->flags & EP_F_INGRESS_ENFORCED)) {
-			ret = policy_can_access(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len,
-						&match);
+			ret = policy_can_access_proxy(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f,
+						      len, &match, &in_port);
 			send_policy_verdict_notify(skb, &f, dst_ep->lxc_id, src_id, dst_id,
 						   dst_ep->lxc_id, METRIC_INGRESS, ret, match);
 			if (ret) {
@@ -247,8 +269,26 @@ int from_container(struct __sk_buff *skb)
 							src_id, dst_id, dst_ep->lxc_id);
 			}
 		}
+		/* the egress proxy's upstream connection meets the destination's
+		 * ingress proxy in to-container */
+		if (!proxy_port)
+			proxy_port = in_port;
+		if (!tcp)
+			proxy_port = 0;
+		if (proxy_port) {
+			/* before the CT entry: a SYN the proxy did not get opens
+			 * nothing, its retransmission meets the policy again */
+			ret = proxy_assign(skb, &f, proxy_port);
+			if (ret)
+				return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id,
+							dst_id, dst_ep ? dst_ep->lxc_id : 0);
+			to_proxy = 1;
+		}
 		if (!f.is_error) {	/* an unrelated ICMP error opens no flow */
-			ret = ct_create(&f, CT_EGRESS, src_id, len, now, lxc_id, &lb.nat);
+			ct_flags = lb.nat;
+			if (to_proxy)
+				ct_flags.flags |= CT_F_PROXY_REDIRECT;
+			ret = ct_create(&f, CT_EGRESS, src_id, len, now, lxc_id, &ct_flags);
 			if (ret)
 				return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id,
 							dst_id, dst_ep ? dst_ep->lxc_id : 0);
@@ -260,6 +300,14 @@ int from_container(struct __sk_buff *skb)
 		lb_lxc_track(&f, &lb, now);
 	frag_record(&f);
 	update_metrics(REASON_FORWARDED, METRIC_EGRESS, len);
+	if (to_proxy) {
+		/* the stack delivers it locally (policy routing on the mark) to
+		 * the socket assigned above */
+		skb->mark = proxy_mark(proxy_port);
+		send_trace_notify(skb, TRACE_TO_PROXY, lxc_id, src_id, dst_id,
+				  dst_ep ? dst_ep->lxc_id : 0, ct, monitor);
+		return TC_ACT_OK;
+	}
 	if (dst_ep) {
 		send_trace_notify(skb, TRACE_TO_LXC, lxc_id, src_id, dst_ep->sec_identity,
 				  dst_ep->lxc_id, ct, monitor);
@@ -278,8 +326,9 @@ int to_container(struct __sk_buff *skb)
 	struct ethhdr eth;
 	struct flow f = {};
 	struct ct_nat nat, no_nat = {};
-	__u32 now, len = skb->len, src_id = 0, dst_id, ct_src_id = 0;
-	__u16 lxc_id;
+	__u32 now, len = skb->len, src_id = 0, dst_id, ct_src_id = 0, mark = skb->mark;
+	__u16 lxc_id, proxy_port = 0;
+	int to_proxy = 0;
 	__u8 monitor = 0, match = POLICY_MATCH_NONE;
 	int ret, ct;
 
@@ -321,10 +370,22 @@ int to_container(struct __sk_buff *skb)
 				  (ct == CT_RELATED && lb_rev_nat_icmp(skb, &f, &nat) < 0)))
 		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
 	if (ct == CT_NEW) {
-		src_ep = lookup_lxc(&f, &f.saddr);
-		src_id = src_ep ? src_ep->sec_identity : ipcache_identity(&f, &f.saddr);
+		/* A proxy's upstream connection carries its client's identity in
+		 * the mark (a container cannot forge one: crossing its veth into
+		 * the host clears skb->mark); the ingress proxy's own is not
+		 * redirected again. */
+		int tcp = f.nexthdr == IPPROTO_TCP &&
+			  (mark & MARK_MAGIC_HOST_MASK) != MARK_MAGIC_PROXY_INGRESS;
+
+		if (proxy_mark_is_upstream(mark)) {
+			src_id = proxy_mark_identity(mark);
+		} else {
+			src_ep = lookup_lxc(&f, &f.saddr);
+			src_id = src_ep ? src_ep->sec_identity : ipcache_identity(&f, &f.saddr);
+		}
 		if (ep->flags & EP_F_INGRESS_ENFORCED) {
-			ret = policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len, &match);
+			ret = policy_can_access_proxy(lxc_id, POLICY_INGRESS, src_id, &f, len, &match,
+						      &proxy_port);
 			send_policy_verdict_notify(skb, &f, lxc_id, src_id, dst_id, lxc_id,
 						   METRIC_INGRESS, ret, match);
 			if (ret) {
@@ -333,7 +394,11 @@ int to_container(struct __sk_buff *skb)
 							dst_id, lxc_id);
 			}
 		}
+		if (!tcp)
+			proxy_port = 0;
 		if (!f.is_error) {
+			if (proxy_port)
+				no_nat.flags = CT_F_PROXY_REDIRECT;
 			ret = ct_create(&f, CT_INGRESS, src_id, len, now, lxc_id, &no_nat);
 			if (ret)
 				return send_drop_notify(skb, ret, METRIC_INGRESS, lxc_id, src_id,
@@ -350,12 +415,55 @@ int to_container(struct __sk_buff *skb)
 			src_id = ipcache_identity(&f, &f.saddr);
 		if (ct == CT_ESTABLISHED && (ep->flags & EP_F_INGRESS_ENFORCED))
 			policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len, NULL);  /* counters */
+		to_proxy = ct == CT_ESTABLISHED && (nat.flags & CT_F_PROXY_REDIRECT);
 	}
+	if (proxy_port)
+		to_proxy = 1;
 
 	frag_record(&f);
+	if (to_proxy) {
+		/* from-host assigns the socket: by the mark's port for a new
+		 * flow, by the tuple for the proxy's existing connection */
+		ret = proxy_hairpin(skb, proxy_port);
+		if (ret < 0)
+			return send_drop_notify(skb, DROP_PROXY_LOOKUP_FAILED, METRIC_INGRESS,
+						lxc_id, src_id, dst_id, lxc_id);
+		update_metrics(REASON_FORWARDED, METRIC_INGRESS, len);
+		send_trace_notify(skb, TRACE_TO_PROXY, lxc_id, src_id, dst_id, lxc_id, ct, monitor);
+		return ret;
+	}
 	update_metrics(REASON_FORWARDED, METRIC_INGRESS, len);
 	send_trace_notify(skb, TRACE_TO_LXC, lxc_id, src_id, dst_id, lxc_id, ct, monitor);
 	send_debug(skb, lxc_id, DBG_LOCAL_DELIVERY, lxc_id, src_id, 0);
+	return TC_ACT_OK;
+}
+
+__section("tc/from-host")
+int from_host(struct __sk_buff *skb)
+{
+	struct endpoint_info *ep;
+	struct ethhdr eth;
+	struct flow f = {};
+	__u32 mark = skb->mark, dst_id = 0;
+	__u16 lxc_id = 0;
+	int ret;
+
+	if ((mark & MARK_MAGIC_HOST_MASK) != MARK_MAGIC_TO_PROXY)
+		return TC_ACT_OK;	/* the host's own traffic */
+	if (eth_load(skb, &eth) < 0 || parse_ip(skb, eth.h_proto, &f) != 0 ||
+	    f.nexthdr != IPPROTO_TCP)
+		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, 0, 0, 0, 0);
+	ep = lookup_lxc(&f, &f.daddr);
+	if (ep) {
+		lxc_id = ep->lxc_id;
+		dst_id = ep->sec_identity;
+	}
+	ret = proxy_assign(skb, &f, bpf_htons(mark >> 16));
+	if (ret)
+		return send_drop_notify(skb, ret, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
+	/* to-container addressed the frame to the endpoint's MAC: the stack
+	 * would drop it as another host's */
+	bpf_skb_change_type(skb, PACKET_HOST);
 	return TC_ACT_OK;
 }
 

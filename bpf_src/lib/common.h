@@ -68,7 +68,8 @@
 #define CT_F_TX_CLOSING		(1 << 1)
 #define CT_F_SEEN_NON_SYN	(1 << 2)
 #define CT_F_NODE_PORT		(1 << 3)	/* reserved (load balancer) */
-#define CT_F_PROXY_REDIRECT	(1 << 4)	/* reserved (L7 proxy) */
+#define CT_F_PROXY_REDIRECT	(1 << 4)	/* the originator's packets go to the L7 proxy's
+						 * socket (lib/proxy.h) */
 #define CT_F_SEEN_REPLY		(1 << 5)	/* a packet went the reply way */
 #define CT_F_LOOPBACK		(1 << 6)	/* hairpin service flow: source rewritten
 						 * to IPV4_LOOPBACK (lib/lb_lxc.h) */
@@ -148,6 +149,8 @@
 #define DROP_POLICY_L4		159
 #define DROP_POLICY_CIDR	162
 #define DROP_FRAG_NOT_FOUND	175
+#define DROP_PROXY_LOOKUP_FAILED	178	/* no proxy socket for a redirected flow */
+#define DROP_PROXY_SET_FAILED	179	/* bpf_sk_assign() refused the socket */
 #define DROP_POLICY_DENY	181
 #define DROP_VLAN_FILTERED	182
 
@@ -369,7 +372,10 @@ struct metrics_value {
 struct datapath_config {
 	__u32 flags;			/* CFG_F_* */
 	__u32 monitor_aggregation;	/* MONITOR_AGGREGATION_* */
-	__u64 reserved[3];
+	__u32 host_ifindex;		/* cilium_host: where to-container hairpins
+					 * connections for the ingress proxy (0 = none) */
+	__u32 pad;
+	__u64 reserved[2];
 };
 
 /* cilium_events payload header, one layout for every type (fields that do

@@ -38,10 +38,11 @@ static __always_inline struct policy_entry *policy_get(__u16 lxc_id, __u8 direct
 }
 
 /* Returns 0 if allowed, else the (positive) drop reason; *match (if not
- * NULL) gets the POLICY_MATCH_* of the deciding entry. */
-static __always_inline int policy_can_access(__u16 lxc_id, __u8 direction,
-					     __u32 identity, const struct flow *f,
-					     __u32 len, __u8 *match)
+ * NULL) gets the POLICY_MATCH_* of the deciding entry, *proxy_port (if not
+ * NULL) its L7 proxy port (network order, 0 = none). */
+static __always_inline int policy_can_access_proxy(__u16 lxc_id, __u8 direction,
+						   __u32 identity, const struct flow *f,
+						   __u32 len, __u8 *match, __u16 *proxy_port)
 {
 	struct policy_entry *e;
 	int l4 = flow_is_l4_ports(f);
@@ -67,6 +68,8 @@ static __always_inline int policy_can_access(__u16 lxc_id, __u8 direction,
 			return DROP_POLICY_DENY;
 		__sync_fetch_and_add(&e->packets, 1);
 		__sync_fetch_and_add(&e->bytes, len);
+		if (proxy_port)
+			*proxy_port = e->proxy_port;
 		return 0;
 	}
 	if (policy_get(lxc_id, direction, identity, 0, POLICY_PROTO_L4_MARKER) ||
@@ -75,6 +78,13 @@ static __always_inline int policy_can_access(__u16 lxc_id, __u8 direction,
 	if (identity & IDENTITY_LOCAL_SCOPE_FLAG)
 		return DROP_POLICY_CIDR;
 	return DROP_POLICY;
+}
+
+static __always_inline int policy_can_access(__u16 lxc_id, __u8 direction,
+					     __u32 identity, const struct flow *f,
+					     __u32 len, __u8 *match)
+{
+	return policy_can_access_proxy(lxc_id, direction, identity, f, len, match, NULL);
 }
 
 #endif /* __LIB_POLICY_H_ */

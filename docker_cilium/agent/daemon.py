@@ -24,7 +24,7 @@ from docker_cilium.agent.options import RuntimeOptions, agent_options
 from docker_cilium.agent.sdnotify import notify as sd_notify
 from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
-from docker_cilium.datapath import socketlb
+from docker_cilium.datapath import proxyroute, socketlb
 from docker_cilium.datapath.hostport import HostPortRules
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
@@ -157,8 +157,9 @@ class Daemon:
             raise RuntimeError("no global IPv4 address on this host: pass --ipv4-range")
         self.node = NodeAddressing.derive(node_ip or "0.0.0.0", cfg.ipv4_range, cfg.ipv6_range)
         self.mtu = cfg.mtu or await self.links.uplink_mtu()
-        await self.links.ensure_host_device(str(self.node.router4),
-                                            str(self.node.router6) if cfg.enable_ipv6 else None, self.mtu)
+        host_ifindex = await self.links.ensure_host_device(str(self.node.router4),
+                                                           str(self.node.router6) if cfg.enable_ipv6 else None,
+                                                           self.mtu)
         masq = {4: [str(self.node.ipv4_range)], 6: [str(self.node.ipv6_range)] if cfg.enable_ipv6 else []}
         await self.iptables.ensure(masq)
 
@@ -172,6 +173,9 @@ class Daemon:
         self.datapath = await asyncio.to_thread(
             Datapath.load, obj, defaults.bpf_pin_root(cfg.bpf_root), defaults.bpf_prog_dir(cfg.bpf_root))
         assert self.datapath.maps is not None
+        # L7 proxy steering: from-host on cilium_host, local delivery of marked packets
+        await asyncio.to_thread(self.datapath.attach_host, host_ifindex)
+        await asyncio.to_thread(proxyroute.ensure, cfg.enable_ipv6)
         await self._socket_lb(sock_obj)
         config_map = self.datapath.maps.config
         self.metrics.set_datapath_reader(self.datapath.maps.metrics.dump)

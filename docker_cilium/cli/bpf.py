@@ -22,7 +22,14 @@ from docker_cilium import defaults
 from docker_cilium.errors import APIError
 from docker_cilium.cli.common import Context, output_option, pass_ctx
 from docker_cilium.cli.output import emit_json, table
-from docker_cilium.datapath.maps.ctmap import CT4_MAP, CT6_MAP, CT_INGRESS, CT_SERVICE, monotonic_seconds
+from docker_cilium.datapath.maps.ctmap import (
+    CT4_MAP,
+    CT6_MAP,
+    CT_F_PROXY_REDIRECT,
+    CT_INGRESS,
+    CT_SERVICE,
+    monotonic_seconds,
+)
 from docker_cilium.datapath.maps.lxcmap import EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED
 from docker_cilium.datapath.maps.policymap import PROTO_NAMES
 from docker_cilium.datapath.maps.registry import DatapathMaps
@@ -193,6 +200,40 @@ def ct_flush(ctx: Context, table_name: str, pin_root: str) -> None:
     else:
         click.echo(f"Flushed {n} entries from {os.path.join(pin_root, CT4_MAP)} and "
                    f"{os.path.join(pin_root, CT6_MAP)}")
+
+
+# --- proxy -------------------------------------------------------------------------
+@bpf.group("proxy")
+def proxy_group() -> None:
+    """Access proxy configuration"""
+
+
+@proxy_group.command("list")
+@bpf_root_option
+@output_option
+@pass_ctx
+def proxy_list(ctx: Context, pin_root: str) -> None:
+    """List the connections redirected to the L7 proxy
+
+    The conntrack entries the datapath marked for the proxy: the client's
+    address (SOURCE), the address it connected to, which the proxy serves
+    and forwards to (ORIGINAL DESTINATION), which program opened the entry
+    (OUT: the client's from-container, IN: the server's to-container, through
+    cilium_host), the client's identity, the entry's CT flags and its expiry
+    in seconds."""
+    entries = [e for e in _with_maps(pin_root, lambda dp: dp.ct.dump()) if e.flags & CT_F_PROXY_REDIRECT]
+    entries.sort(key=lambda e: (e.family, e.saddr, e.sport, e.daddr, e.dport, e.direction))
+    now = monotonic_seconds()
+    if ctx.output == "json":
+        emit_json([dataclasses.asdict(e) | {"expires": e.expires_in(now)} for e in entries])
+        return
+    if not entries:
+        click.echo("No connections redirected to the proxy")
+        return
+    table(["PROTO", "SOURCE", "ORIGINAL DESTINATION", "CT", "SOURCE IDENTITY", "FLAGS", "EXPIRES"],
+          [[PROTO_NAMES.get(e.proto, str(e.proto)), _addr(e.saddr, e.sport), _addr(e.daddr, e.dport),
+            "IN" if e.direction == CT_INGRESS else "OUT", e.src_sec_id, f"0x{e.flags:x}",
+            e.expires_in(now)] for e in entries])
 
 
 # --- endpoints / ipcache ------------------------------------------------------------

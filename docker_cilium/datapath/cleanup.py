@@ -11,13 +11,15 @@ pinned, chains in place: containers keep their connectivity and policy).
 * the XDP prefilter on whatever device runs the program pinned under our
   program dir (:mod:`docker_cilium.datapath.xdp`);
 * the maps the datapath pins (:data:`registry.MAP_TYPES` and
-  :data:`registry.DATAPATH_ONLY_MAPS`) under the pin root, and its two
+  :data:`registry.DATAPATH_ONLY_MAPS`) under the pin root, and its three
   programs under the program dir; then those directories if left empty;
 * the socket LB's maps (:data:`socklb.MAP_TYPES`) and its pinned cgroup
   links (unpinning a link detaches its hook from the cgroup);
 * the links the agent creates (``cilium_host``/``cilium_net``, ``lxc`` + 12
   hex endpoint veths, ``tmp`` + 12 hex container sides never moved into a
   container) and the routes leaving by them;
+* the L7 proxy's policy routing (:mod:`docker_cilium.datapath.proxyroute`:
+  the fwmark rule and table 2004's local routes);
 * the ``CILIUM_*`` iptables/ip6tables chains and the jumps into them.
 
 Order follows Cilium's: filters and XDP first (a filter whose maps were unpinned still runs),
@@ -40,11 +42,11 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from docker_cilium import defaults
-from docker_cilium.datapath import xdp
+from docker_cilium.datapath import proxyroute, xdp
 from docker_cilium.datapath.bpf import check, libbpf
 from docker_cilium.datapath.iptables import CHAINS, Iptables
 from docker_cilium.datapath.link import PEER_IFNAME_PREFIX, is_endpoint_ifname
-from docker_cilium.datapath.loader import PROGRAMS, TC_PARENT
+from docker_cilium.datapath.loader import ALL_PROGRAMS, TC_PARENT
 from docker_cilium.datapath.maps.registry import DATAPATH_ONLY_MAPS, MAP_TYPES
 from docker_cilium.datapath.maps.socklb import MAP_TYPES as SOCKLB_MAP_TYPES
 from docker_cilium.datapath.socketlb import PROGRAMS as SOCKLB_PROGRAMS
@@ -65,7 +67,7 @@ class _prog_info(ctypes.Structure):
 def pinned_prog_ids(prog_dir: str) -> set[int]:
     """Ids of the programs pinned under ``prog_dir`` (the ones our filters run)."""
     ids = set()
-    for name in PROGRAMS:
+    for name in ALL_PROGRAMS:
         path = os.path.join(prog_dir, name)
         fd = libbpf().bpf_obj_get(path.encode())
         if fd < 0:
@@ -129,17 +131,20 @@ class HostTraces:
     pins: list[str] = field(default_factory=list)
     pin_dirs: list[str] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
+    proxy_routes: list[proxyroute.ProxyRoute] = field(default_factory=list)
     links: dict[int, str] = field(default_factory=dict)
     chains: list[tuple[str, str, str]] = field(default_factory=list)  # (binary, table, chain)
 
     def empty(self) -> bool:
-        return not (self.tc_filters or self.xdp_programs or self.pins or self.routes or self.links or self.chains)
+        return not (self.tc_filters or self.xdp_programs or self.pins or self.routes or self.proxy_routes
+                    or self.links or self.chains)
 
     def describe(self) -> list[str]:
         sections = [("tc filters", [str(f) for f in self.tc_filters]),
                     ("XDP programs", [str(a) for a in self.xdp_programs]),
                     ("pinned BPF maps, programs and links", self.pins),
                     ("routes", [str(r) for r in self.routes]),
+                    ("L7 proxy policy routing", [str(r) for r in self.proxy_routes]),
                     ("links", sorted(self.links.values())),
                     ("iptables chains (and the jumps into them)", [" ".join(c) for c in self.chains])]
         return [f"{title}\n" + "".join(f"  {item}\n" for item in items) for title, items in sections if items]
@@ -196,7 +201,7 @@ def _chains() -> list[tuple[str, str, str]]:
 def _pins(pin_root: str, prog_dir: str, links_dir: str) -> list[str]:
     out = []
     for directory, names in ((pin_root, OUR_MAPS | SOCKLB_PINS),
-                             (prog_dir, {n for p in (*PROGRAMS, xdp.XDP_PROGRAM) for n in (p, p + "_new")}),
+                             (prog_dir, {n for p in (*ALL_PROGRAMS, xdp.XDP_PROGRAM) for n in (p, p + "_new")}),
                              (links_dir, {n for p in SOCKLB_PROGRAMS for n in (p, p + "_new")})):
         try:
             present = sorted(os.listdir(directory))
@@ -213,7 +218,7 @@ def find(bpf_root: str) -> HostTraces:
         links = list(ip.get_links())
         ours = {l["index"]: l.get("ifname") for l in links if is_our_link(l.get("ifname") or "")}
         traces = HostTraces(tc_filters=_filters(ip, links, ours, pinned_prog_ids(prog_dir)),
-                            routes=_routes(ip, ours), links=ours)
+                            routes=_routes(ip, ours), proxy_routes=proxyroute.find(ip), links=ours)
     xdp_id = xdp.pinned_id(prog_dir)
     traces.xdp_programs = xdp.find_ours({xdp_id}) if xdp_id else []
     links_dir = defaults.socketlb_links_dir(bpf_root)
@@ -265,6 +270,9 @@ def remove(traces: HostTraces) -> tuple[list[str], list[str]]:
             except NetlinkError as exc:
                 if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
                     errors.append(f"route {r}: {os.strerror(exc.code)}")
+        failed = proxyroute.remove(traces.proxy_routes, ip)
+        errors += failed
+        done += [f"removed {r}" for r in traces.proxy_routes if not any(e.startswith(str(r)) for e in failed)]
         for index, name in sorted(traces.links.items(), key=lambda kv: kv[1]):
             try:
                 ip.link("del", index=index)

@@ -19,6 +19,8 @@ DROP_NO_SERVICE = 158
 DROP_POLICY_L4 = 159
 DROP_POLICY_CIDR = 162
 DROP_FRAG_NOT_FOUND = 175
+DROP_PROXY_LOOKUP_FAILED = 178
+DROP_PROXY_SET_FAILED = 179
 DROP_POLICY_DENY = 181
 DROP_VLAN_FILTERED = 182
 
@@ -37,6 +39,8 @@ DROP_REASONS = {
     DROP_POLICY_L4: "Policy denied (L4)",
     DROP_POLICY_CIDR: "Policy denied (CIDR)",
     DROP_FRAG_NOT_FOUND: "First logical datagram fragment not found",
+    DROP_PROXY_LOOKUP_FAILED: "Socket lookup failed",
+    DROP_PROXY_SET_FAILED: "Socket assign failed",
     DROP_POLICY_DENY: "Policy denied by denylist",
     DROP_VLAN_FILTERED: "VLAN traffic disallowed by VLAN filter",
 }

@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
 PEER_IFNAME_PREFIX = "tmp"
 
 
@@ -118,6 +119,10 @@ class LinkManager:
         def _mtu() -> int:
             ip = self._ip()
             for route in ip.get_default_routes(family=2):
+                # the main table's: other tables have defaults too (the L7
+                # proxy's "local default dev lo table 2004", lo's MTU 65536)
+                if route.get_attr("RTA_TABLE") != RT_TABLE_MAIN or route["type"] != RTN_UNICAST:
+                    continue
                 oif = route.get("oif")
                 if oif:
                     return int(ip.get_links(oif)[0].get("mtu"))
@@ -178,6 +183,9 @@ class LinkManager:
                 ip.link("set", index=peer, state="up", mtu=mtu)
             write_sysctl("net.ipv4.ip_forward", "1")
             write_sysctl(f"net.ipv4.conf.{defaults.HOST_DEVICE}.rp_filter", "0")
+            # connections to-container hands to the ingress proxy enter the
+            # stack here, the host's own among them (source a local address)
+            write_sysctl(f"net.ipv4.conf.{defaults.HOST_DEVICE}.accept_local", "1")
             self._add_addr(idx, router4, 32)
             if router6:
                 write_sysctl("net.ipv6.conf.all.forwarding", "1")

@@ -9,16 +9,17 @@
   by name under ``pin_root`` (default ``/sys/fs/bpf/tc/globals``): pinned maps
   that already exist are REUSED (a restarted agent keeps all endpoint, policy,
   CT and ipcache state). A pinned map whose type/sizes no longer match the
-  object is unlinked and recreated (logged). The two programs are pinned too,
-  under ``prog_dir`` (default ``/sys/fs/bpf/cilium/progs``: ``from_container``
-  and ``to_container``), replacing older pins.
+  object is unlinked and recreated (logged). The programs are pinned too,
+  under ``prog_dir`` (default ``/sys/fs/bpf/cilium/progs``: ``from_container``,
+  ``to_container`` and ``from_host``), replacing older pins.
 * Attached tc filters hold their own program reference, so enforcement goes on
   while the agent is down. A restarted agent either loads the (cached) object
   again and re-attaches every endpoint with :meth:`Datapath.attach`
   (idempotent: same prio/handle, ``replace``), or, without loading anything,
   uses :meth:`Datapath.from_pinned` to get the pinned programs and maps.
 * Attaching: ``from-container`` on tc ingress and ``to-container`` on tc
-  egress of the host-side veth, through pyroute2. pyroute2 0.9's sync
+  egress of the host-side veth (``from-host`` once on cilium_host's tc ingress,
+  :meth:`Datapath.attach_host`), through pyroute2. pyroute2 0.9's sync
   ``IPRoute`` cannot run inside a running event loop, so every netlink call
   runs in ONE dedicated worker thread that owns one ``IPRoute`` socket;
   :meth:`attach`/:meth:`detach` block the caller (safe from any thread, even a
@@ -58,6 +59,10 @@ log = structlog.get_logger(__name__)
 
 SRC_DIR = Path(__file__).resolve().parents[2] / "bpf_src"
 PROGRAMS = {"from_container": "ingress", "to_container": "egress"}
+#: on cilium_host (once, :meth:`Datapath.attach_host`): assigns the proxy's
+#: socket to connections to-container hairpins there (lib/proxy.h)
+HOST_PROGRAMS = {"from_host": "ingress"}
+ALL_PROGRAMS = {**PROGRAMS, **HOST_PROGRAMS}
 TC_PARENT = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
 TC_PRIO = 1
 TC_HANDLE = 1
@@ -227,7 +232,7 @@ class Datapath:
                 err = -ret
                 raise BPFError(err, f"bpf_object__load: {os.strerror(err)}\n"
                                f"{vlog[-8000:]}")
-            for name in PROGRAMS:
+            for name in ALL_PROGRAMS:
                 prog = lib.bpf_object__find_program_by_name(obj, name.encode())
                 if not prog:
                     raise BPFError(errno.ENOENT, f"program {name} not in {obj_path}")
@@ -288,7 +293,7 @@ class Datapath:
                     prog_dir: str | None = None) -> "Datapath":
         """Attach-capable Datapath from pinned programs and maps (no load)."""
         dp = cls(pin_root, prog_dir)
-        for name in PROGRAMS:
+        for name in ALL_PROGRAMS:
             path = os.path.join(dp.prog_dir, name)
             dp.prog_fds[name] = check(libbpf().bpf_obj_get(path.encode()),
                                       f"bpf_obj_get({path})")
@@ -344,7 +349,7 @@ class Datapath:
     async def _arun(self, fn: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self._worker(), fn, *args)
 
-    def _do_attach(self, ifindex: int) -> float:
+    def _do_attach(self, ifindex: int, programs: Mapping[str, str] = PROGRAMS) -> float:
         from pyroute2.netlink.exceptions import NetlinkError
 
         t0 = time.perf_counter()
@@ -354,17 +359,17 @@ class Datapath:
         except NetlinkError as e:
             if e.code != errno.EEXIST:
                 raise
-        for name, direction in PROGRAMS.items():
+        for name, direction in programs.items():
             ipr.tc("replace-filter", "bpf", ifindex, TC_HANDLE, fd=self.prog_fds[name],
                    name=f"bpf_lxc.o:[{name}]", parent=TC_PARENT[direction], classid=1,
                    direct_action=True, prio=TC_PRIO, protocol=ETH_P_ALL)
         return (time.perf_counter() - t0) * 1000
 
-    def _do_detach(self, ifindex: int) -> None:
+    def _do_detach(self, ifindex: int, programs: Mapping[str, str] = PROGRAMS) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
 
         ipr = self._ip()
-        for direction in PROGRAMS.values():
+        for direction in programs.values():
             try:
                 ipr.tc("del-filter", "bpf", ifindex, TC_HANDLE, parent=TC_PARENT[direction],
                        prio=TC_PRIO, protocol=ETH_P_ALL)
@@ -379,6 +384,18 @@ class Datapath:
 
     def detach(self, ifindex: int) -> None:
         self._run(self._do_detach, ifindex)
+
+    def attach_host(self, ifindex: int) -> None:
+        """Attach ``from-host`` to cilium_host's tc ingress (idempotent) and
+        tell to-container its ifindex (the ingress proxy's hairpin)."""
+        self._run(self._do_attach, ifindex, HOST_PROGRAMS)
+        assert self.maps is not None
+        self.maps.config.set_host_ifindex(ifindex)
+
+    def detach_host(self, ifindex: int) -> None:
+        assert self.maps is not None
+        self.maps.config.set_host_ifindex(0)
+        self._run(self._do_detach, ifindex, HOST_PROGRAMS)
 
     async def attach_async(self, ifindex: int) -> float:
         return await self._arun(self._do_attach, ifindex)

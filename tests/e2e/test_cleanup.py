@@ -15,6 +15,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from docker_cilium import defaults
+from docker_cilium.datapath import proxyroute
 from docker_cilium.datapath.cleanup import is_our_link, pinned_prog_ids
 from tests.e2e.conftest import create_network, exec_, iptables_leaks, net_settings, run_container, running_agent
 from tests.helpers import VENV_BIN, Agent, run
@@ -78,8 +79,10 @@ def test_cleanup_after_agent_stop(own_agent, tmp_path, names):
     assert ip1 in {e["key"]["address"] for e in lxc["cache"]}
     assert {"cilium_lxc", "cilium_policy", "cilium_ipcache"} <= {m["name"] for m in a.cli_json("map", "list")}
     prog_ids = pinned_prog_ids(defaults.bpf_prog_dir(a.bpf_root))
-    assert len(prog_ids) == 2 and len(agent_tc_filters(prog_ids)) == 2  # c1's veth: both directions
+    # c1's veth: both directions; cilium_host: from-host (the L7 proxy's hairpin)
+    assert len(prog_ids) == 3 and len(agent_tc_filters(prog_ids)) == 3
     assert "cilium_host" in our_links() and iptables_leaks()
+    assert {r.kind for r in proxyroute.find()} == {"rule", "route"}  # the L7 proxy's policy routing
 
     # While the agent runs: refused, whether it is found by its socket or only by its lock.
     res = cleanup_cli(a, "-f")
@@ -94,6 +97,7 @@ def test_cleanup_after_agent_stop(own_agent, tmp_path, names):
     assert res.returncode == 0 and "You are about to remove:" in res.stdout
     assert "cilium_host" in res.stdout and "CILIUM_FORWARD" in res.stdout and "Nothing removed." in res.stdout
     assert "CILIUM_PRE_nat" in res.stdout and "CILIUM_OUTPUT_nat" in res.stdout
+    assert "fwmark 0x200/0xf00 lookup 2004" in res.stdout
     assert "cilium_host" in our_links() and pins(a)
 
     res = cleanup_cli(a, "-f")
@@ -102,6 +106,7 @@ def test_cleanup_after_agent_stop(own_agent, tmp_path, names):
     assert agent_tc_filters(prog_ids) == []
     assert pins(a) == []
     assert iptables_leaks() == []
+    assert proxyroute.find() == []
     assert not os.path.exists(os.path.join(a.state_dir, "bpf"))
     assert os.path.exists(os.path.join(a.lib_dir, "node-state.db"))  # persistent state stays
     assert cleanup_cli(a, "-f").stdout == "Nothing to clean up.\n"

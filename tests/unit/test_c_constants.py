@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from docker_cilium.datapath import drop
+from docker_cilium.datapath import drop, marks
 from docker_cilium.datapath.loader import SRC_DIR
 from docker_cilium.datapath.maps import cidrmap, configmap, ctmap, eventsmap, lxcmap, metricsmap, policymap
 from docker_cilium.identity import reserved
@@ -38,6 +38,11 @@ MIRRORED = {
     "CT_F_SEEN_NON_SYN": ctmap.CT_F_SEEN_NON_SYN,
     "CT_F_SEEN_REPLY": ctmap.CT_F_SEEN_REPLY,
     "CT_F_LOOPBACK": ctmap.CT_F_LOOPBACK,
+    "CT_F_PROXY_REDIRECT": ctmap.CT_F_PROXY_REDIRECT,
+    "MARK_MAGIC_HOST_MASK": marks.MARK_MAGIC_HOST_MASK,
+    "MARK_MAGIC_TO_PROXY": marks.MARK_MAGIC_TO_PROXY,
+    "MARK_MAGIC_PROXY_INGRESS": marks.MARK_MAGIC_PROXY_INGRESS,
+    "MARK_MAGIC_PROXY_EGRESS": marks.MARK_MAGIC_PROXY_EGRESS,
     "CFG_F_DEBUG": configmap.CFG_F_DEBUG,
     **{name: getattr(configmap, name) for name in dir(configmap)
        if name.startswith("MONITOR_AGGREGATION_")},
@@ -65,20 +70,20 @@ MIRRORED = {
 C_ONLY = {
     "IDENTITY_UNKNOWN",         # the datapath never looks it up
     "CT_F_NODE_PORT",           # reserved (load balancer)
-    "CT_F_PROXY_REDIRECT",      # reserved (L7 proxy)
     "NOTIFY_CAPTURE_LEN",       # capture size; events carry their own len_cap
     "POLICY_MAP_SIZE",          # map sizes are compile-time (-D); Python never assumes them
 }
 
 SHARED_FAMILIES = re.compile(r"^(IDENTITY_|EP_F_|POLICY_|METRIC_|CT_EGRESS$|CT_INGRESS$|CT_F_|"
-                             r"CFG_F_|NOTIFY_|TRACE_|DROP_|REASON_|MONITOR_AGGREGATION_|DBG_)")
+                             r"CFG_F_|NOTIFY_|TRACE_|DROP_|REASON_|MONITOR_AGGREGATION_|DBG_|MARK_MAGIC_)")
 
 _DEFINE = re.compile(r"^#define\s+(\w+)\s+(.*?)\s*(?:/\*.*)?$")
-_NUMBER = re.compile(r"^\(?\s*(\d+)\s*(?:<<\s*(\d+))?\s*\)?$")
+_NUMBER = re.compile(r"^\(?\s*(0x[0-9a-fA-F]+|\d+)\s*(?:<<\s*(\d+))?\s*\)?$")
 
 
 def header_defines() -> dict[str, int]:
-    """Every numeric ``#define NAME N`` / ``#define NAME (A << B)`` in lib/*.h."""
+    """Every numeric ``#define NAME N`` / ``#define NAME (A << B)`` in lib/*.h
+    (N decimal or 0x hex)."""
     out: dict[str, int] = {}
     for header in sorted((SRC_DIR / "lib").glob("*.h")):
         for line in header.read_text().splitlines():
@@ -88,7 +93,7 @@ def header_defines() -> dict[str, int]:
             num = _NUMBER.match(m.group(2))
             if not num:
                 continue
-            value = int(num.group(1)) << int(num.group(2) or 0)
+            value = int(num.group(1), 0) << int(num.group(2) or 0)
             assert out.get(m.group(1), value) == value, f"{m.group(1)} defined twice differently"
             out[m.group(1)] = value
     return out
@@ -97,6 +102,7 @@ def header_defines() -> dict[str, int]:
 def test_header_parse_finds_the_shared_defines():
     defines = header_defines()
     assert defines["DROP_POLICY_L4"] == 159 and defines["CT_F_SEEN_NON_SYN"] == 4
+    assert defines["MARK_MAGIC_TO_PROXY"] == 0x0200
     assert len([n for n in defines if SHARED_FAMILIES.match(n)]) >= len(MIRRORED)
 
 

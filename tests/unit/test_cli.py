@@ -324,6 +324,22 @@ def test_bpf_ct_endpoint_ipcache(fake_maps, monkeypatch):
     assert json.loads(run(None, "bpf", "ipcache", "list", "-o", "json").output)[1]["identity"] == 256
 
 
+def test_bpf_proxy_list_shows_only_redirected_connections(fake_maps):
+    maps, _roots = fake_maps
+    assert run(None, "bpf", "proxy", "list").output == "No connections redirected to the proxy\n"
+    far = 10**9
+    maps.ct.items += [CTEntry(4, "10.2.0.3", "10.2.0.2", 40000, 80, 6, 0, 9, 900, far, 0x10 | 0x20, 257),
+                      CTEntry(6, "f00d::1", "f00d::2", 40001, 8080, 6, 1, 1, 60, far, 0x10, 1)]
+    res = run(None, "bpf", "proxy", "list")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split()[:4] == ["PROTO", "SOURCE", "ORIGINAL", "DESTINATION"] and len(lines) == 3
+    assert lines[1].split()[:6] == ["TCP", "10.2.0.3:40000", "10.2.0.2:80", "OUT", "257", "0x30"]
+    assert lines[2].split()[:6] == ["TCP", "[f00d::1]:40001", "[f00d::2]:8080", "IN", "1", "0x10"]
+    out = json.loads(run(None, "bpf", "proxy", "list", "-o", "json").output)
+    assert [(e["daddr"], e["dport"]) for e in out] == [("10.2.0.2", 80), ("f00d::2", 8080)]
+
+
 def test_bpf_maps_missing():
     res = run(None, "bpf", "endpoint", "list", "--bpf-root", "/tmp/dc-no-such-pins")
     assert res.exit_code == 1

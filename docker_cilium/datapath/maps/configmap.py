@@ -63,7 +63,8 @@ def canonical_monitor_aggregation(value: object) -> str:
 
 class datapath_config(ctypes.Structure):
     """bpf_src/lib/common.h ``struct datapath_config``."""
-    _fields_ = [("flags", u32), ("monitor_aggregation", u32), ("reserved", u64 * 3)]
+    _fields_ = [("flags", u32), ("monitor_aggregation", u32), ("host_ifindex", u32), ("pad", u32),
+                ("reserved", u64 * 2)]
 
 
 class ConfigMap:
@@ -93,6 +94,13 @@ class ConfigMap:
             raise ValueError(f"monitor aggregation level {level} out of range")
         v = self.get()
         v.monitor_aggregation = level
+        self.m.update(u32(0), v)
+
+    def set_host_ifindex(self, ifindex: int) -> None:
+        """cilium_host's ifindex: to-container hands connections for an
+        ingress proxy to its tc ingress (``from-host``)."""
+        v = self.get()
+        v.host_ifindex = ifindex
         self.m.update(u32(0), v)
 
     @property

@@ -28,6 +28,7 @@ CT_SERVICE = 2
 CT_F_RX_CLOSING = 1 << 0
 CT_F_TX_CLOSING = 1 << 1
 CT_F_SEEN_NON_SYN = 1 << 2
+CT_F_PROXY_REDIRECT = 1 << 4  # the flow goes to the L7 proxy (`cilium bpf proxy list`)
 CT_F_SEEN_REPLY = 1 << 5
 CT_F_LOOPBACK = 1 << 6
 
