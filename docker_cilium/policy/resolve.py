@@ -65,6 +65,7 @@ from .api.entities import entity_matches
 from .api.l4 import PROTO_NUMBERS
 from .api.l7 import PortRuleHTTP
 from .api.rule import PeerRule, Rule
+from . import l7merge
 from .api.selector import EndpointSelector, LabelSet
 from .index import IdentityIndex
 from .turns import Turns
@@ -258,7 +259,7 @@ def resolve_steps(
     ls = LabelSet.of(endpoint_labels)
     selected = repo.selecting(ls) if isinstance(repo, Repository) else selecting_rules(repo, ls)
     index = identity_index(identities)
-    entries: set[PolicyEntry] = set()
+    acc: l7merge.Acc = {}
     enforced: dict[str, bool] = {}
     for direction in DIRECTIONS:
         enforced[direction] = _enforced(enforcement, selected, direction)
@@ -278,15 +279,16 @@ def resolve_steps(
                 ids = {i for i in pool if all(r.matches(index.labels(i)) for r in requirements)}
             else:
                 ids = peers  # type: ignore[assignment]
-            l4 = entry.l4_pairs()
-            if l4 is None:
-                entries.update(PolicyEntry(direction, i) for i in ids)
-            else:
-                entries.update(PolicyEntry(direction, i, port, proto) for i in ids for port, proto in l4)
+            if not entry.to_ports:
+                acc.update(((direction, i, 0, 0), None) for i in ids)
+                continue
+            for (port, proto), l7 in entry.l7_by_pair().items():
+                for i in ids:
+                    l7merge.add(acc, (direction, i, port, proto), l7)
     if allow_localhost and enforced["ingress"]:
-        entries.add(PolicyEntry("ingress", HOST_IDENTITY))
+        acc[("ingress", HOST_IDENTITY, 0, 0)] = None
     revision = repo.revision if isinstance(repo, Repository) else 0
-    return EndpointPolicy(enforced["ingress"], enforced["egress"], frozenset(entries), revision)
+    return EndpointPolicy(enforced["ingress"], enforced["egress"], l7merge.entries(acc, PolicyEntry), revision)
 
 
 def cidr_prefixes(repo: Repository | Iterable[Rule]) -> set[str]:
