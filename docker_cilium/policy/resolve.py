@@ -352,6 +352,7 @@ def _trace_direction(
     selected = [r for r in rules if r.endpoint_selector.matches(subject)]
     enforced = _enforced(enforcement, selected, direction)
     covered: set[int] = set()
+    l7 = _TraceL7()
     requirements_ok = True
     for rule in selected:
         tag = f" [{' '.join(rule.label_strings)}]" if rule.labels else ""
@@ -377,6 +378,8 @@ def _trace_direction(
             if hit:
                 covered |= got
             lines.append(f"    {_describe_peers(entry)}: {'match' if hit else 'no match'}")
+            if hit and u8proto.TCP in got:
+                lines += l7.add(entry, dport)
     lines.append(f"{len(selected)}/{len(rules)} rules selected")
     if allow_localhost and direction == "ingress" and HOST_LABEL in peer.strings:
         covered |= protos
@@ -389,8 +392,35 @@ def _trace_direction(
     if not requirements_ok:
         lines.append(f"{title} verdict: denied (requirements not met)")
         return False, lines
-    lines.append(f"{title} verdict: {'allowed' if allowed_by_rule else 'denied'}")
+    lines.append(f"{title} verdict: {'allowed' + l7.verdict() if allowed_by_rule else 'denied'}")
     return allowed_by_rule, lines
+
+
+class _TraceL7:
+    """The L7 rules of the entries a trace matched on TCP: as in resolution,
+    the connection goes to the proxy when every matching entry has L7 rules,
+    which then allow the union of them."""
+
+    def __init__(self) -> None:
+        self.plain = False
+        self.rules: set[PortRuleHTTP] = set()
+
+    def add(self, entry: PeerRule, dport: int | None) -> list[str]:
+        rules = entry.l7_by_pair().get((dport, u8proto.TCP)) if entry.to_ports and dport else None
+        if rules is None:
+            self.plain = True
+            return []
+        self.rules.update(rules)
+        return [f"      with L7 HTTP rules {_fmt_http(rules)}"]
+
+    def verdict(self) -> str:
+        if self.plain or not self.rules:
+            return ""
+        return f", redirected to proxy (HTTP requests allowed: {_fmt_http(self.rules)})"
+
+
+def _fmt_http(rules: Iterable[PortRuleHTTP]) -> str:
+    return "[" + " ".join(str(r) for r in sorted(rules)) + "]"
 
 
 def trace(
