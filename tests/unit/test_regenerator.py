@@ -112,14 +112,14 @@ class FakeDatapath:
 class Agent:
     """The daemon's wiring of the policy side, in the same order."""
 
-    def __init__(self, store, allocator: IdentityAllocator) -> None:
+    def __init__(self, store, allocator: IdentityAllocator, proxy=None) -> None:
         self.store, self.allocator = store, allocator
         self.ipcache_map = FakeIPCacheMap()
         self.dp = FakeDatapath()
         self.ipcache = IPCache(store, self.ipcache_map)
         self.identities = IdentityCache(allocator, self.ipcache)
         self.policy = PolicyManager(store, self.ipcache, self.identities, "default")
-        self.regen = Regenerator(self.policy, allocator, self.identities, self.ipcache, self.dp)
+        self.regen = Regenerator(self.policy, allocator, self.identities, self.ipcache, self.dp, proxy=proxy)
 
     async def start(self) -> "Agent":
         await self.ipcache.start([HOST_IP])

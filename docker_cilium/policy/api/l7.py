@@ -7,8 +7,9 @@ Each of ``method``, ``path`` and ``host`` is a POSIX extended regular
 expression matched against the WHOLE value (Cilium anchors them); an empty
 one matches anything. ``headers`` are ``"Name: value"`` strings that must all
 be present in the request (name case-insensitive, value exact); a bare
-``"Name"`` only requires the header to be present. As in Cilium, the name
-ends at the first ``:`` (or space) and the value is the rest, trimmed.
+``"Name"`` only requires the header to be present. The name ends at the
+first ``:`` (without one, at the first space, as Cilium also reads it); the
+value is the rest, trimmed.
 """
 
 from __future__ import annotations
@@ -91,8 +92,11 @@ def parse_header(header: str) -> tuple[str, str | None]:
     """``"Name: value"`` -> ("name", "value"); ``"Name"`` -> ("name", None).
     The name is lower-cased (HTTP field names are case-insensitive)."""
     text = header.strip()
-    cut = min((i for i in (text.find(":"), text.find(" ")) if i >= 0), default=-1)
-    name, value = (text, None) if cut < 0 else (text[:cut], text[cut + 1:].lstrip(": \t").strip())
+    if ":" in text:
+        name, value = (part.strip() for part in text.split(":", 1))
+    else:  # Cilium also reads "Name value"
+        name, *rest = text.split(None, 1) or [""]
+        value = rest[0].strip() if rest else None
     if not _TOKEN.fullmatch(name):
         raise ValueError(f'invalid header {json.dumps(header)}: must be "Name" or "Name: value" '
                          "with a valid HTTP field name")
