@@ -4,6 +4,7 @@ union semantics, and ``policy trace``."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from docker_cilium.policy import resolve
 from docker_cilium.policy.api import PolicyValidationError, dump_rules, parse_rules
 from docker_cilium.policy.api.l7 import PortRuleHTTP, compile_ere, parse_header
 from docker_cilium.policy.resolve import PolicyEntry, trace
+from tests.unit.unit_daemon import api_error
 
 TCP = u8proto.TCP
 B, C = 1000, 1001
@@ -225,3 +227,31 @@ def test_trace_plain_allow_is_not_redirected() -> None:
     verdict, lines = trace(rules, ["container:id=b"], ["container:id=a"], 80, "TCP")
     assert verdict == "ALLOWED" and "Ingress verdict: allowed" in lines
     assert not any("redirected" in line for line in lines)
+
+
+# ---- the API: import, get, trace -----------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "cilium-examples" / "policies"
+
+
+async def test_api_imports_cilium_http_example_and_gets_it_back(api) -> None:
+    client, _ = api
+    doc = json.loads((EXAMPLES / "l7/http/http.json").read_text())
+    resp = await client.put("/v1/policy", data=json.dumps(doc))
+    assert resp.status == 200
+    got = json.loads((await (await client.get("/v1/policy")).json())["policy"])
+    assert got[0]["ingress"][0]["toPorts"] == doc[0]["ingress"][0]["toPorts"]
+    sel = {"from": ["container:id=x"], "to": ["container:app=myService"], "dports": ["80/TCP"]}
+    body = await (await client.get("/v1/policy/resolve", json=sel)).json()
+    assert body["verdict"] == "allowed"
+    assert ('redirected to proxy (HTTP requests allowed: [{"method":"GET","path":"/path1$"} '
+            '{"headers":["X-My-Header: true"],"method":"PUT","path":"/path2$"}])') in body["log"]
+
+
+async def test_api_refuses_http_rules_on_udp_naming_the_field(api) -> None:
+    client, _ = api
+    doc = _policy(_from("b", _port_rule([{"method": "GET"}], protocol="UDP")))
+    msg = await api_error(await client.put("/v1/policy", data=json.dumps(doc)), 400)
+    assert msg == ('[0].ingress[0].toPorts[0].ports[0].protocol: L7 rules can only apply to TCP (not UDP): '
+                   'set "protocol": "TCP"')
+    assert (await (await client.get("/v1/policy")).json())["revision"] == 0
