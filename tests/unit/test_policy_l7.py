@@ -245,7 +245,7 @@ async def test_api_imports_cilium_http_example_and_gets_it_back(api) -> None:
     body = await (await client.get("/v1/policy/resolve", json=sel)).json()
     assert body["verdict"] == "allowed"
     assert ('redirected to proxy (HTTP requests allowed: [{"method":"GET","path":"/path1$"} '
-            '{"headers":["X-My-Header: true"],"method":"PUT","path":"/path2$"}])') in body["log"]
+            '{"method":"PUT","path":"/path2$","headers":["X-My-Header: true"]}])') in body["log"]
 
 
 async def test_api_refuses_http_rules_on_udp_naming_the_field(api) -> None:
