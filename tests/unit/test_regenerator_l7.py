@@ -13,10 +13,9 @@ import pytest
 from docker_cilium import u8proto
 from docker_cilium.datapath.maps.policymap import PolicyEntry
 from docker_cilium.errors import APIError, BadRequest
-from docker_cilium.identity.allocator import IdentityAllocator
 from docker_cilium.policy.api.l7 import PortRuleHTTP
 from docker_cilium.proxy.redirect import EndpointAddr, L7RulesByPeer, RedirectKey
-from tests.unit.test_regenerator import Agent, _created, _endpoint
+from tests.unit.test_regenerator import Agent, _created, _endpoint, running_agent
 
 TCP = u8proto.TCP
 GET_PUBLIC = (PortRuleHTTP(method="GET", path="/public"),)
@@ -60,22 +59,14 @@ async def proxy():
 
 @pytest.fixture
 async def agent(store, proxy):
-    allocator = IdentityAllocator(store, "unit")
-    await allocator.start()
-    a = await Agent(store, allocator, proxy=proxy).start()
-    yield a
-    await a.regen.close()
-    await allocator.close()
+    async with running_agent(store, proxy) as a:
+        yield a
 
 
 @pytest.fixture
 async def no_proxy_agent(store):
-    allocator = IdentityAllocator(store, "unit")
-    await allocator.start()
-    a = await Agent(store, allocator).start()
-    yield a
-    await a.regen.close()
-    await allocator.close()
+    async with running_agent(store) as a:
+        yield a
 
 
 def _l7_policy(http: list[dict] | None, selected: str = "a", peer: str = "b") -> bytes:
