@@ -383,6 +383,7 @@ def _trace_direction(
     lines.append(f"{len(selected)}/{len(rules)} rules selected")
     if allow_localhost and direction == "ingress" and HOST_LABEL in peer.strings:
         covered |= protos
+        l7.plain = True
         lines.append("Host is always allowed (allow-localhost)")
     allowed_by_rule = bool(covered) and protos <= covered
     lines.append("Found allow rule" if allowed_by_rule else "No rule found")
