@@ -255,3 +255,13 @@ async def test_api_refuses_http_rules_on_udp_naming_the_field(api) -> None:
     assert msg == ('[0].ingress[0].toPorts[0].ports[0].protocol: L7 rules can only apply to TCP (not UDP): '
                    'set "protocol": "TCP"')
     assert (await (await client.get("/v1/policy")).json())["revision"] == 0
+
+
+def test_docker_guide_demo_policy_resolves_to_one_redirected_entry() -> None:
+    """Cilium's Docker-guide L7 demo: app2 may GET /public on app1 (through
+    the proxy), app3 gets no entry at all (denied at L3/L4)."""
+    doc = (EXAMPLES / "getting-started/cilium_dkr_demo_l7-policy-230817.json").read_bytes()
+    ids = {B: ["container:id=app2"], C: ["container:id=app3"]}
+    pol = resolve(parse_rules(doc), ["container:id=app1"], ids)
+    assert pol.ingress_enforced and not pol.egress_enforced
+    assert pol.entries == frozenset({PolicyEntry("ingress", B, 80, TCP, l7=(GET_PUBLIC,))})
