@@ -27,13 +27,14 @@ class FakeProxy:
         self.ports: dict[RedirectKey, int] = {}
         self.addrs: dict[int, EndpointAddr] = {}
         self.next_port = 10000
-        self.fail: APIError | None = None
+        self.fail: tuple[int, APIError] | None = None  # (endpoint, error): raised once
         self.removed: list[int] = []
 
     async def update_endpoint(self, ep: EndpointAddr,
                               redirects: Mapping[RedirectKey, L7RulesByPeer]) -> Mapping[RedirectKey, int]:
-        if self.fail is not None and redirects:
-            raise self.fail
+        if self.fail is not None and self.fail[0] == ep.id:
+            err, self.fail = self.fail[1], None
+            raise err
         assert all(k.endpoint_id == ep.id for k in redirects)
         for key in [k for k in self.ports if k.endpoint_id == ep.id and k not in redirects]:
             del self.ports[key]
@@ -131,10 +132,11 @@ async def test_proxy_failure_refuses_the_import_and_keeps_previous_state(agent, 
     before = {i: set(agent.dp.maps.policy.entries[i]) for i in (1, 2)}
     revision = agent.policy.revision
     redirects = {i: dict(proxy.redirects[i]) for i in (1, 2)}
-    proxy.fail = APIError("no free proxy port", 503)
+    order = [ep.id for ep in agent.regen.endpoints.values()]
+    proxy.fail = (order[-1], APIError("no free proxy port", 503))  # after the others took the new rules
     with pytest.raises(APIError, match="no free proxy port"):
         await agent.policy.import_rules(_l7_policy([{"method": "POST"}]))
-    proxy.fail = None
+    assert proxy.fail is None
     assert agent.policy.revision == revision
     assert {i: agent.dp.maps.policy.entries[i] for i in (1, 2)} == before
     assert {i: proxy.redirects[i] for i in (1, 2)} == redirects
