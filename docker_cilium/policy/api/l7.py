@@ -8,8 +8,7 @@ expression matched against the WHOLE value (Cilium anchors them); an empty
 one matches anything. ``headers`` are ``"Name: value"`` strings that must all
 be present in the request (name case-insensitive, value exact); a bare
 ``"Name"`` only requires the header to be present. The name ends at the
-first ``:`` (without one, at the first space, as Cilium also reads it); the
-value is the rest, trimmed.
+first ``:``; the value is the rest, trimmed (:func:`parse_header`).
 """
 
 from __future__ import annotations
@@ -91,16 +90,13 @@ class PortRuleHTTP:
 def parse_header(header: str) -> tuple[str, str | None]:
     """``"Name: value"`` -> ("name", "value"); ``"Name"`` -> ("name", None).
     The name is lower-cased (HTTP field names are case-insensitive)."""
-    text = header.strip()
-    if ":" in text:
-        name, value = (part.strip() for part in text.split(":", 1))
-    else:  # Cilium also reads "Name value"
-        name, *rest = text.split(None, 1) or [""]
-        value = rest[0].strip() if rest else None
+    name, sep, value = header.partition(":")
+    name = name.strip()
+    value = value.strip() if sep else None
     if not _TOKEN.fullmatch(name):
         raise ValueError(f'invalid header {json.dumps(header)}: must be "Name" or "Name: value" '
                          "with a valid HTTP field name")
-    if value is not None and any(c in value for c in "\r\n\0"):
+    if value is not None and any(c in value for c in "\r\n\0"):  # never in a request's value
         raise ValueError(f"invalid header {json.dumps(header)}: the value contains a control character")
     return name.lower(), value
 
