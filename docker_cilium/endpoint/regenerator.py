@@ -27,6 +27,7 @@ from docker_cilium.datapath.maps.lxcmap import EndpointInfo
 from docker_cilium.datapath.maps.policymap import PolicyEntry as MapPolicyEntry
 from docker_cilium.endpoint.datapath import EndpointDatapath, EndpointMaps
 from docker_cilium.endpoint.held import Held, HeldIdentities
+from docker_cilium.endpoint.redirects import ProxyGlue
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.timing import RegenerationObserver, timed_regeneration
 from docker_cilium.identity import reserved
@@ -39,6 +40,7 @@ from docker_cilium.monitor.notify import (AGENT_ENDPOINT_CREATED, AGENT_ENDPOINT
 from docker_cilium.policy import EndpointPolicy, resolve
 from docker_cilium.policy.manager import Commit, PolicyManager, PolicyState
 from docker_cilium.policy.turns import Turns
+from docker_cilium.proxy.redirect import EndpointAddr, ProxyRedirects
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +56,10 @@ def _map_entries(pol: EndpointPolicy) -> list[MapPolicyEntry]:
                            proxy_port=e.proxy_port) for e in pol.entries]
 
 
+def _addr(ep: Endpoint) -> EndpointAddr:
+    return EndpointAddr(ep.id, ep.identity, ep.ipv4, ep.ipv6)
+
+
 def _ep_message(ep: Endpoint) -> dict[str, Any]:
     """Cilium's EndpointNotification fields (id, labels) plus the identity."""
     return {"id": ep.id, "labels": ep.effective_labels, "identity": ep.identity,
@@ -65,14 +71,17 @@ class Regenerator(HeldIdentities):
 
     It subscribes to ``policy`` and ``allocator`` here, so constructing it is
     all the wiring there is. ``datapath`` is None when the agent runs without BPF.
+    ``proxy`` gets the endpoints' L7 redirects (None: L7 proxy disabled, and
+    an endpoint whose policy has L7 rules fails its regeneration).
     """
 
     def __init__(self, policy: PolicyManager, allocator: IdentityAllocator, identities: IdentityCache,
                  ipcache: IPCache, datapath: EndpointDatapath | None, *,
                  retry_base: float = RETRY_BASE_S, retry_max: float = RETRY_MAX_S,
                  observer: RegenerationObserver | None = None,
-                 monitor: AgentNotifier | None = None) -> None:
+                 monitor: AgentNotifier | None = None, proxy: ProxyRedirects | None = None) -> None:
         self.policy = policy
+        self.proxy = ProxyGlue(proxy)
         self.monitor: AgentNotifier = monitor or NoNotifier()
         self.allocator = allocator
         self.identities = identities
@@ -160,17 +169,21 @@ class Regenerator(HeldIdentities):
     async def _write_all(self, eps: list[Endpoint], pols: dict[int, EndpointPolicy], commit: Commit) -> None:
         wanted, entries_before = await asyncio.to_thread(self._prepare_writes, eps, pols)
         before = {ep.id: (entries_before[ep.id], ep.ingress_enforced, ep.egress_enforced) for ep in eps}
+        redirects_before = {ep.id: self.proxy.applied.get(ep.id, {}) for ep in eps}
         written: list[Endpoint] = []
         try:
             for ep in eps:
                 written.append(ep)
-                await asyncio.to_thread(self._write_endpoint_maps, ep, wanted[ep.id],
+                entries = await self.proxy.entries(_addr(ep), pols[ep.id], wanted[ep.id])
+                await asyncio.to_thread(self._write_endpoint_maps, ep, entries,
                                         pols[ep.id].ingress_enforced, pols[ep.id].egress_enforced)
             await commit()
         except BaseException as exc:
             log.warning("policy.rolled_back", endpoints=len(written), error=str(exc))
             for ep in reversed(written):
-                await asyncio.to_thread(self._write_endpoint_maps, ep, *before[ep.id])
+                entries, *flags = before[ep.id]
+                entries = await self.proxy.restore(_addr(ep), redirects_before[ep.id], entries)
+                await asyncio.to_thread(self._write_endpoint_maps, ep, entries, *flags)
             raise
 
     def identities_changed(self) -> None:
@@ -356,6 +369,10 @@ class Regenerator(HeldIdentities):
             if held is not None and held.referenced:
                 await self._release(held.identity)
             self._unhold(ep)
+            try:
+                await self.proxy.remove(ep.id)
+            except Exception as exc:
+                log.error("proxy.remove_endpoint_failed", endpoint=ep.id, error=str(exc))
         if announced:
             self.monitor.agent_event(AGENT_ENDPOINT_DELETED, _ep_message(ep))
 
@@ -400,7 +417,8 @@ class Regenerator(HeldIdentities):
         pol = await Turns().drive(state.resolve_steps(labels, identities, mode))
         if self.dp is not None:
             try:
-                await asyncio.to_thread(self._write_endpoint_maps, ep, _map_entries(pol),
+                entries = await self.proxy.entries(_addr(ep), pol)
+                await asyncio.to_thread(self._write_endpoint_maps, ep, entries,
                                         pol.ingress_enforced, pol.egress_enforced)
             except Exception as exc:
                 ep.set_state(State.NOT_READY, f"regeneration failed: {exc}")

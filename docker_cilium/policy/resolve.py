@@ -65,6 +65,7 @@ from .api.entities import entity_matches
 from .api.l4 import PROTO_NUMBERS
 from .api.l7 import PortRuleHTTP
 from .api.rule import PeerRule, Rule
+from . import l7merge
 from .api.selector import EndpointSelector, LabelSet
 from .index import IdentityIndex
 from .turns import Turns
@@ -258,7 +259,7 @@ def resolve_steps(
     ls = LabelSet.of(endpoint_labels)
     selected = repo.selecting(ls) if isinstance(repo, Repository) else selecting_rules(repo, ls)
     index = identity_index(identities)
-    entries: set[PolicyEntry] = set()
+    acc: l7merge.Acc = {}
     enforced: dict[str, bool] = {}
     for direction in DIRECTIONS:
         enforced[direction] = _enforced(enforcement, selected, direction)
@@ -278,15 +279,16 @@ def resolve_steps(
                 ids = {i for i in pool if all(r.matches(index.labels(i)) for r in requirements)}
             else:
                 ids = peers  # type: ignore[assignment]
-            l4 = entry.l4_pairs()
-            if l4 is None:
-                entries.update(PolicyEntry(direction, i) for i in ids)
-            else:
-                entries.update(PolicyEntry(direction, i, port, proto) for i in ids for port, proto in l4)
+            if not entry.to_ports:
+                acc.update(((direction, i, 0, 0), None) for i in ids)
+                continue
+            for (port, proto), l7 in entry.l7_by_pair().items():
+                for i in ids:
+                    l7merge.add(acc, (direction, i, port, proto), l7)
     if allow_localhost and enforced["ingress"]:
-        entries.add(PolicyEntry("ingress", HOST_IDENTITY))
+        acc[("ingress", HOST_IDENTITY, 0, 0)] = None
     revision = repo.revision if isinstance(repo, Repository) else 0
-    return EndpointPolicy(enforced["ingress"], enforced["egress"], frozenset(entries), revision)
+    return EndpointPolicy(enforced["ingress"], enforced["egress"], l7merge.entries(acc, PolicyEntry), revision)
 
 
 def cidr_prefixes(repo: Repository | Iterable[Rule]) -> set[str]:
@@ -350,6 +352,7 @@ def _trace_direction(
     selected = [r for r in rules if r.endpoint_selector.matches(subject)]
     enforced = _enforced(enforcement, selected, direction)
     covered: set[int] = set()
+    l7 = _TraceL7()
     requirements_ok = True
     for rule in selected:
         tag = f" [{' '.join(rule.label_strings)}]" if rule.labels else ""
@@ -375,9 +378,12 @@ def _trace_direction(
             if hit:
                 covered |= got
             lines.append(f"    {_describe_peers(entry)}: {'match' if hit else 'no match'}")
+            if hit and u8proto.TCP in got:
+                lines += l7.add(entry, dport)
     lines.append(f"{len(selected)}/{len(rules)} rules selected")
     if allow_localhost and direction == "ingress" and HOST_LABEL in peer.strings:
         covered |= protos
+        l7.plain = True
         lines.append("Host is always allowed (allow-localhost)")
     allowed_by_rule = bool(covered) and protos <= covered
     lines.append("Found allow rule" if allowed_by_rule else "No rule found")
@@ -387,8 +393,35 @@ def _trace_direction(
     if not requirements_ok:
         lines.append(f"{title} verdict: denied (requirements not met)")
         return False, lines
-    lines.append(f"{title} verdict: {'allowed' if allowed_by_rule else 'denied'}")
+    lines.append(f"{title} verdict: {'allowed' + l7.verdict() if allowed_by_rule else 'denied'}")
     return allowed_by_rule, lines
+
+
+class _TraceL7:
+    """The L7 rules of the entries a trace matched on TCP: as in resolution,
+    the connection goes to the proxy when every matching entry has L7 rules,
+    which then allow the union of them."""
+
+    def __init__(self) -> None:
+        self.plain = False
+        self.rules: set[PortRuleHTTP] = set()
+
+    def add(self, entry: PeerRule, dport: int | None) -> list[str]:
+        rules = entry.l7_by_pair().get((dport, u8proto.TCP)) if entry.to_ports and dport else None
+        if rules is None:
+            self.plain = True
+            return []
+        self.rules.update(rules)
+        return [f"      with L7 HTTP rules {_fmt_http(rules)}"]
+
+    def verdict(self) -> str:
+        if self.plain or not self.rules:
+            return ""
+        return f", redirected to proxy (HTTP requests allowed: {_fmt_http(self.rules)})"
+
+
+def _fmt_http(rules: Iterable[PortRuleHTTP]) -> str:
+    return "[" + " ".join(str(r) for r in sorted(rules)) + "]"
 
 
 def trace(

@@ -10,8 +10,9 @@ without any attribute being wired after construction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from typing import Iterable
+from typing import AsyncIterator, Iterable
 
 import pytest
 
@@ -112,14 +113,14 @@ class FakeDatapath:
 class Agent:
     """The daemon's wiring of the policy side, in the same order."""
 
-    def __init__(self, store, allocator: IdentityAllocator) -> None:
+    def __init__(self, store, allocator: IdentityAllocator, proxy=None) -> None:
         self.store, self.allocator = store, allocator
         self.ipcache_map = FakeIPCacheMap()
         self.dp = FakeDatapath()
         self.ipcache = IPCache(store, self.ipcache_map)
         self.identities = IdentityCache(allocator, self.ipcache)
         self.policy = PolicyManager(store, self.ipcache, self.identities, "default")
-        self.regen = Regenerator(self.policy, allocator, self.identities, self.ipcache, self.dp)
+        self.regen = Regenerator(self.policy, allocator, self.identities, self.ipcache, self.dp, proxy=proxy)
 
     async def start(self) -> "Agent":
         await self.ipcache.start([HOST_IP])
@@ -127,14 +128,22 @@ class Agent:
         return self
 
 
-@pytest.fixture
-async def agent(store):
+@contextlib.asynccontextmanager
+async def running_agent(store, proxy=None) -> AsyncIterator[Agent]:
     allocator = IdentityAllocator(store, "unit")
     await allocator.start()
-    a = await Agent(store, allocator).start()
-    yield a
-    await a.regen.close()
-    await allocator.close()
+    a = await Agent(store, allocator, proxy=proxy).start()
+    try:
+        yield a
+    finally:
+        await a.regen.close()
+        await allocator.close()
+
+
+@pytest.fixture
+async def agent(store):
+    async with running_agent(store) as a:
+        yield a
 
 
 def _endpoint(eid: int, ipv4: str, labels: list[str]) -> Endpoint:

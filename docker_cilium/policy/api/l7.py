@@ -7,14 +7,26 @@ Each of ``method``, ``path`` and ``host`` is a POSIX extended regular
 expression matched against the WHOLE value (Cilium anchors them); an empty
 one matches anything. ``headers`` are ``"Name: value"`` strings that must all
 be present in the request (name case-insensitive, value exact); a bare
-``"Name"`` only requires the header to be present.
+``"Name"`` only requires the header to be present. The name ends at the
+first ``:``; the value is the rest, trimmed (:func:`parse_header`).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from ._util import check_fields, expect_object, expect_string, field_path, get_list, index_path
+from .ere import EREError, translate
+from .errors import PolicyValidationError
+
+#: Longest regex accepted (a policy, not a program), and most headers per rule.
+MAX_PATTERN = 1024
+MAX_HEADERS = 64
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 @dataclass(frozen=True, order=True)
@@ -39,11 +51,79 @@ class PortRuleHTTP:
             out["headers"] = list(self.headers)
         return out
 
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
     @classmethod
     def from_json(cls, data: Any, path: str) -> "PortRuleHTTP":
-        raise NotImplementedError  # l7policy helper
+        """Validated strictly: every regex must be a valid ERE (the proxy
+        compiles them with :func:`compile_ere`), every header "Name[: value]"
+        with a valid HTTP field name."""
+        data = expect_object(data, path, "an HTTP rule")
+        check_fields(data, path, ("method", "path", "host", "headers"),
+                     {"headerMatches": "headerMatches is not supported by docker-cilium (use headers)"})
+        regexes: dict[str, str] = {}
+        for name in ("method", "path", "host"):
+            value = data.get(name)
+            if value is None:
+                continue
+            fpath = field_path(path, name)
+            value = expect_string(value, fpath, name)
+            check_ere(value, fpath)
+            regexes[name] = value
+        hpath = field_path(path, "headers")
+        raw = get_list(data, "headers", path)
+        if len(raw) > MAX_HEADERS:
+            raise PolicyValidationError(hpath, f"too many headers ({len(raw)}), at most {MAX_HEADERS}")
+        headers = []
+        for i, h in enumerate(raw):
+            ipath = index_path(hpath, i)
+            h = expect_string(h, ipath, "a header")
+            try:
+                parse_header(h)
+            except ValueError as exc:
+                raise PolicyValidationError(ipath, str(exc)) from None
+            headers.append(h)
+        return cls(headers=tuple(headers), **regexes)
 
 
+def parse_header(header: str) -> tuple[str, str | None]:
+    """``"Name: value"`` -> ("name", "value"); ``"Name"`` -> ("name", None).
+    The name is lower-cased (HTTP field names are case-insensitive)."""
+    name, sep, value = header.partition(":")
+    name = name.strip()
+    value = value.strip() if sep else None
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f'invalid header {json.dumps(header)}: must be "Name" or "Name: value" '
+                         "with a valid HTTP field name")
+    if value is not None and any(c in value for c in "\r\n\0"):  # never in a request's value
+        raise ValueError(f"invalid header {json.dumps(header)}: the value contains a control character")
+    return name.lower(), value
+
+
+def check_ere(pattern: str, path: str) -> None:
+    """Raise PolicyValidationError at ``path`` unless ``pattern`` is a valid ERE."""
+    if len(pattern) > MAX_PATTERN:
+        raise PolicyValidationError(path, f"regular expression too long ({len(pattern)} characters, "
+                                          f"at most {MAX_PATTERN})")
+    try:
+        compile_ere(pattern)
+    except ValueError as exc:
+        raise PolicyValidationError(path, f"invalid regular expression {json.dumps(pattern)}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4096)
 def compile_ere(pattern: str) -> re.Pattern[str]:
-    """``pattern`` (POSIX ERE) as a Python pattern to be used with ``fullmatch``."""
-    return re.compile(pattern)
+    """``pattern`` (POSIX ERE) as a Python pattern to be used with ``fullmatch``.
+
+    An empty pattern matches anything (an unset field of a rule). Raises
+    ``ValueError`` (``ere.EREError``) with the reason and position when the
+    pattern is not a valid ERE."""
+    if not pattern:
+        return re.compile(".*", re.DOTALL)
+    try:
+        return re.compile(translate(pattern), re.DOTALL)
+    except EREError:
+        raise
+    except (re.error, RecursionError) as exc:  # a translation Python still refuses
+        raise EREError(str(getattr(exc, "msg", exc)), getattr(exc, "pos", None) or 0) from None

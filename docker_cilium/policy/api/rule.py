@@ -30,6 +30,7 @@ from .cidr import CIDR, CIDRRule
 from .entities import ENTITY_ALL, parse_entity
 from .errors import PolicyValidationError
 from .l4 import PortRule
+from .l7 import PortRuleHTTP
 from .selector import UNSPEC_SOURCE, EndpointSelector, split_label
 
 K8S_CLOUD = "not supported by docker-cilium (Kubernetes/cloud feature)"
@@ -68,6 +69,20 @@ class PeerRule:
         if not self.to_ports:
             return None
         return frozenset().union(*(pr.l4_pairs() for pr in self.to_ports))
+
+    def l7_by_pair(self) -> dict[tuple[int, int], tuple[PortRuleHTTP, ...] | None]:
+        """For each (port, proto) of ``toPorts``: the HTTP requests allowed
+        there, the union over the elements naming it; None (every connection)
+        if one of them has no L7 rules."""
+        out: dict[tuple[int, int], tuple[PortRuleHTTP, ...] | None] = {}
+        for pr in self.to_ports:
+            for pair in pr.l4_pairs():
+                prev = out.get(pair, ())
+                if prev is None or pr.rules is None:
+                    out[pair] = None
+                else:
+                    out[pair] = tuple(sorted(set(prev) | set(pr.rules)))
+        return out
 
     def cidr_prefixes(self) -> list[Any]:
         """Networks this entry's CIDR peers cover (except prefixes subtracted)."""
