@@ -1,0 +1,464 @@
+"""One proxied HTTP/1.1 client connection (Cilium puts Envoy here).
+
+Both directions are parsed with httptools (llhttp); heads are rebuilt from
+what the parser reported and bodies re-framed (chunked stays chunked, a
+Content-Length body is passed as is), so only what parsed is forwarded.
+
+- Requests are handled in order: a request is answered only after the
+  previous one's response is complete (pipelining is safe, not parallel).
+- Allowed -> forwarded to the original destination over one upstream
+  connection per client connection (kept alive while both sides allow),
+  from a socket carrying ``mark`` (SO_MARK: the datapath knows the source
+  identity and does not redirect it again). Denied -> ``403 Forbidden`` with
+  ``Access denied\\r\\n`` (Envoy's answer in Cilium). Malformed -> 400 and
+  close. Head over ``max_header_bytes`` -> 431 and close.
+- Upgrade requests (``Upgrade:``, ``CONNECT``) are refused with 403 whatever
+  the rules say: after a 101 the stream is no longer HTTP and no rule could
+  be enforced on it (Envoy without upgrade_configs refuses them too).
+- Bodies are streamed: at most one read (64 KiB) is buffered before the
+  upstream's drain, so a slow upstream slows the client (back-pressure).
+- Timeouts: a request's head must arrive within ``header_timeout`` of its
+  first byte (408, slowloris), body bytes within ``body_timeout`` of each
+  other, a keep-alive connection may idle ``idle_timeout``; upstream connect
+  failure -> 503, no response head within ``upstream_timeout`` -> 504, an
+  unparsable or reset upstream response -> 502/503, as Envoy answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import httptools
+import structlog
+
+from docker_cilium.proxy.accesslog import DENIED, ERROR, FORWARDED, AccessLog, Flow
+from docker_cilium.proxy.rules import L7Policy, RequestInfo
+
+log = structlog.get_logger(__name__)
+
+READ_SIZE = 64 * 1024
+END = object()  # end of a message, in a sink's event list
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    connect_timeout: float = 5.0
+    upstream_timeout: float = 60.0
+    max_header_bytes: int = 60 * 1024   # Envoy's default max_request_headers_kb
+    max_connections: int = 10000        # per ProxyManager, all listeners
+
+
+@dataclass
+class ConnectionContext:
+    """What one accepted connection needs besides its streams."""
+
+    flow: Flow
+    peer_identity: int                 # whose rules apply (ingress: source; egress: destination)
+    policy: Callable[[], L7Policy]     # the redirect's current rules (replaced in place)
+    upstream: tuple[str, int]          # the original destination
+    mark: int                          # SO_MARK of the upstream socket (0: none)
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    upgrade: bool
+    chunked: bool
+    info: RequestInfo = field(init=False)
+
+    def __post_init__(self) -> None:
+        host = b""
+        for name, value in self.headers:
+            if name.lower() == b"host":
+                host = value
+                break
+        path = self.target
+        if "://" in self.target:  # absolute-form: the authority and path come from the target
+            url = httptools.parse_url(self.target.encode())
+            host = url.host + (b":%d" % url.port if url.port else b"")
+            path = (url.path or b"/").decode("latin-1") + (
+                "?" + url.query.decode("latin-1") if url.query else "")
+        self.info = RequestInfo(self.method, path, host.decode("latin-1").strip(), tuple(
+            (n.decode("latin-1").lower(), v.decode("latin-1").strip()) for n, v in self.headers))
+
+    def head(self) -> bytes:
+        lines = [f"{self.method} {self.target} HTTP/{self.version}\r\n".encode("latin-1")]
+        lines += [n + b": " + v + b"\r\n" for n, v in self.headers]
+        return b"".join(lines) + b"\r\n"
+
+
+def _chunked(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name.lower() == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
+            return True
+    return False
+
+
+class _RequestSink:
+    """httptools callbacks -> an ordered list of Request / body bytes / END."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.events: list[object] = []
+        self.in_head = False
+        self.head_started = 0.0
+        self.head_bytes = 0       # URL and complete headers of the current head
+        self.raw_head_bytes = 0   # bytes read while a head was incomplete (bounds a never-ending header)
+        self._target = bytearray()
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    def on_message_begin(self) -> None:
+        self.in_head, self.head_started = True, time.monotonic()
+        self.head_bytes = self.raw_head_bytes = 0
+        self._target, self._headers = bytearray(), []
+
+    def on_url(self, url: bytes) -> None:
+        self._target += url
+        self.head_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((bytes(name), bytes(value)))
+        self.head_bytes += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        p = self.parser
+        method = p.get_method().decode("latin-1")
+        self.events.append(Request(method, self._target.decode("latin-1"), p.get_http_version(), self._headers,
+                                   p.should_keep_alive(), p.should_upgrade() or method == "CONNECT",
+                                   _chunked(self._headers)))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(bytes(body))
+
+    def on_message_complete(self) -> None:
+        self.events.append(END)
+
+    def take(self) -> list[object]:
+        out, self.events = self.events, []
+        return out
+
+
+class _ResponseSink:
+    """httptools callbacks for one request's response(s) (1xx first, then the final one)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.events: list[object] = []
+        self._reason = bytearray()
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    def on_message_begin(self) -> None:
+        self._reason, self._headers = bytearray(), []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((bytes(name), bytes(value)))
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        self.events.append((p.get_status_code(), p.get_http_version(), bytes(self._reason), self._headers,
+                            p.should_keep_alive()))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(bytes(body))
+
+    def on_message_complete(self) -> None:
+        self.events.append(END)
+
+    def take(self) -> list[object]:
+        out, self.events = self.events, []
+        return out
+
+
+def _simple_response(status: int, reason: str, body: bytes, keep_alive: bool) -> bytes:
+    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-length: {len(body)}\r\ncontent-type: text/plain\r\n"
+            f"date: {email.utils.formatdate(usegmt=True)}\r\n" + ("" if keep_alive else "connection: close\r\n"))
+    return head.encode() + b"\r\n" + body
+
+
+class _ClientGone(Exception):
+    """The response task closed the client connection."""
+
+
+class ProxyConnection:
+    """Serves one accepted client connection until either side ends it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ConnectionContext,
+                 limits: ProxyLimits, access: AccessLog) -> None:
+        self.reader, self.writer = reader, writer
+        self.ctx, self.limits, self.access = ctx, limits, access
+        self.sink = _RequestSink()
+        self.up_reader: asyncio.StreamReader | None = None
+        self.up_writer: asyncio.StreamWriter | None = None
+        self.response: asyncio.Task[None] | None = None
+        self.current: Request | None = None   # the forwarded request whose body is still coming
+        self.discard = False                  # the current request's body is dropped (denied, failed)
+        self.closing = False
+
+    # ---- the client side ---------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._serve()
+        except (ConnectionError, _ClientGone, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if self.response is not None and not self.response.done():
+                self.response.cancel()
+            self._close_upstream()
+            self.writer.close()
+
+    def close(self) -> None:
+        """Abort both sides now (the redirect is gone, the proxy is stopping)."""
+        self.closing = True
+        self.writer.transport.abort()
+        self._close_upstream()
+
+    def _read_timeout(self) -> float | None:
+        lim = self.limits
+        if self.sink.in_head:
+            return max(0.0, self.sink.head_started + lim.header_timeout - time.monotonic())
+        if self.current is not None or self.discard:
+            return lim.body_timeout
+        if self.response is not None and not self.response.done():
+            return None  # waiting on the upstream: its timeout applies
+        return lim.idle_timeout
+
+    async def _serve(self) -> None:
+        while not self.closing:
+            try:
+                data = await asyncio.wait_for(self.reader.read(READ_SIZE), self._read_timeout())
+            except asyncio.TimeoutError:
+                if self.sink.in_head:
+                    await self._await_response()
+                    await self._reply(408, "Request Timeout", b"request timeout\r\n", False)
+                return
+            if not data:
+                if self.current is not None and not self.discard:
+                    self._close_upstream()  # a request cut mid-body must not reach the server whole
+                    return
+                await self._await_response()
+                return
+            error: Exception | None = None
+            try:
+                self.sink.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                pass  # the head event carries upgrade=True: refused below
+            except httptools.HttpParserError as exc:
+                error = exc
+            if self.sink.in_head:
+                self.sink.raw_head_bytes += len(data)
+            too_large = self.sink.in_head and (self.sink.head_bytes > self.limits.max_header_bytes or
+                                               self.sink.raw_head_bytes > self.limits.max_header_bytes + READ_SIZE)
+            await self._events()
+            if self.closing:
+                return
+            if too_large or (error is not None and self.sink.head_bytes > self.limits.max_header_bytes):
+                await self._await_response()
+                self.access.parse_error(self.ctx.flow)
+                await self._reply(431, "Request Header Fields Too Large", b"request header too large\r\n", False)
+                return
+            if error is not None:
+                await self._bad_request(error)
+                return
+
+    async def _bad_request(self, error: Exception) -> None:
+        log.debug("proxy.bad_request", error=str(error), client=self.ctx.flow.source_addr)
+        if self.current is not None:
+            self._close_upstream()  # the request being forwarded is cut: the server must not see it end
+        await self._await_response()
+        self.access.parse_error(self.ctx.flow)
+        await self._reply(400, "Bad Request", b"Bad Request\r\n", False)
+
+    async def _events(self) -> None:
+        for ev in self.sink.take():
+            if self.closing:
+                return
+            if isinstance(ev, Request):
+                await self._on_head(ev)
+            elif ev is END:
+                await self._on_end()
+            else:
+                await self._on_body(ev)  # type: ignore[arg-type]
+
+    async def _on_head(self, req: Request) -> None:
+        await self._await_response()
+        if self.closing:
+            return
+        self.access.received()
+        flow, info = self.ctx.flow, req.info
+        if req.version == "1.1" and not info.host:
+            self.access.parse_error(flow)
+            await self._reply(400, "Bad Request", b"Bad Request\r\n", False)
+            return
+        if req.upgrade or not self.ctx.policy().allows(self.ctx.peer_identity, info):
+            self.access.request(flow, info, DENIED, 403, req.version)
+            self.discard = True
+            await self._reply(403, "Forbidden", b"Access denied\r\n", req.keep_alive and not req.upgrade)
+            return
+        self.access.request(flow, info, FORWARDED, 0, req.version)
+        error = await self._connect()
+        if error is not None:
+            self.discard = True
+            self.access.response(flow, info, 503, req.version, None, error)
+            await self._reply(503, "Service Unavailable",
+                              b"upstream connect error or disconnect/reset before headers. reset reason: "
+                              b"connection failure\r\n", req.keep_alive)
+            return
+        assert self.up_writer is not None
+        self.up_writer.write(req.head())
+        self.current = req
+        self.response = asyncio.create_task(self._relay_response(req, time.monotonic()))
+
+    async def _on_body(self, data: bytes) -> None:
+        if self.discard or self.current is None or self.up_writer is None:
+            return
+        if self.current.chunked:
+            data = b"%x\r\n" % len(data) + data + b"\r\n"
+        try:
+            self.up_writer.write(data)
+            await asyncio.wait_for(self.up_writer.drain(), self.limits.upstream_timeout)
+        except (ConnectionError, asyncio.TimeoutError):
+            self.discard = True  # the response task reports what the upstream did
+
+    async def _on_end(self) -> None:
+        req, self.current = self.current, None
+        if self.discard:
+            self.discard = False
+        elif req is not None and req.chunked and self.up_writer is not None:
+            self.up_writer.write(b"0\r\n\r\n")
+        if req is not None and not req.keep_alive:
+            await self._await_response()
+            self.closing = True
+
+    async def _await_response(self) -> None:
+        if self.response is not None:
+            task, self.response = self.response, None
+            await task
+            if self.writer.is_closing():
+                raise _ClientGone
+
+    async def _reply(self, status: int, reason: str, body: bytes, keep_alive: bool) -> None:
+        self.writer.write(_simple_response(status, reason, body, keep_alive))
+        if not keep_alive:
+            self.closing = True
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.limits.body_timeout)
+        except asyncio.TimeoutError:
+            self.writer.transport.abort()
+            raise _ClientGone from None
+
+    # ---- the upstream side -------------------------------------------------------
+
+    async def _connect(self) -> str | None:
+        """An open upstream connection, or why there is none."""
+        if self.up_writer is not None and not self.up_writer.is_closing() and \
+                self.up_reader is not None and not self.up_reader.at_eof():
+            return None
+        self._close_upstream()
+        host, port = self.ctx.upstream
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if self.ctx.mark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.ctx.mark)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)),
+                                   self.limits.connect_timeout)
+            self.up_reader, self.up_writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
+        except (OSError, asyncio.TimeoutError) as exc:
+            sock.close()
+            log.debug("proxy.upstream_connect_failed", upstream=f"{host}:{port}", error=repr(exc))
+            return "connection failure"
+        return None
+
+    def _close_upstream(self) -> None:
+        if self.up_writer is not None:
+            self.up_writer.transport.abort()
+        self.up_reader = self.up_writer = None
+
+    async def _relay_response(self, req: Request, started: float) -> None:
+        """Copy the upstream's answer to ``req`` to the client; on failure answer
+        for it (nothing sent yet) or close the client (a partial answer)."""
+        flow, info = self.ctx.flow, req.info
+        code, error, sent = 0, "", False
+        try:
+            code, sent = await self._copy_response(req, started)
+        except asyncio.TimeoutError:
+            error = "timeout"
+        except httptools.HttpParserError:
+            error = "protocol error"
+        except (ConnectionError, EOFError):
+            error = "connection termination"
+        if not error:
+            return
+        self._close_upstream()
+        if sent or self.writer.is_closing():
+            self.access.response(flow, info, code, req.version, time.monotonic() - started, error)
+            self.writer.transport.abort()
+            return
+        status, reason = {"timeout": (504, "Gateway Timeout"), "protocol error": (502, "Bad Gateway")}.get(
+            error, (503, "Service Unavailable"))
+        body = (b"upstream request timeout\r\n" if status == 504 else
+                b"upstream connect error or disconnect/reset before headers. reset reason: " + error.encode() + b"\r\n")
+        self.access.response(flow, info, status, req.version, time.monotonic() - started, error)
+        self.discard = self.current is req or self.discard
+        self.writer.write(_simple_response(status, reason, body, False))
+        self.closing = True
+        self.writer.close()
+
+    async def _copy_response(self, req: Request, started: float) -> tuple[int, bool]:
+        assert self.up_reader is not None
+        sink = _ResponseSink()
+        code, chunked, sent, until_eof, up_keep_alive = 0, False, False, False, True
+        head_deadline = started + self.limits.upstream_timeout
+        while True:
+            timeout = max(0.0, head_deadline - time.monotonic()) if not sent else self.limits.upstream_timeout
+            data = await asyncio.wait_for(self.up_reader.read(READ_SIZE), timeout)
+            if not data:
+                if sent and until_eof:
+                    self.access.response(self.ctx.flow, req.info, code, req.version, time.monotonic() - started)
+                    self.closing = True
+                    self.writer.close()
+                    return code, sent
+                raise EOFError
+            sink.parser.feed_data(data)
+            for ev in sink.take():
+                if isinstance(ev, tuple):
+                    code, version, reason, headers, up_keep_alive = ev
+                    chunked = _chunked(headers)
+                    head = [f"HTTP/{version} {code} ".encode() + reason + b"\r\n"]
+                    head += [n + b": " + v + b"\r\n" for n, v in headers]
+                    self.writer.write(b"".join(head) + b"\r\n")
+                    sent = code >= 200
+                    until_eof = sent and not chunked and req.method != "HEAD" and code not in (204, 304) and \
+                        not any(n.lower() == b"content-length" for n, _ in headers)
+                    if sent and req.method == "HEAD":
+                        ev = END  # no body follows, whatever the headers say
+                if ev is END:
+                    if code < 200:
+                        continue  # 1xx: the final answer follows
+                    if chunked:
+                        self.writer.write(b"0\r\n\r\n")
+                    await self.writer.drain()
+                    self.access.response(self.ctx.flow, req.info, code, req.version, time.monotonic() - started)
+                    if not up_keep_alive or req.method == "HEAD":
+                        self._close_upstream()
+                    return code, sent
+                if isinstance(ev, bytes):
+                    self.writer.write(b"%x\r\n" % len(ev) + ev + b"\r\n" if chunked else ev)
+            await asyncio.wait_for(self.writer.drain(), self.limits.body_timeout)
