@@ -241,16 +241,15 @@ class ProxyConnection:
 
     async def _serve(self) -> None:
         while not self.closing:
-            try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), self._read_timeout())
-            except asyncio.TimeoutError:
+            data = await self._read()
+            if data is None:
                 if self.sink.in_head:
                     await self._await_response()
                     await self._reply(408, "Request Timeout", b"request timeout\r\n", False)
                 return
             if not data:
                 if self.current is not None and not self.discard:
-                    self._close_upstream()  # a request cut mid-body must not reach the server whole
+                    self._abort_upstream()  # a request cut mid-body must not reach the server whole
                     return
                 await self._await_response()
                 return
@@ -277,10 +276,29 @@ class ProxyConnection:
                 await self._bad_request(error)
                 return
 
+    async def _read(self) -> bytes | None:
+        """The client's next bytes, or None when its timeout passed. While a
+        response is pending no client timeout runs; once it is done the idle
+        timeout starts."""
+        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+        try:
+            while True:
+                pending = self.response if self.response is not None and not self.response.done() else None
+                waits: set[asyncio.Future[object]] = {read} | ({pending} if pending else set())  # type: ignore
+                done, _ = await asyncio.wait(waits, timeout=self._read_timeout(),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if read in done:
+                    return read.result()
+                if pending is None or pending not in done:
+                    return None
+        finally:
+            if not read.done():
+                read.cancel()
+
     async def _bad_request(self, error: Exception) -> None:
         log.debug("proxy.bad_request", error=str(error), client=self.ctx.flow.source_addr)
-        if self.current is not None:
-            self._close_upstream()  # the request being forwarded is cut: the server must not see it end
+        if self.current is not None and not self.discard:
+            self._abort_upstream()  # the request being forwarded is cut: the server must not see it end
         await self._await_response()
         self.access.parse_error(self.ctx.flow)
         await self._reply(400, "Bad Request", b"Bad Request\r\n", False)
@@ -323,7 +341,8 @@ class ProxyConnection:
         assert self.up_writer is not None
         self.up_writer.write(req.head())
         self.current = req
-        self.response = asyncio.create_task(self._relay_response(req, time.monotonic()))
+        assert self.up_reader is not None
+        self.response = asyncio.create_task(self._relay_response(req, self.up_reader, time.monotonic()))
 
     async def _on_body(self, data: bytes) -> None:
         if self.discard or self.current is None or self.up_writer is None:
@@ -386,18 +405,25 @@ class ProxyConnection:
             return "connection failure"
         return None
 
+    def _abort_upstream(self) -> None:
+        """Drop the request being forwarded: its response is not waited for."""
+        if self.response is not None:
+            self.response.cancel()
+            self.response = None
+        self._close_upstream()
+
     def _close_upstream(self) -> None:
         if self.up_writer is not None:
             self.up_writer.transport.abort()
         self.up_reader = self.up_writer = None
 
-    async def _relay_response(self, req: Request, started: float) -> None:
+    async def _relay_response(self, req: Request, upstream: asyncio.StreamReader, started: float) -> None:
         """Copy the upstream's answer to ``req`` to the client; on failure answer
         for it (nothing sent yet) or close the client (a partial answer)."""
         flow, info = self.ctx.flow, req.info
         code, error, sent = 0, "", False
         try:
-            code, sent = await self._copy_response(req, started)
+            code, sent = await self._copy_response(req, upstream, started)
         except asyncio.TimeoutError:
             error = "timeout"
         except httptools.HttpParserError:
@@ -421,14 +447,14 @@ class ProxyConnection:
         self.closing = True
         self.writer.close()
 
-    async def _copy_response(self, req: Request, started: float) -> tuple[int, bool]:
-        assert self.up_reader is not None
+    async def _copy_response(self, req: Request, upstream: asyncio.StreamReader,
+                             started: float) -> tuple[int, bool]:
         sink = _ResponseSink()
         code, chunked, sent, until_eof, up_keep_alive = 0, False, False, False, True
         head_deadline = started + self.limits.upstream_timeout
         while True:
             timeout = max(0.0, head_deadline - time.monotonic()) if not sent else self.limits.upstream_timeout
-            data = await asyncio.wait_for(self.up_reader.read(READ_SIZE), timeout)
+            data = await asyncio.wait_for(upstream.read(READ_SIZE), timeout)
             if not data:
                 if sent and until_eof:
                     self.access.response(self.ctx.flow, req.info, code, req.version, time.monotonic() - started)
