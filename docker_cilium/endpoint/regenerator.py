@@ -39,6 +39,7 @@ from docker_cilium.monitor.notify import (AGENT_ENDPOINT_CREATED, AGENT_ENDPOINT
 from docker_cilium.policy import EndpointPolicy, resolve
 from docker_cilium.policy.manager import Commit, PolicyManager, PolicyState
 from docker_cilium.policy.turns import Turns
+from docker_cilium.proxy.redirect import ProxyRedirects
 
 log = structlog.get_logger(__name__)
 
@@ -71,8 +72,9 @@ class Regenerator(HeldIdentities):
                  ipcache: IPCache, datapath: EndpointDatapath | None, *,
                  retry_base: float = RETRY_BASE_S, retry_max: float = RETRY_MAX_S,
                  observer: RegenerationObserver | None = None,
-                 monitor: AgentNotifier | None = None) -> None:
+                 monitor: AgentNotifier | None = None, proxy: ProxyRedirects | None = None) -> None:
         self.policy = policy
+        self.proxy = proxy
         self.monitor: AgentNotifier = monitor or NoNotifier()
         self.allocator = allocator
         self.identities = identities
