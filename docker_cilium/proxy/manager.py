@@ -90,6 +90,7 @@ class ProxyManager:
         self.bind4, self.bind6 = bind4, bind6
         self.redirects: dict[RedirectKey, Redirect] = {}
         self.connections = 0
+        self._tasks: set[asyncio.Task[None] | asyncio.Future[None]] = set()  # serving connections
         self._lock = asyncio.Lock()
 
     # ---- ProxyRedirects ------------------------------------------------------------
@@ -135,6 +136,8 @@ class ProxyManager:
                 self._close(red)
             self.redirects.clear()
             self._count()
+        if self._tasks:  # aborted connections end at their next read
+            await asyncio.wait(set(self._tasks), timeout=2.0)
 
     # ---- status ----------------------------------------------------------------------
 
@@ -204,10 +207,14 @@ class ProxyManager:
         ctx = ConnectionContext(Flow(red.key.direction, src, dst, _addr(*client), _addr(*original)),
                                 src.identity if ingress else dst.identity, lambda: red.policy, original, mark)
         conn = ProxyConnection(reader, writer, ctx, self.limits, self.access)
+        task = asyncio.current_task()
         red.connections.add(conn)
         self.connections += 1
+        if task is not None:
+            self._tasks.add(task)
         try:
             await conn.run()
         finally:
             self.connections -= 1
             red.connections.discard(conn)
+            self._tasks.discard(task)  # type: ignore[arg-type]
