@@ -106,18 +106,38 @@ def _chunked(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-class _RequestSink:
-    """httptools callbacks -> an ordered list of Request / body bytes / END."""
+class _Sink:
+    """httptools callbacks -> an ordered list of events: the head, body bytes, END."""
 
     def __init__(self) -> None:
-        self.parser = httptools.HttpRequestParser(self)
         self.events: list[object] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((bytes(name), bytes(value)))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append(bytes(body))
+
+    def on_message_complete(self) -> None:
+        self.events.append(END)
+
+    def take(self) -> list[object]:
+        out, self.events = self.events, []
+        return out
+
+
+class _RequestSink(_Sink):
+    """A client's requests: Request, then its body bytes, then END."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parser = httptools.HttpRequestParser(self)
         self.in_head = False
         self.head_started = 0.0
         self.head_bytes = 0       # URL and complete headers of the current head
         self.raw_head_bytes = 0   # bytes read while a head was incomplete (bounds a never-ending header)
         self._target = bytearray()
-        self._headers: list[tuple[bytes, bytes]] = []
 
     def on_message_begin(self) -> None:
         self.in_head, self.head_started = True, time.monotonic()
@@ -129,7 +149,7 @@ class _RequestSink:
         self.head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((bytes(name), bytes(value)))
+        super().on_header(name, value)
         self.head_bytes += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
@@ -140,25 +160,15 @@ class _RequestSink:
                                    p.should_keep_alive(), p.should_upgrade() or method == "CONNECT",
                                    _chunked(self._headers)))
 
-    def on_body(self, body: bytes) -> None:
-        self.events.append(bytes(body))
 
-    def on_message_complete(self) -> None:
-        self.events.append(END)
-
-    def take(self) -> list[object]:
-        out, self.events = self.events, []
-        return out
-
-
-class _ResponseSink:
-    """httptools callbacks for one request's response(s) (1xx first, then the final one)."""
+class _ResponseSink(_Sink):
+    """One request's response(s) (1xx first, then the final one): a
+    (status, version, reason, headers, keep-alive) tuple, body bytes, END."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.parser = httptools.HttpResponseParser(self)
-        self.events: list[object] = []
         self._reason = bytearray()
-        self._headers: list[tuple[bytes, bytes]] = []
 
     def on_message_begin(self) -> None:
         self._reason, self._headers = bytearray(), []
@@ -166,23 +176,10 @@ class _ResponseSink:
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((bytes(name), bytes(value)))
-
     def on_headers_complete(self) -> None:
         p = self.parser
         self.events.append((p.get_status_code(), p.get_http_version(), bytes(self._reason), self._headers,
                             p.should_keep_alive()))
-
-    def on_body(self, body: bytes) -> None:
-        self.events.append(bytes(body))
-
-    def on_message_complete(self) -> None:
-        self.events.append(END)
-
-    def take(self) -> list[object]:
-        out, self.events = self.events, []
-        return out
 
 
 def _simple_response(status: int, reason: str, body: bytes, keep_alive: bool) -> bytes:

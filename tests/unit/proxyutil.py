@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
+import pytest
 from aiohttp import web
 
 from docker_cilium.policy.api.l7 import PortRuleHTTP
@@ -78,6 +79,20 @@ def upstream_app(up: Upstream) -> web.Application:
     app = web.Application(client_max_size=1 << 30)
     app.router.add_route("*", "/{tail:.*}", any_)
     return app
+
+
+@pytest.fixture
+async def upstream():
+    """(Upstream record, ("127.0.0.1", port)) of a real aiohttp server."""
+    up = Upstream()
+    runner = web.AppRunner(upstream_app(up))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield up, ("127.0.0.1", port)
+    up.hold.set()
+    await runner.cleanup()
 
 
 class ProxyFront:

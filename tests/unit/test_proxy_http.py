@@ -7,26 +7,12 @@ import asyncio
 import time
 
 import pytest
-from aiohttp import web
 
 from docker_cilium.policy.api.l7 import PortRuleHTTP
 from docker_cilium.proxy.http import ProxyLimits
-from tests.unit.proxyutil import CLIENT, Client, ProxyFront, Upstream, get, upstream_app
+from tests.unit.proxyutil import CLIENT, Client, ProxyFront, get, upstream  # noqa: F401 (fixture)
 
 DEMO = {CLIENT.identity: (PortRuleHTTP(method="GET", path="/public"),)}
-
-
-@pytest.fixture
-async def upstream():
-    up = Upstream()
-    runner = web.AppRunner(upstream_app(up))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield up, ("127.0.0.1", port)
-    up.hold.set()
-    await runner.cleanup()
 
 
 async def front(upstream, rules=DEMO, **kw) -> ProxyFront:

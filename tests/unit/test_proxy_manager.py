@@ -8,7 +8,6 @@ import asyncio
 import socket
 
 import pytest
-from aiohttp import web
 
 from docker_cilium.cli.status import proxy_line
 from docker_cilium.errors import AllocationFailed
@@ -20,7 +19,7 @@ from docker_cilium.proxy.manager import ProxyManager
 from docker_cilium.proxy.peers import AgentPeers, Peer
 from docker_cilium.proxy.redirect import EndpointAddr, RedirectKey
 from docker_cilium.identity import reserved
-from tests.unit.proxyutil import CLIENT, Client, Events, Upstream, get, upstream_app
+from tests.unit.proxyutil import CLIENT, Client, Events, get, upstream  # noqa: F401 (fixture)
 
 EP = EndpointAddr(7, 1002, "10.15.0.7", "f00d::7")
 KEY80 = RedirectKey(7, "ingress", 80, 6)
@@ -103,17 +102,6 @@ async def test_direct_connection_to_proxy_port_is_dropped(mgr):
     await mgr.close()
 
 
-@pytest.fixture
-async def upstream():
-    up = Upstream()
-    runner = web.AppRunner(upstream_app(up))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield up, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    await runner.cleanup()
-
-
 async def front_for(mgr: ProxyManager, key: RedirectKey, up_port: int) -> asyncio.Server:
     """Connections 'redirected' to ``key`` with the original destination 127.0.0.1:up_port."""
     red = mgr.redirects[key]
@@ -122,7 +110,7 @@ async def front_for(mgr: ProxyManager, key: RedirectKey, up_port: int) -> asynci
 
 
 async def test_rules_replaced_in_place_and_connections_closed_with_redirect(mgr, upstream):
-    _, up_port = upstream
+    _, (_, up_port) = upstream
     await mgr.update_endpoint(EP, {KEY80: {CLIENT.identity: (PortRuleHTTP(path="/a"),)}})
     srv = await front_for(mgr, KEY80, up_port)
     c = await Client.connect(srv.sockets[0].getsockname()[1])
@@ -145,7 +133,7 @@ async def test_rules_replaced_in_place_and_connections_closed_with_redirect(mgr,
 
 
 async def test_connection_limit(mgr, upstream):
-    _, up_port = upstream
+    _, (_, up_port) = upstream
     await mgr.update_endpoint(EP, {KEY80: {0: (PortRuleHTTP(),)}})
     red = mgr.redirects[KEY80]
     mgr.limits = type(mgr.limits)(max_connections=1)
