@@ -206,6 +206,7 @@ class ProxyConnection:
         self.current: Request | None = None   # the forwarded request whose body is still coming
         self.discard = False                  # the current request's body is dropped (denied, failed)
         self.closing = False
+        self._read_timer: asyncio.Timeout | None = None  # the client read in progress
 
     # ---- the client side ---------------------------------------------------------
 
@@ -226,15 +227,16 @@ class ProxyConnection:
         self.writer.transport.abort()
         self._close_upstream()
 
-    def _read_timeout(self) -> float | None:
+    def _read_deadline(self, response_pending: bool) -> float | None:
+        """When the client's next read times out (loop time), None: not while
+        waiting on the upstream (its own timeout applies)."""
         lim = self.limits
         if self.sink.in_head:
-            return max(0.0, self.sink.head_started + lim.header_timeout - time.monotonic())
+            return self.sink.head_started + lim.header_timeout
+        now = time.monotonic()
         if self.current is not None or self.discard:
-            return lim.body_timeout
-        if self.response is not None and not self.response.done():
-            return None  # waiting on the upstream: its timeout applies
-        return lim.idle_timeout
+            return now + lim.body_timeout
+        return None if response_pending else now + lim.idle_timeout
 
     async def _serve(self) -> None:
         while not self.closing:
@@ -275,22 +277,20 @@ class ProxyConnection:
 
     async def _read(self) -> bytes | None:
         """The client's next bytes, or None when its timeout passed. While a
-        response is pending no client timeout runs; once it is done the idle
-        timeout starts."""
-        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+        response is pending no client timeout runs; the response task starts
+        the idle one when it is done (:meth:`_response_done`)."""
+        pending = self.response is not None and not self.response.done()
         try:
-            while True:
-                pending = self.response if self.response is not None and not self.response.done() else None
-                waits: set[asyncio.Future[object]] = {read} | ({pending} if pending else set())  # type: ignore
-                done, _ = await asyncio.wait(waits, timeout=self._read_timeout(),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if read in done:
-                    return read.result()
-                if pending is None or pending not in done:
-                    return None
+            async with asyncio.timeout_at(self._read_deadline(pending)) as self._read_timer:
+                return await self.reader.read(READ_SIZE)
+        except TimeoutError:
+            return None
         finally:
-            if not read.done():
-                read.cancel()
+            self._read_timer = None
+
+    def _response_done(self) -> None:
+        if self._read_timer is not None and self._read_timer.when() is None:
+            self._read_timer.reschedule(self._read_deadline(False))
 
     async def _bad_request(self, error: Exception) -> None:
         log.debug("proxy.bad_request", error=str(error), client=self.ctx.flow.source_addr)
@@ -348,8 +348,9 @@ class ProxyConnection:
             data = b"%x\r\n" % len(data) + data + b"\r\n"
         try:
             self.up_writer.write(data)
-            await asyncio.wait_for(self.up_writer.drain(), self.limits.upstream_timeout)
-        except (ConnectionError, asyncio.TimeoutError):
+            async with asyncio.timeout(self.limits.upstream_timeout):
+                await self.up_writer.drain()
+        except (ConnectionError, TimeoutError):
             self.discard = True  # the response task reports what the upstream did
 
     async def _on_end(self) -> None:
@@ -374,8 +375,9 @@ class ProxyConnection:
         if not keep_alive:
             self.closing = True
         try:
-            await asyncio.wait_for(self.writer.drain(), self.limits.body_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.limits.body_timeout):
+                await self.writer.drain()
+        except TimeoutError:
             self.writer.transport.abort()
             raise _ClientGone from None
 
@@ -393,10 +395,10 @@ class ProxyConnection:
             sock.setblocking(False)
             if self.ctx.mark:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.ctx.mark)
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)),
-                                   self.limits.connect_timeout)
+            async with asyncio.timeout(self.limits.connect_timeout):
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
             self.up_reader, self.up_writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             sock.close()
             log.debug("proxy.upstream_connect_failed", upstream=f"{host}:{port}", error=repr(exc))
             return "connection failure"
@@ -417,11 +419,17 @@ class ProxyConnection:
     async def _relay_response(self, req: Request, upstream: asyncio.StreamReader, started: float) -> None:
         """Copy the upstream's answer to ``req`` to the client; on failure answer
         for it (nothing sent yet) or close the client (a partial answer)."""
+        try:
+            await self._relay(req, upstream, started)
+        finally:
+            self._response_done()
+
+    async def _relay(self, req: Request, upstream: asyncio.StreamReader, started: float) -> None:
         flow, info = self.ctx.flow, req.info
         code, error, sent = 0, "", False
         try:
             code, sent = await self._copy_response(req, upstream, started)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = "timeout"
         except httptools.HttpParserError:
             error = "protocol error"
@@ -451,7 +459,8 @@ class ProxyConnection:
         head_deadline = started + self.limits.upstream_timeout
         while True:
             timeout = max(0.0, head_deadline - time.monotonic()) if not sent else self.limits.upstream_timeout
-            data = await asyncio.wait_for(upstream.read(READ_SIZE), timeout)
+            async with asyncio.timeout(timeout):
+                data = await upstream.read(READ_SIZE)
             if not data:
                 if sent and until_eof:
                     self.access.response(self.ctx.flow, req.info, code, req.version, time.monotonic() - started)
@@ -484,4 +493,5 @@ class ProxyConnection:
                     return code, sent
                 if isinstance(ev, bytes):
                     self.writer.write(b"%x\r\n" % len(ev) + ev + b"\r\n" if chunked else ev)
-            await asyncio.wait_for(self.writer.drain(), self.limits.body_timeout)
+            async with asyncio.timeout(self.limits.body_timeout):
+                await self.writer.drain()
