@@ -469,13 +469,15 @@ class ProxyConnection:
                     return code, sent
                 raise EOFError
             sink.parser.feed_data(data)
+            out: list[bytes] = []  # one write per upstream read: one send, not one per piece
+            done = False
             for ev in sink.take():
                 if isinstance(ev, tuple):
                     code, version, reason, headers, up_keep_alive = ev
                     chunked = _chunked(headers)
-                    head = [f"HTTP/{version} {code} ".encode() + reason + b"\r\n"]
-                    head += [n + b": " + v + b"\r\n" for n, v in headers]
-                    self.writer.write(b"".join(head) + b"\r\n")
+                    out.append(f"HTTP/{version} {code} ".encode() + reason + b"\r\n")
+                    out += [n + b": " + v + b"\r\n" for n, v in headers]
+                    out.append(b"\r\n")
                     sent = code >= 200
                     until_eof = sent and not chunked and req.method != "HEAD" and code not in (204, 304) and \
                         not any(n.lower() == b"content-length" for n, _ in headers)
@@ -485,13 +487,16 @@ class ProxyConnection:
                     if code < 200:
                         continue  # 1xx: the final answer follows
                     if chunked:
-                        self.writer.write(b"0\r\n\r\n")
-                    await self.writer.drain()
-                    self.access.response(self.ctx.flow, req.info, code, req.version, time.monotonic() - started)
-                    if not up_keep_alive or req.method == "HEAD":
-                        self._close_upstream()
-                    return code, sent
+                        out.append(b"0\r\n\r\n")
+                    done = True
+                    break
                 if isinstance(ev, bytes):
-                    self.writer.write(b"%x\r\n" % len(ev) + ev + b"\r\n" if chunked else ev)
+                    out += [b"%x\r\n" % len(ev), ev, b"\r\n"] if chunked else [ev]
+            self.writer.write(b"".join(out))
             async with asyncio.timeout(self.limits.body_timeout):
                 await self.writer.drain()
+            if done:
+                self.access.response(self.ctx.flow, req.info, code, req.version, time.monotonic() - started)
+                if not up_keep_alive or req.method == "HEAD":
+                    self._close_upstream()
+                return code, sent

@@ -270,3 +270,31 @@ async def test_access_log_and_metrics(upstream):
     assert len(p.sink.replies) == 1 and p.sink.replies[0][1] == ""
     c.close()
     await p.close()
+
+
+async def test_head_response_has_no_body_and_connection_goes_on(upstream):
+    up, _ = upstream
+    p = await front(upstream, {CLIENT.identity: (PortRuleHTTP(),)})
+    c = await Client.connect(p.port)
+    await c.send(get("/x", method="HEAD"))
+    head = await asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 8" in head  # "HEAD /x\n", no body sent
+    await c.send(get("/next"))
+    status, _, body = await c.response()
+    assert (status, body) == (200, b"GET /next\n")
+    assert [s[:2] for s in up.seen] == [("HEAD", "/x"), ("GET", "/next")]
+    c.close()
+    await p.close()
+
+
+async def test_expect_100_continue_is_relayed(upstream):
+    p = await front(upstream, {CLIENT.identity: (PortRuleHTTP(),)})
+    c = await Client.connect(p.port)
+    await c.send(get("/echo", method="POST", extra="Content-Length: 5\r\nExpect: 100-continue\r\n"))
+    interim = await asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim.startswith(b"HTTP/1.1 100")
+    await c.send(b"hello")
+    status, _, body = await c.response()
+    assert (status, body) == (200, b"hello")
+    c.close()
+    await p.close()
