@@ -202,8 +202,14 @@ class ProxyManager:
         """Proxy one connection of ``red`` whose original destination is ``original``."""
         src, dst = self.peers.peer(client[0]), self.peers.peer(original[0])
         ingress = red.key.direction == "ingress"
-        mark = identity_mark(MARK_MAGIC_PROXY_INGRESS, src.identity) if ingress else \
-            identity_mark(MARK_MAGIC_PROXY_EGRESS, red.endpoint.identity)
+        try:
+            mark = identity_mark(MARK_MAGIC_PROXY_INGRESS, src.identity) if ingress else \
+                identity_mark(MARK_MAGIC_PROXY_EGRESS, red.endpoint.identity)
+        except ValueError as exc:
+            # Without its mark the upstream connection would be redirected again.
+            log.warning("proxy.no_mark", redirect=red.to_dict(), error=str(exc))
+            writer.transport.abort()
+            return
         ctx = ConnectionContext(Flow(red.key.direction, src, dst, _addr(*client), _addr(*original)),
                                 src.identity if ingress else dst.identity, lambda: red.policy, original, mark)
         conn = ProxyConnection(reader, writer, ctx, self.limits, self.access)
