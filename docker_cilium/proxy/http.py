@@ -30,19 +30,19 @@ import asyncio
 import email.utils
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import httptools
 import structlog
 
-from docker_cilium.proxy.accesslog import DENIED, ERROR, FORWARDED, AccessLog, Flow
-from docker_cilium.proxy.rules import L7Policy, RequestInfo
+from docker_cilium.proxy.accesslog import DENIED, FORWARDED, AccessLog, Flow
+from docker_cilium.proxy.messages import END, Request, RequestSink, ResponseSink, is_chunked
+from docker_cilium.proxy.rules import L7Policy
 
 log = structlog.get_logger(__name__)
 
 READ_SIZE = 64 * 1024
-END = object()  # end of a message, in a sink's event list
 
 
 @dataclass(frozen=True)
@@ -67,121 +67,6 @@ class ConnectionContext:
     mark: int                          # SO_MARK of the upstream socket (0: none)
 
 
-@dataclass
-class Request:
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[bytes, bytes]]
-    keep_alive: bool
-    upgrade: bool
-    chunked: bool
-    info: RequestInfo = field(init=False)
-
-    def __post_init__(self) -> None:
-        host = b""
-        for name, value in self.headers:
-            if name.lower() == b"host":
-                host = value
-                break
-        path = self.target
-        if "://" in self.target:  # absolute-form: the authority and path come from the target
-            url = httptools.parse_url(self.target.encode())
-            host = url.host + (b":%d" % url.port if url.port else b"")
-            path = (url.path or b"/").decode("latin-1") + (
-                "?" + url.query.decode("latin-1") if url.query else "")
-        self.info = RequestInfo(self.method, path, host.decode("latin-1").strip(), tuple(
-            (n.decode("latin-1").lower(), v.decode("latin-1").strip()) for n, v in self.headers))
-
-    def head(self) -> bytes:
-        lines = [f"{self.method} {self.target} HTTP/{self.version}\r\n".encode("latin-1")]
-        lines += [n + b": " + v + b"\r\n" for n, v in self.headers]
-        return b"".join(lines) + b"\r\n"
-
-
-def _chunked(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name.lower() == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
-            return True
-    return False
-
-
-class _Sink:
-    """httptools callbacks -> an ordered list of events: the head, body bytes, END."""
-
-    def __init__(self) -> None:
-        self.events: list[object] = []
-        self._headers: list[tuple[bytes, bytes]] = []
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((bytes(name), bytes(value)))
-
-    def on_body(self, body: bytes) -> None:
-        self.events.append(bytes(body))
-
-    def on_message_complete(self) -> None:
-        self.events.append(END)
-
-    def take(self) -> list[object]:
-        out, self.events = self.events, []
-        return out
-
-
-class _RequestSink(_Sink):
-    """A client's requests: Request, then its body bytes, then END."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parser = httptools.HttpRequestParser(self)
-        self.in_head = False
-        self.head_started = 0.0
-        self.head_bytes = 0       # URL and complete headers of the current head
-        self.raw_head_bytes = 0   # bytes read while a head was incomplete (bounds a never-ending header)
-        self._target = bytearray()
-
-    def on_message_begin(self) -> None:
-        self.in_head, self.head_started = True, time.monotonic()
-        self.head_bytes = self.raw_head_bytes = 0
-        self._target, self._headers = bytearray(), []
-
-    def on_url(self, url: bytes) -> None:
-        self._target += url
-        self.head_bytes += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        self.head_bytes += len(name) + len(value) + 4
-
-    def on_headers_complete(self) -> None:
-        self.in_head = False
-        p = self.parser
-        method = p.get_method().decode("latin-1")
-        self.events.append(Request(method, self._target.decode("latin-1"), p.get_http_version(), self._headers,
-                                   p.should_keep_alive(), p.should_upgrade() or method == "CONNECT",
-                                   _chunked(self._headers)))
-
-
-class _ResponseSink(_Sink):
-    """One request's response(s) (1xx first, then the final one): a
-    (status, version, reason, headers, keep-alive) tuple, body bytes, END."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parser = httptools.HttpResponseParser(self)
-        self._reason = bytearray()
-
-    def on_message_begin(self) -> None:
-        self._reason, self._headers = bytearray(), []
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_headers_complete(self) -> None:
-        p = self.parser
-        self.events.append((p.get_status_code(), p.get_http_version(), bytes(self._reason), self._headers,
-                            p.should_keep_alive()))
-
-
 def _simple_response(status: int, reason: str, body: bytes, keep_alive: bool) -> bytes:
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-length: {len(body)}\r\ncontent-type: text/plain\r\n"
             f"date: {email.utils.formatdate(usegmt=True)}\r\n" + ("" if keep_alive else "connection: close\r\n"))
@@ -199,7 +84,7 @@ class ProxyConnection:
                  limits: ProxyLimits, access: AccessLog) -> None:
         self.reader, self.writer = reader, writer
         self.ctx, self.limits, self.access = ctx, limits, access
-        self.sink = _RequestSink()
+        self.sink = RequestSink()
         self.up_reader: asyncio.StreamReader | None = None
         self.up_writer: asyncio.StreamWriter | None = None
         self.response: asyncio.Task[None] | None = None
@@ -454,7 +339,7 @@ class ProxyConnection:
 
     async def _copy_response(self, req: Request, upstream: asyncio.StreamReader,
                              started: float) -> tuple[int, bool]:
-        sink = _ResponseSink()
+        sink = ResponseSink()
         code, chunked, sent, until_eof, up_keep_alive = 0, False, False, False, True
         head_deadline = started + self.limits.upstream_timeout
         while True:
@@ -474,7 +359,7 @@ class ProxyConnection:
             for ev in sink.take():
                 if isinstance(ev, tuple):
                     code, version, reason, headers, up_keep_alive = ev
-                    chunked = _chunked(headers)
+                    chunked = is_chunked(headers)
                     out.append(f"HTTP/{version} {code} ".encode() + reason + b"\r\n")
                     out += [n + b": " + v + b"\r\n" for n, v in headers]
                     out.append(b"\r\n")
