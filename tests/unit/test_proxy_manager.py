@@ -188,6 +188,13 @@ def test_access_log_line_is_ciliums():
                                     "identity 1001->1002, verdict Denied GET http://app1/private => 403")
     assert info(sink.events[1]) == ("-> Response http to 11 ([container:id=app2]) from 22 ([container:id=app1]), "
                                     "identity 1001->1002, verdict Forwarded GET http://app1/public => 200")
+    # `cilium monitor --type l7 --to 22` streams them; --from 99 does not
+    from docker_cilium.monitor.events import TYPES_BY_NAME
+    from docker_cilium.monitor.hub import Filter
+    assert "l7" in TYPES_BY_NAME
+    assert Filter(frozenset({"l7"}), to=frozenset({22})).match(sink.events[0])
+    assert not Filter(frozenset({"l7"}), from_=frozenset({99})).match(sink.events[0])
+    assert not Filter(frozenset({"drop"})).match(sink.events[0])
 
 
 def test_metrics_under_ciliums_names():
