@@ -98,7 +98,7 @@ def test_transparent_listener_sees_original_destination_and_enforces(net, tmp_pa
             "import http.client,sys,time\n"
             "out=[]\n"
             "for path in ('/public','/private'):\n"
-            f"  for i in range(50):\n"
+            f"  for i in range(5):\n"
             f"    try:\n"
             f"      c=http.client.HTTPConnection('{f['server']}',80,timeout=5); c.request('GET',path); break\n"
             "    except OSError: time.sleep(0.1)\n"
