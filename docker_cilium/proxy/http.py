@@ -92,6 +92,7 @@ class ProxyConnection:
         self.discard = False                  # the current request's body is dropped (denied, failed)
         self.closing = False
         self._read_timer: asyncio.Timeout | None = None  # the client read in progress
+        self._inline: tuple[Request, asyncio.StreamReader, float] | None = None  # relayed at its END
 
     # ---- the client side ---------------------------------------------------------
 
@@ -186,17 +187,20 @@ class ProxyConnection:
         await self._reply(400, "Bad Request", b"Bad Request\r\n", False)
 
     async def _events(self) -> None:
-        for ev in self.sink.take():
+        events = self.sink.take()
+        for i, ev in enumerate(events):
             if self.closing:
                 return
             if isinstance(ev, Request):
-                await self._on_head(ev)
+                # A request already whole (no body to stream): its response is
+                # relayed inline, without a task of its own.
+                await self._on_head(ev, whole=i + 1 < len(events) and events[i + 1] is END)
             elif ev is END:
                 await self._on_end()
             else:
                 await self._on_body(ev)  # type: ignore[arg-type]
 
-    async def _on_head(self, req: Request) -> None:
+    async def _on_head(self, req: Request, whole: bool = False) -> None:
         await self._await_response()
         if self.closing:
             return
@@ -224,7 +228,10 @@ class ProxyConnection:
         self.up_writer.write(req.head())
         self.current = req
         assert self.up_reader is not None
-        self.response = asyncio.create_task(self._relay_response(req, self.up_reader, time.monotonic()))
+        if whole:
+            self._inline = (req, self.up_reader, time.monotonic())
+        else:
+            self.response = asyncio.create_task(self._relay_response(req, self.up_reader, time.monotonic()))
 
     async def _on_body(self, data: bytes) -> None:
         if self.discard or self.current is None or self.up_writer is None:
@@ -244,6 +251,11 @@ class ProxyConnection:
             self.discard = False
         elif req is not None and req.chunked and self.up_writer is not None:
             self.up_writer.write(b"0\r\n\r\n")
+        if self._inline is not None:
+            inline, self._inline = self._inline, None
+            await self._relay_response(*inline)
+            if self.writer.is_closing():
+                raise _ClientGone
         if req is not None and not req.keep_alive:
             await self._await_response()
             self.closing = True
