@@ -73,6 +73,16 @@ def _simple_response(status: int, reason: str, body: bytes, keep_alive: bool) ->
     return head.encode() + b"\r\n" + body
 
 
+async def _drain(writer: asyncio.StreamWriter, timeout: float) -> None:
+    """Wait, at most ``timeout``, for the peer to take what is buffered; at once
+    when the kernel took it all (no timer per write on the fast path)."""
+    if writer.transport.get_write_buffer_size():
+        async with asyncio.timeout(timeout):
+            await writer.drain()
+    elif writer.transport.is_closing():
+        raise ConnectionResetError("connection lost")
+
+
 class _ClientGone(Exception):
     """The response task closed the client connection."""
 
@@ -240,8 +250,7 @@ class ProxyConnection:
             data = b"%x\r\n" % len(data) + data + b"\r\n"
         try:
             self.up_writer.write(data)
-            async with asyncio.timeout(self.limits.upstream_timeout):
-                await self.up_writer.drain()
+            await _drain(self.up_writer, self.limits.upstream_timeout)
         except (ConnectionError, TimeoutError):
             self.discard = True  # the response task reports what the upstream did
 
@@ -390,8 +399,7 @@ class ProxyConnection:
                 if isinstance(ev, bytes):
                     out += [b"%x\r\n" % len(ev), ev, b"\r\n"] if chunked else [ev]
             self.writer.write(b"".join(out))
-            async with asyncio.timeout(self.limits.body_timeout):
-                await self.writer.drain()
+            await _drain(self.writer, self.limits.body_timeout)
             if done:
                 self.access.response(self.ctx.flow, req.info, code, req.version, time.monotonic() - started)
                 if not up_keep_alive or req.method == "HEAD":
