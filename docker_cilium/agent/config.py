@@ -34,6 +34,7 @@ class DaemonConfig:
     prefilter_mode: str = "native"  # native (driver) or generic XDP
     bpf_lb_sock: bool = True  # host processes reach service VIPs (datapath/socketlb.py)
     cgroup_root: str = defaults.CGROUP_ROOT  # cgroup v2 mount the socket LB attaches to
+    enable_l7_proxy: bool = True  # L7 (HTTP) policy through the proxy (docker_cilium/proxy)
 
     def to_dict(self) -> dict:
         return asdict(self)

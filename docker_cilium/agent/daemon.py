@@ -56,6 +56,9 @@ from docker_cilium.policy.manager import PolicyManager
 from docker_cilium.portmap.manager import PortMapManager
 from docker_cilium.prefilter import PreFilter
 from docker_cilium.prefilter.device import start_prefilter
+from docker_cilium.proxy.accesslog import AccessLog
+from docker_cilium.proxy.manager import ProxyManager
+from docker_cilium.proxy.peers import AgentPeers
 from docker_cilium.service.manager import ServiceManager
 from docker_cilium.version import version_info
 from docker_cilium.workloads.docker import DockerWatcher
@@ -97,6 +100,7 @@ class Daemon:
         self.metrics = AgentMetrics()
         self.metrics_server: MetricsServer | None = None
         self.prefilter: PreFilter | None = None  # `--prefilter-device`: the XDP deny list
+        self.proxy: ProxyManager | None = None  # `--enable-l7-proxy`: the L7 proxy's redirects
 
     @property
     def ipam(self) -> IPAM:
@@ -197,8 +201,12 @@ class Daemon:
         for option in [*agent_options(self._policy, cfg, config_map), *monitor_options(config_map, cfg)]:
             self._options.register(option)
         await self._options.restore()
+        if cfg.enable_l7_proxy:
+            peers = AgentPeers(lambda: self.endpoints.endpoints.values(), ipcache.host_addresses,
+                               ipcache.cidr_identities, LabelCache(lambda: self.identities.identity_labels()))
+            self.proxy = ProxyManager(peers, AccessLog(self.monitor, self.metrics), ipv6=cfg.enable_ipv6)
         self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath,
-                                        observer=self.metrics, monitor=self.monitor)
+                                        observer=self.metrics, monitor=self.monitor, proxy=self.proxy)
         PolicyEvents(self._policy, self.monitor)  # after the Regenerator: next to the commit
         self.portmap = PortMapManager(self.store, HostPortRules(self.iptables))
         self._endpoints = EndpointManager(self.store, self.links, self.iptables, self.node, self._ipam, self.mtu,
@@ -287,6 +295,8 @@ class Daemon:
             await self.metrics_server.stop()
         for server in reversed(self.servers):
             await server.stop()
+        if self.proxy is not None:
+            await self.proxy.close()  # redirected connections end; new ones are dropped until the next start
         if self._regenerator is not None:
             await self._regenerator.close()
         if self.allocator is not None:
@@ -340,6 +350,8 @@ class Daemon:
             "identity-pending": self.regenerator.pending_report(),
             "policy": {"revision": self.policy.revision, "enforcement": self.policy.enforcement},
             "identity-allocation": self._identity_status(),
+            "proxy": self.proxy.status(str(self.node.router4)) if self.proxy is not None and self.node else
+            {"state": "Disabled"},
         }
 
     async def _kvstore_status(self) -> dict[str, str]:

@@ -81,6 +81,9 @@ def _aggregation_level(_ctx: click.Context, _param: click.Parameter, value: str)
                    "recvmsg/getpeername hooks, host netns only); false detaches them")
 @click.option("--cgroup-root", default=defaults.CGROUP_ROOT,
               help="Where cgroup v2 is (mounted there if it is not) for the socket LB's hooks")
+@click.option("--enable-l7-proxy", type=click.BOOL, default=True,
+              help="Enable the L7 (HTTP) proxy: transparent listeners for policies with toPorts rules.http; "
+                   "false: endpoints whose policy has L7 rules fail their regeneration")
 @click.option("--debug", "-D", is_flag=True, help="Debug logging (and datapath debug events)")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:

@@ -11,7 +11,7 @@ import click
 from docker_cilium.cli.common import Context, pass_ctx
 from docker_cilium.monitor.format import render, start_line
 
-TYPES = ("drop", "trace", "policy-verdict", "debug", "capture", "agent")
+TYPES = ("drop", "trace", "policy-verdict", "debug", "capture", "agent", "l7")
 
 
 @click.command()
@@ -31,7 +31,7 @@ def monitor(ctx: Context, types: tuple[str, ...], from_: tuple[int, ...], to: tu
             related_to: tuple[int, ...], verbose: int, hex_: bool, as_json: bool) -> None:
     """Display BPF program events
 
-    Drops, traces, policy verdicts, debug and agent events as they happen,
+    Drops, traces, policy verdicts, debug, agent and L7 (proxy access-log) events as they happen,
     until interrupted. Filters are applied by the agent. A stream the agent
     ends or breaks (it stopped, or was killed) is an error: exit status 1.
     """

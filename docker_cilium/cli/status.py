@@ -74,6 +74,13 @@ def _pool(family: str, ipam: dict[str, Any], show_all: bool) -> None:
             click.echo(f"  {ip:<{WIDTH - 2}}{owner}".rstrip())
 
 
+def proxy_line(p: dict[str, Any]) -> str:
+    """Cilium's: ``OK, ip 10.15.0.1, 2 redirects active on ports 10000-20000``."""
+    if p.get("state") == "Disabled":
+        return "Disabled"
+    return f"OK, ip {p.get('ip', '')}, {p.get('total-redirects', 0)} redirects active on ports {p.get('port-range', '')}"
+
+
 def print_status(st: dict[str, Any], all_addresses: bool, all_controllers: bool, verbose: bool) -> None:
     for name, key in COMPONENTS:
         part = st.get(key) or {}
@@ -86,6 +93,8 @@ def print_status(st: dict[str, Any], all_addresses: bool, all_controllers: bool,
     policy = st.get("policy") or {}
     if policy:
         _line("Policy enforcement", f"{policy.get('enforcement', '')} (policy revision {policy.get('revision', 0)})")
+    if "proxy" in st:
+        _line("Proxy Status", proxy_line(st["proxy"]))
     ipam = st.get("ipam") or {}
     _pool("IPv4", ipam, all_addresses or verbose)
     _pool("IPv6", ipam, all_addresses or verbose)

@@ -79,6 +79,10 @@ class IPCache:
             for ip in self._host_ips:
                 self.map.upsert(host_prefix(ip), reserved.HOST)
 
+    def host_addresses(self) -> frozenset[str]:
+        """The host's own addresses (``reserved:host``)."""
+        return frozenset(self._host_ips)
+
     # ---- CIDR identities ---------------------------------------------------------
 
     def cidr_identities(self) -> dict[str, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from docker_cilium.metrics.datapath import CounterReader, DatapathCollector
@@ -39,6 +39,14 @@ class AgentMetrics:
         self.kvstore_time = Histogram(
             "cilium_kvstore_operations_duration_seconds", "Duration in seconds of kvstore operations",
             ["action", "kind", "outcome", "scope"], registry=r)
+        self.policy_l7 = Counter(
+            "cilium_policy_l7_total", "Number of total proxy requests handled", ["rule"], registry=r)
+        self.proxy_redirects_gauge = Gauge(
+            "cilium_proxy_redirects", "Number of redirects installed for endpoints, labeled by protocol",
+            ["protocol_l7"], registry=r)
+        self.proxy_upstream_time = Histogram(
+            "cilium_proxy_upstream_reply_seconds", "Seconds waited for upstream server to reply to a request",
+            ["error", "protocol_l7", "scope"], registry=r)
         self.state = AgentStateCollector()
         self.datapath = DatapathCollector()
         r.register(self.state)
@@ -69,6 +77,16 @@ class AgentMetrics:
 
     def kvstore_operation(self, action: str, kind: str, scope: str, ok: bool, seconds: float) -> None:
         self.kvstore_time.labels(action, kind, SUCCESS if ok else FAIL, scope).observe(seconds)
+
+    # proxy.accesslog.ProxyMetrics
+    def l7_request(self, rule: str) -> None:
+        self.policy_l7.labels(rule).inc()
+
+    def proxy_upstream_reply(self, seconds: float, error: str) -> None:
+        self.proxy_upstream_time.labels(error, "http", "total").observe(seconds)
+
+    def proxy_redirects(self, count: int) -> None:
+        self.proxy_redirects_gauge.labels("http").set(count)
 
     # --- reading ------------------------------------------------------------------------
     def refresh(self) -> None:

@@ -23,6 +23,8 @@ from docker_cilium.monitor.notify import *  # noqa: F401,F403  (the AGENT_* subt
 
 # Cilium's message type names (pkg/monitor/api), as the ?type= filter takes them.
 TYPES_BY_NAME = {name: num for num, name in em.NOTIFY_TYPES.items()}
+L7 = "l7"  # the proxy's access-log records (proxy/accesslog.py), not from the datapath
+TYPES_BY_NAME[L7] = 129  # Cilium's MessageTypeAccessLog
 LOST = "lost"  # not a message type: the record of events that never arrived
 
 LabelLookup = Callable[[int], "list[str] | None"]

@@ -59,9 +59,29 @@ def info(e: dict[str, Any]) -> str:
         return f"CPU {e['cpu']:02d}: MARK {e['mark']} FROM {e['source']} DEBUG: {e['message']}"
     if t == "agent":
         return f">> {e['subtype']}: {json.dumps(e['message'], separators=(',', ':'))}"
+    if t == "l7":
+        return l7(e)
     if t == "lost":
         return lost(e)
     return f"CPU {e.get('cpu', 0):02d}: Unknown event: {json.dumps(e)}"
+
+
+def _endpoint(num: int, labels: list[str]) -> str:
+    return f"{num} ([{' '.join(labels)}])"
+
+
+def l7(e: dict[str, Any]) -> str:
+    """Cilium's LogRecordNotify.DumpInfo: ``<- Request http from 11 ([labels]) to
+    22 ([labels]), identity 1001->1002, verdict Forwarded GET http://app1/public => 0``
+    (a Response is ``-> Response http to <source> from <destination>``)."""
+    src = _endpoint(e.get("source", 0), e.get("srcLabels", []))
+    dst = _endpoint(e.get("dstID", 0), e.get("dstLabels", []))
+    request = e.get("l7Type") == "Request"
+    sides = f"from {src} to {dst}" if request else f"to {src} from {dst}"
+    http = e.get("http") or {}
+    return (f"{'<-' if request else '->'} {e.get('l7Type')} {e.get('l7Proto', 'http')} {sides}, "
+            f"identity {e.get('srcLabel', 0)}->{e.get('dstLabel', 0)}, verdict {e.get('verdict')} "
+            f"{http.get('method', '')} {http.get('url', '')} => {http.get('code', 0)}")
 
 
 def lost(e: dict[str, Any]) -> str:
