@@ -39,6 +39,7 @@ import structlog
 from docker_cilium.proxy.accesslog import DENIED, FORWARDED, AccessLog, Flow
 from docker_cilium.proxy.messages import END, Request, RequestSink, ResponseSink, is_chunked
 from docker_cilium.proxy.rules import L7Policy
+from docker_cilium.proxy.upstreams import EgressUpstreams
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +66,9 @@ class ConnectionContext:
     policy: Callable[[], L7Policy]     # the redirect's current rules (replaced in place)
     upstream: tuple[str, int]          # the original destination
     mark: int                          # SO_MARK of the upstream socket (0: none)
+    #: where an egress connection records its upstream's local address
+    #: (the ingress proxy's way back to the source; None: ingress)
+    upstreams: EgressUpstreams | None = None
 
 
 def _simple_response(status: int, reason: str, body: bytes, keep_alive: bool) -> bytes:
@@ -97,6 +101,7 @@ class ProxyConnection:
         self.sink = RequestSink()
         self.up_reader: asyncio.StreamReader | None = None
         self.up_writer: asyncio.StreamWriter | None = None
+        self._up_local: tuple[int, int] | None = None  # (family, port) in ctx.upstreams
         self.response: asyncio.Task[None] | None = None
         self.current: Request | None = None   # the forwarded request whose body is still coming
         self.discard = False                  # the current request's body is dropped (denied, failed)
@@ -296,16 +301,22 @@ class ProxyConnection:
             return None
         self._close_upstream()
         host, port = self.ctx.upstream
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             if self.ctx.mark:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.ctx.mark)
+            if self.ctx.upstreams is not None:
+                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+                self._up_local = (family, sock.getsockname()[1])
+                self.ctx.upstreams.add(*self._up_local, self.ctx.flow.source)
             async with asyncio.timeout(self.limits.connect_timeout):
                 await asyncio.get_running_loop().sock_connect(sock, (host, port))
             self.up_reader, self.up_writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
         except (OSError, TimeoutError) as exc:
             sock.close()
+            self._forget_upstream()
             log.debug("proxy.upstream_connect_failed", upstream=f"{host}:{port}", error=repr(exc))
             return "connection failure"
         return None
@@ -317,7 +328,13 @@ class ProxyConnection:
             self.response = None
         self._close_upstream()
 
+    def _forget_upstream(self) -> None:
+        if self._up_local is not None and self.ctx.upstreams is not None:
+            self.ctx.upstreams.remove(*self._up_local)
+        self._up_local = None
+
     def _close_upstream(self) -> None:
+        self._forget_upstream()
         if self.up_writer is not None:
             self.up_writer.transport.abort()
         self.up_reader = self.up_writer = None

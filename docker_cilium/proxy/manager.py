@@ -27,6 +27,7 @@ from docker_cilium.errors import AllocationFailed
 from docker_cilium.proxy.accesslog import AccessLog, Flow
 from docker_cilium.proxy.http import ConnectionContext, ProxyConnection, ProxyLimits
 from docker_cilium.proxy.peers import PeerLookup
+from docker_cilium.proxy.upstreams import EgressUpstreams
 from docker_cilium.proxy.redirect import EndpointAddr, L7RulesByPeer, RedirectKey
 from docker_cilium.proxy.rules import L7Policy
 
@@ -89,6 +90,7 @@ class ProxyManager:
         self.transparent = transparent
         self.bind4, self.bind6 = bind4, bind6
         self.redirects: dict[RedirectKey, Redirect] = {}
+        self.upstreams = EgressUpstreams()
         self.connections = 0
         self._tasks: set[asyncio.Task[None] | asyncio.Future[None]] = set()  # serving connections
         self._lock = asyncio.Lock()
@@ -200,8 +202,11 @@ class ProxyManager:
     async def serve(self, red: Redirect, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     original: tuple[str, int], client: tuple[str, int]) -> None:
         """Proxy one connection of ``red`` whose original destination is ``original``."""
-        src, dst = self.peers.peer(client[0]), self.peers.peer(original[0])
         ingress = red.key.direction == "ingress"
+        # A connection our own egress proxy opened (hairpinned here) comes from
+        # the host's address: its source is the endpoint behind it.
+        src = (self.upstreams.source(client) if ingress else None) or self.peers.peer(client[0])
+        dst = self.peers.peer(original[0])
         try:
             mark = identity_mark(MARK_MAGIC_PROXY_INGRESS, src.identity) if ingress else \
                 identity_mark(MARK_MAGIC_PROXY_EGRESS, red.endpoint.identity)
@@ -211,7 +216,8 @@ class ProxyManager:
             writer.transport.abort()
             return
         ctx = ConnectionContext(Flow(red.key.direction, src, dst, _addr(*client), _addr(*original)),
-                                src.identity if ingress else dst.identity, lambda: red.policy, original, mark)
+                                src.identity if ingress else dst.identity, lambda: red.policy, original, mark,
+                                None if ingress else self.upstreams)
         conn = ProxyConnection(reader, writer, ctx, self.limits, self.access)
         task = asyncio.current_task()
         red.connections.add(conn)
