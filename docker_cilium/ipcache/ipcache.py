@@ -172,7 +172,11 @@ class IPCache:
         await self.commit_cidrs(plan)
 
     def _protected_prefixes(self) -> set[str]:
-        out = {host_prefix(ip) for ip in self._host_ips} | set(self._remote)
+        """Prefixes CIDR identities must not take: endpoints' (local and remote) and the host's."""
+        return self._local_prefixes() | set(self._remote)
+
+    def _local_prefixes(self) -> set[str]:
+        out = {host_prefix(ip) for ip in self._host_ips}
         for prefixes in self._endpoint_prefixes.values():
             out.update(prefixes)
         return out
@@ -254,10 +258,7 @@ class IPCache:
         """
         prefix = host_prefix(ip)
         self._remote[prefix] = (identity, tunnel_endpoint)
-        local = {host_prefix(h) for h in self._host_ips}
-        for prefixes in self._endpoint_prefixes.values():
-            local.update(prefixes)
-        if self.map is None or prefix in local:
+        if self.map is None or prefix in self._local_prefixes():
             return
         tunnel = tunnel_endpoint if tunnel_endpoint and ipaddress.ip_address(tunnel_endpoint).version == 4 else 0
         self.map.upsert(prefix, identity, tunnel)
@@ -267,6 +268,6 @@ class IPCache:
         prefix = host_prefix(ip)
         if self._remote.pop(prefix, None) is None:
             return
-        if prefix in self._protected_prefixes():
+        if prefix in self._local_prefixes():
             return  # a local endpoint or host address: its own entry stays
         self._fall_back(prefix)

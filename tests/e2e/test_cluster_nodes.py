@@ -14,9 +14,9 @@ import socket
 
 import pytest
 
-from tests.e2e.conftest import cleanup_bpf, cleanup_docker, cleanup_host, create_network, net_settings, \
-    run_container
-from tests.helpers import Agent, run, wait_until
+from tests.e2e.conftest import create_network, net_settings, run_container
+from tests.e2e.test_etcd_agent import etcd_agent  # noqa: F401  (the agent on a real etcd)
+from tests.helpers import run, wait_until
 from tests.integration.conftest import etcd_server  # noqa: F401  (a real etcd for this module)
 
 pytestmark = pytest.mark.etcd
@@ -42,24 +42,16 @@ def etcd_get(address: str, key: str) -> dict | None:
     return json.loads(out) if out else None
 
 
-@pytest.fixture
-def cluster_agent(dockerd, etcd_server, tmp_path):  # noqa: F811
-    cleanup_host()
-    a = Agent(tmp_path / "agent", extra=["--kvstore", "etcd", "--kvstore-opt", f"etcd.address={etcd_server}"])
+def test_agent_in_the_node_registry_and_shared_ipcache(etcd_agent, names):  # noqa: F811
+    agent, address = etcd_agent
     try:
-        a.start()
-        yield a, etcd_server
+        registry_and_ipcache(agent, address, names)
     finally:
-        cleanup_docker()
-        a.stop()
-        cleanup_host()
-        cleanup_bpf(a.bpf_root)
         for key in (f"cilium/state/nodes/v1/default/{REMOTE}", f"cilium/state/ip/v1/default/{REMOTE_EP}"):
-            etcdctl(etcd_server, "del", key)
+            etcdctl(address, "del", key)
 
 
-def test_agent_in_the_node_registry_and_shared_ipcache(cluster_agent, names):
-    agent, address = cluster_agent
+def registry_and_ipcache(agent, address: str, names) -> None:
     me = socket.gethostname()
 
     # This node: its record (Cilium's Node JSON) and its persistent range claim.

@@ -41,19 +41,15 @@ async def prefix(etcd_server: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def make(etcd_server: str) -> AsyncIterator[Make]:
-    """``await make(ttl)``: another connected etcd client (another agent)."""
-    made: list[EtcdBackend] = []
+def backend_kind() -> str:
+    """Only etcd here (``backend_factory`` gives etcd clients); the SQLite runs are the unit tests'."""
+    return "etcd"
 
-    async def new(ttl: int = 15) -> EtcdBackend:
-        b = EtcdBackend([etcd_server], lease_ttl=ttl)
-        await b.connect()
-        made.append(b)
-        return b
 
-    yield new
-    for b in made:
-        await b.close()
+@pytest.fixture
+def make(backend_factory: Make) -> Make:
+    """``await make(lease_ttl)``: another connected etcd client (another agent)."""
+    return backend_factory
 
 
 async def until(pred: Callable[[], bool], timeout: float) -> float:
@@ -91,7 +87,7 @@ async def test_three_agents_ranges_never_overlap_and_survive_restart(make: Make,
 async def test_dead_node_leaves_and_rejoins_with_its_ranges(make: Make, prefix: str) -> None:
     """node3 stops refreshing its lease: node1 and node2 drop it within the lease TTL;
     started again under the same name it rejoins with the same ranges."""
-    stores = {"node1": await make(), "node2": await make(), "node3": await make(TTL_S)}
+    stores = {"node1": await make(), "node2": await make(), "node3": await make(lease_ttl=TTL_S)}
     ranges = await claim_all(stores, prefix)
     regs = {name: NodeRegistry(s, Node.local(name, "default", ranges[name], True), prefix=prefix + "nodes/",
                                retry_s=0.2) for name, s in stores.items()}
@@ -110,7 +106,7 @@ async def test_dead_node_leaves_and_rejoins_with_its_ranges(make: Make, prefix: 
                            TTL_S + 8)
         assert took <= TTL_S + 3 and ("left", "node3") in seen.events
 
-        store3 = await make(TTL_S)
+        store3 = await make(lease_ttl=TTL_S)
         again = (await claim_all({"node3": store3}, prefix))["node3"]
         assert again == ranges["node3"]
         reg3 = NodeRegistry(store3, Node.local("node3", "default", again, True), prefix=prefix + "nodes/",
@@ -127,7 +123,7 @@ async def test_dead_node_leaves_and_rejoins_with_its_ranges(make: Make, prefix: 
 async def test_shared_ipcache_across_agents(make: Make, prefix: str) -> None:
     """An endpoint on node1 reaches node2's and node3's ipcache with its identity and
     node1's IP as tunnel endpoint; deleted, it leaves; node1 dying takes the rest."""
-    stores = {"node1": await make(TTL_S), "node2": await make(), "node3": await make()}
+    stores = {"node1": await make(lease_ttl=TTL_S), "node2": await make(), "node3": await make()}
     maps = {name: FakeIPCacheMap() for name in stores}
     caches = {name: IPCache(s, maps[name]) for name, s in stores.items()}
     shared = {}

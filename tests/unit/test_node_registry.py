@@ -238,3 +238,29 @@ async def test_cluster_node_lists_every_node(clients) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_remote_entries_never_displace_local_ones(tmp_path) -> None:
+    """A remote record cannot take a local endpoint's or the host's entry; a CIDR rule
+    does not take a remote endpoint's; a remote entry gone falls back to its CIDR identity."""
+    store = SQLiteBackend(str(tmp_path / "node.db"))
+    await store.connect()
+    try:
+        m = FakeIPCacheMap()
+        cache = IPCache(store, m)
+        await cache.start(["192.168.1.5"])
+        cache.upsert_endpoint(1, ("10.5.0.2", None), 30001)
+        cache.upsert_remote("10.5.0.2", 40000, "192.168.9.9")
+        cache.upsert_remote("192.168.1.5", 40000, "192.168.9.9")
+        assert m.entries["10.5.0.2/32"] == (30001, 0) and m.entries["192.168.1.5/32"] == (1, 0)
+
+        cache.upsert_remote("10.9.0.3", 40001, "192.168.9.9")
+        await cache.allocate_cidrs({"10.9.0.3/32", "10.9.0.0/16"})
+        assert m.entries["10.9.0.3/32"] == (40001, "192.168.9.9")
+        assert m.entries["10.9.0.0/16"][0] == cache.cidr_identities()["10.9.0.0/16"]
+        cache.delete_remote("10.9.0.3")
+        assert m.entries["10.9.0.3/32"] == (cache.cidr_identities()["10.9.0.3/32"], 0)
+        cache.upsert_remote("f00d::a09:0:0:3", 40001, "fd00::9")  # IPv6 host: no tunnel endpoint in the map
+        assert m.entries["f00d::a09:0:0:3/128"] == (40001, 0)
+    finally:
+        await store.close()
