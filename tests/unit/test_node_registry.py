@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import sqlite3
 
 import pytest
 
@@ -264,3 +265,30 @@ async def test_remote_entries_never_displace_local_ones(tmp_path) -> None:
         assert m.entries["f00d::a09:0:0:3/128"] == (40001, 0)
     finally:
         await store.close()
+
+
+async def test_registry_relists_after_lost_history(clients, tmp_path) -> None:
+    """The store dropped history the watch still needed (as etcd compaction does) and a
+    node left meanwhile: the watch fails, the view is re-listed and the leave reported."""
+    sa, sb = await clients(), await clients()
+    ra = NodeRegistry(sa, Node.local("node1", "default", NodeAddressing.derive("192.168.1.5"), True), retry_s=0.1)
+    rb = NodeRegistry(sb, Node.local("node2", "default", NodeAddressing.derive("192.168.2.6"), True), retry_s=0.1)
+    seen = Recorder()
+    ra.subscribe(seen)
+    await rb.start()
+    await ra.start()
+    try:
+        await until(lambda: ra.get("node2") is not None)
+        await rb.close()
+        # node2's record goes and the change log with it, in one transaction.
+        conn = sqlite3.connect(str(tmp_path / "kvstore.db"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM kv WHERE key = ?", (f"{keys.NODES}default/node2",))
+        conn.execute("INSERT INTO changes(type, key, value, ts) VALUES ('put', 'unrelated', x'00', 0)")
+        conn.execute("DELETE FROM changes")
+        conn.execute("COMMIT")
+        conn.close()
+        await until(lambda: ("left", "node2") in seen.events)
+        assert [n.name for n in ra.nodes()] == ["node1"]
+    finally:
+        await ra.close()
