@@ -154,13 +154,14 @@ class SharedStore:
 
     async def flush(self) -> None:
         """Wait until every queued write is in the store (tests, shutdown)."""
-        while self._dirty and not self._closed:
+        while not self._closed:
             task = self._flush_task
-            if task is None or task.done():
+            if task is not None and not task.done():  # also the write in flight
+                await asyncio.shield(task)
+            elif self._dirty:
                 self._mark(next(iter(self._dirty)))
-                task = self._flush_task
-            assert task is not None
-            await asyncio.shield(task)
+            else:
+                return
 
     async def _flush_loop(self) -> None:
         while self._dirty and not self._closed:

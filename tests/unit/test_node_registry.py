@@ -292,3 +292,40 @@ async def test_registry_relists_after_lost_history(clients, tmp_path) -> None:
         assert [n.name for n in ra.nodes()] == ["node1"]
     finally:
         await ra.close()
+
+
+async def test_shared_store_flush_waits_for_every_write(clients) -> None:
+    """After flush() every queued write is in the store, the one in flight included:
+    100 keys set at once, then 50 of them given up."""
+    from docker_cilium.kvstore.store import SharedStore
+
+    class Quiet:
+        def on_update(self, name: str, value: bytes) -> None: ...
+        def on_delete(self, name: str) -> None: ...
+
+    backend = await clients()
+    put = backend.put
+
+    async def slow_put(key: str, value: bytes, *, lease: bool = False) -> None:
+        await asyncio.sleep(0.01)  # a store with a round-trip: writes are in flight for a while
+        await put(key, value, lease=lease)
+    backend.put = slow_put  # type: ignore[method-assign]
+    store = SharedStore(backend, "test/shared/", Quiet())
+    await store.start()
+    try:
+        store.set_local("first", b"1")
+        await asyncio.sleep(0)  # its write starts: nothing queued, one in flight
+        await store.flush()
+        assert await backend.get("test/shared/first") == b"1"
+        store.set_local("first", None)
+        for i in range(100):
+            store.set_local(f"k{i}", b"v%d" % i)
+        await store.flush()
+        assert len(await backend.get_prefix("test/shared/")) == 100
+        for i in range(50):
+            store.set_local(f"k{i}", None)
+        await store.flush()
+        assert sorted(await backend.get_prefix("test/shared/")) == sorted(f"test/shared/k{i}" for i in range(50, 100))
+        assert sorted(store.local()) == sorted(f"k{i}" for i in range(50, 100))
+    finally:
+        await store.close()
