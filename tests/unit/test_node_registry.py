@@ -75,6 +75,11 @@ async def until(pred, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def registry(store: SQLiteBackend, name: str, ip: str) -> NodeRegistry:
+    """A registry for node ``name`` at ``ip`` with its derived ranges (not started)."""
+    return NodeRegistry(store, Node.local(name, "default", NodeAddressing.derive(ip), True), retry_s=0.1)
+
+
 def overlap(a: NodeAddressing, b: NodeAddressing) -> bool:
     return a.ipv4_range.overlaps(b.ipv4_range) or a.ipv6_range.overlaps(b.ipv6_range)
 
@@ -138,8 +143,7 @@ async def test_registry_join_update_leave(clients) -> None:
     """Each agent sees every node; an updated record is an update; a node whose agent
     stops refreshing its lease leaves the others' view."""
     sa, sb = await clients(ttl=15.0), await clients(ttl=1.0)
-    ra = NodeRegistry(sa, Node.local("node1", "default", NodeAddressing.derive("192.168.1.5"), True), retry_s=0.1)
-    rb = NodeRegistry(sb, Node.local("node2", "default", NodeAddressing.derive("192.168.2.6"), True), retry_s=0.1)
+    ra, rb = registry(sa, "node1", "192.168.1.5"), registry(sb, "node2", "192.168.2.6")
     seen = Recorder()
     ra.subscribe(seen)
     await ra.start()
@@ -167,8 +171,7 @@ async def test_registry_join_update_leave(clients) -> None:
 async def test_registry_rewrites_record_after_session_loss(clients) -> None:
     """A replaced session lease took our record with it: it is written again."""
     sa, sb = await clients(), await clients()
-    ra = NodeRegistry(sa, Node.local("node1", "default", NodeAddressing.derive("192.168.1.5"), True), retry_s=0.1)
-    rb = NodeRegistry(sb, Node.local("node2", "default", NodeAddressing.derive("192.168.2.6"), True), retry_s=0.1)
+    ra, rb = registry(sa, "node1", "192.168.1.5"), registry(sb, "node2", "192.168.2.6")
     await ra.start()
     await rb.start()
     try:
@@ -271,8 +274,7 @@ async def test_registry_relists_after_lost_history(clients, tmp_path) -> None:
     """The store dropped history the watch still needed (as etcd compaction does) and a
     node left meanwhile: the watch fails, the view is re-listed and the leave reported."""
     sa, sb = await clients(), await clients()
-    ra = NodeRegistry(sa, Node.local("node1", "default", NodeAddressing.derive("192.168.1.5"), True), retry_s=0.1)
-    rb = NodeRegistry(sb, Node.local("node2", "default", NodeAddressing.derive("192.168.2.6"), True), retry_s=0.1)
+    ra, rb = registry(sa, "node1", "192.168.1.5"), registry(sb, "node2", "192.168.2.6")
     seen = Recorder()
     ra.subscribe(seen)
     await rb.start()
