@@ -43,6 +43,7 @@ from docker_cilium.kvstore import keys, new_backend
 from docker_cilium.kvstore.backend import Backend
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 from docker_cilium.monitor.hub import MonitorHub
+from docker_cilium.node.cluster import ClusterNode
 from docker_cilium.monitor.policy_events import PolicyEvents
 from docker_cilium.monitor.format import node_monitor
 from docker_cilium.monitor.reader import DatapathMonitor, LabelCache
@@ -78,6 +79,7 @@ class Daemon:
         self.links = LinkManager()
         self.iptables = Iptables(ipv6=config.enable_ipv6, masquerade=config.masquerade)
         self.node: NodeAddressing | None = None
+        self.cluster: ClusterNode | None = None  # with a cluster store (etcd): registry, ipcache, claims
         self.mtu = 0
         self._ipam: IPAM | None = None
         self._endpoints: EndpointManager | None = None
@@ -159,7 +161,11 @@ class Daemon:
         node_ip = await self.links.first_global_ipv4()
         if not node_ip and not cfg.ipv4_range:
             raise RuntimeError("no global IPv4 address on this host: pass --ipv4-range")
-        self.node = NodeAddressing.derive(node_ip or "0.0.0.0", cfg.ipv4_range, cfg.ipv6_range)
+        if cfg.kvstore != "local":
+            self.cluster = ClusterNode(self.kvstore, cfg.node_name, cfg.enable_ipv6)
+            self.node = await self.cluster.claim(node_ip or "0.0.0.0", cfg.ipv4_range, cfg.ipv6_range)
+        else:
+            self.node = NodeAddressing.derive(node_ip or "0.0.0.0", cfg.ipv4_range, cfg.ipv6_range)
         self.mtu = cfg.mtu or await self.links.uplink_mtu()
         host_ifindex = await self.links.ensure_host_device(str(self.node.router4),
                                                            str(self.node.router6) if cfg.enable_ipv6 else None,
@@ -194,6 +200,8 @@ class Daemon:
         assert self.datapath.maps is not None
         ipcache = IPCache(self.store, self.datapath.maps.ipcache)
         await ipcache.start(await self.links.host_addresses())
+        if self.cluster is not None:  # before the endpoints' restore: they are published as restored
+            await self.cluster.start(self.node, ipcache)
         self._identities = IdentityCache(self.allocator, ipcache)
         self._policy = PolicyManager(self.store, ipcache, self._identities, cfg.policy_enforcement)
         await self._policy.start()
@@ -301,6 +309,8 @@ class Daemon:
             await self._regenerator.close()
         if self.allocator is not None:
             await self.allocator.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         for store in (self.kvstore, self.store):
             if store is not None:
                 await store.close()
@@ -372,9 +382,11 @@ class Daemon:
         return self.datapath.maps if self.datapath is not None else None
 
     def nodes(self) -> dict[str, Any]:
-        """Cilium's ClusterNodeStatus: this node only (no node discovery yet).
-        IPv4 is the node's own address, IPv6 its router address in the node range."""
+        """Cilium's ClusterNodeStatus: every node in the registry with a cluster store,
+        else this node only. IPv4 is a node's own address, IPv6 its router address."""
         assert self.node is not None
+        if self.cluster is not None:
+            return self.cluster.nodes()
         return {"self": self.config.node_name, "nodes-added": [node_element(
             self.config.node_name, self.node, self.config.enable_ipv6)]}
 

@@ -7,7 +7,13 @@ map to learn its identity. This module is the only writer of that map:
   -> ``reserved:host`` (written at start);
 * each endpoint address (``/32``, ``/128``) -> the endpoint's identity;
 * each prefix a CIDR rule names -> a node-local CIDR identity, allocated here
-  (from ``LOCAL_IDENTITY_BASE``) and persisted so numbers survive restarts.
+  (from ``LOCAL_IDENTITY_BASE``) and persisted so numbers survive restarts;
+* each remote endpoint address (another node's, from the shared ipcache in
+  the cluster store, ``ipcache/kvstore.py``) -> its identity and the tunnel
+  endpoint (the owning node's IP).
+
+Local endpoint changes are also handed to listeners (the shared ipcache
+publishes them for the other nodes).
 
 Host and endpoint addresses keep their identity even when a CIDR rule names
 exactly them: CIDR rules only describe non-endpoints.
@@ -19,7 +25,7 @@ import asyncio
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from docker_cilium.errors import InsufficientStorage
 from docker_cilium.identity import reserved
@@ -34,7 +40,7 @@ WORLD_PREFIXES = ("0.0.0.0/0", "::/0")
 class IPCacheMap(Protocol):
     """The pinned ``cilium_ipcache`` map (``datapath.maps.IPCache``; a fake in unit tests)."""
 
-    def upsert(self, prefix: str, identity: int) -> None: ...
+    def upsert(self, prefix: str, identity: int, tunnel_endpoint: str | int = 0) -> None: ...
     def delete(self, prefix: str) -> bool: ...
 
 
@@ -54,6 +60,10 @@ def host_prefix(ip: str) -> str:
     return f"{addr}/{32 if addr.version == 4 else 128}"
 
 
+#: Told ``(ip, identity)`` when a local endpoint address gets an identity, ``(ip, None)`` when it goes.
+LocalIPListener = Callable[[str, "int | None"], None]
+
+
 class IPCache:
     """Prefix -> identity, for the datapath (the BPF map) and the identity cache
     (the CIDR identities). ``bpf_map`` is None when the agent runs without BPF."""
@@ -66,6 +76,9 @@ class IPCache:
         self._labels: dict[str, list[str]] = {}  # prefix -> its identity's labels
         self._host_ips: set[str] = set()
         self._endpoint_prefixes: dict[int, list[str]] = {}  # endpoint ID -> its /32 and /128
+        self._endpoint_identity: dict[int, int] = {}
+        self._remote: dict[str, tuple[int, str | None]] = {}  # prefix -> (identity, tunnel endpoint)
+        self._listeners: list[LocalIPListener] = []
 
     async def start(self, host_ips: Iterable[str]) -> None:
         """Restore the CIDR identities and write the world and host entries."""
@@ -163,17 +176,40 @@ class IPCache:
         await self.commit_cidrs(plan)
 
     def _protected_prefixes(self) -> set[str]:
+        """Prefixes CIDR identities must not take: endpoints' (local and remote) and the host's."""
+        return self._local_prefixes() | set(self._remote)
+
+    def _local_prefixes(self) -> set[str]:
         out = {host_prefix(ip) for ip in self._host_ips}
         for prefixes in self._endpoint_prefixes.values():
             out.update(prefixes)
         return out
+
+    def add_local_listener(self, listener: LocalIPListener) -> None:
+        """Tell ``listener`` about every local endpoint address, now and on each change."""
+        self._listeners.append(listener)
+        for ep_id, prefixes in self._endpoint_prefixes.items():
+            for prefix in prefixes:
+                listener(prefix.split("/")[0], self._endpoint_identity[ep_id])
+
+    def _tell(self, prefixes: Iterable[str], identity: int | None) -> None:
+        for prefix in prefixes:
+            for listener in self._listeners:
+                listener(prefix.split("/")[0], identity)
+
+    def _set_endpoint(self, endpoint_id: int, prefixes: list[str], identity: int) -> None:
+        gone = set(self._endpoint_prefixes.get(endpoint_id, ())) - set(prefixes)
+        self._endpoint_prefixes[endpoint_id] = prefixes
+        self._endpoint_identity[endpoint_id] = identity
+        self._tell(gone, None)
+        self._tell(prefixes, identity)
 
     # ---- endpoints ---------------------------------------------------------------
 
     def upsert_endpoint(self, endpoint_id: int, ips: Iterable[str | None], identity: int) -> None:
         """The endpoint's addresses now stand for ``identity``."""
         prefixes = [host_prefix(ip) for ip in ips if ip]
-        self._endpoint_prefixes[endpoint_id] = prefixes
+        self._set_endpoint(endpoint_id, prefixes, identity)
         if self.map is not None:
             for prefix in prefixes:
                 self.map.upsert(prefix, identity)
@@ -184,7 +220,7 @@ class IPCache:
         writes: list[tuple[str, int]] = []
         for endpoint_id, ips, identity in changes:
             prefixes = [host_prefix(ip) for ip in ips if ip]
-            self._endpoint_prefixes[endpoint_id] = prefixes
+            self._set_endpoint(endpoint_id, prefixes, identity)
             writes.extend((prefix, identity) for prefix in prefixes)
         if self.map is not None and writes:
             await asyncio.to_thread(self._write_entries, writes)
@@ -197,14 +233,45 @@ class IPCache:
     def delete_endpoint(self, endpoint_id: int, ips: Iterable[str | None]) -> None:
         """The endpoint is gone: its addresses fall back to a CIDR identity, or
         out of the map (then they are world)."""
-        self._endpoint_prefixes.pop(endpoint_id, None)
+        self._tell(self._endpoint_prefixes.pop(endpoint_id, ()), None)
+        self._endpoint_identity.pop(endpoint_id, None)
+        for ip in ips:
+            if ip:
+                self._fall_back(host_prefix(ip))
+
+    def _fall_back(self, prefix: str) -> None:
+        """``prefix`` is no endpoint's any more: its CIDR identity, or out of the map (world)."""
         if self.map is None:
             return
-        for ip in ips:
-            if not ip:
-                continue
-            prefix = host_prefix(ip)
-            if prefix in self._cidr_ids:
-                self.map.upsert(prefix, self._cidr_ids[prefix])
-            else:
-                self.map.delete(prefix)
+        if prefix in self._cidr_ids:
+            self.map.upsert(prefix, self._cidr_ids[prefix])
+        else:
+            self.map.delete(prefix)
+
+    # ---- remote endpoints (other nodes') ------------------------------------------------
+
+    def remote_entries(self) -> dict[str, tuple[int, str | None]]:
+        """Remote prefix -> (identity, tunnel endpoint), a copy."""
+        return dict(self._remote)
+
+    def upsert_remote(self, ip: str, identity: int, tunnel_endpoint: str | None) -> None:
+        """Another node's endpoint ``ip`` has ``identity`` and lives behind ``tunnel_endpoint``.
+
+        Local endpoint and host addresses keep their own entry: another node
+        cannot claim them. Only an IPv4 tunnel endpoint fits the map's field.
+        """
+        prefix = host_prefix(ip)
+        self._remote[prefix] = (identity, tunnel_endpoint)
+        if self.map is None or prefix in self._local_prefixes():
+            return
+        tunnel = tunnel_endpoint if tunnel_endpoint and ipaddress.ip_address(tunnel_endpoint).version == 4 else 0
+        self.map.upsert(prefix, identity, tunnel)
+
+    def delete_remote(self, ip: str) -> None:
+        """Another node's endpoint ``ip`` is gone."""
+        prefix = host_prefix(ip)
+        if self._remote.pop(prefix, None) is None:
+            return
+        if prefix in self._local_prefixes():
+            return  # a local endpoint or host address: its own entry stays
+        self._fall_back(prefix)

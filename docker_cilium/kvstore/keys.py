@@ -28,5 +28,13 @@ PREFILTER = f"{STATE}/prefilter/v1/spec"
 SERVICES = f"{STATE}/services/v1/"
 #: Node-local runtime options changed with `cilium config` (one JSON document).
 RUNTIME_OPTIONS = f"{STATE}/config/v1/options"
+#: Cluster nodes (Cilium's node registry), on each agent's lease: ``<cluster>/<node name>`` -> Cilium's Node JSON.
+NODES = f"{STATE}/nodes/v1/"
+#: Node allocation range claims, persistent (not on a lease): ``<IPv4 range>`` -> owning node.
+NODE_RANGES = f"{STATE}/noderanges/v1/"
+#: The shared ipcache, on each agent's lease: ``<cluster>/<IP>`` -> Cilium's IPIdentityPair JSON.
+IPCACHE = f"{STATE}/ip/v1/"
+#: The cluster name under NODES and IPCACHE (Cilium's default cluster).
+CLUSTER = "default"
 #: Read by the health check to prove the kvstore answers.
 HEALTH = f"{BASE}/.health"

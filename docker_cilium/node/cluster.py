@@ -1,0 +1,55 @@
+"""The agent's part in a cluster store: claimed ranges, its registry record, the shared ipcache.
+
+Only with a cluster store (``--kvstore etcd``); the embedded store keeps the
+single-node behaviour (ranges derived from the node IP, `cilium node list`
+showing this node).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from docker_cilium.ipam.ranges import NodeAddressing
+from docker_cilium.ipcache import IPCache
+from docker_cilium.ipcache.kvstore import SharedIPCache
+from docker_cilium.kvstore import keys
+from docker_cilium.kvstore.backend import Backend
+
+from .claims import RangeClaims
+from .registry import NodeRegistry
+from .types import Node
+
+
+class ClusterNode:
+    """Ranges claimed before the node's devices exist; registry and ipcache once the ipcache is up."""
+
+    def __init__(self, backend: Backend, node_name: str, enable_ipv6: bool, cluster: str = keys.CLUSTER) -> None:
+        self.backend = backend
+        self.node_name = node_name
+        self.enable_ipv6 = enable_ipv6
+        self.cluster = cluster
+        self.registry: NodeRegistry | None = None
+        self.ipcache: SharedIPCache | None = None
+
+    async def claim(self, node_ip: str, ipv4_range: str | None, ipv6_range: str | None) -> NodeAddressing:
+        """This node's ranges, claimed through the store (see claims.py)."""
+        return await RangeClaims(self.backend, self.node_name).claim(node_ip, ipv4_range, ipv6_range)
+
+    async def start(self, addressing: NodeAddressing, ipcache: IPCache) -> None:
+        """Join the registry and the shared ipcache (local endpoints are published as they come)."""
+        self.registry = NodeRegistry(self.backend, Node.local(self.node_name, self.cluster, addressing,
+                                                              self.enable_ipv6))
+        await self.registry.start()
+        self.ipcache = SharedIPCache(self.backend, ipcache, self.node_name, addressing.node_ip, cluster=self.cluster)
+        await self.ipcache.start()
+
+    async def close(self) -> None:
+        """Stop watching; our keys stay until the session lease expires (a restart re-writes them)."""
+        for part in (self.ipcache, self.registry):
+            if part is not None:
+                await part.close()
+
+    def nodes(self) -> dict[str, Any]:
+        """Cilium's ClusterNodeStatus from the registry: every node in the view."""
+        nodes = self.registry.nodes() if self.registry is not None else []
+        return {"self": self.node_name, "nodes-added": [n.element() for n in nodes]}
