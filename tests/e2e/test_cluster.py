@@ -1,0 +1,108 @@
+"""`scripts/cluster.sh` (`make cluster`): kind-style simulated hosts, each a
+container with its own dockerd, bpffs and agent on a 3-member etcd.
+
+The cluster is brought up once for the module (under its own name and
+subnet, so a developer's `make cluster` is left alone) and taken down at the
+end; the last test checks that `down` leaves no container, network, volume
+or prebuilt-object folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.helpers import ROOT, docker, run
+
+CLUSTER = "dc-test-cluster"
+SUBNET = "10.214.0.0/24"
+N = 3
+NODES = [f"node{i}" for i in range(1, N + 1)]
+ENV = {**os.environ, "CLUSTER": CLUSTER, "CLUSTER_SUBNET": SUBNET, "N": str(N)}
+LABEL = f"label=docker-cilium.cluster={CLUSTER}"
+
+
+def cluster(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cluster.sh {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def leftovers() -> dict[str, list[str]]:
+    """What the cluster made that still exists on this host."""
+    return {
+        "containers": docker("ps", "-aq", "--filter", LABEL).stdout.split(),
+        "networks": docker("network", "ls", "-q", "--filter", LABEL).stdout.split(),
+        "volumes": docker("volume", "ls", "-q", "--filter", LABEL).stdout.split(),
+        "dirs": [d for d in (f"/var/tmp/docker-cilium-{CLUSTER}",) if os.path.exists(d)],
+    }
+
+
+@pytest.fixture(scope="module")
+def up(dockerd):
+    cluster("down")
+    try:
+        yield cluster("up").stdout
+    finally:
+        cluster("down", check=False)
+
+
+def node_ids() -> dict[str, str]:
+    out = docker("ps", "--filter", LABEL, "--format", "{{.Names}} {{.ID}}").stdout
+    return dict(line.split() for line in out.splitlines())
+
+
+def test_up_starts_n_nodes_and_three_etcd_members(up):
+    names = set(node_ids())
+    assert names == {f"{CLUSTER}-{n}" for n in NODES} | {f"{CLUSTER}-etcd{i}" for i in (1, 2, 3)}, names
+    members = run("etcdctl", "--endpoints", ",".join(f"10.214.0.{1 + i}:2379" for i in (1, 2, 3)),
+                  "member", "list", "-w", "json").stdout
+    assert sorted(m["name"] for m in json.loads(members)["members"]) == ["etcd1", "etcd2", "etcd3"]
+
+
+def test_every_node_has_its_own_dockerd_address_and_bpffs(up):
+    host_bpffs = os.stat("/sys/fs/bpf").st_dev if os.path.ismount("/sys/fs/bpf") else None
+    devs, addrs = set(), set()
+    for i, node in enumerate(NODES, start=1):
+        # Each node's own dockerd answers (its name is the node's hostname).
+        assert cluster("exec", node, "docker", "info", "-f", "{{.Name}}").stdout.strip() == node
+        addr = cluster("exec", node, "ip", "-4", "-o", "addr", "show", "eth0").stdout
+        assert f"10.214.0.{10 + i}/24" in addr, addr
+        addrs.add(addr.split()[3])
+        fs = cluster("exec", node, "stat", "-f", "-c", "%T", "/sys/fs/bpf").stdout.strip()
+        assert fs == "bpf_fs", fs
+        devs.add(cluster("exec", node, "stat", "-c", "%d", "/sys/fs/bpf").stdout.strip())
+    assert len(addrs) == N and len(devs) == N, (addrs, devs)
+    assert str(host_bpffs) not in devs
+
+
+def test_every_agent_status_is_ok_on_etcd(up):
+    for node in NODES:
+        st = json.loads(cluster("exec", node, "cilium", "status", "-o", "json").stdout)
+        kv = st["kvstore"]
+        assert kv["state"] == "Ok", (node, kv)
+        assert "etcd" in kv["msg"] and "10.214.0.2:2379" in kv["msg"], (node, kv)
+        assert st["container-runtime"]["state"] == "Ok", (node, st["container-runtime"])
+
+
+def test_exec_runs_busybox_on_node2(up):
+    proc = cluster("exec", "node2", "docker", "run", "--rm", "busybox", "echo", "hello from node2")
+    assert proc.stdout.strip() == "hello from node2"
+
+
+def test_up_again_keeps_the_running_cluster(up):
+    before = node_ids()
+    cluster("up")
+    assert node_ids() == before
+
+
+def test_down_leaves_nothing(up):
+    assert any(leftovers().values())
+    cluster("down")
+    assert leftovers() == {"containers": [], "networks": [], "volumes": [], "dirs": []}
+    cluster("down")  # idempotent
