@@ -113,7 +113,7 @@ up_node() {
     -v "$name-docker:/var/lib/docker" --tmpfs /run --tmpfs /tmp \
     -v "$REPO:/opt/docker-cilium:ro" -v "$BPF_DIR:/usr/lib/docker-cilium/bpf:ro" \
     -v /lib/modules:/lib/modules:ro \
-    -e "CILIUM_ETCD=$(etcd_endpoints)" -e "AGENT_FLAGS=${AGENT_FLAGS:-}" \
+    -e "CLUSTER_ETCD=$(etcd_endpoints)" -e "AGENT_FLAGS=${AGENT_FLAGS:-}" \
     "$NODE_IMAGE" >/dev/null
 }
 
@@ -165,7 +165,7 @@ down() {
 
 status() {
   local name node
-  printf '%-8s %-12s %-9s %-8s %s\n' NODE ADDRESS STATE DOCKERD AGENT
+  printf '%-8s %-12s %-9s %-16s %s\n' NODE ADDRESS STATE DOCKERD AGENT
   for name in $($DOCKER ps -a --filter "label=$LABEL" --format '{{.Names}}' | sort -V); do
     node=${name#"$CLUSTER-"}
     local ip state dockerd=- agent=-
@@ -176,7 +176,7 @@ status() {
       agent=$($DOCKER exec "$name" cilium status 2>/dev/null | sed -n 's/^KVStore: *//p' || true)
       agent=${agent:-down}
     fi
-    printf '%-8s %-12s %-9s %-8s %s\n' "$node" "$ip" "$state" "$dockerd" "$agent"
+    printf '%-8s %-12s %-9s %-16s %s\n' "$node" "$ip" "$state" "$dockerd" "$agent"
   done
 }
 

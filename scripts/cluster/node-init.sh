@@ -7,7 +7,7 @@
 # as a host does. `node-init.sh start|stop dockerd|agent` starts or stops
 # one of them (e.g. to stop a node's agent and dockerd, then restart them).
 #
-# Environment (set by scripts/cluster.sh): CILIUM_ETCD the etcd endpoints
+# Environment (set by scripts/cluster.sh): CLUSTER_ETCD the etcd endpoints
 # (host:port,...), AGENT_FLAGS extra cilium-agent flags.
 set -euo pipefail
 RUN=/run/docker-cilium-node
@@ -33,11 +33,17 @@ start() {
       (setsid dockerd >>"$LOGS/dockerd.log" 2>&1 </dev/null & echo $! >"$RUN/dockerd.pid")
       wait_for 60 docker info || { tail -20 "$LOGS/dockerd.log" >&2; return 1; } ;;
     agent)
+      # The endpoints go in Cilium's etcd config file (--kvstore-opt splits
+      # its value at commas, so etcd.address holds only one endpoint).
+      : "${CLUSTER_ETCD:?}"
+      mkdir -p /etc/cilium
+      printf 'endpoints:\n' >/etc/cilium/etcd.yaml
+      printf -- '- http://%s\n' ${CLUSTER_ETCD//,/ } >>/etc/cilium/etcd.yaml
       # --bpf-lb-sock=false: with --cgroupns host the cgroup v2 root is the
       # real host's, so socket-LB hooks there would act on every process of
       # the machine, not only this node's.
       # shellcheck disable=SC2086
-      (setsid cilium-agent --kvstore etcd --kvstore-opt "etcd.address=${CILIUM_ETCD:?}" \
+      (setsid cilium-agent --kvstore etcd --kvstore-opt etcd.config=/etc/cilium/etcd.yaml \
         --bpf-lb-sock=false ${AGENT_FLAGS:-} >>"$LOGS/cilium-agent.log" 2>&1 </dev/null &
        echo $! >"$RUN/agent.pid") ;;
     *) echo "unknown service $1 (dockerd, agent)" >&2; return 2 ;;

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import ROOT, docker, run
+from tests.helpers import ROOT, docker, run, wait_until
 
 CLUSTER = "dc-test-cluster"
 SUBNET = "10.214.0.0/24"
@@ -86,8 +86,28 @@ def test_every_agent_status_is_ok_on_etcd(up):
         st = json.loads(cluster("exec", node, "cilium", "status", "-o", "json").stdout)
         kv = st["kvstore"]
         assert kv["state"] == "Ok", (node, kv)
-        assert "etcd" in kv["msg"] and "10.214.0.2:2379" in kv["msg"], (node, kv)
+        assert kv["msg"].startswith("etcd"), (node, kv)
         assert st["container-runtime"]["state"] == "Ok", (node, st["container-runtime"])
+        conf = cluster("exec", node, "cat", "/etc/cilium/etcd.yaml").stdout
+        assert all(f"- http://10.214.0.{1 + i}:2379" in conf for i in (1, 2, 3)), conf
+
+
+def test_node_datapath_connects_containers_and_allocates_identities_in_cluster_etcd(up):
+    """A node's agent serves its dockerd: cilium-net, two endpoints that reach
+    each other through the BPF datapath, identities in the cluster's etcd."""
+    label = f"id=cluster-{os.getpid()}"
+    cluster("exec", "node1", "docker", "network", "create", "-d", "cilium", "--ipam-driver", "cilium", "cilium-net")
+    for name in ("app1", "app2"):
+        cluster("exec", "node1", "docker", "run", "-d", "--name", name, "-l", f"{label}-{name}",
+                "--net", "cilium-net", "busybox", "sleep", "600")
+    ip1 = cluster("exec", "node1", "docker", "inspect", "-f",
+                  '{{(index .NetworkSettings.Networks "cilium-net").IPAddress}}', "app1").stdout.strip()
+    assert ip1.startswith("10."), ip1
+    wait_until(lambda: cluster("exec", "node1", "docker", "exec", "app2", "ping", "-c1", "-W1", ip1,
+                               check=False).returncode == 0, timeout=30, what="app2 pings app1 on node1")
+    keys = run("etcdctl", "--endpoints", "10.214.0.2:2379", "get", "--prefix", "cilium/state/identities/v1/value/",
+               "--keys-only").stdout
+    assert f"container:{label}-app1;/node1" in keys, keys
 
 
 def test_exec_runs_busybox_on_node2(up):
