@@ -7,7 +7,8 @@
 # ($PIP_CERT or /etc/pip.conf's cert, as extra-ca.crt) when PyPI sits behind a
 # TLS-inspecting proxy. The base image comes from scripts/debian-image.sh.
 # Used by scripts/agent-image.sh (the agent) and scripts/cluster.sh (the
-# kind-style node and its etcd).
+# kind-style node and its etcd). DOCKER_BUILD_FLAGS: extra `docker build`
+# flags, e.g. --no-cache for a build from scratch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { echo "usage: $0 IMAGE DOCKERFILE [FILE...]" >&2; exit 2; }
@@ -29,5 +30,6 @@ cp "$DOCKERFILE" "$ctx/Dockerfile"
 cert=${PIP_CERT:-$(sed -n 's/^cert *= *//p' /etc/pip.conf 2>/dev/null | head -1)}
 if [ -n "$cert" ] && [ -f "$cert" ]; then cp "$cert" "$ctx/extra-ca.crt"; fi
 # --network host: the build's apt-get/pip reach the registries the host reaches.
-$DOCKER build -q --network host --label "docker-cilium.source=$hash" -t "$IMAGE" "$ctx" >/dev/null
+# shellcheck disable=SC2086
+$DOCKER build -q --network host ${DOCKER_BUILD_FLAGS:-} --label "docker-cilium.source=$hash" -t "$IMAGE" "$ctx" >/dev/null
 echo "built $IMAGE ($hash)"

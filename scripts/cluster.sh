@@ -57,7 +57,7 @@ wait_for() {  # wait_for SECONDS WHAT CMD...
 }
 
 images() {
-  scripts/build-image.sh "$NODE_IMAGE" scripts/cluster/node.Dockerfile pyproject.toml setup.cfg README.md
+  scripts/build-image.sh "$NODE_IMAGE" scripts/cluster/node.Dockerfile pyproject.toml setup.cfg
   scripts/build-image.sh "$ETCD_IMAGE" compose/etcd/Dockerfile
   PYTHONPATH=$REPO "$REPO/.venv/bin/python" -m docker_cilium.datapath.prebuild "$BPF_DIR" >/dev/null 2>&1 \
     || { echo "cluster: compiling the datapath failed: run 'sudo make install' first" >&2; exit 1; }
@@ -78,7 +78,12 @@ current() {
 }
 
 up_network() {
-  $DOCKER network inspect "$CLUSTER" >/dev/null 2>&1 && return 0
+  local have
+  if have=$($DOCKER network inspect -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}' "$CLUSTER" 2>/dev/null); then
+    [ "$have" = "$SUBNET" ] && return 0
+    echo "cluster: network $CLUSTER exists with subnet $have, not $SUBNET: run '$0 down' first" >&2
+    exit 1
+  fi
   $DOCKER network create --driver bridge --subnet "$SUBNET" --label "$LABEL" "$CLUSTER" >/dev/null
 }
 

@@ -9,6 +9,7 @@ or prebuilt-object folder behind.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -23,6 +24,9 @@ N = 3
 NODES = [f"node{i}" for i in range(1, N + 1)]
 ENV = {**os.environ, "CLUSTER": CLUSTER, "CLUSTER_SUBNET": SUBNET, "N": str(N)}
 LABEL = f"label=docker-cilium.cluster={CLUSTER}"
+# Containers started by the nodes' dockerds: their cgroups (the nodes share
+# the host's cgroup namespace) must be gone after `down`.
+INNER_IDS: list[str] = []
 
 
 def cluster(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -40,7 +44,12 @@ def leftovers() -> dict[str, list[str]]:
         "networks": docker("network", "ls", "-q", "--filter", LABEL).stdout.split(),
         "volumes": docker("volume", "ls", "-q", "--filter", LABEL).stdout.split(),
         "dirs": [d for d in (f"/var/tmp/docker-cilium-{CLUSTER}",) if os.path.exists(d)],
+        "cgroups": [d for i in INNER_IDS for d in cgroups_of(i)],
     }
+
+
+def cgroups_of(container_id: str) -> list[str]:
+    return glob.glob(f"/sys/fs/cgroup/memory/**/{container_id}", recursive=True)
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +107,12 @@ def test_node_datapath_connects_containers_and_allocates_identities_in_cluster_e
     label = f"id=cluster-{os.getpid()}"
     cluster("exec", "node1", "docker", "network", "create", "-d", "cilium", "--ipam-driver", "cilium", "cilium-net")
     for name in ("app1", "app2"):
-        cluster("exec", "node1", "docker", "run", "-d", "--name", name, "-l", f"{label}-{name}",
-                "--net", "cilium-net", "busybox", "sleep", "600")
+        INNER_IDS.append(cluster("exec", "node1", "docker", "run", "-d", "--name", name, "-l", f"{label}-{name}",
+                                 "--net", "cilium-net", "busybox", "sleep", "600").stdout.strip())
     ip1 = cluster("exec", "node1", "docker", "inspect", "-f",
                   '{{(index .NetworkSettings.Networks "cilium-net").IPAddress}}', "app1").stdout.strip()
     assert ip1.startswith("10."), ip1
+    assert all(cgroups_of(i) for i in INNER_IDS), "inner containers' cgroups are not where the down test looks"
     wait_until(lambda: cluster("exec", "node1", "docker", "exec", "app2", "ping", "-c1", "-W1", ip1,
                                check=False).returncode == 0, timeout=30, what="app2 pings app1 on node1")
     keys = run("etcdctl", "--endpoints", "10.214.0.2:2379", "get", "--prefix", "cilium/state/identities/v1/value/",
@@ -122,7 +132,8 @@ def test_up_again_keeps_the_running_cluster(up):
 
 
 def test_down_leaves_nothing(up):
+    assert len(INNER_IDS) == 2 and all(len(i) == 64 for i in INNER_IDS), INNER_IDS
     assert any(leftovers().values())
     cluster("down")
-    assert leftovers() == {"containers": [], "networks": [], "volumes": [], "dirs": []}
+    assert leftovers() == {"containers": [], "networks": [], "volumes": [], "dirs": [], "cgroups": []}
     cluster("down")  # idempotent
