@@ -177,7 +177,7 @@ status() {
     ip=$($DOCKER inspect -f "{{(index .NetworkSettings.Networks \"$CLUSTER\").IPAddress}}" "$name" 2>/dev/null || echo -)
     state=$($DOCKER inspect -f '{{.State.Status}}' "$name")
     if [[ $node == node* && $state == running ]]; then
-      dockerd=$($DOCKER exec "$name" docker info -f '{{.ServerVersion}}' 2>/dev/null || echo down)
+      dockerd=$($DOCKER exec "$name" docker info -f '{{.ServerVersion}}' 2>/dev/null) || dockerd=down
       agent=$($DOCKER exec "$name" cilium status 2>/dev/null | sed -n 's/^KVStore: *//p' || true)
       agent=${agent:-down}
     fi
@@ -188,6 +188,10 @@ status() {
 exec_node() {
   local node=${1:?usage: $0 exec NODE CMD...}; shift
   [ $# -gt 0 ] || { echo "usage: $0 exec NODE CMD..." >&2; exit 2; }
+  if ! $DOCKER inspect -f '{{.Id}}' "$CLUSTER-$node" >/dev/null 2>&1 || [[ ! $node =~ ^(node|etcd)[0-9]+$ ]]; then
+    echo "cluster: no node '$node' in cluster $CLUSTER ('$0 status' lists them)" >&2
+    exit 2
+  fi
   local tty=()
   [ -t 0 ] && [ -t 1 ] && tty=(-t)
   exec $DOCKER exec -i "${tty[@]}" "$CLUSTER-$node" "$@"

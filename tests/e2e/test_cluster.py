@@ -125,6 +125,26 @@ def test_exec_runs_busybox_on_node2(up):
     assert proc.stdout.strip() == "hello from node2"
 
 
+def test_node_agent_and_dockerd_stop_and_start_inside_a_running_node(up):
+    """node-init.sh stops and starts a node's services (a host's crash and
+    restart) while the node container, its address and the others stay."""
+    init = "/opt/docker-cilium/scripts/cluster/node-init.sh"
+
+    def agent_ok() -> bool:
+        proc = cluster("exec", "node3", "cilium", "status", "-o", "json", check=False)
+        return proc.returncode == 0 and json.loads(proc.stdout)["kvstore"]["state"] == "Ok"
+
+    for svc in ("agent", "dockerd"):
+        cluster("exec", "node3", init, "stop", svc)
+    assert not agent_ok()
+    assert cluster("exec", "node3", "docker", "info", check=False).returncode != 0
+    assert "Ok" in cluster("exec", "node2", "cilium", "status").stdout
+    for svc in ("dockerd", "agent"):
+        cluster("exec", "node3", init, "start", svc)
+    wait_until(agent_ok, timeout=60, what="node3's agent back on etcd")
+    assert cluster("exec", "node3", "docker", "run", "--rm", "busybox", "true").returncode == 0
+
+
 def test_up_again_keeps_the_running_cluster(up):
     before = node_ids()
     cluster("up")
