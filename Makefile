@@ -58,3 +58,16 @@ image: install
 PLUGIN ?= docker-cilium:latest
 plugin: install
 	@scripts/plugin.sh $(PLUGIN)
+
+# Several simulated hosts on this machine, kind-style (scripts/cluster.sh):
+# N nodes (containers with their own dockerd and agent from this checkout)
+# and a 3-member etcd on one underlay network. Idempotent.
+N ?= 3
+.PHONY: cluster cluster-down
+cluster: install
+	@scripts/services.sh dockerd
+	@scripts/busybox-image.sh busybox:latest
+	@N=$(N) scripts/cluster.sh up
+
+cluster-down:
+	@scripts/cluster.sh down
