@@ -110,11 +110,14 @@ up_node() {
   $DOCKER volume create --label "$LABEL" "$name-docker" >/dev/null
   # The options machines.md verified for a dockerd in a container, instead
   # of --privileged; /var/lib/docker a volume (overlay2 cannot nest in overlay2).
+  # IPv6 on: Docker disables it in a container whose network has none, and
+  # the agent's IPv6 routes (endpoints, the proxy's table) need it.
   $DOCKER run -d --init --name "$name" --hostname "node$i" --label "$LABEL" \
     --label "docker-cilium.cluster-config=$cfg" --network "$CLUSTER" --ip "$(node_ip "$i")" \
     --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined \
     --security-opt apparmor=unconfined --security-opt systempaths=unconfined \
     --device-cgroup-rule 'a *:* rwm' --cgroupns host \
+    --sysctl net.ipv6.conf.all.disable_ipv6=0 --sysctl net.ipv6.conf.default.disable_ipv6=0 \
     -v "$name-docker:/var/lib/docker" --tmpfs /run --tmpfs /tmp \
     -v "$REPO:/opt/docker-cilium:ro" -v "$BPF_DIR:/usr/lib/docker-cilium/bpf:ro" \
     -v /lib/modules:/lib/modules:ro \

@@ -105,7 +105,7 @@ async def _run(config: DaemonConfig) -> None:
     try:
         await daemon.start()
     except Exception as exc:
-        log.error("agent.start_failed", error=str(exc))
+        log.error("agent.start_failed", error=str(exc), exc_info=True)
         await daemon.stop()
         raise SystemExit(1) from None
     await stop.wait()
