@@ -15,11 +15,10 @@ wildcard peer 0, matches.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from docker_cilium.policy.api.l7 import PortRuleHTTP, compile_ere
+from docker_cilium.policy.api.l7 import FullMatcher, PortRuleHTTP, compile_ere
 
 
 @dataclass(frozen=True)
@@ -42,9 +41,9 @@ class CompiledRule:
 
     def __init__(self, rule: PortRuleHTTP) -> None:
         self.rule = rule
-        self.method: re.Pattern[str] | None = compile_ere(rule.method) if rule.method else None
-        self.path: re.Pattern[str] | None = compile_ere(rule.path) if rule.path else None
-        self.host: re.Pattern[str] | None = compile_ere(rule.host) if rule.host else None
+        self.method: FullMatcher | None = compile_ere(rule.method) if rule.method else None
+        self.path: FullMatcher | None = compile_ere(rule.path) if rule.path else None
+        self.host: FullMatcher | None = compile_ere(rule.host) if rule.host else None
         self.headers: list[tuple[str, str | None]] = []
         for item in rule.headers:
             name, sep, value = item.partition(":")

@@ -4,6 +4,7 @@ union semantics, and ``policy trace``."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,14 @@ def test_docker_guide_demo_policy_resolves_to_one_redirected_entry() -> None:
     pol = resolve(parse_rules(doc), ["container:id=app1"], ids)
     assert pol.ingress_enforced and not pol.egress_enforced
     assert pol.entries == frozenset({PolicyEntry("ingress", B, 80, TCP, l7=(GET_PUBLIC,))})
+
+
+@pytest.mark.timeout(5)
+def test_matching_time_is_linear_whatever_the_pattern():
+    """A backtracking engine needs about 2**n steps for these; a client
+    controls the subject (the path), so the proxy must not depend on it."""
+    for pattern, subject in (("(a+)+$", "a" * 5000 + "b"), ("(/[a-z]*)*x", "/" + "a/" * 3000 + "!"),
+                             ("(a|aa)+", "a" * 5000 + "b")):
+        t0 = time.perf_counter()
+        assert compile_ere(pattern).fullmatch(subject) is None
+        assert time.perf_counter() - t0 < 0.5, pattern

@@ -1,15 +1,17 @@
-"""POSIX extended regular expressions (ERE) as Python ``re`` patterns.
+"""POSIX extended regular expressions (ERE) as RE2 patterns.
 
 Cilium documents the ``method``, ``path`` and ``host`` of an HTTP rule as
-POSIX extended regexes. Python's ``re`` reads several ERE constructs
-differently, so patterns are translated, not passed through:
+POSIX extended regexes. RE2 (the engine that matches them: linear time,
+whatever the pattern and the request) and Python's ``re`` read several ERE
+constructs differently, so patterns are translated, not passed through:
 
 * bracket expressions: ``]`` first is a literal, ``\\`` inside is a literal,
   ``[:alpha:]``-style classes (ASCII, "C" locale), ``[.c.]`` and ``[=c=]``
   for a single character; everything else Python would give a meaning to
   (``[``, ``&&``, ``--``...) is escaped;
-* ``$`` is the end of the string (Python's ``$`` also matches before a final
-  newline), ``.`` matches any character including newline;
+* ``$`` is the end of the string (``\\z``: Python's and RE2's ``$`` also
+  match before a final newline), ``.`` matches any character including
+  newline (RE2's ``dot_nl``);
 * a repeated quantifier (``a*?``, ``a*+``) repeats the quantified atom, as in
   GNU ERE: Python would read a lazy or possessive quantifier;
 * ``\\`` before a special or punctuation character is that literal character;
@@ -37,6 +39,8 @@ CLASSES = {
 }
 ESCAPE_CLASSES = {"w": "[a-zA-Z0-9_]", "W": "[^a-zA-Z0-9_]", "s": "[ \\t\\n\\r\\f\\v]",
                   "S": "[^ \\t\\n\\r\\f\\v]", "d": "[0-9]", "D": "[^0-9]"}
+#: the end of the subject (RE2 syntax)
+END = r"\z"
 _INTERVAL = re.compile(r"\{(\d+)(,(\d*))?\}")
 
 
@@ -72,7 +76,7 @@ class _Translator:
                 break
             quant = self.quantifier()
             if quant is not None:
-                if not atoms or atoms[-1] in ("^", r"\Z"):
+                if not atoms or atoms[-1] in ("^", END):
                     raise EREError(f"quantifier {quant!r} has nothing to repeat", self.i - len(quant))
                 if quantified:  # a*? is (a*)?, never Python's lazy or possessive a*?
                     atoms[-1] = f"(?:{atoms[-1]})"
@@ -121,7 +125,7 @@ class _Translator:
         if c == "^":
             return "^"
         if c == "$":
-            return r"\Z"
+            return END
         if c == "[":
             return self.bracket(start)
         if c == "\\":
@@ -202,8 +206,8 @@ class _Translator:
 
 
 def translate(pattern: str) -> str:
-    """The Python pattern equivalent to the ERE ``pattern`` (for ``fullmatch``,
-    with ``re.DOTALL``)."""
+    """The RE2 pattern equivalent to the ERE ``pattern`` (for ``fullmatch``,
+    with ``dot_nl``)."""
     t = _Translator(pattern)
     out = t.alternation(0)
     if t.i != len(pattern):

@@ -17,7 +17,9 @@ import functools
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import re2
 
 from ._util import check_fields, expect_object, expect_string, field_path, get_list, index_path
 from .ere import EREError, translate
@@ -112,18 +114,37 @@ def check_ere(pattern: str, path: str) -> None:
         raise PolicyValidationError(path, f"invalid regular expression {json.dumps(pattern)}: {exc}") from None
 
 
-@functools.lru_cache(maxsize=4096)
-def compile_ere(pattern: str) -> re.Pattern[str]:
-    """``pattern`` (POSIX ERE) as a Python pattern to be used with ``fullmatch``.
+class FullMatcher(Protocol):
+    """A compiled pattern: ``fullmatch`` is all the proxy calls."""
 
-    An empty pattern matches anything (an unset field of a rule). Raises
-    ``ValueError`` (``ere.EREError``) with the reason and position when the
-    pattern is not a valid ERE."""
-    if not pattern:
-        return re.compile(".*", re.DOTALL)
+    def fullmatch(self, text: str) -> object | None: ...
+
+
+def _re2_options() -> re2.Options:
+    opts = re2.Options()
+    opts.dot_nl = True          # ERE's "." matches a newline too
+    opts.log_errors = False     # a refused pattern is a PolicyValidationError, not stderr noise
+    opts.never_capture = True
+    return opts
+
+
+_OPTIONS = _re2_options()
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_ere(pattern: str) -> FullMatcher:
+    """``pattern`` (POSIX ERE) compiled by RE2, to be used with ``fullmatch``.
+
+    RE2 matches in time linear in the subject whatever the pattern: a
+    backtracking engine would let a client's crafted path stall the proxy
+    on a pattern as innocent-looking as ``(a+)+$``, as Go's regexp (RE2)
+    spares Cilium. An empty pattern matches anything (an unset field of a
+    rule). Raises ``ValueError`` (``ere.EREError``) with the reason and
+    position when the pattern is not a valid ERE."""
     try:
-        return re.compile(translate(pattern), re.DOTALL)
+        return re2.compile(translate(pattern) if pattern else ".*", _OPTIONS)
     except EREError:
         raise
-    except (re.error, RecursionError) as exc:  # a translation Python still refuses
-        raise EREError(str(getattr(exc, "msg", exc)), getattr(exc, "pos", None) or 0) from None
+    except re2.error as exc:  # a translation RE2 still refuses (e.g. too large)
+        msg = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise EREError(msg, 0) from None
