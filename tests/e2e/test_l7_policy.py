@@ -188,3 +188,38 @@ def test_egress_and_ingress_l7_in_a_chain(agent, names, tmp_path):
         assert denied_by_proxy(request(cli, "GET", ip, "/public/more"))   # the server's rules
         assert denied_by_proxy(request(cli, "GET", ip, "/private"))       # the client's rules
     agent.cli("policy", "delete", "--all")
+
+
+def test_cilium_l7_multi_and_simple_examples_as_written(agent, names):
+    """``l7/http/l7_multi.json``: app=service takes only GET /public from
+    env=prod, and env=prod may only POST to host external-service.org on 80,
+    so nothing from env=prod gets through to app=service, each request
+    refused by the rule it breaks; another server takes env=prod's POSTs.
+    ``l7/http/simple/l7.json``: env=prod may reach app=service on anything
+    (an L3 rule, which the union keeps out of the proxy); every other peer
+    only GET /public on 80."""
+    net = names("cilium-net")
+    create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
+    svc = run_container(names("svc"), net, "-l", "app=service")
+    other = run_container(names("other"), net)
+    prod = run_container(names("prod"), net, "-l", "env=prod")
+    dev = run_container(names("dev"), net)
+    labelled(agent, names("svc"), "container:app=service")
+    labelled(agent, names("prod"), "container:env=prod")
+    ip_svc, ip_other = net_settings(svc, net)["IPAddress"], net_settings(other, net)["IPAddress"]
+    ext = {"Host": "external-service.org"}
+    with echo_server(svc), echo_server(other):
+        import_policy(agent, POLICIES / "l7" / "http" / "l7_multi.json")
+        assert denied_by_proxy(request(prod, "GET", ip_svc, "/public"))              # egress: not a POST
+        assert denied_by_proxy(request(prod, "POST", ip_svc, "/public", headers=ext))  # ingress: not a GET
+        assert allowed(request(prod, "POST", ip_other, "/x", headers=ext))
+        assert denied_by_proxy(request(prod, "POST", ip_other, "/x"))                # Host is the IP
+        assert "error" in request(dev, "GET", ip_svc, "/public")                     # not env=prod: L3
+        agent.cli("policy", "delete", "--all")
+
+        import_policy(agent, POLICIES / "l7" / "http" / "simple" / "l7.json")
+        res = request(prod, "GET", ip_svc, "/private")
+        assert allowed(res) and res["body"].rstrip().endswith(net_settings(prod, net)["IPAddress"]), res
+        assert allowed(request(dev, "GET", ip_svc, "/public"))
+        assert denied_by_proxy(request(dev, "GET", ip_svc, "/private"))
+    agent.cli("policy", "delete", "--all")
