@@ -232,12 +232,19 @@ int from_container(struct __sk_buff *skb)
 		/* established flows pass without a verdict; the lookups only keep
 		 * the per-entry policy counters counting every forward packet */
 		if (ep->flags & EP_F_EGRESS_ENFORCED)
-			policy_can_access(lxc_id, POLICY_EGRESS, dst_id, &f, len, NULL);
+			policy_can_access_proxy(lxc_id, POLICY_EGRESS, dst_id, &f, len, NULL,
+						&proxy_port);
 		if (dst_ep && (dst_ep->flags & EP_F_INGRESS_ENFORCED))
-			policy_can_access(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len, NULL);
+			policy_can_access_proxy(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len,
+						NULL, &in_port);
 		if (nat.flags & CT_F_PROXY_REDIRECT) {
-			/* the proxy's socket of this connection, or a drop */
-			ret = proxy_assign(skb, &f, 0);
+			/* the proxy's socket of this connection; else the listener the
+			 * policy names now: a first SYN the listener dropped (accept
+			 * queue full) left the entry, and its retransmissions must
+			 * still reach the proxy; anything else gets the listener's
+			 * RST. No listener: a drop. */
+			ret = proxy_assign(skb, &f, proxy_port ? proxy_port : in_port);
+			proxy_port = 0;
 			if (ret)
 				return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id,
 							dst_id, dst_ep ? dst_ep->lxc_id : 0);
@@ -414,8 +421,11 @@ int to_container(struct __sk_buff *skb)
 		else if (trace_wanted(TRACE_TO_LXC, ct, monitor))
 			src_id = ipcache_identity(&f, &f.saddr);
 		if (ct == CT_ESTABLISHED && (ep->flags & EP_F_INGRESS_ENFORCED))
-			policy_can_access(lxc_id, POLICY_INGRESS, src_id, &f, len, NULL);  /* counters */
+			policy_can_access_proxy(lxc_id, POLICY_INGRESS, src_id, &f, len, NULL,
+						&proxy_port);  /* counters, and the listener */
 		to_proxy = ct == CT_ESTABLISHED && (nat.flags & CT_F_PROXY_REDIRECT);
+		if (!to_proxy)
+			proxy_port = 0;
 	}
 	if (proxy_port)
 		to_proxy = 1;

@@ -27,6 +27,7 @@ Content-Length body is passed as is), so only what parsed is forwarded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import socket
 import time
@@ -55,6 +56,14 @@ class ProxyLimits:
     upstream_timeout: float = 60.0
     max_header_bytes: int = 60 * 1024   # Envoy's default max_request_headers_kb
     max_connections: int = 10000        # per ProxyManager, all listeners
+    #: when the proxy ends a connection (a "connection: close" answer, an
+    #: error), how long it waits for the client to close first (Envoy's
+    #: delayed_close_timeout): the side that closes first keeps the tuple in
+    #: TIME_WAIT, and a TIME_WAIT socket of the proxy's makes the kernel drop
+    #: a new SYN the datapath assigns to the listener for the same tuple (a
+    #: request socket may not duplicate an established-hash entry), which a
+    #: client reusing its ports within 60 s would meet
+    delayed_close_timeout: float = 1.0
 
 
 @dataclass
@@ -120,7 +129,39 @@ class ProxyConnection:
             if self.response is not None and not self.response.done():
                 self.response.cancel()
             self._close_upstream()
-            self.writer.close()
+            try:
+                await self._delayed_close()
+            finally:
+                self.writer.transport.abort()
+
+    async def _delayed_close(self) -> None:
+        """Flush what the client is owed, then give it
+        ``limits.delayed_close_timeout`` to close its side first. A client
+        that keeps sending (more than one read's worth, discarded) is cut
+        at once instead."""
+        transport = self.writer.transport
+        if transport.is_closing() or self.reader.at_eof():
+            if not transport.is_closing():
+                await self._flush_then_close()
+            return
+        discarded = 0
+        try:
+            async with asyncio.timeout(self.limits.delayed_close_timeout):
+                await self.writer.drain()
+                while data := await self.reader.read(READ_SIZE):
+                    discarded += len(data)
+                    if discarded > READ_SIZE:
+                        return  # the caller aborts
+        except (TimeoutError, ConnectionError, _ClientGone):
+            pass
+        await self._flush_then_close()
+
+    async def _flush_then_close(self) -> None:
+        """A close that still delivers what is buffered (abort would drop it)."""
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.limits.delayed_close_timeout):
+                await self.writer.wait_closed()
 
     def close(self) -> None:
         """Abort both sides now (the redirect is gone, the proxy is stopping)."""

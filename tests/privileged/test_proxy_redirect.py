@@ -389,3 +389,46 @@ def test_uplink_mtu_ignores_the_proxy_tables_default_route(proxy_routes):
             await links.close()
 
     assert asyncio.run(mtu()) == want != 65536
+
+
+@FAMILIES
+def test_a_syn_the_full_listener_dropped_reaches_it_when_retransmitted(topo, datapath, abc, proxy_routes, family):
+    """The proxy's accept queue is full when a connection's first SYN comes:
+    the kernel drops that SYN, but its CT entry (marked for the proxy) stays.
+    The retransmitted SYN must still go to the listener once there is room,
+    not be dropped as 178 because the proxy has no socket of that connection."""
+    a, b, _c = abc
+    fam = socket.AF_INET if family == 4 else socket.AF_INET6
+    ls = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        if family == 4:
+            ls.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        else:
+            ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            ls.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        ls.bind(("0.0.0.0" if family == 4 else "::", 0))
+        ls.listen(0)  # room for one connection nobody accepted
+        ls.settimeout(5)
+        datapath.maps.endpoints.upsert(b.endpoint(ingress=True))
+        datapath.maps.policy.set_endpoint_policy(b.lxc_id, [
+            PolicyEntry(a.identity, "ingress", PORT, "TCP", proxy_port=ls.getsockname()[1])])
+        argv = ["ip", "netns", "exec", a.netns, PYTHON, topo.tool, "converse", addr(b, family), str(PORT)]
+        first = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        second = None
+        try:
+            assert first.stdout.readline().strip() == "ready"  # queued: the queue is full now
+            second = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            time.sleep(0.5)   # its first SYN came and was dropped by the listener
+            c1, _ = ls.accept()
+            c2, _ = ls.accept()  # the SYN retransmitted after 1 s
+            assert c2.getsockname()[:2] == (addr(b, family), PORT)
+            assert second.stdout.readline().strip() == "ready"
+            c1.close()
+            c2.close()
+        finally:
+            for p in (first, second):
+                if p is not None:
+                    p.kill()
+                    p.wait()
+    finally:
+        ls.close()

@@ -4,6 +4,7 @@ forwarded to a real (aiohttp) upstream, and hostile clients handled."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 
 import pytest
@@ -297,4 +298,22 @@ async def test_expect_100_continue_is_relayed(upstream):
     status, _, body = await c.response()
     assert (status, body) == (200, b"hello")
     c.close()
+    await p.close()
+
+
+async def test_a_client_that_closes_after_connection_close_leaves_no_time_wait_on_the_proxy(upstream):
+    """After a "connection: close" answer the proxy waits for the client to
+    close first, so the TIME_WAIT is the client's: a TIME_WAIT socket of the
+    proxy's would make the kernel drop the next SYN the datapath hands the
+    listener for the same tuple (a client reusing its port within 60 s)."""
+    p = await front(upstream, {CLIENT.identity: (PortRuleHTTP(),)})
+    c = await Client.connect(p.port)
+    client_port = c.writer.get_extra_info("sockname")[1]
+    await c.send(get("/public", extra="Connection: close\r\n"))
+    assert (await c.response())[0] == 200
+    c.close()
+    await asyncio.sleep(0.3)
+    tw = subprocess.run(["ss", "-Htan", "state", "time-wait"], capture_output=True, text=True).stdout
+    mine = [line for line in tw.splitlines() if f":{client_port}" in line]
+    assert mine and all(line.split()[-2].endswith(f":{client_port}") for line in mine), mine
     await p.close()
