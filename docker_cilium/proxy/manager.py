@@ -24,6 +24,7 @@ import structlog
 from docker_cilium import defaults
 from docker_cilium.datapath.marks import MARK_MAGIC_PROXY_EGRESS, MARK_MAGIC_PROXY_INGRESS, identity_mark
 from docker_cilium.errors import AllocationFailed
+from docker_cilium.identity import reserved
 from docker_cilium.proxy.accesslog import AccessLog, Flow
 from docker_cilium.proxy.http import ConnectionContext, ProxyConnection, ProxyLimits
 from docker_cilium.proxy.peers import PeerLookup
@@ -204,8 +205,12 @@ class ProxyManager:
         """Proxy one connection of ``red`` whose original destination is ``original``."""
         ingress = red.key.direction == "ingress"
         # A connection our own egress proxy opened (hairpinned here) comes from
-        # the host's address: its source is the endpoint behind it.
-        src = (self.upstreams.source(client) if ingress else None) or self.peers.peer(client[0])
+        # the host's address: its source is the endpoint behind it. Only a host
+        # client is looked up: the table is keyed by port alone, and a peer that
+        # picked the same source port must not take that endpoint's identity.
+        src = self.peers.peer(client[0])
+        if ingress and src.identity == reserved.HOST:
+            src = self.upstreams.source(client) or src
         dst = self.peers.peer(original[0])
         try:
             mark = identity_mark(MARK_MAGIC_PROXY_INGRESS, src.identity) if ingress else \

@@ -229,3 +229,34 @@ def test_agent_peers_lookup():
     assert peers.peer("198.51.100.9").identity == reserved.LOCAL_SCOPE | 1
     assert peers.peer("198.51.7.9").identity == reserved.LOCAL_SCOPE | 2
     assert peers.peer("8.8.8.8").identity == reserved.WORLD
+
+
+class HostPeers:
+    """Every address is the host's (the egress proxy's hairpinned upstream)."""
+
+    def peer(self, ip: str) -> Peer:
+        return Peer(reserved.HOST)
+
+
+@pytest.mark.parametrize("client_is_host, status", [(False, 403), (True, 200)])
+async def test_egress_upstream_source_only_for_host_clients(mgr, upstream, client_is_host, status):
+    """The egress upstreams are keyed by local port alone: a client that is not
+    the host and uses the same source port keeps its own identity (403), while
+    the hairpinned connection from the host gets the endpoint behind it (200)."""
+    _, (_, up_port) = upstream
+    trusted = Peer(4242)
+    if client_is_host:
+        mgr.peers = HostPeers()
+    await mgr.update_endpoint(EP, {KEY80: {trusted.identity: (PortRuleHTTP(path="/private"),)}})
+    srv = await front_for(mgr, KEY80, up_port)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    mgr.upstreams.add(socket.AF_INET, sock.getsockname()[1], trusted)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", srv.sockets[0].getsockname()[1]))
+    c = Client(*await asyncio.open_connection(sock=sock))
+    await c.send(get("/private"))
+    assert (await c.response())[0] == status
+    c.close()
+    srv.close()
+    await mgr.close()
