@@ -262,7 +262,9 @@ class ProxyConnection:
             return
         self.access.received()
         flow, info = self.ctx.flow, req.info
-        if req.version == "1.1" and not info.host:
+        # RFC 9112 3.2: no Host in 1.1, or more than one, is a 400; the rules
+        # saw the first Host and the server could act on another.
+        if (req.version == "1.1" and not info.host) or len(info.header_values("host")) > 1:
             self.access.parse_error(flow)
             await self._reply(400, "Bad Request", b"Bad Request\r\n", False)
             return

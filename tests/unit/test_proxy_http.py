@@ -164,6 +164,18 @@ async def test_missing_host_is_400(upstream):
     await p.close()
 
 
+async def test_second_host_header_is_400(upstream):
+    """The host rule saw the first Host: a second one the server may act on
+    instead is not forwarded (RFC 9112 3.2)."""
+    up, _ = upstream
+    p = await front(upstream, {CLIENT.identity: (PortRuleHTTP(host="app1"),)})
+    c = await Client.connect(p.port)
+    await c.send(get("/", host="app1", extra="Host: other\r\n"))
+    assert (await c.response())[::2] == (400, b"Bad Request\r\n")   # the proxy's, not a server's
+    assert up.seen == [] and p.sink.rules.get("parse_errors") == 1
+    await p.close()
+
+
 async def test_huge_headers_get_431(upstream):
     up, _ = upstream
     p = await front(upstream, {CLIENT.identity: (PortRuleHTTP(),)})
