@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from docker_cilium.policy.api.l7 import FullMatcher, PortRuleHTTP, compile_ere
+from docker_cilium.policy.api.l7 import FullMatcher, PortRuleHTTP, compile_ere, parse_header
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,7 @@ class CompiledRule:
         self.method: FullMatcher | None = compile_ere(rule.method) if rule.method else None
         self.path: FullMatcher | None = compile_ere(rule.path) if rule.path else None
         self.host: FullMatcher | None = compile_ere(rule.host) if rule.host else None
-        self.headers: list[tuple[str, str | None]] = []
-        for item in rule.headers:
-            name, sep, value = item.partition(":")
-            self.headers.append((name.strip().lower(), value.strip() if sep else None))
+        self.headers: list[tuple[str, str | None]] = [parse_header(item) for item in rule.headers]
 
     def matches(self, req: RequestInfo) -> bool:
         if self.method is not None and not self.method.fullmatch(req.method):
