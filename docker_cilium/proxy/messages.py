@@ -14,6 +14,56 @@ from docker_cilium.proxy.rules import RequestInfo
 
 END = object()  # end of a message, in a sink's event list
 
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4."""
+    out: list[str] = []
+    while path:
+        if path.startswith("../"):
+            path = path[3:]
+        elif path.startswith("./"):
+            path = path[2:]
+        elif path.startswith("/./"):
+            path = path[2:]
+        elif path == "/.":
+            path = "/"
+        elif path.startswith("/../") or path == "/..":
+            path = "/" + path[4:] if path.startswith("/../") else "/"
+            if out:
+                out.pop()
+        elif path in (".", ".."):
+            path = ""
+        else:
+            end = path.find("/", 1 if path.startswith("/") else 0)
+            end = len(path) if end < 0 else end
+            out.append(path[:end])
+            path = path[end:]
+    return "".join(out)
+
+
+def normalize_path(path: str) -> str:
+    """RFC 3986 6.2.2 syntax-based normalization of a request path, as
+    Envoy's ``normalize_path``: percent-encoded
+    unreserved characters decoded, other percent-encodings upper-cased, dot
+    segments removed. Without it a rule ``/public/.*`` would allow
+    ``/public/../private`` (or ``/public/%2e%2e/private``), which the server
+    resolves to ``/private``."""
+    chars: list[str] = []
+    i = 0
+    while i < len(path):
+        c = path[i]
+        if c == "%" and i + 2 < len(path) and path[i + 1] in _HEX and path[i + 2] in _HEX:
+            ch = chr(int(path[i + 1:i + 3], 16))
+            chars.append(ch if ch in _UNRESERVED else "%" + path[i + 1:i + 3].upper())
+            i += 3
+        else:
+            chars.append(c)
+            i += 1
+    return remove_dot_segments("".join(chars))
+
 
 @dataclass
 class Request:
@@ -32,6 +82,9 @@ class Request:
             if name.lower() == b"host":
                 host = value
                 break
+        if self.target.startswith("/"):  # origin-form: checked and forwarded normalized
+            raw_path, sep, query = self.target.partition("?")
+            self.target = normalize_path(raw_path) + sep + query
         path = self.target
         if "://" in self.target:  # absolute-form: the authority and path come from the target
             url = httptools.parse_url(self.target.encode())

@@ -329,3 +329,21 @@ async def test_a_client_that_closes_after_connection_close_leaves_no_time_wait_o
     mine = [line for line in tw.splitlines() if f":{client_port}" in line]
     assert mine and all(line.split()[-2].endswith(f":{client_port}") for line in mine), mine
     await p.close()
+
+
+async def test_paths_are_normalized_before_rules_and_forwarded_so(upstream):
+    """RFC 3986 normalization (as Envoy's normalize_path):
+    dot segments and percent-encoded dots cannot walk out of an allowed
+    prefix, and the server gets the path the rules judged."""
+    up, _ = upstream
+    p = await front(upstream, {CLIENT.identity: (PortRuleHTTP(method="GET", path="/public/.*"),)})
+    c = await Client.connect(p.port)
+    for sneaky in ("/public/../private", "/public/%2e%2e/private", "/public/%2E%2E/%2e%2e/private",
+                   "/public/./../private"):
+        await c.send(get(sneaky))
+        assert (await c.response())[::2] == (403, b"Access denied\r\n"), sneaky
+    await c.send(get("/public/./a/../b%7E?q=/../x"))
+    assert (await c.response())[0] == 200
+    assert up.seen == [("GET", "/public/b~?q=/../x", 0)]
+    c.close()
+    await p.close()
