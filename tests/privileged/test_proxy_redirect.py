@@ -320,6 +320,39 @@ def test_later_packets_reach_the_same_socket(topo, datapath, abc, proxy_routes, 
 
 
 @FAMILIES
+@pytest.mark.parametrize("client", ["container", "host"])
+def test_flow_opened_under_l4_meets_the_proxy_once_l7(topo, datapath, abc, proxy_routes, listener, host_dev,
+                                                     family, client):
+    """A connection B's L4-only entry let open straight to B's server does
+    not go on past L7 once that entry gets a proxy port: its next packet goes
+    to the proxy's listener, which resets it (from-container, and to-container
+    through the hairpin), and B's server gets nothing more."""
+    a, b, _c = abc
+    topo.serve(b, "B", PORT, mode="idserve")   # keeps the connection open
+    datapath.maps.endpoints.upsert(b.endpoint(ingress=True))
+    src = a if client == "container" else None
+    ident = a.identity if client == "container" else IDENTITY_HOST
+    datapath.maps.policy.set_endpoint_policy(b.lxc_id, [PolicyEntry(ident, "ingress", PORT, "TCP")])
+    pre = ["ip", "netns", "exec", src.netns] if src is not None else []
+    p = subprocess.Popen(pre + [PYTHON, topo.tool, "converse", addr(b, family), str(PORT)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "B"     # B's own server, under L4
+        datapath.maps.policy.set_endpoint_policy(b.lxc_id, [
+            PolicyEntry(ident, "ingress", PORT, "TCP", proxy_port=listener.port)])
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "closed"
+    finally:
+        p.kill()
+        p.wait()
+    assert listener.accepted == []
+
+
+@FAMILIES
 def test_proxy_upstream_mark_is_not_redirected_and_carries_the_identity(topo, datapath, abc, proxy_routes,
                                                                        listener, host_dev, family):
     """The ingress proxy's upstream connection (SO_MARK PROXY_INGRESS | A)
