@@ -237,7 +237,12 @@ int from_container(struct __sk_buff *skb)
 		if (dst_ep && (dst_ep->flags & EP_F_INGRESS_ENFORCED))
 			policy_can_access_proxy(dst_ep->lxc_id, POLICY_INGRESS, src_id, &f, len,
 						NULL, &in_port);
-		if (nat.flags & CT_F_PROXY_REDIRECT) {
+		if (f.nexthdr != IPPROTO_TCP)
+			proxy_port = in_port = 0;
+		/* A flow its entry did not send to the proxy when it opened (an
+		 * L4 policy since replaced by an L7 one) goes there too, as in
+		 * Cilium: the listener resets it rather than let it pass L7. */
+		if ((nat.flags & CT_F_PROXY_REDIRECT) || proxy_port || in_port) {
 			/* the proxy's socket of this connection; else the listener the
 			 * policy names now: a first SYN the listener dropped (accept
 			 * queue full) left the entry, and its retransmissions must
@@ -335,7 +340,7 @@ int to_container(struct __sk_buff *skb)
 	struct ct_nat nat, no_nat = {};
 	__u32 now, len = skb->len, src_id = 0, dst_id, ct_src_id = 0, mark = skb->mark;
 	__u16 lxc_id, proxy_port = 0;
-	int to_proxy = 0;
+	int to_proxy = 0, tcp;
 	__u8 monitor = 0, match = POLICY_MATCH_NONE;
 	int ret, ct;
 
@@ -376,14 +381,12 @@ int to_container(struct __sk_buff *skb)
 	if (nat.rev_nat_index && ((ct == CT_REPLY && lb_rev_nat(skb, &f, &nat) < 0) ||
 				  (ct == CT_RELATED && lb_rev_nat_icmp(skb, &f, &nat) < 0)))
 		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
+	/* the ingress proxy's own upstream connection is not redirected again */
+	tcp = f.nexthdr == IPPROTO_TCP && (mark & MARK_MAGIC_HOST_MASK) != MARK_MAGIC_PROXY_INGRESS;
 	if (ct == CT_NEW) {
 		/* A proxy's upstream connection carries its client's identity in
 		 * the mark (a container cannot forge one: crossing its veth into
-		 * the host clears skb->mark); the ingress proxy's own is not
-		 * redirected again. */
-		int tcp = f.nexthdr == IPPROTO_TCP &&
-			  (mark & MARK_MAGIC_HOST_MASK) != MARK_MAGIC_PROXY_INGRESS;
-
+		 * the host clears skb->mark). */
 		if (proxy_mark_is_upstream(mark)) {
 			src_id = proxy_mark_identity(mark);
 		} else {
@@ -423,7 +426,10 @@ int to_container(struct __sk_buff *skb)
 		if (ct == CT_ESTABLISHED && (ep->flags & EP_F_INGRESS_ENFORCED))
 			policy_can_access_proxy(lxc_id, POLICY_INGRESS, src_id, &f, len, NULL,
 						&proxy_port);  /* counters, and the listener */
-		to_proxy = ct == CT_ESTABLISHED && (nat.flags & CT_F_PROXY_REDIRECT);
+		/* also a flow opened before its entry got a proxy port (the
+		 * listener resets it, as in from-container) */
+		to_proxy = ct == CT_ESTABLISHED &&
+			   ((nat.flags & CT_F_PROXY_REDIRECT) || (tcp && proxy_port));
 		if (!to_proxy)
 			proxy_port = 0;
 	}

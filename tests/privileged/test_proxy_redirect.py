@@ -13,7 +13,9 @@ datapath/proxyroute.py is installed for the test (and removed if it added it).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -21,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from pyroute2 import NetNS
 
 from docker_cilium import defaults
 from docker_cilium.datapath import proxyroute
@@ -130,11 +133,37 @@ class TransparentListener:
         self.socks = []
 
 
+#: host-wide: test processes of other checkouts and agents share these rules
+ROUTES_LOCK = "/run/dc-test-proxyroute.lock"
+
+
 @pytest.fixture
 def proxy_routes():
-    added = proxyroute.ensure()
-    yield
-    assert not proxyroute.remove(added)
+    """Cilium's proxy policy routing in the host's namespace for the test.
+
+    The rules are the host's, not the test's: another test process may be
+    steering through them, or an agent (whose ensure() found them and added
+    nothing) may have started meanwhile. Each user holds a shared lock on
+    ROUTES_LOCK; the lock file records that a test added them, and the last
+    user out removes them, unless an agent's datapath (cilium_host) now
+    relies on them (`cilium cleanup` removes them with it)."""
+    fd = os.open(ROUTES_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if proxyroute.ensure():
+            os.pwrite(fd, b"added", 0)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # still in use: its last user removes them
+        if os.pread(fd, 5, 0) == b"added":
+            os.ftruncate(fd, 0)
+            if not os.path.exists(f"/sys/class/net/{defaults.HOST_DEVICE}"):
+                assert not proxyroute.remove(proxyroute.find())
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -291,6 +320,39 @@ def test_later_packets_reach_the_same_socket(topo, datapath, abc, proxy_routes, 
 
 
 @FAMILIES
+@pytest.mark.parametrize("client", ["container", "host"])
+def test_flow_opened_under_l4_meets_the_proxy_once_l7(topo, datapath, abc, proxy_routes, listener, host_dev,
+                                                     family, client):
+    """A connection B's L4-only entry let open straight to B's server does
+    not go on past L7 once that entry gets a proxy port: its next packet goes
+    to the proxy's listener, which resets it (from-container, and to-container
+    through the hairpin), and B's server gets nothing more."""
+    a, b, _c = abc
+    topo.serve(b, "B", PORT, mode="idserve")   # keeps the connection open
+    datapath.maps.endpoints.upsert(b.endpoint(ingress=True))
+    src = a if client == "container" else None
+    ident = a.identity if client == "container" else IDENTITY_HOST
+    datapath.maps.policy.set_endpoint_policy(b.lxc_id, [PolicyEntry(ident, "ingress", PORT, "TCP")])
+    pre = ["ip", "netns", "exec", src.netns] if src is not None else []
+    p = subprocess.Popen(pre + [PYTHON, topo.tool, "converse", addr(b, family), str(PORT)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "B"     # B's own server, under L4
+        datapath.maps.policy.set_endpoint_policy(b.lxc_id, [
+            PolicyEntry(ident, "ingress", PORT, "TCP", proxy_port=listener.port)])
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "closed"
+    finally:
+        p.kill()
+        p.wait()
+    assert listener.accepted == []
+
+
+@FAMILIES
 def test_proxy_upstream_mark_is_not_redirected_and_carries_the_identity(topo, datapath, abc, proxy_routes,
                                                                        listener, host_dev, family):
     """The ingress proxy's upstream connection (SO_MARK PROXY_INGRESS | A)
@@ -358,20 +420,28 @@ def test_no_listener_drops_178(topo, datapath, abc, proxy_routes, host_dev, fami
 def test_proxy_policy_routing_is_idempotent_and_removed():
     """ensure() installs the rule and table 2004's local routes for both
     families once (a second call adds nothing), a TO_PROXY-marked packet to
-    any address is then routed locally, and remove() takes back what it added."""
-    before = proxyroute.find()
-    added = proxyroute.ensure()
+    any address is then routed locally, and remove() takes back what it
+    added. In a namespace of its own: the host's rules are shared (the
+    proxy_routes fixture), so there they may be present before and after."""
+    ns = f"dcproxyrt-{os.getpid()}"
+    sh("ip", "netns", "add", ns)
     try:
-        assert {(r.kind, r.family) for r in proxyroute.find()} == {
-            (k, f) for k in ("rule", "route") for f in proxyroute.FAMILIES}
-        assert proxyroute.ensure() == []
-        for dst in ("192.0.2.1", "2001:db8::1"):
-            marked = sh("ip", "route", "get", dst, "mark", "0x4e200").stdout
-            assert marked.startswith(f"local {dst} ") and " dev lo table 2004 " in marked, marked
-            assert not sh("ip", "route", "get", dst, "mark", "0x4e300", check=False).stdout.startswith("local")
+        sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        with NetNS(ns) as ip:
+            assert proxyroute.find(ip) == []
+            added = proxyroute.ensure(ip=ip)
+            assert {(r.kind, r.family) for r in proxyroute.find(ip)} == {
+                (k, f) for k in ("rule", "route") for f in proxyroute.FAMILIES}
+            assert proxyroute.ensure(ip=ip) == []
+            for dst in ("192.0.2.1", "2001:db8::1"):
+                get = ("ip", "netns", "exec", ns, "ip", "route", "get", dst, "mark")
+                marked = sh(*get, "0x4e200").stdout
+                assert marked.startswith(f"local {dst} ") and " dev lo table 2004 " in marked, marked
+                assert not sh(*get, "0x4e300", check=False).stdout.startswith("local")
+            assert proxyroute.remove(added, ip) == []
+            assert proxyroute.find(ip) == []
     finally:
-        assert proxyroute.remove(added) == []
-    assert proxyroute.find() == before
+        sh("ip", "netns", "del", ns, check=False)
 
 
 def test_uplink_mtu_ignores_the_proxy_tables_default_route(proxy_routes):
