@@ -211,7 +211,8 @@ class Daemon:
         await self._options.restore()
         if cfg.enable_l7_proxy:
             peers = AgentPeers(lambda: self.endpoints.endpoints.values(), ipcache.host_addresses,
-                               ipcache.cidr_identities, LabelCache(lambda: self.identities.identity_labels()))
+                               ipcache.cidr_identities, LabelCache(lambda: self.identities.identity_labels()),
+                               ipcache.remote_identity)
             self.proxy = ProxyManager(peers, AccessLog(self.monitor, self.metrics), ipv6=cfg.enable_ipv6)
         self._regenerator = Regenerator(self._policy, self.allocator, self._identities, ipcache, self.datapath,
                                         observer=self.metrics, monitor=self.monitor, proxy=self.proxy)

@@ -254,6 +254,11 @@ class IPCache:
         """Remote prefix -> (identity, tunnel endpoint), a copy."""
         return dict(self._remote)
 
+    def remote_identity(self, ip: str) -> int | None:
+        """The identity another node published for its endpoint ``ip``, if any."""
+        entry = self._remote.get(host_prefix(ip))
+        return entry[0] if entry is not None else None
+
     def upsert_remote(self, ip: str, identity: int, tunnel_endpoint: str | None) -> None:
         """Another node's endpoint ``ip`` has ``identity`` and lives behind ``tunnel_endpoint``.
 

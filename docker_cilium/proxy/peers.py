@@ -35,12 +35,14 @@ class EndpointView(Protocol):
 
 class AgentPeers:
     """The agent's view, as the datapath's ipcache has it: local endpoints,
-    the host's addresses, node-local CIDR identities (longest prefix), else
-    world. Read once per accepted connection."""
+    the host's addresses, other nodes' endpoints (the shared ipcache),
+    node-local CIDR identities (longest prefix), else world. Read once per accepted connection."""
 
     def __init__(self, endpoints: Callable[[], Iterable[EndpointView]], host_ips: Callable[[], Iterable[str]],
-                 cidrs: Callable[[], Mapping[str, int]], labels: Callable[[int], "list[str] | None"]) -> None:
+                 cidrs: Callable[[], Mapping[str, int]], labels: Callable[[int], "list[str] | None"],
+                 remote: Callable[[str], "int | None"] = lambda ip: None) -> None:
         self._endpoints = endpoints
+        self._remote = remote
         self._host_ips = host_ips
         self._cidrs = cidrs
         self._labels = labels
@@ -58,6 +60,9 @@ class AgentPeers:
                 return self._with_labels(ep.identity, ep.id)
         if text in set(self._host_ips()):
             return self._with_labels(reserved.HOST)
+        remote = self._remote(text)  # another node's endpoint (shared ipcache), as cilium_ipcache has it
+        if remote is not None:
+            return self._with_labels(remote)
         best: tuple[int, int] | None = None
         for prefix, num in self._cidrs().items():
             net = ipaddress.ip_network(prefix)

@@ -9,6 +9,7 @@ import socket
 
 import pytest
 
+from docker_cilium.ipcache import IPCache
 from docker_cilium.cli.status import proxy_line
 from docker_cilium.errors import AllocationFailed
 from docker_cilium.metrics import AgentMetrics
@@ -229,6 +230,19 @@ def test_agent_peers_lookup():
     assert peers.peer("198.51.100.9").identity == reserved.LOCAL_SCOPE | 1
     assert peers.peer("198.51.7.9").identity == reserved.LOCAL_SCOPE | 2
     assert peers.peer("8.8.8.8").identity == reserved.WORLD
+
+
+async def test_agent_peers_know_other_nodes_endpoints_from_the_shared_ipcache(store):
+    """An endpoint on another node is judged by its identity, not as world,
+    with the real IPCache's remote entries behind the lookup."""
+    ipc = IPCache(store, None)
+    peers = AgentPeers(lambda: [], lambda: set(), lambda: {}, lambda n: None, ipc.remote_identity)
+    assert peers.peer("10.12.0.7").identity == reserved.WORLD
+    ipc.upsert_remote("10.12.0.7", 4242, "192.0.2.12")
+    assert peers.peer("10.12.0.7").identity == 4242
+    assert peers.peer("::ffff:10.12.0.7").identity == 4242
+    ipc.delete_remote("10.12.0.7")
+    assert peers.peer("10.12.0.7").identity == reserved.WORLD
 
 
 class HostPeers:
