@@ -33,6 +33,21 @@ def proxy_port_of(agent, ep_id: int, port: str = "80/TCP") -> str:
     return row[row.index(port) + 1]
 
 
+def server_and_client(agent, names, server_label: str | None, client_label: str | None):
+    """cilium-net with a server and a client container, each labelled (when a
+    label is given) and known to the agent with its identity; returns
+    (server, client, server IPv4, server IPv6)."""
+    net = names("cilium-net")
+    create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
+    srv = run_container(names("srv"), net, *(("-l", server_label) if server_label else ()))
+    cli = run_container(names("cli"), net, *(("-l", client_label) if client_label else ()))
+    for name, label in (("srv", server_label), ("cli", client_label)):
+        if label:
+            labelled(agent, names(name), f"container:{label}")
+    s = net_settings(srv, net)
+    return srv, cli, s["IPAddress"], s["GlobalIPv6Address"]
+
+
 def test_docker_guide_l7_demo(agent, names):
     net = names("cilium-net")
     create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
@@ -111,13 +126,7 @@ def test_docker_guide_l7_demo(agent, names):
 def test_cilium_http_example_as_written(agent, names):
     """``l7/http/http.json``: app=myService on 80 allows GET /path1 and PUT
     /path2 with ``X-My-Header: true``, from any peer, the host included."""
-    net = names("cilium-net")
-    create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
-    srv = run_container(names("svc"), net, "-l", "app=myService")
-    cli = run_container(names("client"), net)
-    labelled(agent, names("svc"), "container:app=myService")
-    s = net_settings(srv, net)
-    ip, ip6 = s["IPAddress"], s["GlobalIPv6Address"]
+    srv, cli, ip, ip6 = server_and_client(agent, names, "app=myService", None)
     with echo_server(srv), echo_server(srv, 8080):
         import_policy(agent, HTTP_EXAMPLE)
         assert allowed(request(cli, "GET", ip, "/path1"))
@@ -145,13 +154,7 @@ EGRESS_L7 = [{
 
 
 def test_egress_l7_rule(agent, names, tmp_path):
-    net = names("cilium-net")
-    create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
-    srv = run_container(names("srv"), net)
-    cli = run_container(names("prod"), net, "-l", "env=prod")
-    labelled(agent, names("prod"), "container:env=prod")
-    s = net_settings(srv, net)
-    ip, ip6 = s["IPAddress"], s["GlobalIPv6Address"]
+    srv, cli, ip, ip6 = server_and_client(agent, names, None, "env=prod")
     policy = tmp_path / "egress-l7.json"
     policy.write_text(json.dumps(EGRESS_L7))
     with echo_server(srv), echo_server(srv, 8080):
@@ -168,13 +171,7 @@ def test_egress_and_ingress_l7_in_a_chain(agent, names, tmp_path):
     """The client's egress rules and the server's ingress rules both apply:
     the egress proxy's upstream connection is handed to the ingress proxy,
     which judges it by the client's identity, not the host's."""
-    net = names("cilium-net")
-    create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
-    srv = run_container(names("srv"), net, "-l", "app=service")
-    cli = run_container(names("prod"), net, "-l", "env=prod")
-    labelled(agent, names("prod"), "container:env=prod")
-    labelled(agent, names("srv"), "container:app=service")
-    ip = net_settings(srv, net)["IPAddress"]
+    srv, cli, ip, _ = server_and_client(agent, names, "app=service", "env=prod")
     ingress = [{"labels": [{"key": "name", "value": "ingress-l7"}],
                 "endpointSelector": {"matchLabels": {"app": "service"}},
                 "ingress": [{"fromEndpoints": [{"matchLabels": {"env": "prod"}}],
