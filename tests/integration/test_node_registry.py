@@ -21,7 +21,10 @@ from docker_cilium.kvstore.etcd import EtcdBackend
 from docker_cilium.node import Node, NodeRegistry, RangeClaims
 from tests.unit.test_node_registry import FakeIPCacheMap, Recorder
 
-pytestmark = pytest.mark.etcd
+# Each test normally takes a few seconds; one hung once under a loaded full
+# run (not reproduced in 6 runs alone): fail it with a stack dump rather
+# than stall the suite.
+pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120, method="thread")]
 
 TTL_S = 2  # the dying node's lease: etcd's minimum with the test server's election timeout
 NODE_IPS = {"node1": "192.168.1.7", "node2": "192.168.2.7", "node3": "172.18.0.7"}  # all end in .7
