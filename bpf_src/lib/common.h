@@ -46,6 +46,7 @@
 #define IDENTITY_UNKNOWN	0
 #define IDENTITY_HOST		1
 #define IDENTITY_WORLD		2
+#define IDENTITY_REMOTE_NODE	6
 
 /* ---- endpoint flags (endpoint_info.flags) ---- */
 #define EP_F_INGRESS_ENFORCED	(1 << 0)
@@ -128,11 +129,14 @@
  * bits 8-11: the magic. TO_PROXY: | proxy port << 16, set by BPF on packets
  * handed to the proxy (routed locally by table 2004). PROXY_INGRESS/EGRESS:
  * set by the proxy on its upstream sockets, with the source identity:
- * bits 16-31 = identity bits 0-15, bits 0-7 = identity bits 24-31. */
+ * bits 16-31 = identity bits 0-15, bits 0-7 = identity bits 24-31.
+ * IDENTITY: the same identity layout, set by from-overlay from the tunnel
+ * key on a packet that came from another node. */
 #define MARK_MAGIC_HOST_MASK	0x0F00
 #define MARK_MAGIC_TO_PROXY	0x0200
 #define MARK_MAGIC_PROXY_INGRESS	0x0A00
 #define MARK_MAGIC_PROXY_EGRESS	0x0B00
+#define MARK_MAGIC_IDENTITY	0x0F00
 
 /* ---- drop reasons (Cilium numbering); 0 = forwarded ---- */
 #define REASON_FORWARDED	0
@@ -374,7 +378,8 @@ struct datapath_config {
 	__u32 monitor_aggregation;	/* MONITOR_AGGREGATION_* */
 	__u32 host_ifindex;		/* cilium_host: where to-container hairpins
 					 * connections for the ingress proxy (0 = none) */
-	__u32 pad;
+	__u32 tunnel_ifindex;		/* cilium_vxlan: where traffic for other
+					 * nodes is encapsulated (0 = no tunnel) */
 	__u64 reserved[2];
 };
 

@@ -10,6 +10,9 @@ Bits 8-11 are the magic; the rest depends on it:
   to-container program takes the identity from the mark and does not send the
   connection to the proxy again (ingress) or knows it went through the
   source's egress proxy (egress).
+- ``MARK_MAGIC_IDENTITY`` with the source identity: set by ``from-overlay``
+  on a packet that came through the tunnel, from the tunnel key's identity,
+  so ``to-container`` judges it without an ipcache lookup (Cilium's).
 
 Identity layout: bits 16-31 hold identity bits 0-15, bits 0-7 identity bits
 24-31 (the local-scope flag, 1 << 24, of CIDR identities); identity bits
@@ -22,6 +25,7 @@ MARK_MAGIC_HOST_MASK = 0x0F00
 MARK_MAGIC_TO_PROXY = 0x0200
 MARK_MAGIC_PROXY_INGRESS = 0x0A00
 MARK_MAGIC_PROXY_EGRESS = 0x0B00
+MARK_MAGIC_IDENTITY = 0x0F00
 
 #: policy routing for MARK_MAGIC_TO_PROXY (Cilium's numbers)
 PROXY_ROUTE_TABLE = 2004

@@ -15,6 +15,7 @@ WORLD = 2
 UNMANAGED = 3
 HEALTH = 4
 INIT = 5
+REMOTE_NODE = 6  # another node of the cluster (its host, through the tunnel or the underlay)
 
 MIN_ALLOCATED = 256
 MAX = 65535
@@ -28,6 +29,7 @@ _NAMES: dict[int, str] = {
     UNMANAGED: "unmanaged",
     HEALTH: "health",
     INIT: "init",
+    REMOTE_NODE: "remote-node",
 }
 _BY_NAME: dict[str, int] = {name: num for num, name in _NAMES.items()}
 
@@ -35,6 +37,7 @@ _BY_NAME: dict[str, int] = {name: num for num, name in _NAMES.items()}
 HOST_LABEL = f"{SOURCE_RESERVED}:{_NAMES[HOST]}"
 WORLD_LABEL = f"{SOURCE_RESERVED}:{_NAMES[WORLD]}"
 INIT_LABEL = f"{SOURCE_RESERVED}:{_NAMES[INIT]}"
+REMOTE_NODE_LABEL = f"{SOURCE_RESERVED}:{_NAMES[REMOTE_NODE]}"
 
 
 def labels_for(number: int) -> Labels | None:

@@ -22,6 +22,7 @@ from docker_cilium.identity import reserved
 MIRRORED = {
     "IDENTITY_HOST": reserved.HOST,
     "IDENTITY_WORLD": reserved.WORLD,
+    "IDENTITY_REMOTE_NODE": reserved.REMOTE_NODE,
     "IDENTITY_LOCAL_SCOPE_FLAG": reserved.LOCAL_SCOPE,
     "EP_F_INGRESS_ENFORCED": lxcmap.EP_F_INGRESS_ENFORCED,
     "EP_F_EGRESS_ENFORCED": lxcmap.EP_F_EGRESS_ENFORCED,
@@ -43,6 +44,7 @@ MIRRORED = {
     "MARK_MAGIC_TO_PROXY": marks.MARK_MAGIC_TO_PROXY,
     "MARK_MAGIC_PROXY_INGRESS": marks.MARK_MAGIC_PROXY_INGRESS,
     "MARK_MAGIC_PROXY_EGRESS": marks.MARK_MAGIC_PROXY_EGRESS,
+    "MARK_MAGIC_IDENTITY": marks.MARK_MAGIC_IDENTITY,
     "CFG_F_DEBUG": configmap.CFG_F_DEBUG,
     **{name: getattr(configmap, name) for name in dir(configmap)
        if name.startswith("MONITOR_AGGREGATION_")},

@@ -120,7 +120,7 @@ def test_from_sorted_key_rejects_garbage(bad: str) -> None:
 
 
 def test_reserved_identities_both_ways() -> None:
-    expected = {"host": 1, "world": 2, "unmanaged": 3, "health": 4, "init": 5}
+    expected = {"host": 1, "world": 2, "unmanaged": 3, "health": 4, "init": 5, "remote-node": 6}
     for name, num in expected.items():
         lbls = reserved.labels_for(num)
         assert lbls == Labels([Label("reserved", name)])
@@ -129,9 +129,9 @@ def test_reserved_identities_both_ways() -> None:
         assert reserved.number_of(name) == num == reserved.number_of(f"reserved:{name}")
         assert reserved.name_of(num) == name
         assert reserved.is_reserved(num)
-    assert reserved.labels_for(6) is None and reserved.lookup(Labels()) is None
+    assert reserved.labels_for(7) is None and reserved.lookup(Labels()) is None
     # Extra labels make it a normal (allocated) label set.
     assert reserved.lookup(Labels.parse(["reserved:host", "container:a=b"])) is None
     assert reserved.MIN_ALLOCATED == 256 and reserved.MAX == 65535
     assert not reserved.is_reserved(256)
-    assert set(reserved.all_reserved()) == {1, 2, 3, 4, 5}
+    assert set(reserved.all_reserved()) == {1, 2, 3, 4, 5, 6}

@@ -117,14 +117,14 @@ def selected_by(selector: dict[str, Any]) -> set[int]:
         ({"matchExpressions": [{"key": "container:role", "operator": "In", "values": ["web", "db"]}]}, {300, 302}),
         # NotIn also selects identities without the key (Kubernetes semantics);
         # the reserved identities are cluster identities too
-        ({"matchExpressions": [{"key": "role", "operator": "NotIn", "values": ["web"]}]}, {256, 302, 303, 1, 3, 4, 5}),
+        ({"matchExpressions": [{"key": "role", "operator": "NotIn", "values": ["web"]}]}, {256, 302, 303, 1, 3, 4, 5, 6}),
         ({"matchExpressions": [{"key": "env", "operator": "Exists"}]}, {300, 301, 303}),
         ({"matchExpressions": [{"key": "k8s:env", "operator": "Exists"}]}, {301}),
         ({"matchExpressions": [{"key": "env", "operator": "DoesNotExist"}, {"key": "role", "operator": "Exists"}]}, {302}),
         ({"matchLabels": {"env": "prod"}, "matchExpressions": [{"key": "role", "operator": "DoesNotExist"}]}, {303}),
         ({"matchLabels": {"reserved:host": ""}}, {1}),
         ({"matchLabels": {"reserved:world": ""}}, {2}),  # explicit: world may be selected
-        ({}, {1, 3, 4, 5, 256, 300, 301, 302, 303}),  # {} = all cluster endpoints, not world
+        ({}, {1, 3, 4, 5, 6, 256, 300, 301, 302, 303}),  # {} = all cluster endpoints, not world
     ],
 )
 def test_selector_forms(selector: dict[str, Any], expected: set[int]) -> None:
@@ -158,7 +158,7 @@ def test_endpoint_selectors_ignore_world_and_cidr_identities() -> None:
     ids = {**IDS, 500: cidr_identity_labels("10.0.0.0/8")}
     repo = repo_of(example("l3/egress-allow-all/egress-allow-all.json"))
     p = resolve(repo, ["container:role=frontend"], ids)
-    assert {e.identity for e in p.entries} == {1, 3, 4, 5, 256, 257, 258}
+    assert {e.identity for e in p.entries} == {1, 3, 4, 5, 6, 256, 257, 258}
 
 
 # ------------------------------------------------------------------ L4 / ANY
@@ -274,8 +274,9 @@ ENT_IDS = {**IDS, 500: cidr_identity_labels("10.0.0.0/8"), 501: cidr_identity_la
     [
         ("host", {1}),
         ("init", {5}),
+        ("remote-node", {6}),
         ("world", {2, 500, 501}),
-        ("cluster", {1, 3, 4, 5, 256, 257, 258}),
+        ("cluster", {1, 3, 4, 5, 6, 256, 257, 258}),
         ("all", {0}),
     ],
 )

@@ -63,7 +63,7 @@ def canonical_monitor_aggregation(value: object) -> str:
 
 class datapath_config(ctypes.Structure):
     """bpf_src/lib/common.h ``struct datapath_config``."""
-    _fields_ = [("flags", u32), ("monitor_aggregation", u32), ("host_ifindex", u32), ("pad", u32),
+    _fields_ = [("flags", u32), ("monitor_aggregation", u32), ("host_ifindex", u32), ("tunnel_ifindex", u32),
                 ("reserved", u64 * 2)]
 
 

@@ -7,6 +7,7 @@ the identity table) and for ``policy trace`` (over raw labels):
 * ``cluster`` – everything that is *not* world (endpoints, host, init, health…);
 * ``host``    – ``reserved:host`` (identity 1);
 * ``init``    – ``reserved:init`` (identity 5);
+* ``remote-node`` – ``reserved:remote-node`` (identity 6): the other nodes' hosts;
 * ``all``     – any peer at all (the datapath wildcard identity 0).
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from docker_cilium.identity.reserved import HOST_LABEL, INIT_LABEL, WORLD_LABEL
+from docker_cilium.identity.reserved import HOST_LABEL, INIT_LABEL, REMOTE_NODE_LABEL, WORLD_LABEL
 
 from ._util import expect_string
 from .errors import PolicyValidationError
@@ -26,7 +27,8 @@ ENTITY_WORLD = "world"
 ENTITY_CLUSTER = "cluster"
 ENTITY_HOST = "host"
 ENTITY_INIT = "init"
-ENTITIES = (ENTITY_ALL, ENTITY_WORLD, ENTITY_CLUSTER, ENTITY_HOST, ENTITY_INIT)
+ENTITY_REMOTE_NODE = "remote-node"
+ENTITIES = (ENTITY_ALL, ENTITY_WORLD, ENTITY_CLUSTER, ENTITY_HOST, ENTITY_INIT, ENTITY_REMOTE_NODE)
 
 
 def parse_entity(data: Any, path: str) -> str:
@@ -49,4 +51,6 @@ def entity_matches(entity: str, labels: LabelSet) -> bool:
         return HOST_LABEL in labels.strings
     if entity == ENTITY_INIT:
         return INIT_LABEL in labels.strings
+    if entity == ENTITY_REMOTE_NODE:
+        return REMOTE_NODE_LABEL in labels.strings
     raise AssertionError(f"unvalidated entity {entity!r}")
