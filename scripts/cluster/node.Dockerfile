@@ -13,10 +13,11 @@ ARG BASE=local/debian:bookworm
 FROM ${BASE}
 # docker.io: the node's own dockerd (brings containerd, runc); python3-venv
 # libbpf1 iptables iproute2: as in the agent image; etcd-client: `etcdctl`
-# against the cluster's etcd from any node.
+# against the cluster's etcd from any node; iperf3: bench/cluster.py (run from the
+# node in an endpoint's netns with nsenter, so busybox containers suffice).
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      docker.io python3 python3-venv libbpf1 iptables iproute2 etcd-client procps >/dev/null \
+      docker.io python3 python3-venv libbpf1 iptables iproute2 etcd-client procps iperf3 >/dev/null \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 WORKDIR /opt/docker-cilium
 # A stub package gives pip what `pip install -e .` needs (the dependencies and

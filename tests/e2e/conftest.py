@@ -161,3 +161,30 @@ def agent_image(dockerd) -> str:
     from tests.e2e.shipenv import build_agent_image  # shipenv imports this module
 
     return build_agent_image()
+
+
+@pytest.fixture(scope="session")
+def multihost(dockerd):
+    """The shared test cluster (tests/e2e/cluster.py), up once for every
+    multi-host module and taken down at the end of the session whatever
+    happened (test_down_leaves_nothing, moved after the last test using this
+    fixture, takes it down first and checks what `down` leaves)."""
+    from tests.e2e.cluster import cluster
+
+    cluster("down")
+    try:
+        cluster("up")
+        yield cluster
+    finally:
+        cluster("down", check=False)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """test_down_leaves_nothing runs right after the last test on the shared
+    cluster, wherever the modules using it sort."""
+    last = [i for i in items if i.name == "test_down_leaves_nothing" and "multihost" in i.fixturenames]
+    users = [i for i in items if "multihost" in i.fixturenames and i not in last]
+    if not last or not users:
+        return
+    items.remove(last[0])
+    items.insert(items.index(users[-1]) + 1, last[0])

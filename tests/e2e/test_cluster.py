@@ -1,64 +1,27 @@
 """`scripts/cluster.sh` (`make cluster`): kind-style simulated hosts, each a
 container with its own dockerd, bpffs and agent on a 3-member etcd.
 
-The cluster is brought up once for the module (under its own name and
-subnet, so a developer's `make cluster` is left alone) and taken down at the
-end; the last test checks that `down` leaves no container, network, volume
-or prebuilt-object folder behind.
+The cluster (under its own name and subnet, so a developer's `make cluster`
+is left alone) is the session's shared one (conftest.multihost); the last
+test, run after every test on it, checks that `down` leaves no container,
+network, volume or prebuilt-object folder behind.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import subprocess
 
 import pytest
 
-from tests.helpers import ROOT, docker, run, wait_until
-
-CLUSTER = "dc-test-cluster"
-SUBNET = "10.214.0.0/24"
-N = 3
-NODES = [f"node{i}" for i in range(1, N + 1)]
-ENV = {**os.environ, "CLUSTER": CLUSTER, "CLUSTER_SUBNET": SUBNET, "N": str(N)}
-LABEL = f"label=docker-cilium.cluster={CLUSTER}"
-# Containers started by the nodes' dockerds: their cgroups (the nodes share
-# the host's cgroup namespace) must be gone after `down`.
-INNER_IDS: list[str] = []
+from tests.e2e.cluster import CLUSTER, INNER_IDS, LABEL, N, NODES, cgroups_of, cluster, ensure_net, leftovers
+from tests.helpers import docker, run, wait_until
 
 
-def cluster(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cluster.sh {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def leftovers() -> dict[str, list[str]]:
-    """What the cluster made that still exists on this host."""
-    return {
-        "containers": docker("ps", "-aq", "--filter", LABEL).stdout.split(),
-        "networks": docker("network", "ls", "-q", "--filter", LABEL).stdout.split(),
-        "volumes": docker("volume", "ls", "-q", "--filter", LABEL).stdout.split(),
-        "dirs": [d for d in (f"/var/tmp/docker-cilium-{CLUSTER}",) if os.path.exists(d)],
-        "cgroups": [d for i in INNER_IDS for d in cgroups_of(i)],
-    }
-
-
-def cgroups_of(container_id: str) -> list[str]:
-    return glob.glob(f"/sys/fs/cgroup/memory/**/{container_id}", recursive=True)
-
-
-@pytest.fixture(scope="module")
-def up(dockerd):
-    cluster("down")
-    try:
-        yield cluster("up").stdout
-    finally:
-        cluster("down", check=False)
+@pytest.fixture
+def up(multihost):
+    """The shared cluster (conftest.multihost), up for the session."""
+    return multihost
 
 
 def node_ids() -> dict[str, str]:
@@ -105,7 +68,7 @@ def test_node_datapath_connects_containers_and_allocates_identities_in_cluster_e
     """A node's agent serves its dockerd: cilium-net, two endpoints that reach
     each other through the BPF datapath, identities in the cluster's etcd."""
     label = f"id=cluster-{os.getpid()}"
-    cluster("exec", "node1", "docker", "network", "create", "-d", "cilium", "--ipam-driver", "cilium", "cilium-net")
+    ensure_net("node1")
     for name in ("app1", "app2"):
         INNER_IDS.append(cluster("exec", "node1", "docker", "run", "-d", "--name", name, "-l", f"{label}-{name}",
                                  "--net", "cilium-net", "busybox", "sleep", "600").stdout.strip())
