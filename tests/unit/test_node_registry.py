@@ -202,7 +202,8 @@ async def test_shared_ipcache_entries_appear_and_disappear(clients) -> None:
         await until(lambda: "10.5.0.9/32" in maps[1].entries)
         assert maps[1].entries["10.5.0.9/32"] == (30001, "192.168.1.5")
         await ca.upsert_endpoints([(8, ("10.5.0.10", "f00d::a05:0:0:10"), 30002)])
-        await until(lambda: "f00d::a05:0:0:10/128" in maps[1].entries)
+        # two keys, written in either order: wait for both
+        await until(lambda: {"10.5.0.10/32", "f00d::a05:0:0:10/128"} <= maps[1].entries.keys())
         assert maps[1].entries["10.5.0.10/32"] == (30002, "192.168.1.5")
         assert maps[1].entries["f00d::a05:0:0:10/128"] == (30002, "192.168.1.5")
         assert xb.remote() == {"10.5.0.9", "10.5.0.10", "f00d::a05:0:0:10"}
