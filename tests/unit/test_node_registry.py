@@ -332,3 +332,24 @@ async def test_shared_store_flush_waits_for_every_write(clients) -> None:
         assert sorted(store.local()) == sorted(f"k{i}" for i in range(50, 100))
     finally:
         await store.close()
+
+
+async def test_a_second_host_with_the_same_name_is_refused(clients) -> None:
+    """Two hosts called the same would share one record and one range: the second is refused
+    (409, naming the first's address); the same host coming back (same address) is not."""
+    from docker_cilium.node.registry import NodeNameTaken
+
+    sa, sb = await clients(), await clients()
+    a = ClusterNode(sa, "debian", True)
+    na = await a.claim("192.168.1.5", None, None)
+    await a.start(na, IPCache(sa, None))
+    try:
+        b = ClusterNode(sb, "debian", True)
+        with pytest.raises(NodeNameTaken, match=r"in use by the node at 192\.168\.1\.5.*--node-name") as e:
+            await b.claim("192.168.2.5", None, None)
+        assert e.value.status == 409
+        assert await RangeClaims(sb, "x").claims() == {str(na.ipv4_range): "debian"}  # nothing claimed
+        again = await ClusterNode(sb, "debian", True).claim("192.168.1.5", None, None)
+        assert again.ipv4_range == na.ipv4_range
+    finally:
+        await a.close()
