@@ -16,7 +16,7 @@ from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
 
 from .claims import RangeClaims
-from .registry import NodeRegistry
+from .registry import NodeRegistry, check_name_free
 from .types import Node
 
 
@@ -32,7 +32,8 @@ class ClusterNode:
         self.ipcache: SharedIPCache | None = None
 
     async def claim(self, node_ip: str, ipv4_range: str | None, ipv6_range: str | None) -> NodeAddressing:
-        """This node's ranges, claimed through the store (see claims.py)."""
+        """This node's ranges, claimed through the store (see claims.py), under a name no other node uses."""
+        await check_name_free(self.backend, self.cluster, self.node_name, node_ip)
         return await RangeClaims(self.backend, self.node_name).claim(node_ip, ipv4_range, ipv6_range)
 
     async def start(self, addressing: NodeAddressing, ipcache: IPCache) -> None:
