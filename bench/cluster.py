@@ -113,7 +113,7 @@ def ensure_net(c: Cluster, node: str) -> None:
 
 
 def iperf(c: Cluster, node: str, ns: list[str], server: str, port: int, seconds: int) -> float:
-    out = c.on(node, *ns, "iperf3", "-c", server, "-p", str(port), "-t", str(seconds), "-J",
+    out = c.on(node, *ns, "iperf3", "-c", server, "-p", str(port), "-t", str(seconds), "--connect-timeout", "5000", "-J",
                timeout=seconds + 60).stdout
     return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
 

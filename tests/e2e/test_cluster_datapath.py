@@ -78,6 +78,22 @@ def assert_l3_enforced(app1: Box, app2: Box, app3: Box) -> None:
 def test_l3_policy_across_nodes_with_equal_identities(nets):
     with boxes() as made:
         app1, app2, app3 = handbook_apps(made)
+        # Equal labels, equal identity on every node: id=app1 on node2 and node3 too.
+        twins = [app1] + [made.run(node, f"app1{node}", "-l", "id=app1") for node in ("node2", "node3")]
+        ids = {box.node: wait_endpoint(box)["identity"]["id"] for box in twins}
+        assert len(set(ids.values())) == 1, ids
+        ident = ids["node1"]
+        labels = {node: next(i["labels"] for i in cli_json(node, "identity", "list") if i["id"] == ident)
+                  for node in NODES}
+        assert all(v == labels["node1"] for v in labels.values()) and "container:id=app1" in labels["node1"], labels
+        # What node1 knows of app2's address: node2's identity for id=app2, node2 as tunnel endpoint.
+        id2 = wait_endpoint(app2)["identity"]["id"]
+        ip2 = app2.addrs()[0]
+        entry = wait_until(lambda: next((e for e in cli_json("node1", "bpf", "ipcache", "list")
+                                         if e["prefix"] == f"{ip2}/32"), None), timeout=30, interval=0.5,
+                           what="app2's address in node1's cilium_ipcache")
+        assert (entry["identity"], entry["tunnel_endpoint"]) == (id2, node_ip("node2")), entry
+
         ip1 = app1.addrs()[0]
         wait_until(lambda: app3.fetches(ip1) == "docker-cilium", timeout=30, interval=0.5,
                    what="app3 reaches app1 without policy")
@@ -85,23 +101,9 @@ def test_l3_policy_across_nodes_with_equal_identities(nets):
             on(node, "cilium", "policy", "import", POLICY)
         try:
             assert_l3_enforced(app1, app2, app3)
-            # Equal labels, equal identity on every node: id=app1 on node2 and node3 too.
-            twins = [app1] + [made.run(node, f"app1{node}", "-l", "id=app1") for node in ("node2", "node3")]
-            ids = {box.node: wait_endpoint(box)["identity"]["id"] for box in twins}
-            assert len(set(ids.values())) == 1, ids
-            ident = ids["node1"]
-            labels = {node: next(i["labels"] for i in cli_json(node, "identity", "list") if i["id"] == ident)
-                      for node in NODES}
-            assert all(v == labels["node1"] for v in labels.values()) and "container:id=app1" in labels["node1"], \
-                labels
-            # Node2's own id=app2 identity is what node1 sees for app2's address.
-            id2 = wait_endpoint(app2)["identity"]["id"]
-            entry = next(e for e in cli_json("node1", "bpf", "ipcache", "list")
-                         if e["prefix"] == f"{app2.addrs()[0]}/32")
-            assert (entry["identity"], entry["tunnel_endpoint"]) == (id2, node_ip("node2")), entry
         finally:
             for node in NODES:
-                on(node, "cilium", "policy", "delete", "--all", check=False)
+                on(node, "cilium", "policy", "delete", "name=l3-rule", check=False)
 
 
 def test_global_service_vip_reachable_from_every_node(nets):
@@ -251,4 +253,4 @@ def test_etcd_quorum_loss_keeps_enforcing_and_catches_up(nets):
             if late_run is not None and late_run.poll() is None:
                 late_run.kill()
             for node in NODES:
-                on(node, "cilium", "policy", "delete", "--all", check=False)
+                on(node, "cilium", "policy", "delete", "name=l3-rule", check=False)
