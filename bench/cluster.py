@@ -14,7 +14,7 @@ with min-max.
 Propagation: a probe container on node1 whose egress policy allows only
 `bench=prop-target` endpoints, and targets on node2 (each with a label of its
 own, so a fresh identity) whose ingress allows only the probe: a target is
-reachable (TCP connect to its httpd) once node2 has allocated its identity
+reachable (its httpd serves its /etc/hostname) once node2 has allocated its identity
 in etcd and node1 has its address in the shared ipcache with that identity.
 Timed from the container's State.StartedAt (node2's dockerd, the same
 kernel clock) to the probe's first connection; for 1 container and for
@@ -49,23 +49,31 @@ POLICY = [
      "endpointSelector": {"matchLabels": {"bench": "prop-target"}},
      "ingress": [{"fromEndpoints": [{"matchLabels": {"bench": "prop-probe"}}]}]},
 ]
-# Runs in the probe's netns on node1: connects to every candidate address
-# until `want` of them answer; prints {address: unix time of first answer}.
+# Runs in the probe's netns on node1: tries every candidate address until
+# `want` of them serve the target's page; prints {address: unix time of the
+# first answer}. An HTTP 200 for /hostname is required, not only a connection:
+# the machine's egress may answer TCP port 80 for an address it has no route
+# to (a connection through the node's default route is not the tunnel).
 PROBER = r"""
-import errno, json, select, socket, sys, time
+import json, select, socket, sys, time
 cands, want, deadline = sys.argv[1].split(","), int(sys.argv[2]), time.time() + float(sys.argv[3])
 seen, pending = {}, {}
+def serves(s):
+    try:
+        s.setblocking(True); s.settimeout(0.5); s.sendall(b"GET /hostname HTTP/1.0\r\n\r\n")
+        return b" 200 " in s.recv(4096).split(b"\r\n")[0]
+    except OSError:
+        return False
 while len(seen) < want and time.time() < deadline:
     for ip in cands:
         if ip not in seen and ip not in pending:
             s = socket.socket(); s.setblocking(False)
             s.connect_ex((ip, 80)); pending[ip] = (s, time.time())
     _, w, _ = select.select([], [s for s, _ in pending.values()], [], 0.05)
-    now = time.time()
     for ip, (s, t) in list(pending.items()):
-        if s in w and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-            seen[ip] = now
-        if s in w or now - t > 0.3:
+        if s in w and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 and serves(s):
+            seen[ip] = time.time()
+        if s in w or time.time() - t > 0.3:
             s.close(); del pending[ip]
 print(json.dumps(seen))
 """
@@ -172,23 +180,22 @@ def candidates(c: Cluster, count: int) -> list[str]:
     return out
 
 
-def propagation(c: Cluster, count: int, tag: str) -> dict:
+def propagation(c: Cluster, probe: str, count: int, tag: str, timeout: float) -> dict:
     """Start ``count`` targets on node2 at once; per container, seconds from its
     start until the probe on node1 connects to it."""
     names = [f"bench-prop-{tag}-{i}" for i in range(count)]
-    probe = f"bench-prop-probe-{tag}"
     cands = candidates(c, count)
     prober = subprocess.Popen(
         [CLUSTER_SH, "exec", "node1", "nsenter", "-t", c.pid("node1", probe), "-n", "python3", "-c", PROBER,
-         ",".join(cands), str(count), "300"], env=c.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+         ",".join(cands), str(count), str(timeout)], env=c.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1)
         launch = time.time()
         runs = " ".join(
             f"docker run -d --name {n} --net {NET} -l bench=prop-target -l bench-n={tag}-{i} busybox "
-            f"httpd -f -p 80 -h / >/dev/null &" for i, n in enumerate(names))
+            f"httpd -f -p 80 -h /etc >/dev/null &" for i, n in enumerate(names))
         c.on("node2", "sh", "-c", f"{runs} wait", timeout=900)
-        seen = json.loads(prober.communicate(timeout=400)[0] or "{}")
+        seen = json.loads(prober.communicate(timeout=timeout + 60)[0] or "{}")
     finally:
         if prober.poll() is None:
             prober.kill()
@@ -211,7 +218,7 @@ def propagation(c: Cluster, count: int, tag: str) -> dict:
     return result
 
 
-def propagation_runs(c: Cluster, many: int) -> dict:
+def propagation_runs(c: Cluster, many: int, timeout: float) -> dict:
     probe = "bench-prop-probe-" + str(os.getpid())
     try:
         for node in ("node1", "node2"):
@@ -220,7 +227,8 @@ def propagation_runs(c: Cluster, many: int) -> dict:
         c.on("node1", "docker", "run", "-d", "--name", probe, "--net", NET, "-l", "bench=prop-probe",
              "busybox", "sleep", "3600")
         tag = str(os.getpid())
-        return {"one": propagation(c, 1, tag + "a"), "many": propagation(c, many, tag + "b")}
+        return {"one": propagation(c, probe, 1, tag + "a", timeout),
+                "many": propagation(c, probe, many, tag + "b", timeout)}
     finally:
         c.on("node1", "docker", "rm", "-f", probe, check=False)
         for node in ("node1", "node2"):
@@ -249,6 +257,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--containers", type=int, default=100, help="targets started at once (the second run)")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds the probe waits for the targets")
     ap.add_argument("--up", action="store_true", help="bring up a cluster of 2 nodes and remove it afterwards")
     ap.add_argument("--json", action="store_true", help="print only the JSON")
     args = ap.parse_args()
@@ -268,7 +277,7 @@ def main() -> None:
             ensure_net(c, node)
         res = {"cluster": env["CLUSTER"], "rounds": args.rounds, "seconds": args.seconds,
                "throughput": throughput(c, args.rounds, args.seconds),
-               "propagation": propagation_runs(c, args.containers)}
+               "propagation": propagation_runs(c, args.containers, args.timeout)}
     finally:
         if args.up:
             c.sh("down", check=False, timeout=600)
