@@ -117,6 +117,17 @@ def test_global_service_vip_reachable_from_every_node(nets):
         on("node1", "cilium", "service", "update", "--id", "41", "--frontend", f"{VIP4}:80", "--backends", v4s)
         on("node1", "cilium", "service", "update", "--id", "42", "--frontend", f"[{VIP6}]:80", "--backends", v6s)
         try:
+            # The records reach every node's agent (and its LB maps) with the one ID.
+            for node in NODES:
+                def listed(node: str = node) -> set[tuple[int, str]]:
+                    got = {(m["spec"]["id"], json.dumps(m["spec"]["frontend-address"]))
+                           for m in cli_json(node, "service", "list")}  # type: ignore[union-attr]
+                    return {(i, fe) for i, fe in got if VIP4 in fe or VIP6 in fe}
+                got = wait_until(lambda: len(listed()) == 2 and listed(), timeout=30, interval=0.5,
+                                 what=f"services 41 and 42 in {node}'s `cilium service list`")
+                assert sorted(i for i, _ in got) == [41, 42], (node, got)
+                lb = on(node, "cilium", "bpf", "lb", "list").stdout
+                assert f"{VIP4}:80" in lb and backends[0].addrs()[0] in lb, (node, lb)
             for client in clients:
                 for vip in (VIP4, VIP6):
                     seen: set[str] = set()
@@ -190,6 +201,16 @@ def test_node_crash_ages_out_within_the_lease_and_rejoins_with_its_ranges(nets):
         wait_reach(c3, c1.addrs()[0])
 
 
+def wait_ipcache(node: str, box: Box, ident: int, timeout: float = 30) -> None:
+    """``box``'s IPv4 address in ``node``'s cilium_ipcache with ``ident``, its node as tunnel endpoint."""
+    prefix = f"{box.addrs()[0]}/32"
+
+    def entry() -> bool:
+        return any(e["prefix"] == prefix and e["identity"] == ident and e["tunnel_endpoint"] == node_ip(box.node)
+                   for e in cli_json(node, "bpf", "ipcache", "list"))  # type: ignore[union-attr]
+    wait_until(entry, timeout=timeout, interval=0.5, what=f"{box.name} ({prefix}, {ident}) in {node}'s ipcache")
+
+
 def etcd(*members: int, action: str) -> None:
     docker(action, *[f"{CLUSTER}-etcd{i}" for i in members], timeout=60)
 
@@ -207,6 +228,7 @@ def test_etcd_loses_one_member_nothing_breaks(nets):
             late = made.run("node2", "e1-late", "-l", f"id=e1-{made.tag}")
             ep = wait_endpoint(late, timeout=60)
             assert ep["identity"]["id"] >= 256
+            wait_ipcache("node1", late, ep["identity"]["id"])
             wait_reach(c1, late.addrs()[0], timeout=60)
             wait_reach(late, c1.addrs()[0], timeout=30)
             for node in NODES:
@@ -246,7 +268,8 @@ def test_etcd_quorum_loss_keeps_enforcing_and_catches_up(nets):
             wait_until(lambda: cli_json("node1", "status")["kvstore"]["state"] == "Ok",  # type: ignore[index]
                        timeout=60, interval=1, what="node1's kvstore Ok again")
             late_run.wait(timeout=120)
-            wait_endpoint(late, timeout=90)
+            ep = wait_endpoint(late, timeout=90)
+            wait_ipcache("node1", late, ep["identity"]["id"], timeout=60)
             wait_reach(app1, late.addrs()[0], timeout=90)
             assert_l3_enforced(app1, app2, app3)
         finally:
