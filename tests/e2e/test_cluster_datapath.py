@@ -87,12 +87,7 @@ def test_l3_policy_across_nodes_with_equal_identities(nets):
                   for node in NODES}
         assert all(v == labels["node1"] for v in labels.values()) and "container:id=app1" in labels["node1"], labels
         # What node1 knows of app2's address: node2's identity for id=app2, node2 as tunnel endpoint.
-        id2 = wait_endpoint(app2)["identity"]["id"]
-        ip2 = app2.addrs()[0]
-        entry = wait_until(lambda: next((e for e in cli_json("node1", "bpf", "ipcache", "list")
-                                         if e["prefix"] == f"{ip2}/32"), None), timeout=30, interval=0.5,
-                           what="app2's address in node1's cilium_ipcache")
-        assert (entry["identity"], entry["tunnel_endpoint"]) == (id2, node_ip("node2")), entry
+        wait_ipcache("node1", app2, wait_endpoint(app2)["identity"]["id"])
 
         ip1 = app1.addrs()[0]
         wait_until(lambda: app3.fetches(ip1) == "docker-cilium", timeout=30, interval=0.5,
