@@ -254,7 +254,7 @@ def test_etcd_quorum_loss_keeps_enforcing_and_catches_up(nets):
                 late_run = subprocess.Popen(
                     [str(ROOT / "scripts" / "cluster.sh"), "exec", "node2", "docker", "run",
                      "-d", "--name", late.name, "--net", NET, "-l", f"id=q-{made.tag}", "busybox", "sleep", "3600"],
-                    env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(5)
                 assert_l3_enforced(app1, app2, app3)
             finally:
