@@ -206,6 +206,12 @@ def wait_ipcache(node: str, box: Box, ident: int, timeout: float = 30) -> None:
     wait_until(entry, timeout=timeout, interval=0.5, what=f"{box.name} ({prefix}, {ident}) in {node}'s ipcache")
 
 
+def status(node: str) -> dict:
+    """``cilium status -o json`` on ``node`` (it exits 1 while a component is unhealthy)."""
+    proc = on(node, "cilium", "status", "-o", "json", check=False)
+    return json.JSONDecoder().raw_decode(proc.stdout)[0]
+
+
 def etcd(*members: int, action: str) -> None:
     docker(action, *[f"{CLUSTER}-etcd{i}" for i in members], timeout=60)
 
@@ -227,7 +233,7 @@ def test_etcd_loses_one_member_nothing_breaks(nets):
             wait_reach(c1, late.addrs()[0], timeout=60)
             wait_reach(late, c1.addrs()[0], timeout=30)
             for node in NODES:
-                assert cli_json(node, "status")["kvstore"]["state"] == "Ok", node  # type: ignore[index]
+                assert status(node)["kvstore"]["state"] == "Ok", node
         finally:
             etcd(3, action="start")
         wait_until(etcd_healthy, timeout=60, interval=1, what="etcd3 back")
@@ -243,10 +249,11 @@ def test_etcd_quorum_loss_keeps_enforcing_and_catches_up(nets):
             assert_l3_enforced(app1, app2, app3)
             etcd(2, 3, action="stop")
             try:
-                def reports_failure() -> bool:
-                    kv = cli_json("node1", "status")["kvstore"]  # type: ignore[index]
-                    return kv["state"] != "Ok"
-                wait_until(reports_failure, timeout=60, interval=1, what="cilium status reports the KVStore failure")
+                for node in NODES:
+                    wait_until(lambda: status(node)["kvstore"]["state"] == "Failure", timeout=60, interval=1,
+                               what=f"{node}'s cilium status reports the KVStore failure")
+                st = on("node1", "cilium", "status", check=False)
+                assert st.returncode != 0 and "KVStore:" in st.stdout and "Failure" in st.stdout, st.stdout
                 assert_l3_enforced(app1, app2, app3)
                 # A container started during the outage (its docker run may wait for the agent).
                 late = Box("node2", f"q-late-{made.tag}")
@@ -260,8 +267,9 @@ def test_etcd_quorum_loss_keeps_enforcing_and_catches_up(nets):
             finally:
                 etcd(2, 3, action="start")
             wait_until(etcd_healthy, timeout=60, interval=1, what="etcd quorum back")
-            wait_until(lambda: cli_json("node1", "status")["kvstore"]["state"] == "Ok",  # type: ignore[index]
-                       timeout=60, interval=1, what="node1's kvstore Ok again")
+            for node in NODES:
+                wait_until(lambda: status(node)["kvstore"]["state"] == "Ok", timeout=60, interval=1,
+                           what=f"{node}'s kvstore Ok again")
             late_run.wait(timeout=120)
             ep = wait_endpoint(late, timeout=90)
             wait_ipcache("node1", late, ep["identity"]["id"], timeout=60)
