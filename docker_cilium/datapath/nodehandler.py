@@ -125,7 +125,7 @@ class NetlinkRoutes:
         if route.src:
             kw["prefsrc"] = route.src
         if route.mtu:
-            kw["metrics"] = {"attrs": [("RTAX_MTU", route.mtu)]}
+            kw["metrics"] = {"mtu": route.mtu}
         self._ip().route("replace", **kw)
 
     def delete(self, dst: str) -> None:

@@ -33,10 +33,11 @@ log = structlog.get_logger(__name__)
 HEALTH_PORT = 4240
 PROBE_INTERVAL_S = 10.0
 PROBE_TIMEOUT_S = 2.0
+NODE_NAME = web.AppKey("node_name", str)
 
 
 async def _hello(request: web.Request) -> web.Response:
-    return web.Response(text=f"Hello from {request.app['node_name']}\n")
+    return web.Response(text=f"Hello from {request.app[NODE_NAME]}\n")
 
 
 class HealthResponder:
@@ -51,7 +52,7 @@ class HealthResponder:
 
     async def start(self) -> None:
         app = web.Application()
-        app["node_name"] = self.node_name
+        app[NODE_NAME] = self.node_name
         app.router.add_get("/hello", _hello)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
