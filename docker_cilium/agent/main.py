@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import socket
+
 import click
 import structlog
 
@@ -51,6 +53,8 @@ def _aggregation_level(_ctx: click.Context, _param: click.Parameter, value: str)
 @click.option("--kvstore-opt", multiple=True,
               help="Store options: etcd.address=HOST:PORT[,...], etcd.config=PATH (Cilium's etcd YAML: "
                    "endpoints, trusted-ca-file, cert-file, key-file, username, password), lease.ttl=SECONDS")
+@click.option("--node-name", default=socket.gethostname, show_default="the host name",
+              help="This node's name in the cluster (node registry, range claims); unique per host")
 @click.option("--ipv4-range", default=None, help="Node IPv4 range (default 10.X.0.0/16 from the node IP)")
 @click.option("--ipv6-range", default=None, help="Node IPv6 range (default f00d::<v4 range>:0:0/96)")
 @click.option("--enable-ipv6/--disable-ipv6", default=True, help="IPv6 addressing for endpoints")

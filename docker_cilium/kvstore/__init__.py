@@ -23,17 +23,23 @@ def parse_options(values: tuple[str, ...] | list[str]) -> dict[str, str]:
     """``--kvstore-opt`` values (each ``k=v[,k=v...]``) as one dict; ValueError names a bad one.
 
     One parser for the agent and ``cilium kvstore``, so both read the same
-    flags the same way.
+    flags the same way. A comma-separated piece without ``=`` continues the value before it, so
+    ``etcd.address=10.0.0.2:2379,10.0.0.3:2379`` names two members.
     """
     out: dict[str, str] = {}
     for item in values:
+        key = None
         for part in item.split(","):
             if not part:
                 continue
-            key, sep, val = part.partition("=")
-            if not sep:
+            name, sep, val = part.partition("=")
+            if sep:
+                key = name.strip()
+                out[key] = val.strip()
+            elif key is not None:
+                out[key] = f"{out[key]},{part.strip()}"
+            else:
                 raise ValueError(f"{part!r}: expected key=value")
-            out[key.strip()] = val.strip()
     return out
 
 

@@ -17,7 +17,7 @@ from docker_cilium.kvstore.backend import Backend
 
 from .claims import RangeClaims
 from .health import HEALTH_PORT, HealthProber, HealthResponder
-from .registry import NodeObserver, NodeRegistry
+from .registry import NodeObserver, NodeRegistry, check_name_free
 from .types import Node
 
 
@@ -43,7 +43,8 @@ class ClusterNode:
         self.prober: HealthProber | None = None
 
     async def claim(self, node_ip: str, ipv4_range: str | None, ipv6_range: str | None) -> NodeAddressing:
-        """This node's ranges, claimed through the store (see claims.py)."""
+        """This node's ranges, claimed through the store (see claims.py), under a name no other node uses."""
+        await check_name_free(self.backend, self.cluster, self.node_name, node_ip)
         return await RangeClaims(self.backend, self.node_name).claim(node_ip, ipv4_range, ipv6_range)
 
     async def start(self, addressing: NodeAddressing, ipcache: IPCache) -> None:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import structlog
 
+from docker_cilium.errors import Conflict
 from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
 from docker_cilium.kvstore.store import SharedStore
@@ -21,6 +22,32 @@ from docker_cilium.kvstore.store import SharedStore
 from .types import Node, NodeDecodeError
 
 log = structlog.get_logger(__name__)
+
+
+class NodeNameTaken(Conflict):
+    """Another live node holds this node's name (two hosts with one hostname)."""
+
+
+async def check_name_free(backend: Backend, cluster: str, name: str, node_ip: str, *,
+                          prefix: str = keys.NODES) -> None:
+    """Refuse a name another node's live record holds with another address.
+
+    The name keys both the registry record and the range claims: two hosts
+    called the same would overwrite each other's record and share one
+    allocation range (duplicate addresses). A record with our own address is
+    this node's, left by a run whose lease has not expired yet.
+    """
+    raw = await backend.get(f"{prefix}{cluster}/{name}")
+    if raw is None:
+        return
+    try:
+        other = Node.from_json(raw).tunnel_endpoint
+    except NodeDecodeError:
+        return  # unreadable: ours to overwrite
+    if other and other != node_ip:
+        raise NodeNameTaken(f"node name {name!r} is in use by the node at {other} ({prefix}{cluster}/{name}): "
+                            f"give this host its own name with --node-name (or wait for that node's lease "
+                            f"to expire if it was this host under another address)")
 
 
 class NodeObserver(Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from docker_cilium.kvstore import parse_options
 from docker_cilium.kvstore.etcd_config import EtcdConfigError, load_etcd_config
 
 
@@ -67,3 +68,13 @@ def test_refused_with_the_option_named(tmp_path, opts, text, match) -> None:
 def test_missing_file_named(tmp_path) -> None:
     with pytest.raises(EtcdConfigError, match="etcd.config .*nope.yaml"):
         load_etcd_config({"etcd.config": str(tmp_path / "nope.yaml")})
+
+
+def test_kvstore_opt_address_names_several_members() -> None:
+    """`--kvstore-opt etcd.address=A,B` is two members, not an option `B` without a value."""
+    opts = parse_options(["etcd.address=10.0.0.2:2379,10.0.0.3:2379,lease.ttl=20", "etcd.config=/x.yaml"])
+    assert opts == {"etcd.address": "10.0.0.2:2379,10.0.0.3:2379", "lease.ttl": "20", "etcd.config": "/x.yaml"}
+    cfg = load_etcd_config({"etcd.address": opts["etcd.address"]})
+    assert cfg.endpoints == ["10.0.0.2:2379", "10.0.0.3:2379"]
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_options(["10.0.0.2:2379"])

@@ -202,7 +202,8 @@ async def test_shared_ipcache_entries_appear_and_disappear(clients) -> None:
         await until(lambda: "10.5.0.9/32" in maps[1].entries)
         assert maps[1].entries["10.5.0.9/32"] == (30001, "192.168.1.5")
         await ca.upsert_endpoints([(8, ("10.5.0.10", "f00d::a05:0:0:10"), 30002)])
-        await until(lambda: "f00d::a05:0:0:10/128" in maps[1].entries)
+        # two keys, written in either order: wait for both
+        await until(lambda: {"10.5.0.10/32", "f00d::a05:0:0:10/128"} <= maps[1].entries.keys())
         assert maps[1].entries["10.5.0.10/32"] == (30002, "192.168.1.5")
         assert maps[1].entries["f00d::a05:0:0:10/128"] == (30002, "192.168.1.5")
         assert xb.remote() == {"10.5.0.9", "10.5.0.10", "f00d::a05:0:0:10"}
@@ -331,3 +332,24 @@ async def test_shared_store_flush_waits_for_every_write(clients) -> None:
         assert sorted(store.local()) == sorted(f"k{i}" for i in range(50, 100))
     finally:
         await store.close()
+
+
+async def test_a_second_host_with_the_same_name_is_refused(clients) -> None:
+    """Two hosts called the same would share one record and one range: the second is refused
+    (409, naming the first's address); the same host coming back (same address) is not."""
+    from docker_cilium.node.registry import NodeNameTaken
+
+    sa, sb = await clients(), await clients()
+    a = ClusterNode(sa, "debian", True)
+    na = await a.claim("192.168.1.5", None, None)
+    await a.start(na, IPCache(sa, None))
+    try:
+        b = ClusterNode(sb, "debian", True)
+        with pytest.raises(NodeNameTaken, match=r"in use by the node at 192\.168\.1\.5.*--node-name") as e:
+            await b.claim("192.168.2.5", None, None)
+        assert e.value.status == 409
+        assert await RangeClaims(sb, "x").claims() == {str(na.ipv4_range): "debian"}  # nothing claimed
+        again = await ClusterNode(sb, "debian", True).claim("192.168.1.5", None, None)
+        assert again.ipv4_range == na.ipv4_range
+    finally:
+        await a.close()
