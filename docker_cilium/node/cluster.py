@@ -1,4 +1,5 @@
-"""The agent's part in a cluster store: claimed ranges, its registry record, the shared ipcache.
+"""The agent's part in a cluster store: claimed ranges, its registry record, the shared ipcache,
+the datapath's node handler on the registry and cluster health.
 
 Only with a cluster store (``--kvstore etcd``); the embedded store keeps the
 single-node behaviour (ranges derived from the node IP, `cilium node list`
