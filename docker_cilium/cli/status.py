@@ -85,7 +85,8 @@ def cluster_health_line(h: dict[str, Any], now: float | None = None) -> str:
     """Cilium's ``2/3 reachable   (last probe 4s ago)``, the unreachable nodes named."""
     down = [n["name"] for n in h.get("nodes") or [] if not (n.get("host", {}).get("reachable")
                                                           and n.get("tunnel", {}).get("reachable"))]
-    text = f"{h.get('reachable', 0)}/{h.get('total', 0)} reachable   (last probe {ago(h.get('last-probe', ''), now)})"
+    last = ago(h.get("last-probe", ""), now)
+    text = f"{h.get('reachable', 0)}/{h.get('total', 0)} reachable   (last probe {last})"
     return text + (f"   unreachable: {', '.join(down)}" if down else "")
 
 
