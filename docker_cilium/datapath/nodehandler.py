@@ -290,7 +290,11 @@ class NodeHandler:
             await self._wake.wait()
             self._wake.clear()
             routes, tunnel = self.wanted_routes(), self.wanted_tunnel()
-            errors = await loop.run_in_executor(self._pool, self._apply, routes, tunnel)
+            try:
+                errors = await loop.run_in_executor(self._pool, self._apply, routes, tunnel)
+            except Exception as exc:  # a bug, not a netlink answer: the worker goes on and retries
+                log.exception("nodehandler.pass_failed")
+                errors = [("pass", str(exc))]
             if not errors:
                 if not self._wake.is_set():
                     self._idle.set()
