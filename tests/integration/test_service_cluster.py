@@ -79,8 +79,8 @@ async def test_service_made_on_one_node_is_in_the_others_maps_delete_propagates(
         be = (L4Addr("10.11.0.5", 8080), L4Addr("10.12.0.9", 8080))  # backends on both nodes' ranges
         svc, created = await n1.put(Service(0, vip(0), be))
         assert created and svc.id == 1
-        await until(lambda: n2.get(1) == svc)
-        assert [a for _, a in lb2.services[(1, vip(0))]] == list(be)
+        await until(lambda: (1, vip(0)) in lb2.services)
+        assert [a for _, a in lb2.services[(1, vip(0))]] == list(be) and n2.get(1) == svc
         again, created = await n2.put(Service(0, vip(0), be[:1]))  # no ID, same frontend: its own
         assert (again.id, created) == (1, False)
         await until(lambda: [a for _, a in lb1.services.get((1, vip(0)), [])] == [be[0]])
@@ -107,8 +107,9 @@ async def test_concurrent_creates_from_two_nodes_never_share_an_id(make: Make, p
         assert len({fe for fe, _ in ids}) == len(ids) == 2 * PER_NODE + 5  # one ID per frontend
         assert len({i for _, i in ids}) == len(ids)                         # no ID twice
         assert sum(created for _, created in done) == 2 * PER_NODE + 5      # the shared ones created once
-        await until(lambda: n1.services() == n2.services() and len(n1.services()) == len(ids))
+        await until(lambda: len(lb1.services) == len(lb2.services) == len(ids))
         assert {(i, fe) for i, fe in lb1.services} == {(i, fe) for fe, i in ids} == set(lb2.services)
+        assert n1.services() == n2.services()
     finally:
         await n1.close()
         await n2.close()

@@ -36,7 +36,7 @@ async def clients(tmp_path):
         await b.close()
 
 
-async def until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     while not pred():
@@ -101,8 +101,8 @@ async def test_two_agents_share_services_delete_propagates_restart_restores(clie
         await until(lambda: (1, FE1) in lb_b.services)
         assert b.get(1) == made and [s for s, _ in lb_b.services[(1, FE1)]] == [1, 2]
         await b.put(Service(0, FE2, (B3,)))  # made on b: on a too, with the next ID
-        await until(lambda: a.get(2) == Service(2, FE2, (B3,)))
-        assert lb_a.services[(2, FE2)] == [(3, B3)]
+        await until(lambda: (2, FE2) in lb_a.services)
+        assert lb_a.services[(2, FE2)] == [(3, B3)] and a.get(2) == Service(2, FE2, (B3,))
         await b.close()
         # b restarts: same maps (pinned), records from the store, backends keep their IDs
         lb_b.backend_entries = {7: B1, 8: B2, 9: B3, 4: L4Addr("10.2.0.50", 80)}
