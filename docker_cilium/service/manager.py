@@ -44,6 +44,8 @@ from docker_cilium.service.model import MAX_SERVICE_ID, Service, format_addr
 log = structlog.get_logger(__name__)
 
 MAX_BACKEND_ID = 0xFFFFFFFF
+#: Wait before applying again a cluster service this node's maps refused.
+APPLY_RETRY_S = 5.0
 
 
 def _record(svc: Service, ids: dict[L4Addr, int]) -> bytes:
@@ -250,8 +252,9 @@ class ServiceManager:
             async with self._lock:
                 try:
                     await self._sync(name)
-                except Exception:  # this node's maps refused it: logged, the next change retries
-                    log.exception("service.apply_failed", key=name)
+                except Exception:  # this node's maps refused it: logged, tried again later
+                    log.exception("service.apply_failed", key=name, retry_s=APPLY_RETRY_S)
+                    asyncio.get_running_loop().call_later(APPLY_RETRY_S, self._changed, name)
 
     def _record(self, name: str) -> Service | None:
         """The service record ``name`` in the watched view, None if absent or unreadable."""

@@ -15,6 +15,7 @@ from docker_cilium.errors import BadRequest, Conflict, Unavailable
 from docker_cilium.kvstore.backend import KVStoreError
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 from docker_cilium.service.cluster import ClusterServices, frontend_name, next_id
+from docker_cilium.service import manager as manager_module
 from docker_cilium.service.manager import ServiceManager
 from docker_cilium.service.model import Service, parse_id
 from tests.unit.test_service import B1, B2, B3, FE1, FE2, MemLB, spec
@@ -174,3 +175,27 @@ async def test_embedded_store_put_id_zero_allocates_and_keeps_the_frontends_id(a
     resp = await client.put("/v1/service/0", json=spec(**{"frontend-address": {"ip": "10.96.0.30", "port": 80}}))
     assert (await resp.json())["spec"]["id"] == 5
     assert "invalid service id 0" in await api_error(await client.get("/v1/service/0"), 400)
+
+
+async def test_a_service_this_nodes_maps_refuse_is_applied_again_later(clients, monkeypatch):
+    """Made on node a, refused once by node b's maps (full): b applies it on a retry."""
+    monkeypatch.setattr(manager_module, "APPLY_RETRY_S", 0.05)
+
+    class FullOnce(MemLB):
+        refused = 0
+
+        def upsert_service(self, svc_id, frontend, backends):
+            if not self.refused:
+                self.refused += 1
+                raise OSError(28, "No space left on device")
+            super().upsert_service(svc_id, frontend, backends)
+
+    lb_b = FullOnce()
+    a, b = await manager(clients[0], MemLB()), await manager(clients[1], lb_b)
+    try:
+        await a.put(Service(0, FE1, (B1,)))
+        await until(lambda: (1, FE1) in lb_b.services)
+        assert lb_b.refused == 1 and b.get(1) == Service(1, FE1, (B1,))
+    finally:
+        await a.close()
+        await b.close()
