@@ -18,6 +18,7 @@ from docker_cilium.service.cluster import ClusterServices, frontend_name, next_i
 from docker_cilium.service import manager as manager_module
 from docker_cilium.service.manager import ServiceManager
 from docker_cilium.service.model import Service, parse_id
+from tests.unit.test_cli import agent, run  # noqa: F401  (the served unit daemon fixture)
 from tests.unit.test_service import B1, B2, B3, FE1, FE2, MemLB, spec
 from tests.unit.unit_daemon import api_error
 
@@ -199,3 +200,15 @@ async def test_a_service_this_nodes_maps_refuse_is_applied_again_later(clients, 
     finally:
         await a.close()
         await b.close()
+
+
+def test_cli_update_without_id_gets_one_and_keeps_the_frontends(agent):  # noqa: F811
+    """`cilium service update` without --id (Cilium's default 0): the agent picks the ID."""
+    sock, _daemon = agent
+    res = run(sock, "service", "update", "--frontend", "10.96.0.10:80", "--backends", "10.2.0.2:80")
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == ["Creating new service", "Added service with id '1' and 1 backends"]
+    res = run(sock, "service", "update", "--frontend", "10.96.0.10:80", "--backends", "10.2.0.2:80,10.2.0.3:80")
+    assert res.output.splitlines() == ["Updating existing service with id '1'", "Updated service with 2 backends"]
+    res = run(sock, "service", "update", "--id", "3", "--frontend", "10.96.0.11:80")
+    assert res.output.splitlines() == ["Creating new service with id '3'", "Added service with 0 backends"]
