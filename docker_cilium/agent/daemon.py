@@ -61,6 +61,7 @@ from docker_cilium.prefilter.device import start_prefilter
 from docker_cilium.proxy.accesslog import AccessLog
 from docker_cilium.proxy.manager import ProxyManager
 from docker_cilium.proxy.peers import AgentPeers
+from docker_cilium.service.cluster import ClusterServices
 from docker_cilium.service.manager import ServiceManager
 from docker_cilium.version import version_info
 from docker_cilium.workloads.docker import DockerWatcher
@@ -231,7 +232,8 @@ class Daemon:
                                                cfg.prefilter_mode, cfg.bpf_root, cfg.state_dir)
         # Services into the LB maps before any socket opens (containers started
         # meanwhile reach their VIPs).
-        self._services = ServiceManager(self.store, self.datapath.maps.lb)
+        self._services = ServiceManager(self.store, self.datapath.maps.lb,
+                                        ClusterServices(self.kvstore) if self.cluster is not None else None)
         await self._services.restore()
         self.reconciler = DockerReconciler(self._endpoints, self._ipam, cfg.docker_reconcile_grace)
         self._start_controllers()
@@ -322,6 +324,8 @@ class Daemon:
             await self._regenerator.close()
         if self.allocator is not None:
             await self.allocator.close()
+        if self._services is not None:
+            await self._services.close()  # cluster services: the watch ends, the maps keep them
         if self.cluster is not None:
             await self.cluster.close()
         for store in (self.kvstore, self.store):
