@@ -29,6 +29,7 @@ from docker_cilium.datapath.hostport import HostPortRules
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
 from docker_cilium.datapath.loader import Datapath, compile_datapath
+from docker_cilium.datapath.nodehandler import LocalNode, NetlinkRoutes, NodeHandler
 from docker_cilium.datapath.maps.registry import DatapathMaps
 from docker_cilium.endpoint.manager import EndpointManager
 from docker_cilium.endpoint.orphans import collect_orphans
@@ -60,6 +61,7 @@ from docker_cilium.prefilter.device import start_prefilter
 from docker_cilium.proxy.accesslog import AccessLog
 from docker_cilium.proxy.manager import ProxyManager
 from docker_cilium.proxy.peers import AgentPeers
+from docker_cilium.service.cluster import ClusterServices
 from docker_cilium.service.manager import ServiceManager
 from docker_cilium.version import version_info
 from docker_cilium.workloads.docker import DockerWatcher
@@ -202,6 +204,7 @@ class Daemon:
         await ipcache.start(await self.links.host_addresses())
         if self.cluster is not None:  # before the endpoints' restore: they are published as restored
             await self.cluster.start(self.node, ipcache)
+            await self.cluster.start_datapath(self._node_handler(ipcache))
         self._identities = IdentityCache(self.allocator, ipcache)
         self._policy = PolicyManager(self.store, ipcache, self._identities, cfg.policy_enforcement)
         await self._policy.start()
@@ -229,7 +232,8 @@ class Daemon:
                                                cfg.prefilter_mode, cfg.bpf_root, cfg.state_dir)
         # Services into the LB maps before any socket opens (containers started
         # meanwhile reach their VIPs).
-        self._services = ServiceManager(self.store, self.datapath.maps.lb)
+        self._services = ServiceManager(self.store, self.datapath.maps.lb,
+                                        ClusterServices(self.kvstore) if self.cluster is not None else None)
         await self._services.restore()
         self.reconciler = DockerReconciler(self._endpoints, self._ipam, cfg.docker_reconcile_grace)
         self._start_controllers()
@@ -250,6 +254,16 @@ class Daemon:
         log.info("agent.started", version=__version__, node=self.node.to_dict(), mtu=self.mtu,
                  kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
                  endpoints=len(self._endpoints.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000))
+
+    def _node_handler(self, ipcache: IPCache) -> NodeHandler:
+        """Routes (and, with the tunnel, tunnel map entries) to the other nodes' ranges."""
+        assert self.node is not None and self.datapath is not None and self.datapath.maps is not None
+        cfg = self.config
+        local = LocalNode(cfg.node_name, str(self.node.router4), str(self.node.router6) if cfg.enable_ipv6 else None,
+                          self.mtu)
+        # --tunnel and cilium_tunnel_map (issue 13, helper vx): vxlan with a cluster store until they exist
+        return NodeHandler(local, getattr(cfg, "tunnel", "vxlan"), NetlinkRoutes(),
+                           getattr(self.datapath.maps, "tunnel", None), ipcache)
 
     async def _socket_lb(self, sock_obj: "os.PathLike[str] | None") -> None:
         """Attach the socket LB (its maps beside the datapath's, links pinned) or,
@@ -310,6 +324,8 @@ class Daemon:
             await self._regenerator.close()
         if self.allocator is not None:
             await self.allocator.close()
+        if self._services is not None:
+            await self._services.close()  # cluster services: the watch ends, the maps keep them
         if self.cluster is not None:
             await self.cluster.close()
         for store in (self.kvstore, self.store):
@@ -363,6 +379,7 @@ class Daemon:
             "identity-allocation": self._identity_status(),
             "proxy": self.proxy.status(str(self.node.router4)) if self.proxy is not None and self.node else
             {"state": "Disabled"},
+            **({"cluster-health": self.cluster.health()} if self.cluster is not None else {}),
         }
 
     async def _kvstore_status(self) -> dict[str, str]:

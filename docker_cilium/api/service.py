@@ -28,11 +28,12 @@ async def get_service(request: web.Request) -> web.Response:
 
 @routes.put("/v1/service/{id}")
 async def put_service(request: web.Request) -> web.Response:
-    """Create (201) or update (200) the service; its spec is Cilium's ServiceSpec."""
-    svc_id = parse_id(request.match_info["id"])
+    """Create (201) or update (200) the service; its spec is Cilium's ServiceSpec. ID 0: the
+    frontend's own ID, or a new one (the reply's ``spec.id``)."""
+    svc_id = parse_id(request.match_info["id"], allocate=True)
     svc = parse_spec(await json_body(request), svc_id)
-    created = await request.app[DAEMON].services.upsert(svc)
-    return web.json_response(svc.model(), status=201 if created else 200)
+    stored, created = await request.app[DAEMON].services.put(svc)
+    return web.json_response(stored.model(), status=201 if created else 200)
 
 
 @routes.delete("/v1/service/{id}")

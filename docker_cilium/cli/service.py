@@ -32,7 +32,8 @@ def service() -> None:
 
 
 @service.command("update")
-@click.option("--id", "svc_id", required=True, type=click.IntRange(1, MAX_SERVICE_ID), help="Identifier")
+@click.option("--id", "svc_id", default=0, type=click.IntRange(0, MAX_SERVICE_ID),
+              help="Identifier (none or 0: the frontend's own, else the agent allocates one)")
 @click.option("--frontend", required=True, help="Frontend address, IP:PORT or [IPv6]:PORT")
 @click.option("--backends", multiple=True, help="Backend address or addresses (IP:PORT,IP:PORT,...)")
 @click.option("--protocol", default="TCP", type=click.Choice(["TCP", "UDP"], case_sensitive=False),
@@ -42,16 +43,27 @@ def service() -> None:
 def update(ctx: Context, svc_id: int, frontend: str, backends: tuple[str, ...], protocol: str) -> None:
     """Update a service"""
     spec = _spec(svc_id, frontend, backends, protocol)
-    try:
-        ctx.client.get(f"/service/{svc_id}")
-        exists = True
-    except NotFound:
-        exists = False
+    if svc_id:
+        try:
+            ctx.client.get(f"/service/{svc_id}")
+            exists = True
+        except NotFound:
+            exists = False
+    else:  # the agent picks the ID: the frontend's, if it is a service already
+        fe = spec["frontend-address"]
+        held = [m["spec"]["id"] for m in ctx.client.get("/service")
+                if _addr(m["spec"]["frontend-address"]) == _addr(fe)
+                and m["spec"]["frontend-address"]["protocol"] == fe["protocol"]]
+        exists, svc_id = bool(held), (held[0] if held else 0)
+        spec["id"] = svc_id
     if ctx.output != "json":
-        click.echo(f"{'Updating existing' if exists else 'Creating new'} service with id '{svc_id}'")
+        click.echo(f"Updating existing service with id '{svc_id}'" if exists else
+                   f"Creating new service with id '{svc_id}'" if svc_id else "Creating new service")
     reply = ctx.client.request("PUT", f"/service/{svc_id}", body=spec)
     n = len(spec["backend-addresses"])
-    show(ctx, reply, lambda: click.echo(f"{'Updated' if exists else 'Added'} service with {n} backends"))
+    added = f"Added service with id '{reply['spec']['id']}' and {n} backends" if not svc_id else \
+        f"Added service with {n} backends"
+    show(ctx, reply, lambda: click.echo(f"Updated service with {n} backends" if exists else added))
 
 
 def _rows(models: list[dict[str, Any]]) -> list[list[str]]:

@@ -81,6 +81,15 @@ def proxy_line(p: dict[str, Any]) -> str:
     return f"OK, ip {p.get('ip', '')}, {p.get('total-redirects', 0)} redirects active on ports {p.get('port-range', '')}"
 
 
+def cluster_health_line(h: dict[str, Any], now: float | None = None) -> str:
+    """Cilium's ``2/3 reachable   (last probe 4s ago)``, the unreachable nodes named."""
+    down = [n["name"] for n in h.get("nodes") or [] if not (n.get("host", {}).get("reachable")
+                                                          and n.get("tunnel", {}).get("reachable"))]
+    last = ago(h.get("last-probe", ""), now)
+    text = f"{h.get('reachable', 0)}/{h.get('total', 0)} reachable   (last probe {last})"
+    return text + (f"   unreachable: {', '.join(down)}" if down else "")
+
+
 def print_status(st: dict[str, Any], all_addresses: bool, all_controllers: bool, verbose: bool) -> None:
     for name, key in COMPONENTS:
         part = st.get(key) or {}
@@ -99,6 +108,8 @@ def print_status(st: dict[str, Any], all_addresses: bool, all_controllers: bool,
     _pool("IPv4", ipam, all_addresses or verbose)
     _pool("IPv6", ipam, all_addresses or verbose)
     _controllers(st.get("controllers") or [], all_controllers or verbose)
+    if "cluster-health" in st:
+        _line("Cluster health", cluster_health_line(st["cluster-health"]))
 
 
 @click.command()

@@ -36,5 +36,8 @@ NODE_RANGES = f"{STATE}/noderanges/v1/"
 IPCACHE = f"{STATE}/ip/v1/"
 #: The cluster name under NODES and IPCACHE (Cilium's default cluster).
 CLUSTER = "default"
+#: Cluster-wide services (with a cluster store), persistent: ``id/<service ID>`` -> the service
+#: (frontend, backends), ``frontend/<IP:port/protocol>`` -> the ID holding that frontend.
+GLOBAL_SERVICES = f"{STATE}/services/v1/{CLUSTER}/"
 #: Read by the health check to prove the kvstore answers.
 HEALTH = f"{BASE}/.health"

@@ -1,4 +1,5 @@
-"""The agent's part in a cluster store: claimed ranges, its registry record, the shared ipcache.
+"""The agent's part in a cluster store: claimed ranges, its registry record, the shared ipcache,
+the datapath's node handler on the registry and cluster health.
 
 Only with a cluster store (``--kvstore etcd``); the embedded store keeps the
 single-node behaviour (ranges derived from the node IP, `cilium node list`
@@ -7,7 +8,7 @@ showing this node).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from docker_cilium.ipam.ranges import NodeAddressing
 from docker_cilium.ipcache import IPCache
@@ -16,8 +17,16 @@ from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
 
 from .claims import RangeClaims
-from .registry import NodeRegistry, check_name_free
+from .health import HEALTH_PORT, HealthProber, HealthResponder
+from .registry import NodeObserver, NodeRegistry, check_name_free
 from .types import Node
+
+
+class DatapathObserver(NodeObserver, Protocol):
+    """The datapath's node handler (``datapath.nodehandler.NodeHandler``)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class ClusterNode:
@@ -30,6 +39,9 @@ class ClusterNode:
         self.cluster = cluster
         self.registry: NodeRegistry | None = None
         self.ipcache: SharedIPCache | None = None
+        self.handler: DatapathObserver | None = None
+        self.responder: HealthResponder | None = None
+        self.prober: HealthProber | None = None
 
     async def claim(self, node_ip: str, ipv4_range: str | None, ipv6_range: str | None) -> NodeAddressing:
         """This node's ranges, claimed through the store (see claims.py), under a name no other node uses."""
@@ -44,11 +56,34 @@ class ClusterNode:
         self.ipcache = SharedIPCache(self.backend, ipcache, self.node_name, addressing.node_ip, cluster=self.cluster)
         await self.ipcache.start()
 
+    async def start_datapath(self, handler: DatapathObserver, health_port: int = HEALTH_PORT) -> None:
+        """Routes and tunnel entries for the other nodes (``handler``, told about the nodes
+        known now before its first pass sweeps the rest), then cluster health."""
+        assert self.registry is not None
+        self.registry.subscribe(handler)
+        self.handler = handler
+        await handler.start()
+        self.responder = HealthResponder(self.node_name, health_port)
+        await self.responder.start()
+        self.prober = HealthProber(self.registry.nodes, port=health_port)
+        await self.prober.start()
+
     async def close(self) -> None:
-        """Stop watching; our keys stay until the session lease expires (a restart re-writes them)."""
-        for part in (self.ipcache, self.registry):
+        """Stop watching; our keys stay until the session lease expires (a restart re-writes them).
+        Routes and tunnel entries stay too: forwarding goes on while the agent is down."""
+        for part in (self.prober, self.responder, self.ipcache, self.registry, self.handler):
             if part is not None:
                 await part.close()
+
+    def health(self) -> dict[str, Any]:
+        """``cluster-health`` of /v1/healthz."""
+        if self.prober is None:
+            return {"state": "Warning", "msg": "not started", "reachable": 0, "total": 0, "nodes": []}
+        st = self.prober.status()
+        if self.responder is not None and self.responder.error:
+            st["msg"] += f"; {self.responder.error}"
+            st["state"] = "Warning" if st["state"] == "Ok" else st["state"]
+        return st
 
     def nodes(self) -> dict[str, Any]:
         """Cilium's ClusterNodeStatus from the registry: every node in the view."""

@@ -47,14 +47,16 @@ class Service:
         return {"spec": self.spec(), "status": {"realized": self.spec()}}
 
 
-def parse_id(raw: Any, where: str = "id") -> int:
-    """A service ID from a path segment or a JSON number: 1..65535."""
+def parse_id(raw: Any, where: str = "id", *, allocate: bool = False) -> int:
+    """A service ID from a path segment or a JSON number: 1..65535 (``allocate``: 0 too,
+    Cilium's "no ID given", for which the agent allocates one)."""
+    low = 0 if allocate else 1
     if isinstance(raw, str):
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 5:
-            raise BadRequest(f"invalid service {where} {raw[:80]!r}: expected a number (1-{MAX_SERVICE_ID})")
+            raise BadRequest(f"invalid service {where} {raw[:80]!r}: expected a number ({low}-{MAX_SERVICE_ID})")
         raw = int(raw)
-    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_SERVICE_ID:
-        raise BadRequest(f"invalid service {where} {raw!r}: expected a number (1-{MAX_SERVICE_ID})")
+    if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= MAX_SERVICE_ID:
+        raise BadRequest(f"invalid service {where} {raw!r}: expected a number ({low}-{MAX_SERVICE_ID})")
     return raw
 
 
@@ -94,9 +96,10 @@ def parse_protocol(raw: Any, where: str = "protocol") -> str:
 
 
 def parse_spec(body: Any, path_id: int) -> Service:
-    """Cilium's ServiceSpec as PUT to /v1/service/{id}: ``id`` (if given) must be the path's."""
+    """Cilium's ServiceSpec as PUT to /v1/service/{id}: ``id`` (if given) must be the path's
+    (``path_id`` 0: the agent allocates one)."""
     spec = _object(body, "service", SPEC_FIELDS)
-    if "id" in spec and parse_id(spec["id"]) != path_id:
+    if "id" in spec and parse_id(spec["id"], allocate=True) != path_id:
         raise BadRequest(f"id {spec['id']} in the body differs from {path_id} in the path")
     if "frontend-address" not in spec:
         raise BadRequest("frontend-address is required")

@@ -62,7 +62,7 @@ async def test_reserved_labels_give_reserved_ids_without_store(backend) -> None:
         assert (await a.get(num)).labels == lbls
         assert await a.release(ident) is False
     assert await backend.get_prefix("cilium/") == {}
-    assert [i.id for i in await a.list(include_reserved=True)] == [1, 2, 3, 4, 5]
+    assert [i.id for i in await a.list(include_reserved=True)] == [1, 2, 3, 4, 5, 6]
 
 
 async def test_release_refcount_then_gc_frees(backend) -> None:
