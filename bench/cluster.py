@@ -142,9 +142,12 @@ def throughput(c: Cluster, rounds: int, seconds: int) -> dict:
         time.sleep(0.5)
         paths = {"vxlan": (cli_ns, c.ip("node2", srv), PORT_VX), "underlay": ([], c.node_ip("node2"), PORT_UL)}
         got: dict[str, list[float]] = {k: [] for k in paths}
+        sent = {k: 0 for k in paths}  # bytes node1's cilium_vxlan sent during each path's runs
         for _ in range(rounds):
             for name, (ns, server, port) in paths.items():
+                before = vxlan_tx_bytes(c)
                 got[name].append(iperf(c, "node1", ns, server, port, seconds))
+                sent[name] += vxlan_tx_bytes(c) - before
     finally:
         for pf in pidfiles.values():
             c.on("node2", "sh", "-c", f"[ -f {pf} ] && kill $(cat {pf}); rm -f {pf}", check=False)
@@ -156,7 +159,14 @@ def throughput(c: Cluster, rounds: int, seconds: int) -> dict:
         "gbit_s_min_max": {k: [round(min(v), 2), round(max(v), 2)] for k, v in got.items()},
         "gbit_s_all": {k: [round(x, 2) for x in v] for k, v in got.items()},
         "ratio_vxlan_over_underlay": round(med["vxlan"] / med["underlay"], 3),
+        # Proof of the paths: the container runs went through cilium_vxlan, the underlay runs did not.
+        "cilium_vxlan_tx_gbytes": {k: round(v / 1e9, 3) for k, v in sent.items()},
     }
+
+
+def vxlan_tx_bytes(c: Cluster) -> int:
+    out = c.on("node1", "cat", "/sys/class/net/cilium_vxlan/statistics/tx_bytes", check=False).stdout.strip()
+    return int(out or 0)
 
 
 def started_at(stamp: str) -> float:
@@ -244,7 +254,8 @@ def table(res: dict) -> str:
     for k, label in (("vxlan", "container->container VXLAN"), ("underlay", "node->node underlay")):
         lo, hi = tp["gbit_s_min_max"][k]
         lines.append(f"{label:<28}{tp['gbit_s_median'][k]:>15.2f}{f'{lo:.2f}-{hi:.2f}':>16}")
-    lines.append(f"vxlan / underlay: {tp['ratio_vxlan_over_underlay']}")
+    lines.append(f"vxlan / underlay: {tp['ratio_vxlan_over_underlay']}; bytes out of node1's cilium_vxlan (GB): "
+                 f"{tp['cilium_vxlan_tx_gbytes']}")
     lines.append(f"{'propagation (start -> reachable)':<34}{'p50 s':>8}{'max s':>8}{'all after launch s':>20}"
                  f"{'last start s':>14}")
     for k in ("one", "many"):
