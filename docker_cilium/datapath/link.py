@@ -182,7 +182,8 @@ class LinkManager:
             # no ARP (neighbours resolve to its own MAC): routes to other nodes'
             # ranges leave by it, to be encapsulated by to-overlay, through a
             # gateway that is a local address, which nothing would answer for
-            ip.link("set", index=idx, state="up", mtu=mtu, flags=IFF_NOARP, mask=IFF_NOARP)
+            ip.link("set", index=idx, flags=IFF_NOARP, mask=IFF_NOARP)  # (not with state=: it sets flags)
+            ip.link("set", index=idx, state="up", mtu=mtu)
             if peer is not None:
                 ip.link("set", index=peer, state="up", mtu=mtu)
             write_sysctl("net.ipv4.ip_forward", "1")

@@ -192,3 +192,22 @@ def test_vxlan_carries_the_identity_both_ways(topo, datapath, two_nodes):
 
 def _policy_drops(datapath) -> int:
     return datapath.maps.metrics.count(DROP_POLICY)
+
+
+def test_cilium_host_up_without_arp_in_a_netns():
+    """cilium_host comes up with NOARP: the routes to other nodes' ranges go
+    through a gateway that is its own address, which no neighbour answers;
+    without ARP the frames reach to-overlay at once. Also when it is new."""
+    ns = f"dctest-{os.getpid()}-vx{os.urandom(2).hex()}-host"
+    sh("ip", "netns", "add", ns)
+    try:
+        code = ("import asyncio\nfrom docker_cilium.datapath.link import LinkManager\n"
+                "async def main():\n    links = LinkManager()\n"
+                "    await links.ensure_host_device('10.9.0.1', None, 1450)\n    await links.close()\n"
+                "asyncio.run(main())\n")
+        for _ in range(2):  # created, then kept
+            sh("ip", "netns", "exec", ns, sys.executable, "-c", code)
+            flags = sh("ip", "netns", "exec", ns, "ip", "-o", "link", "show", "cilium_host").stdout
+            assert "NOARP" in flags and ",UP," in flags and "mtu 1450" in flags, flags
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
