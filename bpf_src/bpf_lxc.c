@@ -12,6 +12,14 @@
  *                   bpf_redirect_peer()).
  *   from-host:      tc ingress of cilium_host (connections to-container hands
  *                   to an ingress proxy, lib/proxy.h).
+ *   to-overlay:     tc egress of cilium_host (the host's own traffic routed
+ *                   there for another node's range: encapsulated, lib/encap.h).
+ *   from-overlay:   tc ingress of cilium_vxlan (packets from other nodes).
+ *
+ * Tunnel mode (lib/encap.h): from-container encapsulates a packet for
+ * another node's endpoint with the source identity as the VNI; from-overlay
+ * on the receiving node puts that identity into skb->mark
+ * (MARK_MAGIC_IDENTITY) and to-container enforces ingress policy with it.
  *
  * L7 redirects (lib/proxy.h): a new TCP flow whose deciding policy entry has
  * a proxy port goes to the proxy's socket: from-container assigns it for
@@ -37,6 +45,7 @@
 #include "lib/policy.h"
 #include "lib/trace.h"
 #include "lib/proxy.h"
+#include "lib/encap.h"
 
 /* ARP from a container: well-formed Ethernet/IPv4 request or reply whose
  * sender is the endpoint itself (its MAC and its IPv4), or an ARP probe
@@ -128,7 +137,7 @@ int from_container(struct __sk_buff *skb)
 	struct flow f = {};
 	struct lb_flow lb = {};
 	struct ct_nat nat, ct_flags;
-	__u32 now, len = skb->len, src_id, dst_id = 0, ct_src_id = 0;
+	__u32 now, len = skb->len, src_id, dst_id = 0, ct_src_id = 0, tun_ifindex;
 	__u16 lxc_id, proxy_port = 0, in_port = 0;
 	int to_proxy = 0;
 	__u8 monitor = 0, match = POLICY_MATCH_NONE;
@@ -326,6 +335,21 @@ int from_container(struct __sk_buff *skb)
 		send_debug(skb, lxc_id, DBG_LOCAL_DELIVERY, dst_ep->lxc_id, src_id, 0);
 		return redirect_to_endpoint(skb, &f, dst_ep);
 	}
+	tun_ifindex = tunnel_ifindex();
+	if (tun_ifindex) {
+		__u32 tun = tunnel_endpoint_of(f.family, &f.daddr);
+
+		/* another node's: TTL as the router we are, then the tunnel
+		 * (an expiring TTL goes to the stack, which answers it) */
+		if (tun && l3_dec_ttl(skb, f.family) == 0) {
+			send_trace_notify(skb, TRACE_TO_OVERLAY, lxc_id, src_id, dst_id, 0, ct, monitor);
+			ret = encap_and_redirect(skb, tun_ifindex, tun, src_id);
+			if (ret < 0)
+				return send_drop_notify(skb, -ret, METRIC_EGRESS, lxc_id, src_id,
+							dst_id, 0);
+			return ret;
+		}
+	}
 	send_trace_notify(skb, TRACE_TO_STACK, lxc_id, src_id, dst_id, 0, ct, monitor);
 	send_debug(skb, lxc_id, DBG_TO_STACK, 0, 0, 0);
 	return TC_ACT_OK;
@@ -387,7 +411,10 @@ int to_container(struct __sk_buff *skb)
 		/* A proxy's upstream connection carries its client's identity in
 		 * the mark (a container cannot forge one: crossing its veth into
 		 * the host clears skb->mark). */
-		if (proxy_mark_is_upstream(mark)) {
+		if (proxy_mark_is_upstream(mark) ||
+		    (mark & MARK_MAGIC_HOST_MASK) == MARK_MAGIC_IDENTITY) {
+			/* the same layout: from-overlay's mark carries the
+			 * tunnel key's identity of another node's sender */
 			src_id = proxy_mark_identity(mark);
 		} else {
 			src_ep = lookup_lxc(&f, &f.saddr);
@@ -421,6 +448,8 @@ int to_container(struct __sk_buff *skb)
 		 * so the peer is looked up, only for a trace that will be sent. */
 		if (ct == CT_ESTABLISHED)
 			src_id = ct_src_id;
+		else if ((mark & MARK_MAGIC_HOST_MASK) == MARK_MAGIC_IDENTITY)
+			src_id = proxy_mark_identity(mark);
 		else if (trace_wanted(TRACE_TO_LXC, ct, monitor))
 			src_id = ipcache_identity(&f, &f.saddr);
 		if (ct == CT_ESTABLISHED && (ep->flags & EP_F_INGRESS_ENFORCED))
@@ -479,6 +508,83 @@ int from_host(struct __sk_buff *skb)
 		return send_drop_notify(skb, ret, METRIC_INGRESS, lxc_id, 0, dst_id, lxc_id);
 	/* to-container addressed the frame to the endpoint's MAC: the stack
 	 * would drop it as another host's */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	return TC_ACT_OK;
+}
+
+/* The host's own traffic for another node's range (helper routes send it
+ * via cilium_host): encapsulated with identity reserved:host, or a proxy
+ * upstream connection's source identity from its mark. Anything else on
+ * cilium_host's egress (ARP among it) passes. */
+__section("tc/to-overlay")
+int to_overlay(struct __sk_buff *skb)
+{
+	union v6addr daddr = {};
+	struct ethhdr eth;
+	__u32 ifindex = tunnel_ifindex(), tun, src_id = IDENTITY_HOST, mark = skb->mark;
+	__u8 family;
+	int ret;
+
+	if (!ifindex || eth_load(skb, &eth) < 0 ||
+	    load_l3_daddr(skb, eth.h_proto, &daddr, &family) < 0 || !family)
+		return TC_ACT_OK;
+	tun = tunnel_endpoint_of(family, &daddr);
+	if (!tun)
+		return TC_ACT_OK;
+	if (proxy_mark_is_upstream(mark))
+		src_id = proxy_mark_identity(mark);
+	/* no conntrack here: traced as an established packet would be */
+	send_trace_notify(skb, TRACE_TO_OVERLAY, 0, src_id, 0, 0, CT_ESTABLISHED, 0);
+	ret = encap_and_redirect(skb, ifindex, tun, src_id);
+	if (ret < 0)
+		return send_drop_notify(skb, -ret, METRIC_EGRESS, 0, src_id, 0, 0);
+	return ret;
+}
+
+/* A packet from another node, decapsulated by cilium_vxlan (external
+ * mode: the VNI is in the tunnel metadata). Its sender's identity is the
+ * tunnel key's id (a node's own traffic, reserved:host there, is
+ * reserved:remote-node here). For a local endpoint: marked with the
+ * identity, routed (MACs, TTL) and handed to the endpoint veth's egress,
+ * where to-container enforces ingress policy with it; anything else (this
+ * host's addresses) goes up the stack marked the same way. */
+__section("tc/from-overlay")
+int from_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	struct endpoint_info *ep;
+	union v6addr daddr = {};
+	struct ethhdr eth;
+	__u8 smac[6], dmac[6], family;
+	__u32 src_id;
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return send_drop_notify(skb, DROP_NO_TUNNEL_KEY, METRIC_INGRESS, 0, 0, 0, 0);
+	src_id = key.tunnel_id;
+	if (src_id == IDENTITY_HOST)
+		src_id = IDENTITY_REMOTE_NODE;
+	if (eth_load(skb, &eth) < 0 || load_l3_daddr(skb, eth.h_proto, &daddr, &family) < 0)
+		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, 0, src_id, 0, 0);
+	send_trace_notify(skb, TRACE_FROM_OVERLAY, 0, src_id, 0, 0, CT_NEW, 0);
+	/* identity_mark(MARK_MAGIC_IDENTITY, id): docker_cilium/datapath/marks.py */
+	skb->mark = ((src_id & 0xFFFF) << 16) | MARK_MAGIC_IDENTITY | ((src_id >> 24) & 0xFF);
+	if (family) {
+		ep = family == 4 ? lookup_lxc4(daddr.p32[0]) : lookup_lxc6(&daddr);
+		if (ep) {
+			__u32 ifindex = ep->ifindex;
+
+			__builtin_memcpy(smac, ep->node_mac, 6);
+			__builtin_memcpy(dmac, ep->mac, 6);
+			if (l3_dec_ttl(skb, family) == 0) {
+				if (eth_rewrite(skb, smac, dmac) < 0)
+					return send_drop_notify(skb, DROP_WRITE_ERROR, METRIC_INGRESS,
+								0, src_id, 0, 0);
+				return bpf_redirect(ifindex, 0);
+			}
+		}
+	}
+	/* the inner destination MAC is not cilium_vxlan's: the stack would
+	 * take it for another host's frame */
 	bpf_skb_change_type(skb, PACKET_HOST);
 	return TC_ACT_OK;
 }

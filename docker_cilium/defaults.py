@@ -56,6 +56,14 @@ BPF_PREBUILT_DIR = "/usr/lib/docker-cilium/bpf"
 
 HOST_DEVICE = "cilium_host"
 HOST_PEER_DEVICE = "cilium_net"
+#: the VXLAN device of tunnel mode (external/collect_metadata), Cilium's name and port
+VXLAN_DEVICE = "cilium_vxlan"
+VXLAN_PORT = 8472
+#: what VXLAN over IPv4 adds to a packet (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14)
+VXLAN_OVERHEAD = 50
+TUNNEL_VXLAN = "vxlan"
+TUNNEL_DISABLED = "disabled"
+TUNNEL_MODES = (TUNNEL_VXLAN, TUNNEL_DISABLED)
 ENDPOINT_IFNAME_PREFIX = "lxc"
 CONTAINER_IFNAME_PREFIX = "cilium"
 

@@ -112,6 +112,9 @@
 #ifndef IPCACHE_MAP_SIZE
 #define IPCACHE_MAP_SIZE	512000
 #endif
+#ifndef TUNNEL_MAP_SIZE
+#define TUNNEL_MAP_SIZE		65536	/* Cilium's; two ranges per node */
+#endif
 #ifndef CT_MAP_SIZE
 /* per family; LRU hashes are preallocated: 131072 entries ~ 14 MB (v4) +
  * 18 MB (v6). Raise with compile_datapath(defines={"CT_MAP_SIZE": N}). */
@@ -147,6 +150,8 @@
 #define DROP_INVALID		134
 #define DROP_CT_INVALID_HDR	135
 #define DROP_UNKNOWN_L3		139
+#define DROP_WRITE_ERROR	141	/* a packet rewrite (the tunnel key) failed */
+#define DROP_NO_TUNNEL_KEY	147	/* from-overlay: no tunnel metadata on the packet */
 #define DROP_NO_LXC		152
 #define DROP_CT_CREATE_FAILED	155
 #define DROP_NO_SERVICE		158
@@ -172,6 +177,7 @@
 #define TRACE_TO_STACK		3
 #define TRACE_TO_OVERLAY	4
 #define TRACE_FROM_LXC		5
+#define TRACE_FROM_OVERLAY	9	/* from-overlay: a packet decapsulated from cilium_vxlan */
 
 /* trace reasons (notify_msg.reason of NOTIFY_TRACE): the connection state,
  * numbered as conntrack.h's CT_NEW ... CT_RELATED (Cilium's trace_reason) */
@@ -289,6 +295,27 @@ struct remote_endpoint_info {
 	__u32 sec_identity;
 	__u32 tunnel_endpoint;	/* node IPv4 (network order), 0 = local/none */
 	__u8  flags;
+	__u8  pad[3];
+};
+
+/* cilium_tunnel_map (LPM trie): another node's allocation range -> that
+ * node's IPv4 address, the outer destination of the VXLAN encapsulation.
+ * prefixlen counts the bits after itself: 32 for family and pad (always
+ * matched) + the range's prefix length, so a lookup of one address uses
+ * 32 + 32 (IPv4) or 32 + 128 (IPv6). */
+struct tunnel_map_key {
+	__u32 prefixlen;
+	__u8  family;		/* 4 or 6 */
+	__u8  pad[3];
+	union {
+		__u32 ip4;
+		__u8  ip6[16];
+	};
+};
+
+struct tunnel_map_value {
+	__u32 endpoint4;	/* node IPv4 (network order) */
+	__u8  flags;		/* 0 (reserved) */
 	__u8  pad[3];
 };
 

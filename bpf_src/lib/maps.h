@@ -44,6 +44,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_ipcache __section(".maps");
 
+/* other nodes' ranges -> their IPv4 (lib/encap.h), written by the node handler */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct tunnel_map_key);
+	__type(value, struct tunnel_map_value);
+	__uint(max_entries, TUNNEL_MAP_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_tunnel_map __section(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct ipv4_ct_tuple);

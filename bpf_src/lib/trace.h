@@ -36,7 +36,7 @@ static __always_inline int trace_wanted(__u8 obs_point, int ct, __u8 monitor)
 
 	if (level == MONITOR_AGGREGATION_NONE)
 		return 1;
-	if (obs_point == TRACE_FROM_LXC)
+	if (obs_point == TRACE_FROM_LXC || obs_point == TRACE_FROM_OVERLAY)
 		return 0;	/* receive-side traces: only without aggregation */
 	if (level < MONITOR_AGGREGATION_MEDIUM)
 		return 1;

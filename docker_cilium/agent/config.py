@@ -8,6 +8,15 @@ from dataclasses import asdict, dataclass, field
 from docker_cilium import defaults
 
 
+def resolve_tunnel(tunnel: str | None, kvstore: str) -> str:
+    """Cilium's --tunnel, defaulted by the store (several nodes need the tunnel)."""
+    if not tunnel:
+        return defaults.TUNNEL_VXLAN if kvstore != "local" else defaults.TUNNEL_DISABLED
+    if tunnel not in defaults.TUNNEL_MODES:
+        raise ValueError(f"invalid tunnel mode {tunnel!r}: expected one of {', '.join(defaults.TUNNEL_MODES)}")
+    return tunnel
+
+
 @dataclass
 class DaemonConfig:
     kvstore: str = "local"
@@ -35,6 +44,12 @@ class DaemonConfig:
     bpf_lb_sock: bool = True  # host processes reach service VIPs (datapath/socketlb.py)
     cgroup_root: str = defaults.CGROUP_ROOT  # cgroup v2 mount the socket LB attaches to
     enable_l7_proxy: bool = True  # L7 (HTTP) policy through the proxy (docker_cilium/proxy)
+    # "vxlan" or "disabled"; "" resolves by the store: vxlan with a cluster
+    # store (etcd), disabled with the embedded one (one node: no MTU cost)
+    tunnel: str = ""
+
+    def __post_init__(self) -> None:
+        self.tunnel = resolve_tunnel(self.tunnel, self.kvstore)
 
     def to_dict(self) -> dict:
         return asdict(self)

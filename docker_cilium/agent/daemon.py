@@ -24,7 +24,7 @@ from docker_cilium.agent.options import RuntimeOptions, agent_options
 from docker_cilium.agent.sdnotify import notify as sd_notify
 from docker_cilium.agent.servers import UnixServer, ensure_socket_free
 from docker_cilium.api.app import build_app as build_api
-from docker_cilium.datapath import proxyroute, socketlb
+from docker_cilium.datapath import proxyroute, socketlb, tunnel
 from docker_cilium.datapath.hostport import HostPortRules
 from docker_cilium.datapath.iptables import Iptables
 from docker_cilium.datapath.link import LinkManager
@@ -168,7 +168,7 @@ class Daemon:
             self.node = await self.cluster.claim(node_ip or "0.0.0.0", cfg.ipv4_range, cfg.ipv6_range)
         else:
             self.node = NodeAddressing.derive(node_ip or "0.0.0.0", cfg.ipv4_range, cfg.ipv6_range)
-        self.mtu = cfg.mtu or await self.links.uplink_mtu()
+        self.mtu = tunnel.tunnel_mtu(cfg.mtu or await self.links.uplink_mtu(), cfg.tunnel)
         host_ifindex = await self.links.ensure_host_device(str(self.node.router4),
                                                            str(self.node.router6) if cfg.enable_ipv6 else None,
                                                            self.mtu)
@@ -188,6 +188,7 @@ class Daemon:
         # L7 proxy steering: from-host on cilium_host, local delivery of marked packets
         await asyncio.to_thread(self.datapath.attach_host, host_ifindex)
         await asyncio.to_thread(proxyroute.ensure, cfg.enable_ipv6)
+        await self._tunnel()
         await self._socket_lb(sock_obj)
         config_map = self.datapath.maps.config
         self.metrics.set_datapath_reader(self.datapath.maps.metrics.dump)
@@ -252,7 +253,7 @@ class Daemon:
         self.started = time.time()
         sd_notify("READY=1")  # systemd may start dockerd now (contrib/systemd/cilium.service)
         log.info("agent.started", version=__version__, node=self.node.to_dict(), mtu=self.mtu,
-                 kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
+                 tunnel=cfg.tunnel, kvstore=cfg.kvstore, addresses_held=len(self._ipam.allocations()) if held else 0,
                  endpoints=len(self._endpoints.endpoints), duration_ms=round((time.perf_counter() - t0) * 1000))
 
     def _node_handler(self, ipcache: IPCache) -> NodeHandler:
@@ -261,9 +262,7 @@ class Daemon:
         cfg = self.config
         local = LocalNode(cfg.node_name, str(self.node.router4), str(self.node.router6) if cfg.enable_ipv6 else None,
                           self.mtu)
-        # --tunnel and cilium_tunnel_map (issue 13, helper vx): vxlan with a cluster store until they exist
-        return NodeHandler(local, getattr(cfg, "tunnel", "vxlan"), NetlinkRoutes(),
-                           getattr(self.datapath.maps, "tunnel", None), ipcache)
+        return NodeHandler(local, cfg.tunnel, NetlinkRoutes(), self.datapath.maps.tunnel, ipcache)
 
     async def _socket_lb(self, sock_obj: "os.PathLike[str] | None") -> None:
         """Attach the socket LB (its maps beside the datapath's, links pinned) or,
@@ -275,6 +274,18 @@ class Daemon:
                                     cfg.cgroup_root)
         elif removed := await asyncio.to_thread(socketlb.detach, links):
             log.info("socketlb.detached", links=len(removed))
+
+    async def _tunnel(self) -> None:
+        """cilium_vxlan with from-overlay and its ifindex in cilium_config, or,
+        with --tunnel disabled, none (an earlier run's device removed)."""
+        assert self.datapath is not None and self.datapath.maps is not None
+        if self.config.tunnel == defaults.TUNNEL_VXLAN:
+            ifindex = await asyncio.to_thread(tunnel.ensure_device, self.mtu)
+            await asyncio.to_thread(self.datapath.attach_overlay, ifindex)
+            return
+        self.datapath.maps.config.set_tunnel_ifindex(0)
+        if await asyncio.to_thread(tunnel.remove_device):
+            log.info("tunnel.device_removed", device=defaults.VXLAN_DEVICE)
 
     def _start_controllers(self) -> None:
         """The agent's periodic loops, as controllers `cilium status` reports."""

@@ -88,6 +88,9 @@ def _aggregation_level(_ctx: click.Context, _param: click.Parameter, value: str)
 @click.option("--enable-l7-proxy", type=click.BOOL, default=True,
               help="Enable the L7 (HTTP) proxy: transparent listeners for policies with toPorts rules.http; "
                    "false: endpoints whose policy has L7 rules fail their regeneration")
+@click.option("--tunnel", type=click.Choice(list(defaults.TUNNEL_MODES)), default=None,
+              help="Encapsulation between nodes: vxlan (cilium_vxlan, UDP 8472) or disabled; "
+                   "default: vxlan with --kvstore etcd, disabled with the embedded store")
 @click.option("--debug", "-D", is_flag=True, help="Debug logging (and datapath debug events)")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:

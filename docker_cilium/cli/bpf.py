@@ -286,6 +286,26 @@ def ipcache_list(ctx: Context, pin_root: str) -> None:
     table(["IP PREFIX/ADDRESS", "IDENTITY"], rows)
 
 
+@bpf.group("tunnel")
+def tunnel_group() -> None:
+    """Tunnel endpoint map"""
+
+
+@tunnel_group.command("list")
+@bpf_root_option
+@output_option
+@pass_ctx
+def tunnel_list(ctx: Context, pin_root: str) -> None:
+    """List other nodes' ranges and the node (tunnel endpoint) each is behind"""
+    entries = _with_maps(pin_root, lambda dp: dp.tunnel.dump())
+    order = sorted(entries.items(), key=lambda kv: (ipaddress.ip_network(kv[0]).version,
+                                                    ipaddress.ip_network(kv[0])))
+    if ctx.output == "json":
+        emit_json([{"tunnel": cidr, "value": endpoint} for cidr, endpoint in order])
+        return
+    table(["TUNNEL", "VALUE"], [[cidr, endpoint] for cidr, endpoint in order])
+
+
 # --- lb -----------------------------------------------------------------------------
 @bpf.group("lb")
 def lb_group() -> None:

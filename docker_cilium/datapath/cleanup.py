@@ -15,7 +15,7 @@ pinned, chains in place: containers keep their connectivity and policy).
   programs under the program dir; then those directories if left empty;
 * the socket LB's maps (:data:`socklb.MAP_TYPES`) and its pinned cgroup
   links (unpinning a link detaches its hook from the cgroup);
-* the links the agent creates (``cilium_host``/``cilium_net``, ``lxc`` + 12
+* the links the agent creates (``cilium_host``/``cilium_net``, ``cilium_vxlan``, ``lxc`` + 12
   hex endpoint veths, ``tmp`` + 12 hex container sides never moved into a
   container) and the routes leaving by them;
 * the L7 proxy's policy routing (:mod:`docker_cilium.datapath.proxyroute`:
@@ -92,7 +92,8 @@ def _filter_prog_id(opts) -> int | None:
 
 
 def is_our_link(name: str) -> bool:
-    return (name in (defaults.HOST_DEVICE, defaults.HOST_PEER_DEVICE) or is_endpoint_ifname(name)
+    return (name in (defaults.HOST_DEVICE, defaults.HOST_PEER_DEVICE, defaults.VXLAN_DEVICE)
+            or is_endpoint_ifname(name)
             or _PEER_RE.fullmatch(name) is not None)
 
 

@@ -13,6 +13,8 @@ DROP_POLICY = 133
 DROP_INVALID = 134
 DROP_CT_INVALID_HDR = 135
 DROP_UNKNOWN_L3 = 139
+DROP_WRITE_ERROR = 141
+DROP_NO_TUNNEL_KEY = 147
 DROP_NO_LXC = 152
 DROP_CT_CREATE_FAILED = 155
 DROP_NO_SERVICE = 158
@@ -33,6 +35,8 @@ DROP_REASONS = {
     DROP_INVALID: "Invalid packet",
     DROP_CT_INVALID_HDR: "CT: Truncated or invalid header",
     DROP_UNKNOWN_L3: "Unsupported L3 protocol",
+    DROP_WRITE_ERROR: "Failed to write or modify packet",
+    DROP_NO_TUNNEL_KEY: "No tunnel/encapsulation key (datapath BUG!)",
     DROP_NO_LXC: "No matching local container found",
     DROP_CT_CREATE_FAILED: "CT: Map insertion failed",
     DROP_NO_SERVICE: "Service backend not found",

@@ -31,6 +31,7 @@ T = TypeVar("T")
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
+IFF_NOARP = 0x80
 PEER_IFNAME_PREFIX = "tmp"
 
 
@@ -178,6 +179,10 @@ class LinkManager:
                 idx = self._index(defaults.HOST_DEVICE)
             assert idx is not None
             peer = self._index(defaults.HOST_PEER_DEVICE)
+            # no ARP (neighbours resolve to its own MAC): routes to other nodes'
+            # ranges leave by it, to be encapsulated by to-overlay, through a
+            # gateway that is a local address, which nothing would answer for
+            ip.link("set", index=idx, flags=IFF_NOARP, mask=IFF_NOARP)  # (not with state=: it sets flags)
             ip.link("set", index=idx, state="up", mtu=mtu)
             if peer is not None:
                 ip.link("set", index=peer, state="up", mtu=mtu)

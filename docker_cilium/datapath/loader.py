@@ -11,15 +11,18 @@
   CT and ipcache state). A pinned map whose type/sizes no longer match the
   object is unlinked and recreated (logged). The programs are pinned too,
   under ``prog_dir`` (default ``/sys/fs/bpf/cilium/progs``: ``from_container``,
-  ``to_container`` and ``from_host``), replacing older pins.
+  ``to_container``, ``from_host``, ``to_overlay`` and ``from_overlay``),
+  replacing older pins.
 * Attached tc filters hold their own program reference, so enforcement goes on
   while the agent is down. A restarted agent either loads the (cached) object
   again and re-attaches every endpoint with :meth:`Datapath.attach`
   (idempotent: same prio/handle, ``replace``), or, without loading anything,
   uses :meth:`Datapath.from_pinned` to get the pinned programs and maps.
 * Attaching: ``from-container`` on tc ingress and ``to-container`` on tc
-  egress of the host-side veth (``from-host`` once on cilium_host's tc ingress,
-  :meth:`Datapath.attach_host`), through pyroute2. pyroute2 0.9's sync
+  egress of the host-side veth (``from-host`` once on cilium_host's tc ingress
+  and ``to-overlay`` on its egress, :meth:`Datapath.attach_host`;
+  ``from-overlay`` on cilium_vxlan's ingress, :meth:`Datapath.attach_overlay`),
+  through pyroute2. pyroute2 0.9's sync
   ``IPRoute`` cannot run inside a running event loop, so every netlink call
   runs in ONE dedicated worker thread that owns one ``IPRoute`` socket;
   :meth:`attach`/:meth:`detach` block the caller (safe from any thread, even a
@@ -61,8 +64,11 @@ SRC_DIR = Path(__file__).resolve().parents[2] / "bpf_src"
 PROGRAMS = {"from_container": "ingress", "to_container": "egress"}
 #: on cilium_host (once, :meth:`Datapath.attach_host`): assigns the proxy's
 #: socket to connections to-container hairpins there (lib/proxy.h)
-HOST_PROGRAMS = {"from_host": "ingress"}
-ALL_PROGRAMS = {**PROGRAMS, **HOST_PROGRAMS}
+HOST_PROGRAMS = {"from_host": "ingress", "to_overlay": "egress"}
+#: on cilium_vxlan in tunnel mode (:meth:`Datapath.attach_overlay`): packets
+#: from other nodes, with their sender's identity in the tunnel key
+OVERLAY_PROGRAMS = {"from_overlay": "ingress"}
+ALL_PROGRAMS = {**PROGRAMS, **HOST_PROGRAMS, **OVERLAY_PROGRAMS}
 TC_PARENT = {"ingress": "ffff:fff2", "egress": "ffff:fff3"}
 TC_PRIO = 1
 TC_HANDLE = 1
@@ -396,6 +402,13 @@ class Datapath:
         assert self.maps is not None
         self.maps.config.set_host_ifindex(0)
         self._run(self._do_detach, ifindex, HOST_PROGRAMS)
+
+    def attach_overlay(self, ifindex: int) -> None:
+        """Attach ``from-overlay`` to cilium_vxlan's tc ingress (idempotent) and
+        tell the programs to encapsulate through it (``tunnel_ifindex``)."""
+        self._run(self._do_attach, ifindex, OVERLAY_PROGRAMS)
+        assert self.maps is not None
+        self.maps.config.set_tunnel_ifindex(ifindex)
 
     async def attach_async(self, ifindex: int) -> float:
         return await self._arun(self._do_attach, ifindex)

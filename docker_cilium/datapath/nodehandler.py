@@ -56,8 +56,8 @@ log = structlog.get_logger(__name__)
 #: only those (the kernel's, Docker's and the admin's routes carry others).
 ROUTE_PROTOCOL = 0xC1
 RT_TABLE_MAIN = 254
-TUNNEL_VXLAN = "vxlan"
-TUNNEL_DISABLED = "disabled"
+TUNNEL_VXLAN = defaults.TUNNEL_VXLAN
+TUNNEL_DISABLED = defaults.TUNNEL_DISABLED
 #: Seconds between passes while something fails to apply.
 RETRY_S = 2.0
 

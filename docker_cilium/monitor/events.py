@@ -44,7 +44,8 @@ def _trace_summary(ev: em.DatapathEvent) -> str:
     """Cilium's traceSummary: where the packet went, by observation point."""
     return {em.TRACE_TO_LXC: f"-> endpoint {ev.dst_id}", em.TRACE_TO_PROXY: "-> proxy",
             em.TRACE_TO_HOST: "-> host from", em.TRACE_TO_STACK: "-> stack",
-            em.TRACE_TO_OVERLAY: "-> overlay", em.TRACE_FROM_LXC: f"<- endpoint {ev.source}"}.get(
+            em.TRACE_TO_OVERLAY: "-> overlay", em.TRACE_FROM_LXC: f"<- endpoint {ev.source}",
+            em.TRACE_FROM_OVERLAY: "<- overlay"}.get(
         ev.subtype, "unknown trace")
 
 

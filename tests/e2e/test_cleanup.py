@@ -79,8 +79,9 @@ def test_cleanup_after_agent_stop(own_agent, tmp_path, names):
     assert ip1 in {e["key"]["address"] for e in lxc["cache"]}
     assert {"cilium_lxc", "cilium_policy", "cilium_ipcache"} <= {m["name"] for m in a.cli_json("map", "list")}
     prog_ids = pinned_prog_ids(defaults.bpf_prog_dir(a.bpf_root))
-    # c1's veth: both directions; cilium_host: from-host (the L7 proxy's hairpin)
-    assert len(prog_ids) == 3 and len(agent_tc_filters(prog_ids)) == 3
+    # c1's veth: both directions; cilium_host: from-host (the L7 proxy's hairpin) and
+    # to-overlay (egress); from-overlay is pinned, attached only in tunnel mode
+    assert len(prog_ids) == 5 and len(agent_tc_filters(prog_ids)) == 4
     assert "cilium_host" in our_links() and iptables_leaks()
     assert {r.kind for r in proxyroute.find()} == {"rule", "route"}  # the L7 proxy's policy routing
 

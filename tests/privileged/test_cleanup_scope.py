@@ -39,7 +39,7 @@ def test_find_and_remove_only_our_datapaths_filters(datapath_object, datapath, p
                 (our_if, "bpf_lxc.o:[from_container]"), (our_if, "bpf_lxc.o:[to_container]")]
             assert foreign_if not in traces.links.values() and our_if not in traces.links.values()
             assert sorted(os.path.basename(p) for p in traces.pins if p.startswith(our_base)) == sorted(
-                host.OUR_MAPS | {"from_container", "to_container", "from_host"})
+                host.OUR_MAPS | {"from_container", "to_container", "from_host", "to_overlay", "from_overlay"})
 
             done, errors = host.remove(host.HostTraces(tc_filters=mine))
             assert errors == [] and len(done) == 2

@@ -62,6 +62,7 @@ MIRRORED = {
     "TRACE_TO_STACK": eventsmap.TRACE_TO_STACK,
     "TRACE_TO_OVERLAY": eventsmap.TRACE_TO_OVERLAY,
     "TRACE_FROM_LXC": eventsmap.TRACE_FROM_LXC,
+    "TRACE_FROM_OVERLAY": eventsmap.TRACE_FROM_OVERLAY,
     **{name: getattr(drop, name) for name in dir(drop)
        if name.startswith("DROP_") and name != "DROP_REASONS"},
     "REASON_FORWARDED": drop.REASON_FORWARDED,

@@ -103,6 +103,13 @@ class ConfigMap:
         v.host_ifindex = ifindex
         self.m.update(u32(0), v)
 
+    def set_tunnel_ifindex(self, ifindex: int) -> None:
+        """cilium_vxlan's ifindex: where the programs send traffic for other
+        nodes, encapsulated (0: tunnel disabled, nothing is encapsulated)."""
+        v = self.get()
+        v.tunnel_ifindex = ifindex
+        self.m.update(u32(0), v)
+
     @property
     def monitor_aggregation(self) -> int:
         return self.get().monitor_aggregation

@@ -37,9 +37,11 @@ TRACE_TO_HOST = 2
 TRACE_TO_STACK = 3
 TRACE_TO_OVERLAY = 4
 TRACE_FROM_LXC = 5
+TRACE_FROM_OVERLAY = 9
 TRACE_OBS_POINTS = {TRACE_TO_LXC: "to-endpoint", TRACE_TO_PROXY: "to-proxy",
                     TRACE_TO_HOST: "to-host", TRACE_TO_STACK: "to-stack",
-                    TRACE_TO_OVERLAY: "to-overlay", TRACE_FROM_LXC: "from-endpoint"}
+                    TRACE_TO_OVERLAY: "to-overlay", TRACE_FROM_LXC: "from-endpoint",
+                    TRACE_FROM_OVERLAY: "from-overlay"}
 # trace reasons (notify_msg.reason of NOTIFY_TRACE): the connection state
 TRACE_REASON_POLICY = 0
 TRACE_REASON_CT_ESTABLISHED = 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from docker_cilium import defaults
 from docker_cilium.datapath.bpf import BpfMap
 from docker_cilium.datapath.maps import (cidrmap, configmap, ctbudget, ctmap, eventsmap, ipcache, lbmap, lxcmap,
-                                        metricsmap, policymap, socklb)
+                                        metricsmap, policymap, socklb, tunnel)
 from docker_cilium.datapath.maps.cidrmap import CIDRMap
 from docker_cilium.datapath.maps.configmap import ConfigMap
 from docker_cilium.datapath.maps.ctbudget import CTBudget
@@ -27,8 +27,9 @@ from docker_cilium.datapath.maps.lbmap import LBMap
 from docker_cilium.datapath.maps.lxcmap import EndpointMap
 from docker_cilium.datapath.maps.metricsmap import Metrics
 from docker_cilium.datapath.maps.policymap import PolicyMap
+from docker_cilium.datapath.maps.tunnel import TunnelMap
 
-_MODULES = (lxcmap, policymap, ipcache, ctmap, ctbudget, metricsmap, eventsmap, configmap, lbmap, cidrmap)
+_MODULES = (lxcmap, policymap, ipcache, ctmap, ctbudget, metricsmap, eventsmap, configmap, lbmap, cidrmap, tunnel)
 
 # pinned map name -> (key type, value type, per-CPU)
 MAP_TYPES = {name: types for mod in _MODULES for name, types in mod.MAP_TYPES.items()}
@@ -95,6 +96,10 @@ class DatapathMaps:
     @property
     def prefilter(self) -> CIDRMap:
         return CIDRMap(self.raw[cidrmap.CIDR4_MAP], self.raw[cidrmap.CIDR6_MAP])
+
+    @property
+    def tunnel(self) -> TunnelMap:
+        return TunnelMap(self.raw[tunnel.TUNNEL_MAP])
 
     @property
     def config(self) -> ConfigMap:
