@@ -225,6 +225,31 @@ async def test_shared_ipcache_entries_appear_and_disappear(clients) -> None:
         await xb.close()
 
 
+async def test_shared_ipcache_records_cannot_claim_host_or_node_local_identities(clients) -> None:
+    """A record (a misbehaving agent, etcdctl) naming reserved:host becomes reserved:remote-node;
+    one naming a node-local CIDR identity is ignored, as is the same record turned bad later."""
+    sa, sb = await clients(), await clients()
+    m = FakeIPCacheMap()
+    cache = IPCache(sb, m)
+    await cache.start(["192.168.2.6"])
+    xb = SharedIPCache(sb, cache, "node2", "192.168.2.6", retry_s=0.1)
+    await xb.start()
+    try:
+        def rec(ip: str, identity: int) -> bytes:
+            return json.dumps({"IP": ip, "HostIP": "192.168.1.5", "ID": identity, "Metadata": "node1"}).encode()
+
+        await sa.put(f"{keys.IPCACHE}default/10.5.0.7", rec("10.5.0.7", 1), lease=True)
+        await sa.put(f"{keys.IPCACHE}default/10.5.0.8", rec("10.5.0.8", (1 << 24) | 5), lease=True)
+        await sa.put(f"{keys.IPCACHE}default/10.5.0.9", rec("10.5.0.9", 30001), lease=True)
+        await until(lambda: "10.5.0.9/32" in m.entries)
+        assert m.entries["10.5.0.7/32"] == (6, "192.168.1.5")
+        assert "10.5.0.8/32" not in m.entries and xb.remote() == {"10.5.0.7", "10.5.0.9"}
+        await sa.put(f"{keys.IPCACHE}default/10.5.0.9", rec("10.5.0.9", (1 << 24) | 5), lease=True)
+        await until(lambda: "10.5.0.9/32" not in m.entries)
+    finally:
+        await xb.close()
+
+
 async def test_cluster_node_lists_every_node(clients) -> None:
     """`cilium node list`'s /v1/cluster/nodes with a cluster store: every node, with its ranges."""
     sa, sb = await clients(), await clients()
