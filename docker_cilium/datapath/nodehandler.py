@@ -46,7 +46,7 @@ import errno
 import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import structlog
 from pyroute2 import IPRoute
@@ -216,9 +216,19 @@ class NodeHandler:
 
     def _drop(self, name: str) -> None:
         self._nodes.pop(name, None)
-        for ip in self._ipcache.pop(name, {}):
-            self.ipcache.delete_remote(ip)
+        self._release(self._ipcache.pop(name, {}))
         self._kick()
+
+    def _release(self, ips: Iterable[str]) -> None:
+        """``ips`` are no longer wanted by the node that had them: out of the ipcache, unless
+        another node's record names them too (a host back under another name while its old
+        record waits for its lease), whose entry then stays."""
+        for ip in ips:
+            other = next((mine[ip] for mine in self._ipcache.values() if ip in mine), False)
+            if other is False:
+                self.ipcache.delete_remote(ip)
+            else:
+                self.ipcache.upsert_remote(ip, REMOTE_NODE, other)
 
     def _claims_wrong(self, node: Node) -> str | None:
         """Why ``node``'s record must not be programmed, or None.
@@ -259,12 +269,11 @@ class NodeHandler:
         self._nodes[node.name] = node
         want = self._ipcache_entries(node)
         had = self._ipcache.get(node.name, {})
-        for ip in had.keys() - want.keys():
-            self.ipcache.delete_remote(ip)
+        self._ipcache[node.name] = want
+        self._release(had.keys() - want.keys())
         for ip, endpoint in want.items():
             if had.get(ip, "") != endpoint:
                 self.ipcache.upsert_remote(ip, REMOTE_NODE, endpoint)
-        self._ipcache[node.name] = want
         self._kick()
 
     def _ipcache_entries(self, node: Node) -> dict[str, str | None]:

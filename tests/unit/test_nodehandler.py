@@ -239,6 +239,24 @@ async def test_a_refused_node_is_programmed_once_its_record_is_sound() -> None:
         await h.close()
 
 
+async def test_an_address_two_records_name_stays_until_both_left() -> None:
+    """node2's host came back as node5 (same address, new name) while node2's record waits
+    for its lease: node2 aging out must not take the address's remote-node entry."""
+    h, routes, tmap, ipc = handler()
+    await h.start()
+    try:
+        h.node_joined(N2)
+        again = node("node5", "192.168.2.7", "10.12.0.0/16")
+        h.node_joined(again)
+        h.node_left(N2)
+        await settle(h)
+        assert ipc.entries["192.168.2.7"] == (REMOTE_NODE, None) and "10.8.0.1" not in ipc.entries
+        h.node_left(again)
+        assert ipc.entries == {}
+    finally:
+        await h.close()
+
+
 def test_bad_tunnel_mode() -> None:
     with pytest.raises(ValueError, match="tunnel mode 'geneve'"):
         NodeHandler(LOCAL, "geneve", FakeRoutes(), None, FakeIPCache())
