@@ -260,8 +260,9 @@ class Daemon:
         """Routes (and, with the tunnel, tunnel map entries) to the other nodes' ranges."""
         assert self.node is not None and self.datapath is not None and self.datapath.maps is not None
         cfg = self.config
+        mine = (self.node.ipv4_range, self.node.ipv6_range if cfg.enable_ipv6 else None, self.node.node_ip)
         local = LocalNode(cfg.node_name, str(self.node.router4), str(self.node.router6) if cfg.enable_ipv6 else None,
-                          self.mtu)
+                          self.mtu, tuple(str(p) for p in mine if p))
         return NodeHandler(local, cfg.tunnel, NetlinkRoutes(), self.datapath.maps.tunnel, ipcache)
 
     async def _socket_lb(self, sock_obj: "os.PathLike[str] | None") -> None:

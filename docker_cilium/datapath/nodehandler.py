@@ -17,6 +17,12 @@ keeps, as long as the node is in the registry:
   addresses -> reserved:remote-node behind its IPv4 address, as Cilium maps
   a node's CiliumInternalIP.
 
+A record is what its writer put in the store: one whose range overlaps this
+node's ranges, its address or another node's range (``0.0.0.0/0`` would
+replace the default route), or whose addresses lie in this node's ranges,
+is refused (logged, nothing programmed) until its record is sound; the
+first node to hold a range keeps it.
+
 Registry events only change the wanted state and wake one worker task; the
 worker diffs wanted against applied and does the netlink and map work in a
 single thread (serialized, off the event loop). A failure is logged, the
@@ -40,7 +46,7 @@ import errno
 import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import structlog
 from pyroute2 import IPRoute
@@ -152,12 +158,14 @@ class NetlinkRoutes:
 
 @dataclass(frozen=True)
 class LocalNode:
-    """What the handler needs of this node: its name, router addresses and route MTU."""
+    """What the handler needs of this node: its name, router addresses, route MTU, and the
+    prefixes no other node's record may claim (our allocation ranges and node address)."""
 
     name: str
     router4: str
     router6: str | None
     mtu: int
+    protected: tuple[str, ...] = ()
 
 
 def _cidr(net: Any) -> str:
@@ -178,6 +186,8 @@ class NodeHandler:
         self.ipcache = ipcache
         self.retry_s = retry_s
         self._nodes: dict[str, Node] = {}
+        self._refused: dict[str, Node] = {}  # records that claim what is not theirs (see _claims_wrong)
+        self._protected = [ipaddress.ip_network(p, strict=False) for p in local.protected]
         self._ipcache: dict[str, dict[str, str | None]] = {}  # node -> ip -> tunnel endpoint
         self._applied_routes: dict[str, NodeRoute | None] = {}  # None: found in the kernel, not made by us
         self._applied_tunnel: dict[str, str] = {}
@@ -199,23 +209,71 @@ class NodeHandler:
     def node_left(self, node: Node) -> None:
         if node.name == self.local.name:
             return
-        self._nodes.pop(node.name, None)
-        for ip in self._ipcache.pop(node.name, {}):
-            self.ipcache.delete_remote(ip)
+        self._refused.pop(node.name, None)
+        self._drop(node.name)
+        for other in list(self._refused.values()):  # one may have waited for this node's ranges
+            self._set(other)
+
+    def _drop(self, name: str) -> None:
+        self._nodes.pop(name, None)
+        self._release(self._ipcache.pop(name, {}))
         self._kick()
+
+    def _release(self, ips: Iterable[str]) -> None:
+        """``ips`` are no longer wanted by the node that had them: out of the ipcache, unless
+        another node's record names them too (a host back under another name while its old
+        record waits for its lease), whose entry then stays."""
+        for ip in ips:
+            other = next((mine[ip] for mine in self._ipcache.values() if ip in mine), False)
+            if other is False:
+                self.ipcache.delete_remote(ip)
+            else:
+                self.ipcache.upsert_remote(ip, REMOTE_NODE, other)
+
+    def _claims_wrong(self, node: Node) -> str | None:
+        """Why ``node``'s record must not be programmed, or None.
+
+        A record is whatever its writer put in the store: a range that
+        overlaps ours (``0.0.0.0/0`` would replace the default route and
+        send every container's traffic into the tunnel) or another node's,
+        or that holds our node address, and node or health addresses inside
+        our ranges, would divert traffic meant for someone else.
+        """
+        nets = [n for n in (node.ipv4_alloc_cidr, node.ipv6_alloc_cidr) if n is not None]
+        for net in nets:
+            for mine in self._protected:
+                if net.overlaps(mine):  # type: ignore[arg-type]
+                    return f"range {net} overlaps this node's {mine}"
+            for other in self._nodes.values():
+                if other.name == node.name:
+                    continue
+                for theirs in (other.ipv4_alloc_cidr, other.ipv6_alloc_cidr):
+                    if theirs is not None and net.overlaps(theirs):  # type: ignore[arg-type]
+                        return f"range {net} overlaps node {other.name}'s {theirs}"
+        for ip in [ip for _, ip in node.addresses] + [node.ipv4_health_ip, node.ipv6_health_ip]:
+            for mine in self._protected:
+                if ip and ipaddress.ip_address(ip) in mine:
+                    return f"address {ip} is in this node's {mine}"
+        return None
 
     def _set(self, node: Node) -> None:
         if node.name == self.local.name:
             return
+        if (why := self._claims_wrong(node)) is not None:
+            if self._refused.get(node.name) != node:
+                log.warning("nodehandler.node_refused", node=node.name, reason=why)
+            self._refused[node.name] = node
+            self._drop(node.name)
+            return
+        self._refused.pop(node.name, None)
         self._nodes[node.name] = node
         want = self._ipcache_entries(node)
         had = self._ipcache.get(node.name, {})
-        for ip in had.keys() - want.keys():
-            self.ipcache.delete_remote(ip)
+        self._ipcache[node.name] = want
+        self._release(had.keys() - want.keys())
         for ip, endpoint in want.items():
             if had.get(ip, "") != endpoint:
                 self.ipcache.upsert_remote(ip, REMOTE_NODE, endpoint)
-        self._ipcache[node.name] = want
         self._kick()
 
     def _ipcache_entries(self, node: Node) -> dict[str, str | None]:

@@ -272,6 +272,22 @@ class IPCache:
         tunnel = tunnel_endpoint if tunnel_endpoint and ipaddress.ip_address(tunnel_endpoint).version == 4 else 0
         self.map.upsert(prefix, identity, tunnel)
 
+    async def sweep_remote(self) -> list[str]:
+        """Delete the entries an earlier run wrote for other nodes that nobody publishes now
+        (nodes and endpoints that left while the agent was down). Only once every remote
+        source has listed the store: a live node's entry must not flap. Local endpoints'
+        entries (restored later) carry no tunnel endpoint and no remote-node identity and stay."""
+        dump = getattr(self.map, "dump", None)
+        if dump is None:
+            return []
+        entries = await asyncio.to_thread(dump)
+        keep = self._local_prefixes() | set(self._remote)
+        stale = [p for p, e in entries.items()
+                 if (e.tunnel_endpoint or e.identity == reserved.REMOTE_NODE) and p not in keep]
+        for prefix in stale:
+            self._fall_back(prefix)
+        return stale
+
     def delete_remote(self, ip: str) -> None:
         """Another node's endpoint ``ip`` is gone."""
         prefix = host_prefix(ip)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from docker_cilium.identity import reserved
 from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
 from docker_cilium.kvstore.store import SharedStore
@@ -43,8 +44,8 @@ class IPIdentityPair:
     def from_json(cls, raw: bytes) -> "IPIdentityPair":
         doc = json.loads(raw)
         identity = int(doc["ID"])
-        if not 0 < identity < 1 << 32:
-            raise ValueError(f"identity {identity} out of range")
+        if not 0 < identity < reserved.LOCAL_SCOPE:  # node-local (CIDR) identities mean another prefix per node
+            raise ValueError(f"identity {identity} is not a cluster-wide identity")
         return cls(ip=str(ipaddress.ip_address(doc["IP"])), host_ip=str(ipaddress.ip_address(doc["HostIP"])),
                    identity=identity, metadata=str(doc.get("Metadata") or ""))
 
@@ -99,9 +100,13 @@ class SharedIPCache:
         if self._ours(pair):
             self.on_delete(name)  # (was another node's: the address moved here)
             return
+        # Another node's host is reserved:remote-node here, never reserved:host (the
+        # datapath does the same with tunnel key 1): a record cannot lend an address
+        # the local host's privileges.
+        identity = reserved.REMOTE_NODE if pair.identity == reserved.HOST else pair.identity
         self._remote.add(pair.ip)
-        self.ipcache.upsert_remote(pair.ip, pair.identity, pair.host_ip)
-        log.debug("ipcache.remote_upsert", ip=pair.ip, identity=pair.identity, host=pair.host_ip)
+        self.ipcache.upsert_remote(pair.ip, identity, pair.host_ip)
+        log.debug("ipcache.remote_upsert", ip=pair.ip, identity=identity, host=pair.host_ip)
 
     def on_delete(self, name: str) -> None:
         if name not in self._remote:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import structlog
+
 from docker_cilium.ipam.ranges import NodeAddressing
 from docker_cilium.ipcache import IPCache
 from docker_cilium.ipcache.kvstore import SharedIPCache
@@ -20,6 +22,8 @@ from .claims import RangeClaims
 from .health import HEALTH_PORT, HealthProber, HealthResponder
 from .registry import NodeObserver, NodeRegistry, check_name_free
 from .types import Node
+
+log = structlog.get_logger(__name__)
 
 
 class DatapathObserver(NodeObserver, Protocol):
@@ -39,6 +43,7 @@ class ClusterNode:
         self.cluster = cluster
         self.registry: NodeRegistry | None = None
         self.ipcache: SharedIPCache | None = None
+        self._local_ipcache: IPCache | None = None
         self.handler: DatapathObserver | None = None
         self.responder: HealthResponder | None = None
         self.prober: HealthProber | None = None
@@ -53,6 +58,7 @@ class ClusterNode:
         self.registry = NodeRegistry(self.backend, Node.local(self.node_name, self.cluster, addressing,
                                                               self.enable_ipv6))
         await self.registry.start()
+        self._local_ipcache = ipcache
         self.ipcache = SharedIPCache(self.backend, ipcache, self.node_name, addressing.node_ip, cluster=self.cluster)
         await self.ipcache.start()
 
@@ -62,6 +68,9 @@ class ClusterNode:
         assert self.registry is not None
         self.registry.subscribe(handler)
         self.handler = handler
+        if self._local_ipcache is not None:  # both listings are in: what no node publishes is stale
+            if swept := await self._local_ipcache.sweep_remote():
+                log.info("ipcache.stale_remote_swept", prefixes=swept)
         await handler.start()
         self.responder = HealthResponder(self.node_name, health_port)
         await self.responder.start()

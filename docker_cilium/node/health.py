@@ -33,6 +33,9 @@ log = structlog.get_logger(__name__)
 HEALTH_PORT = 4240
 PROBE_INTERVAL_S = 10.0
 PROBE_TIMEOUT_S = 2.0
+#: Probes in flight at once: a round over hundreds of nodes (two sockets each) must not
+#: take the agent's file descriptors from its other listeners.
+MAX_PROBES_IN_FLIGHT = 64
 NODE_NAME = web.AppKey("node_name", str)
 
 
@@ -106,7 +109,8 @@ class HealthProber:
     """Probes every node of ``nodes()`` each ``interval_s``; ``status()`` is the healthz part."""
 
     def __init__(self, nodes: Callable[[], list[Node]], *, port: int = HEALTH_PORT,
-                 interval_s: float = PROBE_INTERVAL_S, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+                 interval_s: float = PROBE_INTERVAL_S, timeout_s: float = PROBE_TIMEOUT_S,
+                 max_in_flight: int = MAX_PROBES_IN_FLIGHT) -> None:
         self.nodes = nodes
         self.port = port
         self.interval_s = interval_s
@@ -115,6 +119,7 @@ class HealthProber:
         self.last_probe = 0.0
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(max_in_flight)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
@@ -157,6 +162,10 @@ class HealthProber:
     async def _probe(self, addr: str) -> PathStatus:
         if not addr:
             return PathStatus(False, 0.0, "no address")
+        async with self._slots:  # the timeout and the latency count from here
+            return await self._probe_now(addr)
+
+    async def _probe_now(self, addr: str) -> PathStatus:
         assert self._session is not None
         host = f"[{addr}]" if ":" in addr else addr
         t0 = time.perf_counter()

@@ -27,11 +27,11 @@ from dataclasses import replace
 from typing import Any
 
 from docker_cilium.datapath.maps.lbmap import L4Addr
-from docker_cilium.errors import Conflict
+from docker_cilium.errors import BadRequest, Conflict
 from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
 
-from .model import MAX_SERVICE_ID, Service, format_addr
+from .model import MAX_SERVICE_ID, Service, format_addr, parse_spec
 
 #: Tries of one change against concurrent writers before giving up (409).
 ATTEMPTS = 64
@@ -58,7 +58,10 @@ def decode(raw: bytes) -> Service:
         raise ValueError(f"not a service record: {exc}") from exc
     if not 1 <= svc_id <= MAX_SERVICE_ID:
         raise ValueError(f"service ID {svc_id} out of range")
-    return Service(svc_id, fe, backends)
+    try:  # anyone with the store's credentials wrote it: the API's rules, or it never reaches the maps
+        return parse_spec(Service(svc_id, fe, backends).spec(), svc_id)
+    except BadRequest as exc:
+        raise ValueError(f"not a valid service: {exc}") from exc
 
 
 def next_id(used: set[int]) -> int:

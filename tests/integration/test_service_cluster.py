@@ -7,6 +7,8 @@ Keys live under a prefix unique to the test (removed afterwards).
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import uuid
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -19,6 +21,7 @@ from docker_cilium.service.cluster import ClusterServices
 from docker_cilium.service.manager import ServiceManager
 from docker_cilium.service.model import Service
 from tests.unit.test_service import MemLB
+from tests.unit.test_service_cluster import BAD_RECORDS
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120, method="thread")]
 
@@ -135,3 +138,36 @@ async def test_restart_restores_from_the_cluster_store(make: Make, prefix: str) 
     finally:
         await n1.close()
         await n2.close()
+
+
+def etcdctl_put(server: str, key: str, value: bytes) -> None:
+    subprocess.run(["etcdctl", f"--endpoints={server}", "put", key, value.decode()], check=True,
+                   capture_output=True, env={**os.environ, "ETCDCTL_API": "3"}, timeout=20)
+
+
+async def test_records_written_with_etcdctl_that_the_api_refuses_never_reach_the_maps(
+        make: Make, prefix: str, etcd_server: str) -> None:
+    """At restore (where a record the real LB map refuses used to fail the agent's start)
+    and from the watch: only the sound service is programmed."""
+    lb = MemLB()
+    n1 = await node(make, prefix, lb)
+    ids = ClusterServices(n1._cluster.backend, prefix=prefix).ids  # type: ignore[union-attr]
+    n2: ServiceManager | None = None
+    try:
+        await n1.put(Service(0, vip(0), (L4Addr("10.11.0.5", 8080),)))
+        for name, raw in BAD_RECORDS.items():
+            await asyncio.to_thread(etcdctl_put, etcd_server, ids + name, raw)
+        lb2 = MemLB()
+        n2 = await node(make, prefix, lb2)
+        assert set(lb2.services) == {(1, vip(0))}
+        for name, raw in BAD_RECORDS.items():  # the same bad records, now arriving through the watch
+            await asyncio.to_thread(etcdctl_put, etcd_server, ids + name + "0",
+                                    raw.replace(b'"id": ' + name.encode(), b'"id": ' + name.encode() + b"0"))
+        late, _ = await n1.put(Service(0, vip(1), ()))  # an ID after the highest record's
+        await until(lambda: (late.id, vip(1)) in lb2.services and not n2._pending  # type: ignore[union-attr]
+                    and (n2._apply_task is None or n2._apply_task.done()))  # type: ignore[union-attr]
+        assert set(lb2.services) == {(1, vip(0)), (late.id, vip(1))} == set(lb.services)
+    finally:
+        await n1.close()
+        if n2 is not None:
+            await n2.close()

@@ -7,11 +7,13 @@ every address, which stands in for every node that answers; 192.0.2.1
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import time
 
 import aiohttp
+from aiohttp import web
 
 from docker_cilium.cli.status import cluster_health_line, print_status
 from docker_cilium.node.health import HealthProber, HealthResponder
@@ -83,6 +85,43 @@ async def test_prober_counts_reachable_nodes_and_names_the_others() -> None:
     finally:
         await prober.close()
         await r.close()
+
+
+async def test_a_round_over_hundreds_of_nodes_keeps_its_sockets_bounded() -> None:
+    """300 nodes (600 probes) against a slow responder: at most max_in_flight connections at once,
+    every node still reachable, and close() leaves no task behind."""
+    in_flight, peak = 0, 0
+
+    async def hello(_: web.Request) -> web.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    nodes = [node(f"node{i}", "127.0.0.1", "127.0.0.1") for i in range(300)]
+    p = HealthProber(lambda: nodes, port=port, interval_s=60, timeout_s=10, max_in_flight=32)
+    before = len(asyncio.all_tasks())
+    await p.start()
+    try:
+        for _ in range(200):
+            if p.last_probe:
+                break
+            await asyncio.sleep(0.05)
+        st = p.status()
+        assert (st["reachable"], st["total"]) == (300, 300), st["msg"]
+        assert 1 <= peak <= 32, peak
+    finally:
+        await p.close()
+        await runner.cleanup()
+    assert len(asyncio.all_tasks()) <= before
 
 
 def test_status_line_as_cilium_prints_it(capsys) -> None:

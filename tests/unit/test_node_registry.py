@@ -11,9 +11,11 @@ import asyncio
 import ipaddress
 import json
 import sqlite3
+from types import SimpleNamespace
 
 import pytest
 
+from docker_cilium.datapath.nodehandler import LocalNode, NodeHandler
 from docker_cilium.ipam.ranges import NodeAddressing
 from docker_cilium.ipcache import IPCache
 from docker_cilium.ipcache.kvstore import SharedIPCache
@@ -21,6 +23,7 @@ from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 from docker_cilium.node import Node, NodeRegistry, RangeClaims
 from docker_cilium.node.cluster import ClusterNode
+from tests.unit.test_nodehandler import FakeRoutes, FakeTunnelMap
 
 
 class FakeIPCacheMap:
@@ -34,6 +37,9 @@ class FakeIPCacheMap:
 
     def delete(self, prefix: str) -> bool:
         return self.entries.pop(prefix, None) is not None
+
+    def dump(self) -> dict[str, SimpleNamespace]:
+        return {p: SimpleNamespace(identity=i, tunnel_endpoint=t or None) for p, (i, t) in self.entries.items()}
 
 
 class Recorder:
@@ -223,6 +229,64 @@ async def test_shared_ipcache_entries_appear_and_disappear(clients) -> None:
     finally:
         await xa.close()
         await xb.close()
+
+
+async def test_shared_ipcache_records_cannot_claim_host_or_node_local_identities(clients) -> None:
+    """A record (a misbehaving agent, etcdctl) naming reserved:host becomes reserved:remote-node;
+    one naming a node-local CIDR identity is ignored, as is the same record turned bad later."""
+    sa, sb = await clients(), await clients()
+    m = FakeIPCacheMap()
+    cache = IPCache(sb, m)
+    await cache.start(["192.168.2.6"])
+    xb = SharedIPCache(sb, cache, "node2", "192.168.2.6", retry_s=0.1)
+    await xb.start()
+    try:
+        def rec(ip: str, identity: int) -> bytes:
+            return json.dumps({"IP": ip, "HostIP": "192.168.1.5", "ID": identity, "Metadata": "node1"}).encode()
+
+        await sa.put(f"{keys.IPCACHE}default/10.5.0.7", rec("10.5.0.7", 1), lease=True)
+        await sa.put(f"{keys.IPCACHE}default/10.5.0.8", rec("10.5.0.8", (1 << 24) | 5), lease=True)
+        await sa.put(f"{keys.IPCACHE}default/10.5.0.9", rec("10.5.0.9", 30001), lease=True)
+        await until(lambda: "10.5.0.9/32" in m.entries)
+        assert m.entries["10.5.0.7/32"] == (6, "192.168.1.5")
+        assert "10.5.0.8/32" not in m.entries and xb.remote() == {"10.5.0.7", "10.5.0.9"}
+        await sa.put(f"{keys.IPCACHE}default/10.5.0.9", rec("10.5.0.9", (1 << 24) | 5), lease=True)
+        await until(lambda: "10.5.0.9/32" not in m.entries)
+    finally:
+        await xb.close()
+
+
+async def test_restart_sweeps_ipcache_entries_no_node_publishes_after_both_listings(clients) -> None:
+    """The pinned map holds what the last run wrote: entries of a node (192.168.9.9) and its
+    endpoint that left meanwhile go; live nodes' entries, local endpoints' (restored later)
+    and the world entries stay, and the live ones are never deleted on the way."""
+    sa, sb = await clients(), await clients()
+    a = ClusterNode(sa, "node1", True)
+    await a.start(await a.claim("192.168.1.5", None, None), IPCache(sa, None))
+    a.ipcache._local_changed("10.5.0.9", 30001)  # type: ignore[union-attr]  # node1's endpoint
+    await a.ipcache.flush()  # type: ignore[union-attr]
+    m = FakeIPCacheMap()
+    cache = IPCache(sb, m)
+    await cache.start(["192.168.2.6"])
+    m.entries.update({"10.9.0.5/32": (40000, "192.168.9.9"), "192.168.9.9/32": (6, 0),
+                      "10.9.0.1/32": (6, "192.168.9.9"), "10.6.0.3/32": (30002, 0),
+                      "192.168.1.5/32": (6, 0), "10.5.0.1/32": (6, "192.168.1.5")})
+    deleted: list[str] = []
+    real_delete = m.delete
+    m.delete = lambda p: deleted.append(p) or real_delete(p)  # type: ignore[method-assign]
+    b = ClusterNode(sb, "node2", True)
+    await b.start(await b.claim("192.168.2.6", None, None), cache)
+    handler = NodeHandler(LocalNode("node2", "10.6.0.1", "f00d::a06:0:0:1", 1350), "vxlan", FakeRoutes(),
+                          FakeTunnelMap(), cache)
+    await b.start_datapath(handler, health_port=0)
+    try:
+        assert sorted(deleted) == ["10.9.0.1/32", "10.9.0.5/32", "192.168.9.9/32"]
+        assert m.entries["10.6.0.3/32"] == (30002, 0) and m.entries["0.0.0.0/0"][0] == 2
+        assert m.entries["192.168.1.5/32"] == (6, 0) and m.entries["10.5.0.1/32"] == (6, "192.168.1.5")
+        assert m.entries["10.5.0.9/32"] == (30001, "192.168.1.5")
+    finally:
+        await b.close()
+        await a.close()
 
 
 async def test_cluster_node_lists_every_node(clients) -> None:

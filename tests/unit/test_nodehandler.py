@@ -14,7 +14,7 @@ from docker_cilium.datapath.nodehandler import LocalNode, NodeHandler, NodeRoute
 from docker_cilium.identity.reserved import REMOTE_NODE
 from docker_cilium.node.types import INTERNAL_IP, Node
 
-LOCAL = LocalNode("node1", "10.7.0.1", "f00d::a07:0:0:1", 1350)
+LOCAL = LocalNode("node1", "10.7.0.1", "f00d::a07:0:0:1", 1350, ("10.7.0.0/16", "f00d::a07:0:0:0/96", "192.168.1.7"))
 
 
 def node(name: str, ip: str, v4: str, v6: str | None = None) -> Node:
@@ -188,6 +188,71 @@ async def test_direct_routing_without_the_tunnel() -> None:
         assert routes.table == {"10.8.0.0/16": NodeRoute("10.8.0.0/16", "192.168.2.7")}
         assert tmap.entries == {}
         assert ipc.entries["10.8.0.1"] == (REMOTE_NODE, None)
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize("bad", [
+    node("evil", "192.168.9.9", "0.0.0.0/0"),  # would replace the default route, tunnel everything
+    node("evil", "192.168.9.9", "10.7.0.0/16"),  # our own range
+    node("evil", "192.168.9.9", "10.7.128.0/17"),  # part of it
+    node("evil", "192.168.9.9", "192.168.0.0/16"),  # holds our node address (the underlay)
+    node("evil", "192.168.9.9", "10.11.0.0/16", "::/0"),
+    node("evil", "192.168.9.9", "10.8.0.0/16"),  # node2's range
+    node("evil", "10.7.0.9", "10.11.0.0/16"),  # a node address inside our range
+    Node(name="evil", addresses=((INTERNAL_IP, "192.168.9.9"),), ipv4_alloc_cidr=ipaddress.IPv4Network("10.11.0.0/16"),
+         ipv4_health_ip="192.168.1.7"),  # our node address as its health address
+], ids=["default", "ours", "part-of-ours", "underlay", "ipv6-default", "node2s", "addr-in-ours", "health-is-us"])
+async def test_a_record_claiming_what_is_not_its_own_is_refused(bad: Node) -> None:
+    """A record written by a misbehaving agent (or by hand) gets no route, tunnel entry or ipcache entry."""
+    h, routes, tmap, ipc = handler()
+    await h.start()
+    try:
+        h.node_joined(N2)
+        h.node_joined(bad)
+        await settle(h)
+        assert set(routes.table) == {"10.8.0.0/16", "f00d::a08:0:0:0/96"}
+        assert tmap.entries == {"10.8.0.0/16": "192.168.2.7", "f00d::a08:0:0:0/96": "192.168.2.7"}
+        assert set(ipc.entries) == {"192.168.2.7", "10.8.0.1"}
+        assert h.status()["nodes"] == ["node2"]
+    finally:
+        await h.close()
+
+
+async def test_a_refused_node_is_programmed_once_its_record_is_sound() -> None:
+    """A node refused for another node's range gets it when that node leaves; a node that turns bad loses all."""
+    h, routes, tmap, ipc = handler()
+    await h.start()
+    try:
+        h.node_joined(N2)
+        taker = node("node4", "192.168.4.4", "10.8.0.0/16")
+        h.node_joined(taker)
+        await settle(h)
+        assert tmap.entries["10.8.0.0/16"] == "192.168.2.7"
+        h.node_left(N2)
+        await settle(h)
+        assert tmap.entries == {"10.8.0.0/16": "192.168.4.4"} and set(routes.table) == {"10.8.0.0/16"}
+        h.node_updated(taker, node("node4", "192.168.4.4", "0.0.0.0/0"))
+        await settle(h)
+        assert routes.table == {} and tmap.entries == {} and ipc.entries == {}
+    finally:
+        await h.close()
+
+
+async def test_an_address_two_records_name_stays_until_both_left() -> None:
+    """node2's host came back as node5 (same address, new name) while node2's record waits
+    for its lease: node2 aging out must not take the address's remote-node entry."""
+    h, routes, tmap, ipc = handler()
+    await h.start()
+    try:
+        h.node_joined(N2)
+        again = node("node5", "192.168.2.7", "10.12.0.0/16")
+        h.node_joined(again)
+        h.node_left(N2)
+        await settle(h)
+        assert ipc.entries["192.168.2.7"] == (REMOTE_NODE, None) and "10.8.0.1" not in ipc.entries
+        h.node_left(again)
+        assert ipc.entries == {}
     finally:
         await h.close()
 

@@ -6,6 +6,7 @@ The same scenarios against a real etcd: tests/integration/test_service_cluster.p
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Callable
 
 import pytest
@@ -118,6 +119,43 @@ async def test_two_agents_share_services_delete_propagates_restart_restores(clie
     finally:
         await a.close()
         await b.close()
+
+
+def _raw(svc_id: int, fe_ip: str, port: object = 80, proto: str = "TCP", backends: object = ()) -> bytes:
+    return json.dumps({"id": svc_id, "frontend": {"ip": fe_ip, "port": port, "protocol": proto},
+                       "backends": [{"ip": ip, "port": p} for ip, p in backends]}).encode()  # type: ignore[union-attr]
+
+
+BAD_RECORDS = {  # as etcdctl would write them: the API refuses each
+    "3": _raw(3, "not-an-ip"),
+    "4": _raw(4, "127.0.0.1", 22, backends=[("10.0.0.9", 22)]),
+    "5": _raw(5, "10.96.0.50", backends=[("fd00::1", 80)]),
+    "6": _raw(6, "10.96.0.51", 70000),
+    "7": _raw(7, "10.96.0.52", proto="SCTP"),
+    "8": _raw(8, "10.96.0.53", backends=[("10.0.0.1", 80)] * 2),
+    "9": _raw(9, "10.96.0.54", backends=[("10.0.0.1", 0)]),
+}
+
+
+async def test_bad_records_never_reach_the_maps_at_restore_or_from_the_watch(clients):
+    """Records the API would refuse are skipped (logged), at restore and when they arrive."""
+    cs = ClusterServices(clients[0])
+    await cs.upsert(Service(1, FE1, (B1,)))
+    for name, raw in BAD_RECORDS.items():
+        await clients[0].put(cs.ids + name, raw)
+    lb = MemLB()
+    mgr = await manager(clients[1], lb)
+    try:
+        assert set(lb.services) == {(1, FE1)} and [s.id for s in mgr.services()] == [1]
+        for name, raw in BAD_RECORDS.items():
+            await clients[0].put(cs.ids + str(int(name) + 10), raw.replace(b'"id": ' + name.encode(),
+                                                                          b'"id": ' + str(int(name) + 10).encode()))
+        await cs.upsert(Service(2, FE2, (B2,)))  # after the bad ones: once it is in, they were seen
+        await until(lambda: (2, FE2) in lb.services and not mgr._pending
+                    and (mgr._apply_task is None or mgr._apply_task.done()))
+        assert set(lb.services) == {(1, FE1), (2, FE2)} and [s.id for s in mgr.services()] == [1, 2]
+    finally:
+        await mgr.close()
 
 
 async def test_store_down_changes_refused_503_maps_keep_what_they_have(clients):
