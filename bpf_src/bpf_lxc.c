@@ -212,6 +212,11 @@ int from_container(struct __sk_buff *skb)
 		}
 	}
 
+	/* every packet, before conntrack: an entry from before the tunnel
+	 * existed does not let it through either */
+	if (is_encap(&f))
+		return send_drop_notify(skb, DROP_ENCAP_PROHIBITED, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+
 	now = bpf_now_sec();
 	ret = lb_lxc_translate(skb, &f, now, &lb);
 	if (ret)

@@ -30,6 +30,21 @@ static __always_inline __u32 tunnel_ifindex(void)
 	return cfg ? cfg->tunnel_ifindex : 0;
 }
 
+/* A container's UDP to the tunnel's port (any destination: this node's
+ * cilium_vxlan listens on every address, another node's too). Its own VXLAN
+ * header would name whatever identity it likes to the decapsulating
+ * from-overlay (Cilium's is_encap(), DROP_ENCAP_PROHIBITED). A later
+ * fragment has its first fragment's ports, from the fragment map the
+ * dropped first one never entered (DROP_FRAG_NOT_FOUND). */
+static __always_inline int is_encap(const struct flow *f)
+{
+	__u32 zero = 0;
+	struct datapath_config *cfg = bpf_map_lookup_elem(&cilium_config, &zero);
+
+	return cfg && cfg->tunnel_port && f->nexthdr == IPPROTO_UDP &&
+	       f->dport == cfg->tunnel_port;
+}
+
 /* The node IPv4 (network order) that daddr lives behind, 0 = none. */
 static __always_inline __u32 tunnel_endpoint_of(__u8 family, const union v6addr *daddr)
 {

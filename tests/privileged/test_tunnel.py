@@ -14,12 +14,13 @@ node A sent.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 
 import pytest
 
-from docker_cilium.datapath.drop import DROP_POLICY
+from docker_cilium.datapath.drop import DROP_ENCAP_PROHIBITED, DROP_POLICY
 from docker_cilium.datapath.maps.policymap import PolicyEntry
 from docker_cilium.datapath.maps.tunnel import TUNNEL_MAP, TunnelMap
 from docker_cilium.identity import reserved
@@ -140,7 +141,7 @@ def two_nodes(topo, datapath):
     topo._record("link", vx)
     sh("ip", "link", "set", vx, "up")
     vx_index = int(open(f"/sys/class/net/{vx}/ifindex").read())
-    datapath.attach_overlay(vx_index)
+    datapath.attach_overlay(vx_index, port)
     datapath.maps.tunnel.upsert(f"10.198.{o}.0/24", under_b)
     datapath.maps.tunnel.upsert(f"fd98::{o:x}:0/112", under_b)
     topo.wait_ready()
@@ -150,7 +151,7 @@ def two_nodes(topo, datapath):
         for f, addr in (("-4", a.ipv4), ("-6", a.ipv6)):
             sh(*nbe, "ip", f, "route", "replace", addr, "encap", "ip", "id", str(vni), "dst", under_a,
                "dev", "vx0")
-    return {"a": a, "nb": nb, "port": port, "remote4": remote4, "remote6": remote6, "reply_vni": reply_vni,
+    return {"a": a, "nb": nb, "port": port, "under_b": under_b, "remote4": remote4, "remote6": remote6, "reply_vni": reply_vni,
             "vx_index": vx_index}
 
 
@@ -211,3 +212,33 @@ def test_cilium_host_up_without_arp_in_a_netns():
             assert "NOARP" in flags and ",UP," in flags and "mtu 1450" in flags, flags
     finally:
         sh("ip", "netns", "del", ns, check=False)
+
+
+def _vxlan_datagram(port: int, vni: int, inner_dmac: str) -> str:
+    """UDP to ``port`` (checksum 0) carrying a VXLAN header with ``vni`` and an
+    inner Ethernet/IPv4 frame (an ICMP echo for 10.0.0.1): what a container
+    would send to speak for an identity of its choice."""
+    inner_ip = bytes.fromhex("4500001c00000000400100000a0000020a000001") + bytes.fromhex("0800f7ff00000000")
+    frame = bytes.fromhex(inner_dmac.replace(":", "")) + bytes.fromhex("020000000001") + b"\x08\x00" + inner_ip
+    payload = bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0" + frame
+    return (struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload).hex()
+
+
+def test_container_cannot_send_vxlan_with_a_forged_identity(topo, datapath, two_nodes):
+    """A container's own UDP to the tunnel port (a VXLAN header with the VNI it
+    likes) never leaves: the receiving node would take the VNI for the
+    sender's identity (Cilium's DROP_ENCAP_PROHIBITED). Its other UDP to the
+    same node passes."""
+    n = two_nodes
+    a = n["a"]
+    under_b = n["under_b"]
+    drops_before = datapath.maps.metrics.count(DROP_ENCAP_PROHIBITED)
+    sniff = _sniff_vnis(n["nb"], n["port"], 3)
+    assert topo.run_tool(a, "rawip", under_b, 17, _vxlan_datagram(n["port"], 4242, a.node_mac), "count=3") == 0
+    out, _ = sniff.communicate(timeout=30)
+    assert "4242" not in out.split(), f"nodeB received the forged VNI: {out!r}"
+    dropped = datapath.maps.metrics.count(DROP_ENCAP_PROHIBITED)
+    assert dropped >= drops_before + 3
+    # the same datagram to another port is not the tunnel's: not dropped for it
+    assert topo.run_tool(a, "rawip", under_b, 17, _vxlan_datagram(n["port"] + 1, 4242, a.node_mac)) == 0
+    assert datapath.maps.metrics.count(DROP_ENCAP_PROHIBITED) == dropped
