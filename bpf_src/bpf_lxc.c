@@ -212,15 +212,14 @@ int from_container(struct __sk_buff *skb)
 		}
 	}
 
-	/* every packet, before conntrack: an entry from before the tunnel
-	 * existed does not let it through either */
-	if (is_encap(&f))
-		return send_drop_notify(skb, DROP_ENCAP_PROHIBITED, METRIC_EGRESS, lxc_id, src_id, 0, 0);
-
 	now = bpf_now_sec();
 	ret = lb_lxc_translate(skb, &f, now, &lb);
 	if (ret)
 		return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+	/* every packet, a service's backend port too, before conntrack: an
+	 * entry from before the tunnel existed does not let it through */
+	if (is_encap(&f))
+		return send_drop_notify(skb, DROP_ENCAP_PROHIBITED, METRIC_EGRESS, lxc_id, src_id, 0, 0);
 
 	ct = ct_lookup(&f, CT_EGRESS, len, now, &ct_src_id, &monitor, &nat);
 	if (ct == CT_NEW && f.is_error)
