@@ -158,6 +158,7 @@
 #define DROP_POLICY_L4		159
 #define DROP_POLICY_CIDR	162
 #define DROP_ENCAP_PROHIBITED	170	/* a container's UDP to the tunnel port */
+#define DROP_UNKNOWN_SENDER	172	/* from-overlay: the outer source is no node */
 #define DROP_FRAG_NOT_FOUND	175
 #define DROP_PROXY_LOOKUP_FAILED	178	/* no proxy socket for a redirected flow */
 #define DROP_PROXY_SET_FAILED	179	/* bpf_sk_assign() refused the socket */

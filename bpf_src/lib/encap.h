@@ -73,6 +73,24 @@ static __always_inline __u32 tunnel_endpoint_of(__u8 family, const union v6addr 
 	return tun ? tun->endpoint4 : 0;
 }
 
+/* Whether a decapsulated packet's outer source (host order, as
+ * bpf_skb_get_tunnel_key() gives it) is a node of the cluster: the node
+ * handler gives every other node's address reserved:remote-node in the
+ * ipcache. Anyone else reaching the tunnel port (a host on the underlay, a
+ * container of another Docker network on this host) would name any
+ * identity in the VNI (Cilium leaves this open: cilium/cilium#33992). */
+static __always_inline int tunnel_sender_is_node(__u32 outer_saddr)
+{
+	struct remote_endpoint_info *info;
+	struct ipcache_key key = {};
+
+	key.family = 4;
+	key.prefixlen = 32 + 32;
+	key.ip4 = bpf_htonl(outer_saddr);
+	info = bpf_map_lookup_elem(&cilium_ipcache, &key);
+	return info && info->sec_identity == IDENTITY_REMOTE_NODE;
+}
+
 /* Encapsulate towards node 'endpoint' (network order) with 'identity' as
  * the VNI and hand the packet to cilium_vxlan's egress. A TC verdict, or
  * -DROP_WRITE_ERROR. */

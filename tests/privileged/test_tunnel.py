@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from docker_cilium.datapath.drop import DROP_ENCAP_PROHIBITED, DROP_POLICY
+from docker_cilium.datapath.drop import DROP_ENCAP_PROHIBITED, DROP_POLICY, DROP_UNKNOWN_SENDER
 from docker_cilium.datapath.maps.policymap import PolicyEntry
 from docker_cilium.datapath.maps.tunnel import TUNNEL_MAP, TunnelMap
 from docker_cilium.identity import reserved
@@ -142,6 +142,8 @@ def two_nodes(topo, datapath):
     sh("ip", "link", "set", vx, "up")
     vx_index = int(open(f"/sys/class/net/{vx}/ifindex").read())
     datapath.attach_overlay(vx_index, port)
+    # nodeB is a node of the cluster (the node handler's entry)
+    datapath.maps.ipcache.upsert(f"{under_b}/32", reserved.REMOTE_NODE)
     datapath.maps.tunnel.upsert(f"10.198.{o}.0/24", under_b)
     datapath.maps.tunnel.upsert(f"fd98::{o:x}:0/112", under_b)
     topo.wait_ready()
@@ -242,3 +244,29 @@ def test_container_cannot_send_vxlan_with_a_forged_identity(topo, datapath, two_
     # the same datagram to another port is not the tunnel's: not dropped for it
     assert topo.run_tool(a, "rawip", under_b, 17, _vxlan_datagram(n["port"] + 1, 4242, a.node_mac)) == 0
     assert datapath.maps.metrics.count(DROP_ENCAP_PROHIBITED) == dropped
+
+
+def test_vxlan_from_an_unknown_sender_is_dropped(topo, datapath, two_nodes):
+    """A VXLAN packet whose outer source is no node of the cluster (no
+    reserved:remote-node ipcache entry: a host on the underlay, a container
+    of another Docker network sending to this host's tunnel port) is dropped
+    in from-overlay, whatever identity its VNI names; once the address is a
+    node's, the same packets are admitted by that VNI."""
+    n = two_nodes
+    a = n["a"]
+    datapath.maps.policy.set_endpoint_policy(a.lxc_id, [PolicyEntry(reserved.REMOTE_NODE)])
+    n["reply_vni"](reserved.HOST)
+    nbe = ("ip", "netns", "exec", n["nb"])
+
+    def nodeb_ping(addr: str, src: str) -> bool:
+        return subprocess.run([*nbe, sys.executable, topo.tool, "ping", addr, "timeout=1.5", f"src={src}"],
+                              capture_output=True, timeout=20).returncode == 0
+    assert datapath.maps.ipcache.delete(f"{n['under_b']}/32")
+    before = datapath.maps.metrics.count(DROP_UNKNOWN_SENDER)
+    assert not nodeb_ping(a.ipv4, n["remote4"]) and not nodeb_ping(a.ipv6, n["remote6"])
+    assert datapath.maps.metrics.count(DROP_UNKNOWN_SENDER) >= before + 2
+    # a world-identity entry (what an unknown address falls back to) is no node either
+    datapath.maps.ipcache.upsert(f"{n['under_b']}/32", reserved.WORLD)
+    assert not nodeb_ping(a.ipv4, n["remote4"])
+    datapath.maps.ipcache.upsert(f"{n['under_b']}/32", reserved.REMOTE_NODE)
+    assert nodeb_ping(a.ipv4, n["remote4"]) and nodeb_ping(a.ipv6, n["remote6"])
