@@ -412,7 +412,9 @@ struct datapath_config {
 	__u16 tunnel_port;		/* its UDP port (network order): containers
 					 * may not send to it (DROP_ENCAP_PROHIBITED) */
 	__u16 pad2;
-	__u32 pad3;
+	__u32 node_ipv4;		/* this node's IPv4 (network order), the
+					 * outer source: what the other nodes know
+					 * it by (0: the kernel's choice) */
 	__u64 reserved[1];
 };
 

@@ -98,7 +98,13 @@ static __always_inline int encap_and_redirect(struct __sk_buff *skb, __u32 ifind
 					      __u32 endpoint, __u32 identity)
 {
 	struct bpf_tunnel_key key = {};
+	__u32 zero = 0;
+	struct datapath_config *cfg = bpf_map_lookup_elem(&cilium_config, &zero);
 
+	/* from the address the other nodes know this one by (their
+	 * from-overlay admits nothing else), not the route's choice */
+	if (cfg)
+		key.local_ipv4 = bpf_ntohl(cfg->node_ipv4);
 	key.remote_ipv4 = bpf_ntohl(endpoint);
 	key.tunnel_id = identity;
 	key.tunnel_ttl = 64;

@@ -28,14 +28,15 @@ from tests.privileged.conftest import sh
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Read VXLAN packets to PORT on IFNAME for SECONDS: print the VNIs seen.
+# Read VXLAN packets to PORT on IFNAME for SECONDS: print the VNIs seen, then
+# the outer source addresses.
 VNI_SNIFF = r"""
 import socket, struct, sys, time, select
 ifname, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
 s.bind((ifname, 0x0800))
 print("ready", flush=True)
-vnis, end = set(), time.time() + seconds
+vnis, srcs, end = set(), set(), time.time() + seconds
 while time.time() < end:
     r, _, _ = select.select([s], [], [], max(0, end - time.time()))
     if not r:
@@ -48,7 +49,9 @@ while time.time() < end:
     if struct.unpack("!H", f[udp + 2:udp + 4])[0] != port:
         continue
     vnis.add(int.from_bytes(f[udp + 12:udp + 15], "big"))
+    srcs.add(socket.inet_ntoa(f[26:30]))
 print(" ".join(map(str, sorted(vnis))), flush=True)
+print(" ".join(sorted(srcs)), flush=True)
 """
 
 
@@ -153,7 +156,7 @@ def two_nodes(topo, datapath):
         for f, addr in (("-4", a.ipv4), ("-6", a.ipv6)):
             sh(*nbe, "ip", f, "route", "replace", addr, "encap", "ip", "id", str(vni), "dst", under_a,
                "dev", "vx0")
-    return {"a": a, "nb": nb, "port": port, "under_b": under_b, "remote4": remote4, "remote6": remote6, "reply_vni": reply_vni,
+    return {"a": a, "nb": nb, "port": port, "under_b": under_b, "ul": ul, "remote4": remote4, "remote6": remote6, "reply_vni": reply_vni,
             "vx_index": vx_index}
 
 
@@ -162,6 +165,13 @@ def _sniff_vnis(nb: str, port: int, seconds: float) -> subprocess.Popen:
                           str(seconds)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     return p
+
+
+def _sniffed(p: subprocess.Popen) -> tuple[list[str], list[str]]:
+    """(VNIs, outer sources) a _sniff_vnis saw."""
+    out, _ = p.communicate(timeout=30)
+    lines = out.splitlines()
+    return lines[0].split(), lines[1].split()
 
 
 def test_vxlan_carries_the_identity_both_ways(topo, datapath, two_nodes):
@@ -176,8 +186,8 @@ def test_vxlan_carries_the_identity_both_ways(topo, datapath, two_nodes):
     sniff = _sniff_vnis(n["nb"], n["port"], 4)
     assert topo.ping(a, n["remote4"], timeout=2), "IPv4 through the tunnel"
     assert topo.ping(a, n["remote6"], timeout=2), "IPv6 through the tunnel"
-    out, _ = sniff.communicate(timeout=30)
-    assert out.split() == [str(a.identity)], f"VNIs sent: {out!r}"
+    vnis, _ = _sniffed(sniff)
+    assert vnis == [str(a.identity)], f"VNIs sent: {vnis!r}"
     # a new flow from nodeB: ingress policy by the tunnel key's identity
     nbe = ("ip", "netns", "exec", n["nb"])
 
@@ -237,8 +247,8 @@ def test_container_cannot_send_vxlan_with_a_forged_identity(topo, datapath, two_
     drops_before = datapath.maps.metrics.count(DROP_ENCAP_PROHIBITED)
     sniff = _sniff_vnis(n["nb"], n["port"], 3)
     assert topo.run_tool(a, "rawip", under_b, 17, _vxlan_datagram(n["port"], 4242, a.node_mac), "count=3") == 0
-    out, _ = sniff.communicate(timeout=30)
-    assert "4242" not in out.split(), f"nodeB received the forged VNI: {out!r}"
+    vnis, _ = _sniffed(sniff)
+    assert "4242" not in vnis, f"nodeB received the forged VNI: {vnis!r}"
     dropped = datapath.maps.metrics.count(DROP_ENCAP_PROHIBITED)
     assert dropped >= drops_before + 3
     # the same datagram to another port is not the tunnel's: not dropped for it
@@ -270,3 +280,19 @@ def test_vxlan_from_an_unknown_sender_is_dropped(topo, datapath, two_nodes):
     assert not nodeb_ping(a.ipv4, n["remote4"])
     datapath.maps.ipcache.upsert(f"{n['under_b']}/32", reserved.REMOTE_NODE)
     assert nodeb_ping(a.ipv4, n["remote4"]) and nodeb_ping(a.ipv6, n["remote6"])
+
+
+def test_vxlan_leaves_from_the_node_address(topo, datapath, two_nodes):
+    """The outer source is the node's own IPv4 (what the others admit tunnel
+    packets from), not whichever address the route to the peer prefers: here
+    a second address of the underlay link, given as the node IP."""
+    n = two_nodes
+    a = n["a"]
+    node_ip = f"10.199.{topo.octet}.103"
+    sh("ip", "addr", "add", f"{node_ip}/32", "dev", n["ul"])  # goes with the link
+    datapath.attach_overlay(n["vx_index"], n["port"], node_ip)
+    n["reply_vni"](reserved.HOST)
+    sniff = _sniff_vnis(n["nb"], n["port"], 3)
+    assert topo.ping(a, n["remote4"], timeout=2) and topo.ping(a, n["remote6"], timeout=2)
+    vnis, sources = _sniffed(sniff)
+    assert vnis == [str(a.identity)] and sources == [node_ip], (vnis, sources)
