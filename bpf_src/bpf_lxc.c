@@ -216,6 +216,10 @@ int from_container(struct __sk_buff *skb)
 	ret = lb_lxc_translate(skb, &f, now, &lb);
 	if (ret)
 		return send_drop_notify(skb, ret, METRIC_EGRESS, lxc_id, src_id, 0, 0);
+	/* every packet, a service's backend port too, before conntrack: an
+	 * entry from before the tunnel existed does not let it through */
+	if (is_encap(&f))
+		return send_drop_notify(skb, DROP_ENCAP_PROHIBITED, METRIC_EGRESS, lxc_id, src_id, 0, 0);
 
 	ct = ct_lookup(&f, CT_EGRESS, len, now, &ct_src_id, &monitor, &nat);
 	if (ct == CT_NEW && f.is_error)
@@ -563,6 +567,8 @@ int from_overlay(struct __sk_buff *skb)
 	src_id = key.tunnel_id;
 	if (src_id == IDENTITY_HOST)
 		src_id = IDENTITY_REMOTE_NODE;
+	if (!tunnel_sender_is_node(key.remote_ipv4))
+		return send_drop_notify(skb, DROP_UNKNOWN_SENDER, METRIC_INGRESS, 0, src_id, 0, 0);
 	if (eth_load(skb, &eth) < 0 || load_l3_daddr(skb, eth.h_proto, &daddr, &family) < 0)
 		return send_drop_notify(skb, DROP_INVALID, METRIC_INGRESS, 0, src_id, 0, 0);
 	send_trace_notify(skb, TRACE_FROM_OVERLAY, 0, src_id, 0, 0, CT_NEW, 0);

@@ -157,6 +157,8 @@
 #define DROP_NO_SERVICE		158
 #define DROP_POLICY_L4		159
 #define DROP_POLICY_CIDR	162
+#define DROP_ENCAP_PROHIBITED	170	/* a container's UDP to the tunnel port */
+#define DROP_UNKNOWN_SENDER	172	/* from-overlay: the outer source is no node */
 #define DROP_FRAG_NOT_FOUND	175
 #define DROP_PROXY_LOOKUP_FAILED	178	/* no proxy socket for a redirected flow */
 #define DROP_PROXY_SET_FAILED	179	/* bpf_sk_assign() refused the socket */
@@ -407,7 +409,13 @@ struct datapath_config {
 					 * connections for the ingress proxy (0 = none) */
 	__u32 tunnel_ifindex;		/* cilium_vxlan: where traffic for other
 					 * nodes is encapsulated (0 = no tunnel) */
-	__u64 reserved[2];
+	__u16 tunnel_port;		/* its UDP port (network order): containers
+					 * may not send to it (DROP_ENCAP_PROHIBITED) */
+	__u16 pad2;
+	__u32 node_ipv4;		/* this node's IPv4 (network order), the
+					 * outer source: what the other nodes know
+					 * it by (0: the kernel's choice) */
+	__u64 reserved[1];
 };
 
 /* cilium_events payload header, one layout for every type (fields that do

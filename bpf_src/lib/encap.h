@@ -30,6 +30,21 @@ static __always_inline __u32 tunnel_ifindex(void)
 	return cfg ? cfg->tunnel_ifindex : 0;
 }
 
+/* A container's UDP to the tunnel's port (any destination: this node's
+ * cilium_vxlan listens on every address, another node's too). Its own VXLAN
+ * header would name whatever identity it likes to the decapsulating
+ * from-overlay (Cilium's is_encap(), DROP_ENCAP_PROHIBITED). A later
+ * fragment has its first fragment's ports, from the fragment map the
+ * dropped first one never entered (DROP_FRAG_NOT_FOUND). */
+static __always_inline int is_encap(const struct flow *f)
+{
+	__u32 zero = 0;
+	struct datapath_config *cfg = bpf_map_lookup_elem(&cilium_config, &zero);
+
+	return cfg && cfg->tunnel_port && f->nexthdr == IPPROTO_UDP &&
+	       f->dport == cfg->tunnel_port;
+}
+
 /* The node IPv4 (network order) that daddr lives behind, 0 = none. */
 static __always_inline __u32 tunnel_endpoint_of(__u8 family, const union v6addr *daddr)
 {
@@ -58,6 +73,24 @@ static __always_inline __u32 tunnel_endpoint_of(__u8 family, const union v6addr 
 	return tun ? tun->endpoint4 : 0;
 }
 
+/* Whether a decapsulated packet's outer source (host order, as
+ * bpf_skb_get_tunnel_key() gives it) is a node of the cluster: the node
+ * handler gives every other node's address reserved:remote-node in the
+ * ipcache. Anyone else reaching the tunnel port (a host on the underlay, a
+ * container of another Docker network on this host) would name any
+ * identity in the VNI (Cilium leaves this open: cilium/cilium#33992). */
+static __always_inline int tunnel_sender_is_node(__u32 outer_saddr)
+{
+	struct remote_endpoint_info *info;
+	struct ipcache_key key = {};
+
+	key.family = 4;
+	key.prefixlen = 32 + 32;
+	key.ip4 = bpf_htonl(outer_saddr);
+	info = bpf_map_lookup_elem(&cilium_ipcache, &key);
+	return info && info->sec_identity == IDENTITY_REMOTE_NODE;
+}
+
 /* Encapsulate towards node 'endpoint' (network order) with 'identity' as
  * the VNI and hand the packet to cilium_vxlan's egress. A TC verdict, or
  * -DROP_WRITE_ERROR. */
@@ -65,7 +98,13 @@ static __always_inline int encap_and_redirect(struct __sk_buff *skb, __u32 ifind
 					      __u32 endpoint, __u32 identity)
 {
 	struct bpf_tunnel_key key = {};
+	__u32 zero = 0;
+	struct datapath_config *cfg = bpf_map_lookup_elem(&cilium_config, &zero);
 
+	/* from the address the other nodes know this one by (their
+	 * from-overlay admits nothing else), not the route's choice */
+	if (cfg)
+		key.local_ipv4 = bpf_ntohl(cfg->node_ipv4);
 	key.remote_ipv4 = bpf_ntohl(endpoint);
 	key.tunnel_id = identity;
 	key.tunnel_ttl = 64;

@@ -282,7 +282,8 @@ class Daemon:
         assert self.datapath is not None and self.datapath.maps is not None
         if self.config.tunnel == defaults.TUNNEL_VXLAN:
             ifindex = await asyncio.to_thread(tunnel.ensure_device, self.mtu)
-            await asyncio.to_thread(self.datapath.attach_overlay, ifindex)
+            node_ip = self.node.node_ip if self.node is not None and self.node.node_ip != "0.0.0.0" else None
+            await asyncio.to_thread(self.datapath.attach_overlay, ifindex, defaults.VXLAN_PORT, node_ip)
             return
         self.datapath.maps.config.set_tunnel_ifindex(0)
         if await asyncio.to_thread(tunnel.remove_device):

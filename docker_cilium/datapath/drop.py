@@ -20,6 +20,8 @@ DROP_CT_CREATE_FAILED = 155
 DROP_NO_SERVICE = 158
 DROP_POLICY_L4 = 159
 DROP_POLICY_CIDR = 162
+DROP_ENCAP_PROHIBITED = 170
+DROP_UNKNOWN_SENDER = 172
 DROP_FRAG_NOT_FOUND = 175
 DROP_PROXY_LOOKUP_FAILED = 178
 DROP_PROXY_SET_FAILED = 179
@@ -42,6 +44,8 @@ DROP_REASONS = {
     DROP_NO_SERVICE: "Service backend not found",
     DROP_POLICY_L4: "Policy denied (L4)",
     DROP_POLICY_CIDR: "Policy denied (CIDR)",
+    DROP_ENCAP_PROHIBITED: "Encapsulation traffic is prohibited",
+    DROP_UNKNOWN_SENDER: "Unknown sender",
     DROP_FRAG_NOT_FOUND: "First logical datagram fragment not found",
     DROP_PROXY_LOOKUP_FAILED: "Socket lookup failed",
     DROP_PROXY_SET_FAILED: "Socket assign failed",

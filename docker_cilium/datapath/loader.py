@@ -403,12 +403,15 @@ class Datapath:
         self.maps.config.set_host_ifindex(0)
         self._run(self._do_detach, ifindex, HOST_PROGRAMS)
 
-    def attach_overlay(self, ifindex: int) -> None:
+    def attach_overlay(self, ifindex: int, port: int = defaults.VXLAN_PORT,
+                       node_ipv4: str | None = None) -> None:
         """Attach ``from-overlay`` to cilium_vxlan's tc ingress (idempotent) and
-        tell the programs to encapsulate through it (``tunnel_ifindex``)."""
+        tell the programs to encapsulate through it (``tunnel_ifindex``), from
+        ``node_ipv4`` (the address the other nodes know), and to keep
+        containers off its UDP ``port``."""
         self._run(self._do_attach, ifindex, OVERLAY_PROGRAMS)
         assert self.maps is not None
-        self.maps.config.set_tunnel_ifindex(ifindex)
+        self.maps.config.set_tunnel_ifindex(ifindex, port, node_ipv4)
 
     async def attach_async(self, ifindex: int) -> float:
         return await self._arun(self._do_attach, ifindex)

@@ -14,12 +14,13 @@ node A sent.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 
 import pytest
 
-from docker_cilium.datapath.drop import DROP_POLICY
+from docker_cilium.datapath.drop import DROP_ENCAP_PROHIBITED, DROP_POLICY, DROP_UNKNOWN_SENDER
 from docker_cilium.datapath.maps.policymap import PolicyEntry
 from docker_cilium.datapath.maps.tunnel import TUNNEL_MAP, TunnelMap
 from docker_cilium.identity import reserved
@@ -27,14 +28,15 @@ from tests.privileged.conftest import sh
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Read VXLAN packets to PORT on IFNAME for SECONDS: print the VNIs seen.
+# Read VXLAN packets to PORT on IFNAME for SECONDS: print the VNIs seen, then
+# the outer source addresses.
 VNI_SNIFF = r"""
 import socket, struct, sys, time, select
 ifname, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
 s.bind((ifname, 0x0800))
 print("ready", flush=True)
-vnis, end = set(), time.time() + seconds
+vnis, srcs, end = set(), set(), time.time() + seconds
 while time.time() < end:
     r, _, _ = select.select([s], [], [], max(0, end - time.time()))
     if not r:
@@ -47,7 +49,9 @@ while time.time() < end:
     if struct.unpack("!H", f[udp + 2:udp + 4])[0] != port:
         continue
     vnis.add(int.from_bytes(f[udp + 12:udp + 15], "big"))
+    srcs.add(socket.inet_ntoa(f[26:30]))
 print(" ".join(map(str, sorted(vnis))), flush=True)
+print(" ".join(sorted(srcs)), flush=True)
 """
 
 
@@ -140,7 +144,9 @@ def two_nodes(topo, datapath):
     topo._record("link", vx)
     sh("ip", "link", "set", vx, "up")
     vx_index = int(open(f"/sys/class/net/{vx}/ifindex").read())
-    datapath.attach_overlay(vx_index)
+    datapath.attach_overlay(vx_index, port)
+    # nodeB is a node of the cluster (the node handler's entry)
+    datapath.maps.ipcache.upsert(f"{under_b}/32", reserved.REMOTE_NODE)
     datapath.maps.tunnel.upsert(f"10.198.{o}.0/24", under_b)
     datapath.maps.tunnel.upsert(f"fd98::{o:x}:0/112", under_b)
     topo.wait_ready()
@@ -150,7 +156,7 @@ def two_nodes(topo, datapath):
         for f, addr in (("-4", a.ipv4), ("-6", a.ipv6)):
             sh(*nbe, "ip", f, "route", "replace", addr, "encap", "ip", "id", str(vni), "dst", under_a,
                "dev", "vx0")
-    return {"a": a, "nb": nb, "port": port, "remote4": remote4, "remote6": remote6, "reply_vni": reply_vni,
+    return {"a": a, "nb": nb, "port": port, "under_b": under_b, "ul": ul, "remote4": remote4, "remote6": remote6, "reply_vni": reply_vni,
             "vx_index": vx_index}
 
 
@@ -159,6 +165,13 @@ def _sniff_vnis(nb: str, port: int, seconds: float) -> subprocess.Popen:
                           str(seconds)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     return p
+
+
+def _sniffed(p: subprocess.Popen) -> tuple[list[str], list[str]]:
+    """(VNIs, outer sources) a _sniff_vnis saw."""
+    out, _ = p.communicate(timeout=30)
+    lines = out.splitlines()
+    return lines[0].split(), lines[1].split()
 
 
 def test_vxlan_carries_the_identity_both_ways(topo, datapath, two_nodes):
@@ -173,8 +186,8 @@ def test_vxlan_carries_the_identity_both_ways(topo, datapath, two_nodes):
     sniff = _sniff_vnis(n["nb"], n["port"], 4)
     assert topo.ping(a, n["remote4"], timeout=2), "IPv4 through the tunnel"
     assert topo.ping(a, n["remote6"], timeout=2), "IPv6 through the tunnel"
-    out, _ = sniff.communicate(timeout=30)
-    assert out.split() == [str(a.identity)], f"VNIs sent: {out!r}"
+    vnis, _ = _sniffed(sniff)
+    assert vnis == [str(a.identity)], f"VNIs sent: {vnis!r}"
     # a new flow from nodeB: ingress policy by the tunnel key's identity
     nbe = ("ip", "netns", "exec", n["nb"])
 
@@ -211,3 +224,75 @@ def test_cilium_host_up_without_arp_in_a_netns():
             assert "NOARP" in flags and ",UP," in flags and "mtu 1450" in flags, flags
     finally:
         sh("ip", "netns", "del", ns, check=False)
+
+
+def _vxlan_datagram(port: int, vni: int, inner_dmac: str) -> str:
+    """UDP to ``port`` (checksum 0) carrying a VXLAN header with ``vni`` and an
+    inner Ethernet/IPv4 frame (an ICMP echo for 10.0.0.1): what a container
+    would send to speak for an identity of its choice."""
+    inner_ip = bytes.fromhex("4500001c00000000400100000a0000020a000001") + bytes.fromhex("0800f7ff00000000")
+    frame = bytes.fromhex(inner_dmac.replace(":", "")) + bytes.fromhex("020000000001") + b"\x08\x00" + inner_ip
+    payload = bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0" + frame
+    return (struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload).hex()
+
+
+def test_container_cannot_send_vxlan_with_a_forged_identity(topo, datapath, two_nodes):
+    """A container's own UDP to the tunnel port (a VXLAN header with the VNI it
+    likes) never leaves: the receiving node would take the VNI for the
+    sender's identity (Cilium's DROP_ENCAP_PROHIBITED). Its other UDP to the
+    same node passes."""
+    n = two_nodes
+    a = n["a"]
+    under_b = n["under_b"]
+    drops_before = datapath.maps.metrics.count(DROP_ENCAP_PROHIBITED)
+    sniff = _sniff_vnis(n["nb"], n["port"], 3)
+    assert topo.run_tool(a, "rawip", under_b, 17, _vxlan_datagram(n["port"], 4242, a.node_mac), "count=3") == 0
+    vnis, _ = _sniffed(sniff)
+    assert "4242" not in vnis, f"nodeB received the forged VNI: {vnis!r}"
+    dropped = datapath.maps.metrics.count(DROP_ENCAP_PROHIBITED)
+    assert dropped >= drops_before + 3
+    # the same datagram to another port is not the tunnel's: not dropped for it
+    assert topo.run_tool(a, "rawip", under_b, 17, _vxlan_datagram(n["port"] + 1, 4242, a.node_mac)) == 0
+    assert datapath.maps.metrics.count(DROP_ENCAP_PROHIBITED) == dropped
+
+
+def test_vxlan_from_an_unknown_sender_is_dropped(topo, datapath, two_nodes):
+    """A VXLAN packet whose outer source is no node of the cluster (no
+    reserved:remote-node ipcache entry: a host on the underlay, a container
+    of another Docker network sending to this host's tunnel port) is dropped
+    in from-overlay, whatever identity its VNI names; once the address is a
+    node's, the same packets are admitted by that VNI."""
+    n = two_nodes
+    a = n["a"]
+    datapath.maps.policy.set_endpoint_policy(a.lxc_id, [PolicyEntry(reserved.REMOTE_NODE)])
+    n["reply_vni"](reserved.HOST)
+    nbe = ("ip", "netns", "exec", n["nb"])
+
+    def nodeb_ping(addr: str, src: str) -> bool:
+        return subprocess.run([*nbe, sys.executable, topo.tool, "ping", addr, "timeout=1.5", f"src={src}"],
+                              capture_output=True, timeout=20).returncode == 0
+    assert datapath.maps.ipcache.delete(f"{n['under_b']}/32")
+    before = datapath.maps.metrics.count(DROP_UNKNOWN_SENDER)
+    assert not nodeb_ping(a.ipv4, n["remote4"]) and not nodeb_ping(a.ipv6, n["remote6"])
+    assert datapath.maps.metrics.count(DROP_UNKNOWN_SENDER) >= before + 2
+    # a world-identity entry (what an unknown address falls back to) is no node either
+    datapath.maps.ipcache.upsert(f"{n['under_b']}/32", reserved.WORLD)
+    assert not nodeb_ping(a.ipv4, n["remote4"])
+    datapath.maps.ipcache.upsert(f"{n['under_b']}/32", reserved.REMOTE_NODE)
+    assert nodeb_ping(a.ipv4, n["remote4"]) and nodeb_ping(a.ipv6, n["remote6"])
+
+
+def test_vxlan_leaves_from_the_node_address(topo, datapath, two_nodes):
+    """The outer source is the node's own IPv4 (what the others admit tunnel
+    packets from), not whichever address the route to the peer prefers: here
+    a second address of the underlay link, given as the node IP."""
+    n = two_nodes
+    a = n["a"]
+    node_ip = f"10.199.{topo.octet}.103"
+    sh("ip", "addr", "add", f"{node_ip}/32", "dev", n["ul"])  # goes with the link
+    datapath.attach_overlay(n["vx_index"], n["port"], node_ip)
+    n["reply_vni"](reserved.HOST)
+    sniff = _sniff_vnis(n["nb"], n["port"], 3)
+    assert topo.ping(a, n["remote4"], timeout=2) and topo.ping(a, n["remote6"], timeout=2)
+    vnis, sources = _sniffed(sniff)
+    assert vnis == [str(a.identity)] and sources == [node_ip], (vnis, sources)

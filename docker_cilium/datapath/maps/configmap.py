@@ -6,8 +6,9 @@ them needs no recompilation."""
 from __future__ import annotations
 
 import ctypes
+import socket
 
-from docker_cilium.datapath.bpf import BpfMap, u32, u64
+from docker_cilium.datapath.bpf import BpfMap, ip4_to_be32, u16, u32, u64
 
 CONFIG_MAP = "cilium_config"
 
@@ -64,7 +65,7 @@ def canonical_monitor_aggregation(value: object) -> str:
 class datapath_config(ctypes.Structure):
     """bpf_src/lib/common.h ``struct datapath_config``."""
     _fields_ = [("flags", u32), ("monitor_aggregation", u32), ("host_ifindex", u32), ("tunnel_ifindex", u32),
-                ("reserved", u64 * 2)]
+                ("tunnel_port", u16), ("pad2", u16), ("node_ipv4", u32), ("reserved", u64 * 1)]
 
 
 class ConfigMap:
@@ -103,11 +104,17 @@ class ConfigMap:
         v.host_ifindex = ifindex
         self.m.update(u32(0), v)
 
-    def set_tunnel_ifindex(self, ifindex: int) -> None:
+    def set_tunnel_ifindex(self, ifindex: int, port: int = 0, node_ipv4: str | None = None) -> None:
         """cilium_vxlan's ifindex: where the programs send traffic for other
-        nodes, encapsulated (0: tunnel disabled, nothing is encapsulated)."""
+        nodes, encapsulated (0: tunnel disabled, nothing is encapsulated); its
+        UDP port, which containers may not send to (a VXLAN header of their
+        own would name any identity to the receiving node); and this node's
+        IPv4, the outer source, the address other nodes admit tunnel packets
+        from (None: the kernel picks one)."""
         v = self.get()
         v.tunnel_ifindex = ifindex
+        v.tunnel_port = socket.htons(port)
+        v.node_ipv4 = ip4_to_be32(node_ipv4) if node_ipv4 else 0
         self.m.update(u32(0), v)
 
     @property
