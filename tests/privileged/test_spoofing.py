@@ -29,6 +29,7 @@ from docker_cilium.datapath.drop import (
     DROP_VLAN_FILTERED,
 )
 from docker_cilium.datapath.maps.policymap import PolicyEntry
+from docker_cilium.identity import reserved
 from tests.packets import (
     ETH_P_ARP,
     ETH_P_IP,
@@ -139,9 +140,10 @@ def hop_by_hop(nexthdr: int) -> bytes:
     return struct.pack("!BBBB4x", nexthdr, 0, 1, 4)       # PadN only
 
 
-def routing0(nexthdr: int, via: str) -> bytes:
-    """A Routing header (type 0) with no segment left: ignored by its receiver."""
-    return struct.pack("!BBBB4x", nexthdr, 2, 0, 0) + ip6(via)
+def routing0(nexthdr: int, via: str, left: int = 0) -> bytes:
+    """A Routing header (type 0) with left segments left (0: ignored by its
+    receiver)."""
+    return struct.pack("!BBBB4x", nexthdr, 2, 0, left) + ip6(via)
 
 
 def atomic_fragment(nexthdr: int) -> bytes:
@@ -272,3 +274,36 @@ def test_tagged_frames_carry_no_spoofed_packet(topo, datapath, abc, tagging):
         assert topo.run_tool(a, "sendframe", frame_from(a, tagging + struct.pack("!H", ethertype), pkt)) == OK
     assert (at_b.count(), at_c.count(), at_host.count(), arp_at_host.count()) == (0, 0, 0, 0)
     assert drops(datapath, DROP_VLAN_FILTERED) == vlan + len(frames)
+
+
+# ---- source routes through the host --------------------------------------------
+def lsrr(via: str) -> bytes:
+    """IPv4 loose source route: one hop (via) left, then end of options."""
+    return bytes([0x83, 7, 4]) + ip4(via) + b"\0"
+
+
+def srh(nexthdr: int, final: str) -> bytes:
+    """IPv6 Segment Routing header (type 4): one segment (final) left."""
+    return struct.pack("!BBBBBBH", nexthdr, 2, 4, 1, 0, 0, 0) + ip6(final)
+
+
+def test_source_routes_through_the_host_do_not_pass_egress_policy(topo, datapath, abc):
+    """A's egress admits only the host. Datagrams to the host's router
+    address carrying a source route (IPv4 LSRR, IPv6 Routing header type 0 or
+    Segment Routing header) that names C as the next hop reach neither C nor
+    a socket of the host; A's plain datagram to the host arrives and one
+    straight to C is dropped (controls). The host's kernel refuses the
+    routes (accept_source_route 0, seg6_enabled 0): the datapath only checks
+    the first destination."""
+    a, b, c = abc
+    datapath.maps.endpoints.upsert(a.endpoint(egress=True))
+    datapath.maps.policy.set_endpoint_policy(a.lxc_id, [PolicyEntry(reserved.HOST, "egress")])
+    m = marker()
+    at_c, at_host = topo.sniff(c, f"udp:{PORT}", m), topo.sniff(None, f"udp:{PORT}", m)
+    r4, r6 = topo.router4, topo.router6
+    send(topo, a, ETH_P_IP, ipv4_with_options(a.ipv4, r4, lsrr(c.ipv4), udp(5000, PORT, m)))
+    for route in (routing0(17, c.ipv6, left=1), srh(17, c.ipv6)):
+        send(topo, a, ETH_P_IPV6, ipv6(a.ipv6, r6, IPPROTO_ROUTING, route + udp6(a.ipv6, c.ipv6, 5000, PORT, m)))
+    send(topo, a, ETH_P_IP, ipv4(a.ipv4, c.ipv4, 17, udp(5000, PORT, m)))
+    send(topo, a, ETH_P_IP, ipv4(a.ipv4, r4, 17, udp(5000, PORT, m)))
+    assert (at_c.count(), at_host.count()) == (0, 1)
