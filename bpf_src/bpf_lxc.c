@@ -226,6 +226,14 @@ int from_container(struct __sk_buff *skb)
 				  (ct == CT_RELATED && lb_rev_nat_icmp(skb, &f, &nat) < 0)))
 		return send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id, src_id, 0, 0);
 	dst_ep = lookup_lxc(&f, &f.daddr);
+	/* Tunnel mode: a node's VXLAN socket takes any datagram to its port
+	 * and from-overlay believes the VNI, so a container's own VXLAN to a
+	 * node (this one, or another past masquerading) would carry whatever
+	 * identity it wrote. That port is for local endpoints and the tunnel
+	 * (which encapsulates) only. */
+	if (!dst_ep && f.nexthdr == IPPROTO_UDP && f.dport == bpf_htons(TUNNEL_PORT) &&
+	    tunnel_ifindex() && !tunnel_endpoint_of(f.family, &f.daddr))
+		return send_drop_notify(skb, DROP_INVALID, METRIC_EGRESS, lxc_id, src_id, 0, 0);
 	/* The peer's identity: a reply's is the one its entry recorded for the
 	 * originator; others need a lookup, skipped for an established packet
 	 * to the stack that neither policy counters nor a trace will use. */

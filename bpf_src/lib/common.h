@@ -115,6 +115,9 @@
 #ifndef TUNNEL_MAP_SIZE
 #define TUNNEL_MAP_SIZE		65536	/* Cilium's; two ranges per node */
 #endif
+#ifndef TUNNEL_PORT
+#define TUNNEL_PORT		8472	/* cilium_vxlan's UDP port (defaults.VXLAN_PORT) */
+#endif
 #ifndef CT_MAP_SIZE
 /* per family; LRU hashes are preallocated: 131072 entries ~ 14 MB (v4) +
  * 18 MB (v6). Raise with compile_datapath(defines={"CT_MAP_SIZE": N}). */

@@ -16,18 +16,21 @@ Fragment header).
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 
 import pytest
 
 from docker_cilium.datapath.drop import (
+    DROP_INVALID,
     DROP_INVALID_EXTHDR,
     DROP_INVALID_SIP,
     DROP_INVALID_SMAC,
     DROP_POLICY_DENY,
     DROP_VLAN_FILTERED,
 )
+from docker_cilium.datapath.loader import Datapath, compile_datapath
 from docker_cilium.datapath.maps.policymap import PolicyEntry
 from docker_cilium.identity import reserved
 from tests.packets import (
@@ -49,6 +52,7 @@ from tests.packets import (
     udp,
     udp6,
 )
+from tests.privileged.conftest import make_abc, sh
 from tests.privileged.nettool import csum
 
 pytestmark = pytest.mark.privileged
@@ -307,3 +311,48 @@ def test_source_routes_through_the_host_do_not_pass_egress_policy(topo, datapath
     send(topo, a, ETH_P_IP, ipv4(a.ipv4, c.ipv4, 17, udp(5000, PORT, m)))
     send(topo, a, ETH_P_IP, ipv4(a.ipv4, r4, 17, udp(5000, PORT, m)))
     assert (at_c.count(), at_host.count()) == (0, 1)
+
+
+# ---- VXLAN to the node ------------------------------------------------------------
+def vxlan(vni: int, inner_frame: bytes) -> bytes:
+    return struct.pack("!II", 0x08000000, vni << 8) + inner_frame
+
+
+@pytest.fixture
+def tunnel_port_datapath(topo, pin_root, tmp_path_factory):
+    """A datapath whose tunnel port is a test port (a running agent's
+    cilium_vxlan keeps 8472), with the abc containers."""
+    port = 20000 + (os.getpid() + topo.octet) % 20000
+    obj = compile_datapath(out_dir=tmp_path_factory.mktemp("tunport"), defines={"TUNNEL_PORT": port})
+    dp = Datapath.load(obj, pin_root=pin_root)
+    try:
+        yield dp, port, make_abc(topo, dp)
+    finally:
+        dp.close()
+
+
+def test_vxlan_from_a_container_carries_no_identity(topo, tunnel_port_datapath):
+    """In tunnel mode the node's VXLAN device (external) takes any datagram
+    to its port and from-overlay takes the VNI for the sender's identity. A
+    sends one to the host with B's identity as the VNI around IPv4 and IPv6
+    datagrams as B to C (which admits only B): dropped in from-container, C
+    gets nothing. Control: B's own datagram reaches C."""
+    datapath, port, (a, b, c) = tunnel_port_datapath
+    only_b_to_c(datapath, b, c)
+    vx = f"dc{topo.run_id}vx"
+    sh("ip", "link", "add", vx, "type", "vxlan", "external", "dstport", str(port), "nolearning")
+    topo._record("link", vx)
+    sh("ip", "link", "set", vx, "up")
+    datapath.attach_overlay(int(open(f"/sys/class/net/{vx}/ifindex").read()))
+    m = marker()
+    at_c = topo.sniff(c, f"udp:{PORT}", m)
+    inner = mac(c.node_mac) + mac(b.mac) + struct.pack("!H", ETH_P_IP) + ipv4(b.ipv4, c.ipv4, 17,
+                                                                              udp(5000, PORT, m))
+    inner6 = mac(c.node_mac) + mac(b.mac) + struct.pack("!H", ETH_P_IPV6) + ipv6(
+        b.ipv6, c.ipv6, 17, udp6(b.ipv6, c.ipv6, 5000, PORT, m))
+    invalid = drops(datapath, DROP_INVALID)
+    for frame in (inner, inner6):
+        send(topo, a, ETH_P_IP, ipv4(a.ipv4, topo.router4, 17, udp(5000, port, vxlan(b.identity, frame))))
+    send(topo, b, ETH_P_IP, ipv4(b.ipv4, c.ipv4, 17, udp(5000, PORT, m)))
+    assert at_c.count() == 1
+    assert drops(datapath, DROP_INVALID) == invalid + 2

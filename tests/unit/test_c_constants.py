@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from docker_cilium import defaults
 from docker_cilium.datapath import drop, marks
 from docker_cilium.datapath.loader import SRC_DIR
 from docker_cilium.datapath.maps import cidrmap, configmap, ctmap, eventsmap, lxcmap, metricsmap, policymap
@@ -46,6 +47,7 @@ MIRRORED = {
     "MARK_MAGIC_PROXY_EGRESS": marks.MARK_MAGIC_PROXY_EGRESS,
     "MARK_MAGIC_IDENTITY": marks.MARK_MAGIC_IDENTITY,
     "CFG_F_DEBUG": configmap.CFG_F_DEBUG,
+    "TUNNEL_PORT": defaults.VXLAN_PORT,
     **{name: getattr(configmap, name) for name in dir(configmap)
        if name.startswith("MONITOR_AGGREGATION_")},
     "NOTIFY_DROP": eventsmap.NOTIFY_DROP,
