@@ -124,7 +124,7 @@ def test_state_files_are_private(agent, tmp_path):
     agent.cli("policy", "import", str(policy))
     files = agent_files(agent)
     names = {os.path.basename(f) for f in files}
-    assert {"node-state.db", "node-state.db-wal", "cilium-agent.lock"} <= names, sorted(names)
+    assert {"node-state.db", "cilium-agent.lock"} <= names, sorted(names)
     assert any(f.endswith(".o") for f in files), "no compiled object under the state directory"
     assert any("tc/globals" in f for f in files), "no pinned map under the bpffs root"
     loose = [f"{oct(stat.S_IMODE(os.lstat(f).st_mode))} {f}" for f in files
