@@ -154,6 +154,7 @@
 #define DROP_NO_TUNNEL_KEY	147	/* from-overlay: no tunnel metadata on the packet */
 #define DROP_NO_LXC		152
 #define DROP_CT_CREATE_FAILED	155
+#define DROP_INVALID_EXTHDR	156	/* more IPv6 extension headers than the parser walks */
 #define DROP_NO_SERVICE		158
 #define DROP_POLICY_L4		159
 #define DROP_POLICY_CIDR	162

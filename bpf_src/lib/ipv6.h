@@ -41,7 +41,8 @@ static __always_inline int ipv6_addr_equals(const union v6addr *a, const __u8 *b
 	       a->p32[2] == bb->p32[2] && a->p32[3] == bb->p32[3];
 }
 
-/* Parse an IPv6 header (skipping up to IPV6_MAX_EXTHDRS extension headers).
+/* Parse an IPv6 header (skipping up to IPV6_MAX_EXTHDRS extension headers;
+ * more: PARSE_INVALID_EXTHDR).
  * Fragments are tracked like IPv4's (ipv4_parse_hdr), in
  * cilium_ipv6_frag_datagrams keyed by the Fragment header's id and next
  * header: a later fragment's walk ends at its Fragment header (what follows
@@ -94,6 +95,13 @@ static __always_inline int ipv6_parse_hdr(struct __sk_buff *skb, __u32 off,
 			off += ((__u32)hdr[1] + 1) * 8;
 		nh = hdr[0];
 	}
+	/* Still an extension header after IPV6_MAX_EXTHDRS: the L4 header is
+	 * out of reach, and judging the packet without its ports would let it
+	 * past L4 deny rules. Dropped, as Cilium does (DROP_INVALID_EXTHDR). */
+	if (!nonfirst_frag && (nh == NEXTHDR_HOP || nh == NEXTHDR_ROUTING ||
+			       nh == NEXTHDR_DEST || nh == NEXTHDR_FRAGMENT ||
+			       nh == NEXTHDR_AUTH))
+		return PARSE_INVALID_EXTHDR;
 	f->nexthdr = nh;
 	f->l4_off = off;
 	if (inner) {

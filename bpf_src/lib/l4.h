@@ -13,10 +13,13 @@
 /* negative results of the header parsers */
 #define PARSE_INVALID		(-1)	/* truncated or malformed: DROP_INVALID */
 #define PARSE_FRAG_NOT_FOUND	(-2)	/* later fragment, first one unseen */
+#define PARSE_INVALID_EXTHDR	(-3)	/* more IPv6 extension headers than we walk */
 
 static __always_inline int parse_drop_reason(int ret)
 {
-	return ret == PARSE_FRAG_NOT_FOUND ? DROP_FRAG_NOT_FOUND : DROP_INVALID;
+	if (ret == PARSE_FRAG_NOT_FOUND)
+		return DROP_FRAG_NOT_FOUND;
+	return ret == PARSE_INVALID_EXTHDR ? DROP_INVALID_EXTHDR : DROP_INVALID;
 }
 
 static __always_inline int icmp4_is_error(__u8 type)

@@ -42,6 +42,7 @@ from docker_cilium.ipam.ranges import NodeAddressing, node_element
 from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore import keys, new_backend
 from docker_cilium.kvstore.backend import Backend
+from docker_cilium.kvstore.files import private_directory
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 from docker_cilium.monitor.hub import MonitorHub
 from docker_cilium.node.cluster import ClusterNode
@@ -145,7 +146,7 @@ class Daemon:
         t0 = time.perf_counter()
         cfg = self.config
         for d in (cfg.lib_dir, cfg.state_dir):
-            os.makedirs(d, mode=0o700, exist_ok=True)
+            private_directory(d)
         # Before any socket, link or map is touched: a second agent stops here.
         self.lock.acquire()
         for path in (cfg.socket_path, cfg.plugin_socket):

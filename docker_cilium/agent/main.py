@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 import socket
@@ -99,6 +100,9 @@ def main(kvstore: str, kvstore_opt: tuple[str, ...], **kw: object) -> None:
     dclog.setup(config.debug, config.log_format)
     if config.kvstore == "etcd" and not {"etcd.address", "etcd.config"} & set(config.kvstore_opts):
         raise click.UsageError("--kvstore etcd needs --kvstore-opt etcd.address=HOST:PORT or etcd.config=PATH")
+    # Everything the agent and its children (clang, bpffs pins) create is
+    # root's alone; the API socket's 0660 is set explicitly (servers.py).
+    os.umask(0o077)
     asyncio.run(_run(config))
 
 

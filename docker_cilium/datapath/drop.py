@@ -17,6 +17,7 @@ DROP_WRITE_ERROR = 141
 DROP_NO_TUNNEL_KEY = 147
 DROP_NO_LXC = 152
 DROP_CT_CREATE_FAILED = 155
+DROP_INVALID_EXTHDR = 156
 DROP_NO_SERVICE = 158
 DROP_POLICY_L4 = 159
 DROP_POLICY_CIDR = 162
@@ -41,6 +42,7 @@ DROP_REASONS = {
     DROP_NO_TUNNEL_KEY: "No tunnel/encapsulation key (datapath BUG!)",
     DROP_NO_LXC: "No matching local container found",
     DROP_CT_CREATE_FAILED: "CT: Map insertion failed",
+    DROP_INVALID_EXTHDR: "Invalid extension header",
     DROP_NO_SERVICE: "Service backend not found",
     DROP_POLICY_L4: "Policy denied (L4)",
     DROP_POLICY_CIDR: "Policy denied (CIDR)",

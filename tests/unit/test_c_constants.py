@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from docker_cilium import defaults
 from docker_cilium.datapath import drop, marks
 from docker_cilium.datapath.loader import SRC_DIR
 from docker_cilium.datapath.maps import cidrmap, configmap, ctmap, eventsmap, lxcmap, metricsmap, policymap
