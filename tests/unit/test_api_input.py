@@ -121,3 +121,13 @@ def test_str_with_a_raw_lone_surrogate_is_refused():
     with pytest.raises(PolicyValidationError, match="not valid UTF-8"):
         list(iter_json_array('[{}, "\ud800"]'))
     assert strictjson.loads('["\U0001F600"]') == ["\U0001F600"]
+
+
+@pytest.mark.parametrize("name", ["0.", "x.y", "cilium_lxc.old"])
+async def test_map_name_with_a_dot_is_a_400(api, name):
+    """Found by tests/unit/test_fuzz_properties.py: bpffs refuses any name
+    with a '.' (EPERM from bpf_obj_get), which GET /v1/map/0. answered as a 500."""
+    client, _ = api
+    message = await api_error(await client.get(f"/v1/map/{name}"), 400)
+    assert f"invalid map name {name!r}" in message and "'.'" in message
+    await _serving(client)
