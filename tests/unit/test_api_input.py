@@ -131,3 +131,15 @@ async def test_map_name_with_a_dot_is_a_400(api, name):
     message = await api_error(await client.get(f"/v1/map/{name}"), 400)
     assert f"invalid map name {name!r}" in message and "'.'" in message
     await _serving(client)
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/v1/policy/resolve"), ("PATCH", "/v1/config"),
+                                         ("PATCH", "/v1/endpoint/1001")])
+async def test_unknown_field_message_is_bounded(api, method, path):
+    """Found by tests/unit/test_fuzz_properties.py: an unknown field named
+    with 2,000 characters came back whole in the 400's message."""
+    client, _ = api
+    key = "0" * 2000
+    message = await api_error(await client.request(method, path, data=json.dumps({key: 1})), 400)
+    assert f"unknown field '{'0' * 80}" in message and len(message) < 300, message
+    await _serving(client)
