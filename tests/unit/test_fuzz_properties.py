@@ -252,8 +252,16 @@ def test_plugin_methods_reject_bad_bodies_cleanly(harness, data):
 # ---- REST API: schemathesis over openapi.json, and raw bodies -----------------------------------------------------
 
 SCHEMA = schemathesis.openapi.from_path(OPENAPI)
-OPERATIONS = [r.ok() for r in SCHEMA.get_all_operations() if r.ok().path not in SKIPPED_PATHS]
-CASES = st.one_of([op.as_strategy(generation_mode=mode) for op in OPERATIONS for mode in GenerationMode])
+ALL_OPERATIONS = [r.ok() for r in SCHEMA.get_all_operations()]
+OPERATIONS = [op for op in ALL_OPERATIONS if op.path not in SKIPPED_PATHS]
+
+
+def cases(operations: list[Any]) -> st.SearchStrategy[Any]:
+    """Schemathesis's positive and negative cases for ``operations``."""
+    return st.one_of([op.as_strategy(generation_mode=mode) for op in operations for mode in GenerationMode])
+
+
+CASES = cases(OPERATIONS)
 BODY_ROUTES = sorted((op.method.upper(), op.path) for op in OPERATIONS if op.definition.raw.get("requestBody"))
 
 
@@ -264,6 +272,17 @@ def _query(query: dict[str, Any] | None) -> list[tuple[str, str]]:
         for item in value if isinstance(value, list) else [value]:
             pairs.append((str(key), item if isinstance(item, str) else json.dumps(item)))
     return pairs
+
+
+def _api_case(case: Any) -> tuple[str, URL, bytes | None, dict[str, str]]:
+    """A schemathesis case as (method, URL, body, headers) on the wire."""
+    url = URL("/v1" + case.formatted_path, encoded=True).with_query(_query(case.query))
+    # Negative cases may carry raw bytes (a body of the wrong media type): sent as they are.
+    raw = None if isinstance(case.body, NotSet) else case.body if isinstance(case.body, bytes) else _dump(case.body)
+    headers = {str(k): str(v) for k, v in (case.headers or {}).items() if str(k).lower() != "content-length"}
+    if raw is not None:
+        headers.setdefault("Content-Type", case.media_type or "application/json")
+    return case.method.upper(), url, raw, headers
 
 
 async def _api_call(h: Harness, method: str, url: URL, raw: bytes | None, headers: dict[str, str]) -> None:
@@ -288,13 +307,7 @@ async def _api_call(h: Harness, method: str, url: URL, raw: bytes | None, header
 @given(case=CASES)
 def test_api_routes_from_openapi_schema(harness, case):
     """Schemathesis's positive and negative cases for every documented operation."""
-    url = URL("/v1" + case.formatted_path, encoded=True).with_query(_query(case.query))
-    # Negative cases may carry raw bytes (a body of the wrong media type): sent as they are.
-    raw = None if isinstance(case.body, NotSet) else case.body if isinstance(case.body, bytes) else _dump(case.body)
-    headers = {str(k): str(v) for k, v in (case.headers or {}).items() if str(k).lower() != "content-length"}
-    if raw is not None:
-        headers.setdefault("Content-Type", case.media_type or "application/json")
-    harness.run(_api_call(harness, case.method.upper(), url, raw, headers))
+    harness.run(_api_call(harness, *_api_case(case)))
 
 
 @FUZZ
