@@ -331,10 +331,17 @@ def test_api_routes_reject_bad_bodies_cleanly(harness, data):
 ANNOUNCED = 2 ** 30  # what the request claims to carry; far more than is ever sent
 
 
-def _oversized_request(port: int, method: str, path: str, send: int) -> bytes:
-    """Announce ANNOUNCED bytes, send ``send``, and return what the server
-    answers; a server waiting for the whole body would time out here."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+def oversized_request(address: int | str, method: str, path: str, send: int) -> bytes:
+    """Announce ANNOUNCED bytes to ``address`` (a local TCP port or a unix
+    socket's path), send ``send``, and return what the server answers; a
+    server waiting for the whole body would time out here."""
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(address)
+    else:
+        sock = socket.create_connection(("127.0.0.1", address), timeout=10)
+    with sock:
         sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {ANNOUNCED}\r\n\r\n".encode())
         chunk = b"[" + b" " * (64 * 1024 - 1)
@@ -346,31 +353,43 @@ def _oversized_request(port: int, method: str, path: str, send: int) -> bytes:
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered and closed before all of it was sent
         reply = b""
-        while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < 10:
-            data = sock.recv(65536)
-            if not data:
-                break
+        while not _complete(reply) and (data := sock.recv(65536)):
             reply += data
         return reply
 
 
-@pytest.mark.parametrize("method,path,send", [
+def _complete(reply: bytes) -> bool:
+    """``reply`` holds the whole response: its head and Content-Length bytes of body."""
+    head, sep, body = reply.partition(b"\r\n\r\n")
+    length = [line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    return bool(sep) and bool(length) and len(body) >= int(length[0])
+
+
+def assert_413(reply: bytes, plugin: bool) -> None:
+    """``reply`` is a 413 in the socket's error shape, saying the body is too large."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), reply[:300]
+    text = json.loads(body.split(b"\n")[0] if plugin else body)
+    message = text["Err"] if plugin else text["message"]
+    assert "too large" in message or str(MAX_IMPORT_BYTES) in message, message
+
+
+OVERSIZED = [
     ("POST", "/NetworkDriver.CreateEndpoint", 2 * 1024 * 1024),  # past aiohttp's 1 MiB client_max_size
     ("POST", "/IpamDriver.RequestAddress", 2 * 1024 * 1024),
     ("PATCH", "/v1/config", 2 * 1024 * 1024),
     ("PATCH", "/v1/endpoint/1001", 2 * 1024 * 1024),
     ("PUT", "/v1/service/7", 2 * 1024 * 1024),
     ("PUT", "/v1/policy", 0),  # MAX_IMPORT_BYTES is checked against Content-Length before any read
-])
+]
+
+
+@pytest.mark.parametrize("method,path,send", OVERSIZED)
 def test_oversized_body_is_413_before_it_is_read_whole(harness, method, path, send):
     client = harness.plugin if path.startswith("/NetworkDriver") or path.startswith("/IpamDriver") else harness.api
     before = harness.run(harness.snapshot())
     reply = harness.loop.run_until_complete(harness.loop.run_in_executor(
-        None, _oversized_request, client.port, method, path, send))
-    head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 413"), reply[:300]
-    text = json.loads(body.split(b"\n")[0] if client is harness.plugin else body)
-    message = text["Err"] if client is harness.plugin else text["message"]
-    assert "too large" in message or str(MAX_IMPORT_BYTES) in message, message
+        None, oversized_request, client.port, method, path, send))
+    assert_413(reply, plugin=client is harness.plugin)
     assert harness.run(harness.snapshot()) == before
     harness.run(harness.still_serving(f"{method} {path} with a 1 GiB Content-Length"))
