@@ -44,6 +44,7 @@ from schemathesis.core import NotSet
 from schemathesis.generation import GenerationMode
 from yarl import URL
 
+from docker_cilium import errors
 from docker_cilium.api.app import build_app as build_api_app
 from docker_cilium.api.openapi import __file__ as openapi_module
 from docker_cilium.plugin.app import build_app as build_plugin_app
@@ -64,7 +65,9 @@ FUZZ = settings.get_profile("cilium-soak" if os.environ.get("CILIUM_FUZZ") == "s
 
 OPENAPI = os.path.join(os.path.dirname(openapi_module), "openapi.json")
 SKIPPED_PATHS = {"/healthz", "/monitor"}  # see the module docstring
-MAX_MESSAGE = 2048  # a rejection names the problem; it does not echo a huge input back
+# A rejection names the problem; it does not echo a huge input back (APIError
+# cuts its message at errors.MAX_MESSAGE and adds how many characters more).
+MAX_MESSAGE = errors.MAX_MESSAGE + 40
 
 # ---- values ---------------------------------------------------------------------------------------------------
 
