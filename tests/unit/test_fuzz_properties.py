@@ -66,8 +66,9 @@ FUZZ = settings.get_profile("cilium-soak" if os.environ.get("CILIUM_FUZZ") == "s
 OPENAPI = os.path.join(os.path.dirname(openapi_module), "openapi.json")
 SKIPPED_PATHS = {"/healthz", "/monitor"}  # see the module docstring
 # A rejection names the problem; it does not echo a huge input back (APIError
-# cuts its message at errors.MAX_MESSAGE and adds how many characters more).
-MAX_MESSAGE = errors.MAX_MESSAGE + 40
+# cuts its message at errors.MAX_MESSAGE and adds how many characters more;
+# the plugin socket puts the method's name before a request's error).
+MAX_MESSAGE = errors.MAX_MESSAGE + 100
 
 # ---- values ---------------------------------------------------------------------------------------------------
 
