@@ -12,11 +12,21 @@ one ``APIError`` type on both sides of the socket.
 
 from __future__ import annotations
 
+# A message names what is wrong; past this it would only be echoing a caller's
+# input back (a 1 MB ID, a 1 MB reply): the rest is cut and counted.
+MAX_MESSAGE = 1024
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` up to ``limit`` characters, then how many more there were."""
+    return message if len(message) <= limit else f"{message[:limit]}... ({len(message) - limit} more characters)"
+
 
 class APIError(Exception):
     """A request that cannot be served as asked; ``status`` is its HTTP code.
 
-    The message is shown to the user as is (the CLI, dockerd's error line).
+    The message is shown to the user as is (the CLI, dockerd's error line),
+    up to MAX_MESSAGE characters.
     ``status`` comes from the class; the constructor's ``status`` is only for
     a code without a class here (a client relaying what the server said).
     """
@@ -24,6 +34,7 @@ class APIError(Exception):
     status: int = 500
 
     def __init__(self, message: str, status: int | None = None) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.message = message
         if status is not None:

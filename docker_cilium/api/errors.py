@@ -37,7 +37,7 @@ async def json_body(request: web.Request, expect: type = dict) -> Any:
 def reject_unknown(body: dict[str, Any], allowed: set[str], where: str = "") -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise BadRequest(f"{where}unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        raise BadRequest(f"{where}unknown field {unknown[0][:80]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
 @web.middleware

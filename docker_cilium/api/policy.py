@@ -51,6 +51,13 @@ async def _optional_body(request: web.Request) -> Any:
     return await json_body(request, object)
 
 
+def _some(items: list[str], shown: int = 10) -> str:
+    """The first ``shown`` of ``items`` and how many more: a message names
+    what did not match without echoing a megabyte of request back."""
+    more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
 def _flag(request: web.Request, name: str) -> bool:
     raw = request.query.get(name, "false").lower()
     if raw not in ("true", "false", "1", "0", ""):
@@ -67,7 +74,7 @@ async def get_policy(request: web.Request) -> web.Response:
     policy = _policy(request)
     rules = policy.repo.get(labels or None)
     if labels and not rules:
-        raise NotFound(f"no policy rules found with labels {', '.join(labels)}")
+        raise NotFound(f"no policy rules found with labels {_some(labels)}")
     return await _reply(policy, rules)
 
 

@@ -264,9 +264,13 @@ class EndpointManager(NetworksMixin, RestoreMixin):
     async def join(self, network_id: str, endpoint_id: str, sandbox_key: str) -> JoinInfo:
         t0 = time.perf_counter()
         ep = self.by_docker_id(endpoint_id, network_id)
-        ep.sandbox_key = sandbox_key
-        info = self.join_info(ep)
-        await self._save_endpoint(ep)
+        info = self.join_info(ep)  # first: a Join it refuses (network gone) leaves the endpoint as it was
+        old, ep.sandbox_key = ep.sandbox_key, sandbox_key
+        try:
+            await self._save_endpoint(ep)
+        except BaseException:
+            ep.sandbox_key = old  # not on disk: not in memory either
+            raise
         log.debug("endpoint.join", endpoint=ep.id, duration_ms=round((time.perf_counter() - t0) * 1000, 2))
         return info
 

@@ -64,7 +64,7 @@ def parse_spec(body: Any) -> PrefilterSpec:
         raise BadRequest(f"request body must be a JSON object {{revision, deny}}, got {type(body).__name__}")
     unknown = sorted(set(body) - {"revision", "deny"})
     if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r} (allowed: deny, revision)")
+        raise BadRequest(f"unknown field {unknown[0][:80]!r} (allowed: deny, revision)")
     revision = body.get("revision", 0)
     if revision is None:
         revision = 0

@@ -65,7 +65,7 @@ def _object(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
         raise BadRequest(f"{where}: expected an object, got {type(raw).__name__}")
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise BadRequest(f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        raise BadRequest(f"{where}: unknown field {unknown[0][:80]!r} (allowed: {', '.join(sorted(allowed))})")
     return raw
 
 

@@ -121,3 +121,27 @@ def test_str_with_a_raw_lone_surrogate_is_refused():
     with pytest.raises(PolicyValidationError, match="not valid UTF-8"):
         list(iter_json_array('[{}, "\ud800"]'))
     assert strictjson.loads('["\U0001F600"]') == ["\U0001F600"]
+
+
+@pytest.mark.parametrize("name", ["0.", "x.y", "cilium_lxc.old"])
+async def test_map_name_with_a_dot_is_a_400(api, name):
+    """Found by tests/unit/test_fuzz_properties.py: bpffs refuses any name
+    with a '.' (EPERM from bpf_obj_get), which GET /v1/map/0. answered as a 500."""
+    client, _ = api
+    message = await api_error(await client.get(f"/v1/map/{name}"), 400)
+    assert f"invalid map name {name!r}" in message and "'.'" in message
+    await _serving(client)
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/v1/policy/resolve"), ("PATCH", "/v1/config"),
+                                         ("PATCH", "/v1/endpoint/1001"), ("PUT", "/v1/service/7"),
+                                         ("PATCH", "/v1/prefilter"), ("PUT", "/v1/policy")])
+async def test_unknown_field_message_is_bounded(api, method, path):
+    """Found by tests/unit/test_fuzz_properties.py: an unknown field named
+    with 2,000 characters came back whole in the 400's message."""
+    client, _ = api
+    key = "0" * 2000
+    body = [{"endpointSelector": {}, key: 1}] if path == "/v1/policy" else {key: 1}
+    message = await api_error(await client.request(method, path, data=json.dumps(body)), 400)
+    assert f"unknown field {'0' * 80}"[:-1] in message.replace("'", "").replace('"', "") and len(message) < 300, message
+    await _serving(client)

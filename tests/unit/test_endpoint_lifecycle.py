@@ -258,3 +258,18 @@ async def test_manager_refuses_an_address_no_endpoint_can_hold(store) -> None:
         except BadRequest as exc:
             assert needle in exc.message, exc.message
     assert mgr.endpoints == {} and mgr.links.links == {} and await store.get(EP_PREFIX + "e" * 64) is None
+
+
+async def test_rejected_join_leaves_the_endpoint_as_it_was(api, daemon_plugin) -> None:
+    """Found by tests/unit/test_fuzz_properties.py: a Join refused because its
+    network is gone (404) had already set the endpoint's sandbox key in memory,
+    so the agent showed a sandbox dockerd never attached and the store did not hold."""
+    _, daemon = api
+    resp = await daemon_plugin.post("/NetworkDriver.DeleteNetwork", data=json.dumps({"NetworkID": NET}))
+    assert resp.status == 200, await resp.text()
+    docker_id = f"{1001:064d}"
+    resp = await daemon_plugin.post("/NetworkDriver.Join", data=json.dumps(
+        {"NetworkID": NET, "EndpointID": docker_id, "SandboxKey": "/var/run/docker/netns/x", "Options": {}}))
+    assert resp.status == 404 and "not found" in (await resp.json())["Err"]
+    assert daemon.endpoints.by_docker_id(docker_id).sandbox_key == ""
+    assert json.loads(await daemon.store.get(EP_PREFIX + docker_id))["sandbox_key"] == ""

@@ -232,3 +232,16 @@ async def test_etcd_leased_write_renews_only_on_lease_not_found():
         await backend._leased(True, op_failing_with(backend._err(
             "put k", _aetcd_error(aetcd.rpc.StatusCode.UNAVAILABLE, "requested lease not found"))))
     assert calls == [2] and renewed == [1]
+
+
+async def test_plugin_error_echoing_a_huge_id_is_bounded(plugin):
+    """Found by tests/unit/test_fuzz_properties.py (CILIUM_FUZZ=soak): a
+    CreateEndpoint naming a 2,000-character network came back with all of it
+    in "network ... not found"; every APIError message is now cut at
+    MAX_MESSAGE characters and says how many more there were."""
+    client = plugin[0]
+    resp = await client.post("/NetworkDriver.CreateEndpoint", data=json.dumps(
+        {"NetworkID": "0" * 100_000, "EndpointID": "e" * 64, "Interface": {"Address": "", "AddressIPv6": ""}}))
+    err = (await resp.json(content_type=None))["Err"]
+    assert resp.status == 404 and err.startswith("network 000") and len(err) < errors.MAX_MESSAGE + 50, err[:200]
+    assert err.endswith(" more characters)"), err[-100:]

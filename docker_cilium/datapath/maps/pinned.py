@@ -106,6 +106,8 @@ def decode(obj: Any) -> Any:
 def _check_name(name: str) -> None:
     if not name or "/" in name or name in (".", "..") or "\0" in name:
         raise BadRequest(f"invalid map name {name[:80]!r}: expected a pinned map's file name")
+    if "." in name:  # bpffs refuses such a lookup (EPERM): no map can be pinned under it
+        raise BadRequest(f"invalid map name {name[:80]!r}: a pinned map's name never contains '.'")
 
 
 class _Map:

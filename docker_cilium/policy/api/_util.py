@@ -59,7 +59,7 @@ def check_fields(
         if key not in allowed:
             hint = difflib.get_close_matches(str(key), allowed, n=1)
             suffix = f' (did you mean "{hint[0]}"?)' if hint else ""
-            raise PolicyValidationError(path, f'unknown field "{key}"{suffix}')
+            raise PolicyValidationError(path, f'unknown field "{str(key)[:80]}"{suffix}')
 
 
 def get_list(data: Mapping[str, Any], key: str, path: str) -> list[Any]:
