@@ -12,9 +12,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import ipaddress
 import os
 import socket
-from typing import Iterator
+from typing import Any, Iterator
 
 from docker_cilium import defaults
 
@@ -183,6 +184,22 @@ class bpf_object_open_opts(ctypes.Structure):
 # --------------------------------------------------------------------------
 # byte order and address conversions for map keys and values
 # --------------------------------------------------------------------------
+#: bits of an LPM key before its address (family and pad), always matched
+LPM_KEY_PREFIX_BITS = 32
+
+
+def fill_lpm_key(key: Any, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    """Fill the LPM key layout cilium_ipcache and cilium_tunnel_map share
+    ({prefixlen, family, pad[3], ip4|ip6}): prefixlen counts the 32 bits of
+    family and pad, always matched, before the address's own."""
+    key.prefixlen = LPM_KEY_PREFIX_BITS + net.prefixlen
+    key.family = net.version
+    if net.version == 4:
+        key.ip4 = ip4_to_be32(str(net.network_address))
+    else:
+        key.ip6[:] = net.network_address.packed
+
+
 def ip4_to_be32(addr: str | None) -> int:
     """IPv4 string -> u32 whose in-memory bytes are the address (network order)."""
     if not addr:

@@ -8,7 +8,7 @@ import ctypes
 import ipaddress
 from dataclasses import dataclass
 
-from docker_cilium.datapath.bpf import BpfMap, be32_to_ip4, ip4_to_be32, u8, u16, u32
+from docker_cilium.datapath.bpf import LPM_KEY_PREFIX_BITS, BpfMap, be32_to_ip4, fill_lpm_key, ip4_to_be32, u8, u16, u32
 
 IPCACHE_MAP = "cilium_ipcache"
 
@@ -46,13 +46,7 @@ class IPCacheEntry:
 def _ipcache_key(prefix: str) -> ipcache_key:
     net = ipaddress.ip_network(prefix, strict=False)
     k = ipcache_key()
-    k.prefixlen = 32 + net.prefixlen
-    if net.version == 4:
-        k.family = 4
-        k.ip4 = ip4_to_be32(str(net.network_address))
-    else:
-        k.family = 6
-        k.ip6[:] = net.network_address.packed
+    fill_lpm_key(k, net)
     return k
 
 
@@ -87,7 +81,7 @@ class IPCache:
     def dump(self) -> dict[str, IPCacheEntry]:
         out = {}
         for k, v in self.m.items():
-            plen = k.prefixlen - 32
+            plen = k.prefixlen - LPM_KEY_PREFIX_BITS
             if k.family == 4:
                 p = f"{be32_to_ip4(k.ip4)}/{plen}"
             else:

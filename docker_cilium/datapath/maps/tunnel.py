@@ -10,11 +10,9 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 
-from docker_cilium.datapath.bpf import BpfMap, be32_to_ip4, ip4_to_be32, u8, u32
+from docker_cilium.datapath.bpf import LPM_KEY_PREFIX_BITS, BpfMap, be32_to_ip4, fill_lpm_key, ip4_to_be32, u8, u32
 
 TUNNEL_MAP = "cilium_tunnel_map"
-#: bits of the key before the address, always matched (family and pad)
-KEY_PREFIX_BITS = 32
 
 
 class _tunnel_addr(ctypes.Union):
@@ -38,13 +36,7 @@ def _key(cidr: str) -> tuple[tunnel_map_key, str]:
     """The trie key of ``cidr`` and its canonical text; ValueError for a bad one."""
     net = ipaddress.ip_network(cidr, strict=False)
     k = tunnel_map_key()
-    k.prefixlen = KEY_PREFIX_BITS + net.prefixlen
-    if net.version == 4:
-        k.family = 4
-        k.ip4 = ip4_to_be32(str(net.network_address))
-    else:
-        k.family = 6
-        k.ip6[:] = net.network_address.packed
+    fill_lpm_key(k, net)
     return k, str(net)
 
 
@@ -73,7 +65,7 @@ class TunnelMap:
         """Every entry: CIDR -> endpoint IPv4."""
         out = {}
         for k, v in self.m.items():
-            plen = k.prefixlen - KEY_PREFIX_BITS
+            plen = k.prefixlen - LPM_KEY_PREFIX_BITS
             if k.family == 4:
                 cidr = f"{be32_to_ip4(k.ip4)}/{plen}"
             else:
