@@ -57,6 +57,25 @@ def test_cross_node_ipv4_and_ipv6(nets):
                 wait_reach(src, v6, timeout=30)
 
 
+def test_cluster_health_reaches_every_node_by_address_and_through_the_tunnel(nets):
+    """`cilium status`'s cluster health on every node: all nodes reachable at their
+    address and through the tunnel (the probe to a node's cilium_host address leaves
+    by to-overlay and arrives by from-overlay), as the agents' own prober sees it."""
+    want = {node_ip(n) for n in NODES}
+
+    def healthy() -> bool:
+        for node in NODES:
+            h = cli_json(node, "status")["cluster-health"]
+            ok = {n["ip"] for n in h["nodes"] if n["host"]["reachable"] and n["tunnel"]["reachable"]}
+            if (h["state"], h["reachable"], h["total"], ok) != ("Ok", len(NODES), len(NODES), want):
+                return False
+        return True
+
+    wait_until(healthy, timeout=45, interval=2, what="every node's cluster health Ok")  # probes every 10 s
+    out = on("node1", "cilium", "status").stdout
+    assert f"{len(NODES)}/{len(NODES)} reachable" in out, out
+
+
 def handbook_apps(made) -> tuple[Box, Box, Box]:
     """app1 (serving on 80) on node1, app2 on node2, app3 on node3."""
     app1 = made.run("node1", "app1", "-l", "id=app1", serve="docker-cilium")
