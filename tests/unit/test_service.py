@@ -110,6 +110,15 @@ B1, B2, B3 = L4Addr("10.2.0.2", 8080), L4Addr("10.2.0.3", 8080), L4Addr("10.2.0.
 FE1, FE2 = L4Addr("10.96.0.10", 80), L4Addr("10.96.0.11", 80)
 
 
+class FullLB(MemLB):
+    """Maps that refuse a service with more than one backend (ENOSPC)."""
+
+    def upsert_service(self, svc_id, frontend, backends):
+        if len(backends) > 1:
+            raise OSError(28, "No space left on device")
+        super().upsert_service(svc_id, frontend, backends)
+
+
 async def test_backend_ids_shared_removed_backend_drains_until_unused(store):
     lb = MemLB()
     mgr = ServiceManager(store, lb)  # type: ignore[arg-type]
@@ -153,13 +162,7 @@ async def test_restore_writes_records_drops_stale_frontends(store):
 
 
 async def test_map_failure_rolls_the_store_back(store):
-    class Full(MemLB):
-        def upsert_service(self, svc_id, frontend, backends):
-            if len(backends) > 1:
-                raise OSError(28, "No space left on device")
-            super().upsert_service(svc_id, frontend, backends)
-
-    lb = Full()
+    lb = FullLB()
     mgr = ServiceManager(store, lb)  # type: ignore[arg-type]
     await mgr.upsert(Service(1, FE1, (B1,)))
     with pytest.raises(OSError):

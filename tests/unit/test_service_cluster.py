@@ -20,7 +20,7 @@ from docker_cilium.service import manager as manager_module
 from docker_cilium.service.manager import ServiceManager
 from docker_cilium.service.model import Service, parse_id
 from tests.unit.test_cli import agent, run  # noqa: F401  (the served unit daemon fixture)
-from tests.unit.test_service import B1, B2, B3, FE1, FE2, MemLB, spec
+from tests.unit.test_service import B1, B2, B3, FE1, FE2, FullLB, MemLB, spec
 from tests.unit.unit_daemon import api_error
 
 FE3 = L4Addr("10.96.0.12", 80)
@@ -180,13 +180,7 @@ async def test_store_down_changes_refused_503_maps_keep_what_they_have(clients):
 
 
 async def test_maps_refusing_a_cluster_service_revert_the_store(clients):
-    class Full(MemLB):
-        def upsert_service(self, svc_id, frontend, backends):
-            if len(backends) > 1:
-                raise OSError(28, "No space left on device")
-            super().upsert_service(svc_id, frontend, backends)
-
-    lb = Full()
+    lb = FullLB()
     mgr = await manager(clients[0], lb)
     cs = ClusterServices(clients[0])
     try:
