@@ -36,6 +36,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 RPC_TIMEOUT_S = 10
+#: seconds a client close may take before it is abandoned
+CLOSE_TIMEOUT_S = 5.0
 
 
 class LeaseNotFound(KVStoreError):
@@ -263,9 +265,11 @@ class EtcdBackend(Backend):
         client, self._client = self._client, None
         if client is not None:
             try:
-                await client.close()
+                # bounded: a channel close that never returns (seen once under a
+                # loaded test run) must not hang the agent's shutdown
+                await asyncio.wait_for(client.close(), CLOSE_TIMEOUT_S)
             except Exception as e:  # closing a broken channel must not mask the caller's error
-                log.debug("kvstore.close_failed", address=self.address, error=str(e))
+                log.debug("kvstore.close_failed", address=self.address, error=str(e) or type(e).__name__)
 
     async def _keepalive(self) -> None:
         interval = max(self.lease_ttl / 3.0, 0.5)
