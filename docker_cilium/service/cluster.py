@@ -22,6 +22,7 @@ delete and re-create to move it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from typing import Any
@@ -35,6 +36,9 @@ from .model import MAX_SERVICE_ID, Service, format_addr, parse_spec
 
 #: Tries of one change against concurrent writers before giving up (409).
 ATTEMPTS = 64
+#: how long a frontend claim whose record is missing may be another agent's
+#: creation in flight (it claims, then writes the record) before it counts as stale
+STALE_GRACE_S = 0.5
 
 
 def frontend_name(fe: L4Addr) -> str:
@@ -96,6 +100,13 @@ class ClusterServices:
         fe_key = self.frontends + frontend_name(svc.frontend)
         claim = await self.backend.get(fe_key)
         holder = await self._holder(claim, svc.frontend)
+        if claim is not None and holder is None:
+            # No record for the claim yet may be an agent between its claim and its
+            # record: judged stale only if still so after the grace, else two IDs
+            # could end up with one frontend.
+            await asyncio.sleep(STALE_GRACE_S)
+            if await self.backend.get(fe_key) != claim or await self._holder(claim, svc.frontend) is not None:
+                return None  # it moved on or became real: look again
         if holder is not None and svc.id not in (0, holder):
             raise Conflict(f"frontend {frontend_name(svc.frontend)} is service {holder}'s")
         want = holder or svc.id
