@@ -1,0 +1,243 @@
+"""Endpoint set-up through the plugin protocol, as dockerd drives it, against
+a private agent; and the agent's memory with many endpoints.
+
+The agent runs in a network namespace of its own (``nsenter --net``: links,
+routes and iptables never meet the machine's agent or another benchmark)
+with its own lib/state dirs, bpffs directory, API and plugin sockets, so no
+lock is needed. The benchmark speaks to the plugin socket exactly as dockerd
+does: ``RequestPool`` and ``CreateNetwork`` once, then per endpoint
+``RequestAddress`` (IPv4 and IPv6), ``CreateEndpoint``, ``Join``; tear-down
+``Leave``, ``DeleteEndpoint``, ``ReleaseAddress`` (both). The figure is the
+time of ``CreateEndpoint`` + ``Join`` seen by the caller (the veth, its
+routes, its maps and both tc programs attached before the reply):
+
+* one at a time (``--sequential`` endpoints): p50 and p99;
+* ``--concurrency`` at once (``--rounds`` batches, each created together and
+  removed before the next): p50 and p99 over every endpoint;
+* ``--endpoints N`` (0 skips): the agent's RSS (``/proc/<pid>/status``)
+  before and after N endpoints, created ``--concurrency`` at a time.
+
+    .venv/bin/python -m bench.endpoint_setup --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.helpers import Agent
+
+GOAL_SEQ_P50_MS = 5.0
+GOAL_PAR_P99_MS = 50.0
+
+
+class NetnsAgent(Agent):
+    """The test suites' agent, started inside network namespace ``netns``."""
+
+    def __init__(self, workdir: Path, netns: str) -> None:
+        super().__init__(workdir, plugin_socket=str(workdir / "plugin.sock"),
+                         extra=["--ipv4-range", "10.199.0.0/16", "--ipv6-range", "fd00:199::/96",
+                                "--bpf-lb-sock", "false", "--enable-l7-proxy", "false", "--no-masquerade",
+                                "--docker-socket", str(workdir / "no-docker.sock"), "--mtu", "1500"])
+        self.netns = netns
+
+    @property
+    def argv(self) -> list[str]:
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *super().argv]
+
+    def rss_mib(self) -> float:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+
+class Plugin:
+    """A libnetwork client of the plugin socket (dockerd's calls, in its order)."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path, limit=64))
+        self.net_id = uuid.uuid4().hex + uuid.uuid4().hex
+        self.pools: dict[int, str] = {}
+
+    async def call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(f"http://plugin/{method}", json=body) as resp:
+            reply = json.loads(await resp.read())
+            if resp.status != 200:
+                raise RuntimeError(f"{method}: {resp.status} {reply}")
+            return reply
+
+    async def create_network(self) -> None:
+        data: dict[int, list[dict[str, Any]]] = {}
+        for fam in (4, 6):
+            r = await self.call("IpamDriver.RequestPool", {"AddressSpace": "CiliumLocal", "Pool": "",
+                                                            "SubPool": "", "Options": {}, "V6": fam == 6})
+            self.pools[fam] = r["PoolID"]
+            data[fam] = [{"AddressSpace": "CiliumLocal", "Pool": r["Pool"],
+                          "Gateway": r["Data"]["com.docker.network.gateway"], "AuxAddresses": {}}]
+        await self.call("NetworkDriver.CreateNetwork", {"NetworkID": self.net_id, "Options": {},
+                                                        "IPv4Data": data[4], "IPv6Data": data[6]})
+
+    async def endpoint_up(self) -> tuple[str, dict[int, str], float]:
+        """Addresses, then CreateEndpoint + Join (timed, ms)."""
+        addrs = {}
+        for fam in (4, 6):
+            r = await self.call("IpamDriver.RequestAddress", {"PoolID": self.pools[fam], "Address": "",
+                                                              "Options": {}})
+            addrs[fam] = r["Address"]
+        eid = uuid.uuid4().hex + uuid.uuid4().hex
+        t0 = time.perf_counter()
+        await self.call("NetworkDriver.CreateEndpoint", {
+            "NetworkID": self.net_id, "EndpointID": eid, "Options": {},
+            "Interface": {"Address": addrs[4], "AddressIPv6": addrs[6], "MacAddress": ""}})
+        await self.call("NetworkDriver.Join", {"NetworkID": self.net_id, "EndpointID": eid,
+                                               "SandboxKey": f"/var/run/docker/netns/{eid[:12]}", "Options": {}})
+        return eid, addrs, (time.perf_counter() - t0) * 1000
+
+    async def endpoint_down(self, eid: str, addrs: dict[int, str]) -> None:
+        ref = {"NetworkID": self.net_id, "EndpointID": eid}
+        await self.call("NetworkDriver.Leave", ref)
+        await self.call("NetworkDriver.DeleteEndpoint", ref)
+        for fam in (4, 6):
+            await self.call("IpamDriver.ReleaseAddress", {"PoolID": self.pools[fam], "Address": addrs[fam]})
+
+    async def batch(self, n: int, concurrency: int) -> tuple[list[tuple[str, dict[int, str]]], list[float]]:
+        """``n`` endpoints, ``concurrency`` at once; returns them and each set-up time."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one() -> tuple[str, dict[int, str], float]:
+            async with sem:
+                return await self.endpoint_up()
+
+        done = await asyncio.gather(*(one() for _ in range(n)))
+        return [(e, a) for e, a, _ in done], [ms for _, _, ms in done]
+
+    async def teardown(self, eps: list[tuple[str, dict[int, str]]], concurrency: int) -> None:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(e: str, a: dict[int, str]) -> None:
+            async with sem:
+                await self.endpoint_down(e, a)
+
+        await asyncio.gather(*(one(e, a) for e, a in eps))
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return round(s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))], 2)
+
+
+def spread(xs: list[float]) -> str:
+    return f"p50 {pct(xs, 50)} ms, p99 {pct(xs, 99)} ms (min {min(xs):.2f}, max {max(xs):.2f}; n={len(xs)})"
+
+
+async def measure(agent: NetnsAgent, args: argparse.Namespace) -> dict[str, Any]:
+    plugin = Plugin(agent.plugin_socket)
+    try:
+        await plugin.call("Plugin.Activate", {})
+        await plugin.create_network()
+        eps, _ = await plugin.batch(args.concurrency, args.concurrency)  # warm-up
+        await plugin.teardown(eps, args.concurrency)
+        seq: list[float] = []
+        for _ in range(args.sequential):
+            eid, addrs, ms = await plugin.endpoint_up()
+            seq.append(ms)
+            await plugin.endpoint_down(eid, addrs)
+        par: list[float] = []
+        for _ in range(args.rounds):
+            eps, times = await plugin.batch(args.concurrency, args.concurrency)
+            par += times
+            await plugin.teardown(eps, args.concurrency)
+        out: dict[str, Any] = {"sequential_ms": seq, "concurrent_ms": par}
+        if args.endpoints:
+            rss0 = agent.rss_mib()
+            t0 = time.perf_counter()
+            eps, times = await plugin.batch(args.endpoints, args.concurrency)
+            took = time.perf_counter() - t0
+            await asyncio.sleep(1)  # background work of the creates (identity, monitor) settles
+            rss1 = agent.rss_mib()
+            t0 = time.perf_counter()
+            await plugin.teardown(eps, args.concurrency)
+            out["many"] = {"endpoints": args.endpoints, "rss_before_mib": round(rss0, 1),
+                           "rss_after_mib": round(rss1, 1), "create_s": round(took, 2),
+                           "delete_s": round(time.perf_counter() - t0, 2),
+                           "setup_p50_ms": pct(times, 50), "setup_p99_ms": pct(times, 99)}
+        return out
+    finally:
+        await plugin.session.close()
+
+
+def figures(res: dict[str, Any], concurrency: int) -> list[dict[str, Any]]:
+    seq, par = res["sequential_ms"], res["concurrent_ms"]
+    out = [
+        {"name": "endpoint set-up p50, one at a time", "value": pct(seq, 50), "unit": "ms",
+         "goal": f"<= {GOAL_SEQ_P50_MS:g} ms", "met": pct(seq, 50) <= GOAL_SEQ_P50_MS, "baseline": None,
+         "ratio": None, "absolute": spread(seq), "min": round(min(seq), 2), "max": round(max(seq), 2)},
+        {"name": "endpoint set-up p99, one at a time", "value": pct(seq, 99), "unit": "ms", "goal": None,
+         "met": None, "baseline": None, "ratio": None, "absolute": spread(seq),
+         "min": round(min(seq), 2), "max": round(max(seq), 2)},
+        {"name": f"endpoint set-up p50, {concurrency} at once", "value": pct(par, 50), "unit": "ms",
+         "goal": None, "met": None, "baseline": None, "ratio": None, "absolute": spread(par),
+         "min": round(min(par), 2), "max": round(max(par), 2)},
+        {"name": f"endpoint set-up p99, {concurrency} at once", "value": pct(par, 99), "unit": "ms",
+         "goal": f"<= {GOAL_PAR_P99_MS:g} ms", "met": pct(par, 99) <= GOAL_PAR_P99_MS, "baseline": None,
+         "ratio": None, "absolute": spread(par), "min": round(min(par), 2), "max": round(max(par), 2)},
+    ]
+    many = res.get("many")
+    if many:
+        out.append({"name": f"agent RSS with {many['endpoints']} endpoints", "value": many["rss_after_mib"],
+                    "unit": "MiB", "goal": None, "met": None, "baseline": None, "ratio": None,
+                    "absolute": f"{many['rss_before_mib']} MiB with none, {many['rss_after_mib']} MiB with "
+                                f"{many['endpoints']} (created in {many['create_s']} s)",
+                    "min": None, "max": None})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sequential", type=int, default=50, help="endpoints set up one at a time")
+    ap.add_argument("--concurrency", type=int, default=10, help="endpoints set up at once")
+    ap.add_argument("--rounds", type=int, default=5, help="batches of --concurrency endpoints")
+    ap.add_argument("--endpoints", type=int, default=500, help="endpoints for the RSS figure (0: skip)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    netns = f"dcbench-ep-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    tmp = tempfile.mkdtemp(prefix="dcb-ep-", dir="/tmp")
+    agent = NetnsAgent(Path(tmp), netns)
+    try:
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        agent.start(timeout=60)
+        res = asyncio.run(measure(agent, args))
+    finally:
+        agent.stop()
+        from tests.e2e.conftest import cleanup_bpf
+        cleanup_bpf(agent.bpf_root)
+        subprocess.run(["ip", "netns", "del", netns], check=False)  # its links, routes and rules go with it
+        if "--keep" not in sys.argv:
+            subprocess.run(["rm", "-rf", tmp], check=False)
+    seq, par = res["sequential_ms"], res["concurrent_ms"]
+    summary = {"sequential": spread(seq), f"{args.concurrency}_at_once": spread(par),
+               "many": res.get("many"), "figures": figures(res, args.concurrency)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for f in summary["figures"]:
+            print(f"{f['name']}: {f['value']} {f['unit']}  goal {f['goal']}  met {f['met']}  ({f['absolute']})")
+
+
+if __name__ == "__main__":
+    main()
