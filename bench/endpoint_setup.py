@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,16 +47,20 @@ GOAL_PAR_P99_MS = 50.0
 class NetnsAgent(Agent):
     """The test suites' agent, started inside network namespace ``netns``."""
 
-    def __init__(self, workdir: Path, netns: str) -> None:
+    def __init__(self, workdir: Path, netns: str, debug: bool = False) -> None:
         super().__init__(workdir, plugin_socket=str(workdir / "plugin.sock"),
                          extra=["--ipv4-range", "10.199.0.0/16", "--ipv6-range", "fd00:199::/96",
                                 "--bpf-lb-sock", "false", "--enable-l7-proxy", "false", "--no-masquerade",
                                 "--docker-socket", str(workdir / "no-docker.sock"), "--mtu", "1500"])
         self.netns = netns
+        self.debug = debug
 
     @property
     def argv(self) -> list[str]:
-        return ["nsenter", f"--net=/run/netns/{self.netns}", *super().argv]
+        """Without --debug unless asked (as the agent runs in production: debug
+        logging costs per call what is measured here)."""
+        argv = [a for a in super().argv if a != "--debug" or self.debug]
+        return ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
 
     def rss_mib(self) -> float:
         assert self.proc is not None
@@ -212,12 +217,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=10, help="endpoints set up at once")
     ap.add_argument("--rounds", type=int, default=5, help="batches of --concurrency endpoints")
     ap.add_argument("--endpoints", type=int, default=500, help="endpoints for the RSS figure (0: skip)")
+    ap.add_argument("--debug", action="store_true", help="run the agent with --debug (per-call log lines)")
+    ap.add_argument("--keep", action="store_true", help="keep the agent's directory (its log) for a look")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     netns = f"dcbench-ep-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     tmp = tempfile.mkdtemp(prefix="dcb-ep-", dir="/tmp")
-    agent = NetnsAgent(Path(tmp), netns)
+    agent = NetnsAgent(Path(tmp), netns, args.debug)
     try:
         subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
         agent.start(timeout=60)
@@ -227,8 +234,10 @@ def main() -> None:
         from tests.e2e.conftest import cleanup_bpf
         cleanup_bpf(agent.bpf_root)
         subprocess.run(["ip", "netns", "del", netns], check=False)  # its links, routes and rules go with it
-        if "--keep" not in sys.argv:
-            subprocess.run(["rm", "-rf", tmp], check=False)
+        if args.keep:
+            print(f"agent directory kept: {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     seq, par = res["sequential_ms"], res["concurrent_ms"]
     summary = {"sequential": spread(seq), f"{args.concurrency}_at_once": spread(par),
                "many": res.get("many"), "figures": figures(res, args.concurrency)}

@@ -31,6 +31,7 @@ T = TypeVar("T")
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
+IFF_UP = 0x1
 IFF_NOARP = 0x80
 PEER_IFNAME_PREFIX = "tmp"
 
@@ -239,18 +240,32 @@ class LinkManager:
     # ---- endpoints ---------------------------------------------------------------
 
     async def create_endpoint_link(self, endpoint_id: str, mtu: int, mac: str) -> EndpointLink:
-        """Create the veth pair; the peer stays in our namespace until dockerd moves it."""
+        """Create the veth pair, up; the peer stays in our namespace until dockerd moves it.
+
+        Three netlink round trips: the add (with IFF_UP: the peer has no
+        namespace or address yet, so nothing flows before the routes and
+        programs are in place), one read of the host side's index and MAC,
+        and the delete of a pair a crash mid-create left, only when the add
+        finds one (no lookups up front: each costs as much as the add).
+        """
 
         def _create() -> EndpointLink:
             ip = self._ip()
             host, peer = host_ifname(endpoint_id), peer_ifname(endpoint_id)
-            for stale in (host, peer):
-                idx = self._index(stale)
-                if idx is not None:  # left over by a crash mid-create
-                    ip.link("del", index=idx)
-            ip.link("add", ifname=host, kind="veth", mtu=mtu, peer={"ifname": peer, "address": mac, "mtu": mtu})
-            hidx = self._index(host)
-            assert hidx is not None
+            add = {"ifname": host, "kind": "veth", "mtu": mtu, "flags": IFF_UP, "change": IFF_UP,
+                   "peer": {"ifname": peer, "address": mac, "mtu": mtu}}
+            try:
+                ip.link("add", **add)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise
+                for stale in (host, peer):  # left over by a crash mid-create
+                    idx = self._index(stale)
+                    if idx is not None:
+                        ip.link("del", index=idx)
+                ip.link("add", **add)
+            link = ip.link("get", ifname=host)[0]
+            hidx = link["index"]
             for knob, val in (("rp_filter", "0"), ("proxy_arp", "1"), ("send_redirects", "0"), ("accept_local", "1")):
                 write_sysctl(f"net.ipv4.conf.{host}.{knob}", val)
             try:
@@ -260,8 +275,6 @@ class LinkManager:
                 write_sysctl(f"net.ipv6.neigh.{host}.proxy_delay", "0")
             except OSError:
                 pass  # IPv6 disabled on the host
-            ip.link("set", index=hidx, state="up")
-            link = ip.get_links(hidx)[0]
             return EndpointLink(host, hidx, link.get("address"), peer, mac)
 
         return await self._run(_create)

@@ -13,7 +13,7 @@ import ipaddress
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Awaitable, Protocol
 
 import structlog
 
@@ -83,6 +83,16 @@ class JoinInfo:
     gateway4: str = ""
     gateway6: str = ""
     routes: list[StaticRoute] = field(default_factory=list)
+
+
+async def _all(*steps: Awaitable[object]) -> None:
+    """Run ``steps`` together; once every one has ended, raise the first
+    failure (``gather`` would return while the others still change the
+    kernel, racing the caller's rollback)."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for res in results:
+        if isinstance(res, BaseException):
+            raise res
 
 
 class EndpointManager(NetworksMixin, RestoreMixin):
@@ -174,11 +184,15 @@ class EndpointManager(NetworksMixin, RestoreMixin):
             try:
                 link = await self.links.create_endpoint_link(endpoint_id, net.mtu, mac)
                 ep.ifindex, ep.host_mac = link.host_ifindex, link.host_mac
-                await self._plumb_endpoint(ep)
                 ep.set_state(State.WAITING_FOR_IDENTITY, "created; container labels not known yet")
-                await self.hooks.endpoint_created(ep)
+                # Routes (netlink thread) and maps + programs (datapath) side
+                # by side: nothing flows before dockerd has the reply.
+                await _all(self._plumb_endpoint(ep), self.hooks.endpoint_created(ep))
                 faults.point("endpoint-create-before-save")
-                await self._save_endpoint(ep)
+                # One commit (the store groups concurrent writes) for the
+                # record and its addresses' owner.
+                await _all(self._save_endpoint(ep), *(self.ipam.set_owner(a, endpoint_owner(eid))
+                                                      for a in (ipv4, ipv6) if a and net.cilium_ipam))
             except BaseException:
                 log.warning("endpoint.create.rollback", endpoint=eid, endpoint_id=endpoint_id[:12])
                 await self._teardown(ep)
@@ -189,9 +203,6 @@ class EndpointManager(NetworksMixin, RestoreMixin):
             for addr in (ipv4, ipv6):
                 if addr and self._creating_addrs.get(addr) == endpoint_id:
                     del self._creating_addrs[addr]
-        for addr in (ipv4, ipv6):
-            if addr and net.cilium_ipam:
-                await self.ipam.set_owner(addr, endpoint_owner(eid))
         ms = (time.perf_counter() - t0) * 1000
         log.info("endpoint.create", endpoint=eid, ifname=ep.ifname, ipv4=ipv4, ipv6=ipv6, duration_ms=round(ms, 2))
         return ep, chosen_mac

@@ -304,11 +304,14 @@ class Regenerator(HeldIdentities):
             ep.set_state(State.WAITING_TO_REGENERATE,
                          "restored identity" if wanted is not None else "holding reserved:init")
             await self._regenerate(ep, self.identities.identity_labels())
-            if self.dp is not None:
-                await self.dp.attach_async(ep.ifindex)
             if self.identity_pending(ep):
                 ep.set_state(State.WAITING_FOR_IDENTITY, "allocating the identity of its labels")
                 self._schedule_retry(ep, now=True)
+        if self.dp is not None:
+            # Outside the lock (its maps are written): endpoints created
+            # together attach side by side, and a policy change meanwhile
+            # rewrites maps the programs read once attached.
+            await self.dp.attach_async(ep.ifindex)
         log.debug("endpoint.regenerated", endpoint=ep.id, identity=ep.identity,
                   duration_ms=round((time.perf_counter() - t0) * 1000, 2))
 

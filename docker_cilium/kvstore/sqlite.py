@@ -33,6 +33,7 @@ import structlog
 
 from .backend import Backend, Event, EventType, KVStoreError
 from .files import secure_store_files
+from .groupcommit import GroupCommit, Outcome, Write
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +115,7 @@ class SQLiteBackend(Backend):
         self._revision = 0
         self._last_trim = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._group = GroupCommit(lambda batch: self._run(self._write_batch, batch))
 
     # ------------------------------------------------------------------ infra
 
@@ -167,6 +169,28 @@ class SQLiteBackend(Backend):
             conn.execute("ROLLBACK")
             raise
         return result
+
+    def _write_batch(self, batch: list[Write]) -> list[Outcome]:
+        """The group commit's writes in one BEGIN IMMEDIATE transaction
+        (worker thread only): one fsync for all; each write in a savepoint,
+        so one that fails is undone alone."""
+
+        def each(conn: sqlite3.Connection) -> list[Outcome]:
+            if len(batch) == 1:
+                return [Outcome(True, batch[0].fn(conn, *batch[0].args))]
+            out = []
+            for w in batch:
+                conn.execute("SAVEPOINT write")
+                try:
+                    out.append(Outcome(True, w.fn(conn, *w.args)))
+                except Exception as e:
+                    conn.execute("ROLLBACK TO write")
+                    err = KVStoreError(f"sqlite kvstore {self.path}: {e}") if isinstance(e, sqlite3.Error) else e
+                    out.append(Outcome(False, err))
+                conn.execute("RELEASE write")
+            return out
+
+        return self._write(each)
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` in one read snapshot (worker thread only)."""
@@ -256,6 +280,7 @@ class SQLiteBackend(Backend):
         return int(cur.lastrowid)  # type: ignore[arg-type]
 
     async def close(self) -> None:
+        await self._group.close()
         await self._stop_keepalive()
         if self._executor is not None and self._conn is not None:
             conn = self._conn
@@ -367,10 +392,10 @@ class SQLiteBackend(Backend):
 
     async def put(self, key: str, value: bytes, *, lease: bool = False) -> None:
         value = bytes(value)
-        await self._run(self._write, self._set_locked, key, value, lease)
+        await self._group.submit(self._set_locked, key, value, lease)
 
     async def delete(self, key: str) -> bool:
-        return await self._run(self._write, self._del_locked, key)
+        return await self._group.submit(self._del_locked, key)
 
     async def delete_prefix(self, prefix: str) -> int:
         def op(conn: sqlite3.Connection) -> int:
@@ -380,7 +405,7 @@ class SQLiteBackend(Backend):
                 self._del_locked(conn, k)
             return len(keys)
 
-        return await self._run(self._write, op)
+        return await self._group.submit(op)
 
     async def create_only(self, key: str, value: bytes, *, lease: bool = False) -> bool:
         value = bytes(value)
@@ -391,7 +416,7 @@ class SQLiteBackend(Backend):
             self._set_locked(conn, key, value, lease)
             return True
 
-        return await self._run(self._write, op)
+        return await self._group.submit(op)
 
     async def compare_and_swap(
         self, key: str, expected: bytes | None, value: bytes, *, lease: bool = False
@@ -405,7 +430,7 @@ class SQLiteBackend(Backend):
             self._set_locked(conn, key, value, lease)
             return True
 
-        return await self._run(self._write, op)
+        return await self._group.submit(op)
 
     async def compare_and_delete(self, key: str, expected: bytes) -> bool:
         exp = bytes(expected)
@@ -415,7 +440,7 @@ class SQLiteBackend(Backend):
                 return False
             return self._del_locked(conn, key)
 
-        return await self._run(self._write, op)
+        return await self._group.submit(op)
 
     # ------------------------------------------------------------------ watch
 
