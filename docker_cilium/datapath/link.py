@@ -21,9 +21,10 @@ import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
-from pyroute2.netlink.rtnl.ndmsg import NTF_PROXY
 
 from docker_cilium import defaults
+from docker_cilium.datapath.nlbatch import (Batcher, RequestError, get_link_request, link_index_and_mac,
+                                             proxy_neigh_request, route_request, veth_request)
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +32,6 @@ T = TypeVar("T")
 RT_SCOPE_LINK = 253
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
-IFF_UP = 0x1
 IFF_NOARP = 0x80
 PEER_IFNAME_PREFIX = "tmp"
 
@@ -88,6 +88,7 @@ class LinkManager:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._ipr: IPRoute | None = None
+        self._batch = Batcher()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -99,6 +100,7 @@ class LinkManager:
 
     async def close(self) -> None:
         def _close() -> None:
+            self._batch.close()
             if self._ipr is not None:
                 self._ipr.close()
                 self._ipr = None
@@ -242,30 +244,27 @@ class LinkManager:
     async def create_endpoint_link(self, endpoint_id: str, mtu: int, mac: str) -> EndpointLink:
         """Create the veth pair, up; the peer stays in our namespace until dockerd moves it.
 
-        Three netlink round trips: the add (with IFF_UP: the peer has no
-        namespace or address yet, so nothing flows before the routes and
-        programs are in place), one read of the host side's index and MAC,
-        and the delete of a pair a crash mid-create left, only when the add
-        finds one (no lookups up front: each costs as much as the add).
+        One netlink round trip (``nlbatch``): the add (with IFF_UP: the peer
+        has no namespace or address yet, so nothing flows before the routes
+        and programs are in place) and the read of the host side's index and
+        MAC; a pair a crash mid-create left is deleted only when the add
+        finds it (no lookups up front: each costs as much as the add).
         """
 
         def _create() -> EndpointLink:
-            ip = self._ip()
             host, peer = host_ifname(endpoint_id), peer_ifname(endpoint_id)
-            add = {"ifname": host, "kind": "veth", "mtu": mtu, "flags": IFF_UP, "change": IFF_UP,
-                   "peer": {"ifname": peer, "address": mac, "mtu": mtu}}
+            batch = [veth_request(host, mtu, peer, mac), get_link_request(host)]
             try:
-                ip.link("add", **add)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
+                reply = self._batch.send(batch)[1]
+            except RequestError as exc:
+                if exc.errno != errno.EEXIST:
                     raise
                 for stale in (host, peer):  # left over by a crash mid-create
                     idx = self._index(stale)
                     if idx is not None:
-                        ip.link("del", index=idx)
-                ip.link("add", **add)
-            link = ip.link("get", ifname=host)[0]
-            hidx = link["index"]
+                        self._ip().link("del", index=idx)
+                reply = self._batch.send(batch)[1]
+            hidx, host_mac = link_index_and_mac(reply)
             for knob, val in (("rp_filter", "0"), ("proxy_arp", "1"), ("send_redirects", "0"), ("accept_local", "1")):
                 write_sysctl(f"net.ipv4.conf.{host}.{knob}", val)
             try:
@@ -275,7 +274,7 @@ class LinkManager:
                 write_sysctl(f"net.ipv6.neigh.{host}.proxy_delay", "0")
             except OSError:
                 pass  # IPv6 disabled on the host
-            return EndpointLink(host, hidx, link.get("address"), peer, mac)
+            return EndpointLink(host, hidx, host_mac, peer, mac)
 
         return await self._run(_create)
 
@@ -292,24 +291,16 @@ class LinkManager:
         """
 
         def _routes() -> None:
-            ip = self._ip()
+            reqs = []
             if ipv4:
-                kw: dict[str, Any] = {"prefsrc": src4} if src4 else {}
-                self._replace_route(dst=f"{ipv4}/32", oif=ifindex, scope=RT_SCOPE_LINK, **kw)
+                reqs.append(route_request(f"{ipv4}", ifindex, RT_SCOPE_LINK, src4))
             if ipv6:
-                kw6: dict[str, Any] = {"prefsrc": src6} if src6 else {}
-                self._replace_route(dst=f"{ipv6}/128", oif=ifindex, **kw6)
-            for addr in proxy_ndp:
-                try:
-                    ip.neigh("add", dst=addr, ifindex=ifindex, flags=NTF_PROXY)
-                except NetlinkError as exc:
-                    if exc.code != errno.EEXIST:
-                        raise
+                reqs.append(route_request(f"{ipv6}", ifindex, 0, src6))
+            reqs += [proxy_neigh_request(addr, ifindex) for addr in proxy_ndp]
+            if reqs:
+                self._batch.send(reqs)  # one round trip: on every endpoint's critical path
 
         await self._run(_routes)
-
-    def _replace_route(self, **kw: Any) -> None:
-        self._ip().route("replace", **kw)
 
     async def delete_endpoint_link(self, endpoint_id: str) -> bool:
         """Remove the veth pair; its routes and proxy entries go with it."""
