@@ -180,26 +180,19 @@ class EndpointManager(NetworksMixin, RestoreMixin):
             )
             # Recorded as `creating` before the kernel sees anything: a crash
             # from here on leaves a record that restore undoes (see restore).
-            T=[time.perf_counter()]
             await self._save_endpoint(ep)
-            T.append(time.perf_counter())
             try:
                 link = await self.links.create_endpoint_link(endpoint_id, net.mtu, mac)
-                T.append(time.perf_counter())
                 ep.ifindex, ep.host_mac = link.host_ifindex, link.host_mac
                 ep.set_state(State.WAITING_FOR_IDENTITY, "created; container labels not known yet")
                 # Routes (netlink thread) and maps + programs (datapath) side
                 # by side: nothing flows before dockerd has the reply.
-                async def tm(c):
-                    t=time.perf_counter(); await c; return (time.perf_counter()-t)*1000
-                r=await asyncio.gather(tm(self._plumb_endpoint(ep)), tm(self.hooks.endpoint_created(ep)))
-                T.append(time.perf_counter())
+                await _all(self._plumb_endpoint(ep), self.hooks.endpoint_created(ep))
                 faults.point("endpoint-create-before-save")
                 # One commit (the store groups concurrent writes) for the
                 # record and its addresses' owner.
                 await _all(self._save_endpoint(ep), *(self.ipam.set_owner(a, endpoint_owner(eid))
                                                       for a in (ipv4, ipv6) if a and net.cilium_ipam))
-                T.append(time.perf_counter())
             except BaseException:
                 log.warning("endpoint.create.rollback", endpoint=eid, endpoint_id=endpoint_id[:12])
                 await self._teardown(ep)
@@ -210,8 +203,6 @@ class EndpointManager(NetworksMixin, RestoreMixin):
             for addr in (ipv4, ipv6):
                 if addr and self._creating_addrs.get(addr) == endpoint_id:
                     del self._creating_addrs[addr]
-        T.append(time.perf_counter())
-        log.info("PHASES", ph=[round((b-a)*1000,2) for a,b in zip(T,T[1:])]+[round(x,2) for x in r], pre=round((T[0]-t0)*1000,2))
         ms = (time.perf_counter() - t0) * 1000
         log.info("endpoint.create", endpoint=eid, ifname=ep.ifname, ipv4=ipv4, ipv6=ipv6, duration_ms=round(ms, 2))
         return ep, chosen_mac

@@ -303,18 +303,15 @@ class Regenerator(HeldIdentities):
                 self.identities_changed()  # peers restored before it may select its number
             ep.set_state(State.WAITING_TO_REGENERATE,
                          "restored identity" if wanted is not None else "holding reserved:init")
-            T1=time.perf_counter()
             await self._regenerate(ep, self.identities.identity_labels())
             if self.identity_pending(ep):
                 ep.set_state(State.WAITING_FOR_IDENTITY, "allocating the identity of its labels")
                 self._schedule_retry(ep, now=True)
-        T2=time.perf_counter()
         if self.dp is not None:
             # Outside the lock (its maps are written): endpoints created
             # together attach side by side, and a policy change meanwhile
             # rewrites maps the programs read once attached.
             await self.dp.attach_async(ep.ifindex)
-        log.info("RPHASES", pre=round((T1-t0)*1000,2), regen=round((T2-T1)*1000,2), attach=round((time.perf_counter()-T2)*1000,2))
         log.debug("endpoint.regenerated", endpoint=ep.id, identity=ep.identity,
                   duration_ms=round((time.perf_counter() - t0) * 1000, 2))
 
