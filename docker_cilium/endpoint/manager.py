@@ -13,7 +13,7 @@ import ipaddress
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Protocol
+from typing import Any, Awaitable, Protocol
 
 import structlog
 
@@ -85,14 +85,15 @@ class JoinInfo:
     routes: list[StaticRoute] = field(default_factory=list)
 
 
-async def _all(*steps: Awaitable[object]) -> None:
-    """Run ``steps`` together; once every one has ended, raise the first
-    failure (``gather`` would return while the others still change the
-    kernel, racing the caller's rollback)."""
+async def _all(*steps: Awaitable[Any]) -> list[Any]:
+    """Run ``steps`` together and return their results; once every one has
+    ended, raise the first failure (``gather`` would return while the others
+    still change the kernel, racing the caller's rollback)."""
     results = await asyncio.gather(*steps, return_exceptions=True)
     for res in results:
         if isinstance(res, BaseException):
             raise res
+    return results
 
 
 class EndpointManager(NetworksMixin, RestoreMixin):
@@ -178,11 +179,14 @@ class EndpointManager(NetworksMixin, RestoreMixin):
                 ifname=host_ifname(endpoint_id), ifindex=0, peer_ifname=peer_ifname(endpoint_id),
                 mac=mac, host_mac="", ipv4=ipv4, ipv6=ipv6, mtu=net.mtu,
             )
-            # Recorded as `creating` before the kernel sees anything: a crash
-            # from here on leaves a record that restore undoes (see restore).
-            await self._save_endpoint(ep)
             try:
-                link = await self.links.create_endpoint_link(endpoint_id, net.mtu, mac)
+                # Recorded as `creating` while its veth is made, and on disk
+                # before routes or maps exist: a crash from then on leaves a
+                # record restore undoes (see restore); one before leaves at
+                # most the veth, which no record owns and the start-up orphan
+                # sweep removes (orphans.collect_orphans).
+                _, link = await _all(self._save_endpoint(ep),
+                                     self.links.create_endpoint_link(endpoint_id, net.mtu, mac))
                 ep.ifindex, ep.host_mac = link.host_ifindex, link.host_mac
                 ep.set_state(State.WAITING_FOR_IDENTITY, "created; container labels not known yet")
                 # Routes (netlink thread) and maps + programs (datapath) side

@@ -5,7 +5,8 @@ A record that cannot be read or plumbed is logged and listed in
 ``restore_failures`` (``cilium status`` shows them) while the rest restores
 and the agent starts: one bad record must not keep every later start from
 succeeding. Endpoint records are written ``creating`` before the kernel sees
-anything and ``disconnecting`` before a delete starts; a record still in one
+more than the veth (a veth without a record is the orphan sweep's) and
+``disconnecting`` before a delete starts; a record still in one
 of those states after a crash is an endpoint dockerd will never create or
 delete again, so its remains are removed here.
 """
