@@ -21,7 +21,7 @@ run: install
 # namespaces) and end-to-end (real dockerd). Nothing is skipped.
 test: services
 	@scripts/busybox-image.sh busybox:latest
-	CILIUM_TEST_ETCD=127.0.0.1:2379 $(PYTEST) -p no:cacheprovider tests -ra
+	CILIUM_TEST_ETCD=127.0.0.1:2379 $(PYTEST) -p no:cacheprovider tests -ra --durations=25
 
 test-unit: install
 	$(PYTEST) -p no:cacheprovider tests/unit
