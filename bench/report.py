@@ -170,7 +170,7 @@ def ratio_chart(results: dict[str, Any], path: Path) -> Path | None:
     if not rows:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 0.4 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(11, 0.4 * len(rows) + 1.4))
     try:
         labels = [f"{f['name']} (vs {f['baseline']})" for _m, f in rows]
         values = [f["ratio"] for _m, f in rows]
@@ -181,9 +181,10 @@ def ratio_chart(results: dict[str, Any], path: Path) -> Path | None:
         ax.barh(y, values, xerr=err, color=colors, capsize=3)
         ax.set_yticks(y, labels, fontsize=8)
         ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
-        for yi, v in zip(y, values):
-            ax.text(v, yi, f" {v:.2f}x", va="center", fontsize=8)
-        ax.set_xlabel("ratio (1.0 = the baseline); green: goal met, red: missed, grey: no goal")
+        for yi, v, hi in zip(y, values, err[1]):
+            ax.text(v + hi, yi, f"  {v:.2f}x", va="center", fontsize=8)
+        ax.set_xlim(0, max(v + hi for v, hi in zip(values, err[1])) * 1.15)
+        ax.set_xlabel("ratio, 1.0 = the baseline (green: goal met, red: missed, grey: no goal)")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
     finally:

@@ -181,6 +181,7 @@ def main() -> None:
         for i, m in enumerate(sorted(modules, key=lambda m: (m.shared_agent, m is cluster)), 1):
             if m is cluster and cluster_why:
                 results["modules"][m.name] = {"status": "skipped", "error": cluster_why}
+                print(f"[{i}/{len(modules)}] bench.{m.module}: skipped: {cluster_why}", file=sys.stderr)
                 continue
             if m.shared_agent and proc is None and not agent_running():
                 proc = start_agent(workdir)
