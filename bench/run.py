@@ -67,7 +67,7 @@ MODULES = [
     # through dockerd and the agent on the default sockets
     Module("docker_run", "docker_run", quick=("--json", "-n", "3"), shared_agent=True),
     Module("tcp_throughput", "throughput", full=CILIUM, quick=(*CILIUM, *QUICK_ROUNDS), shared_agent=True),
-    Module("rr", "rr", shared_agent=True),
+    Module("rr", "rr", full=("--json", *CILIUM), quick=("--json", *CILIUM, *QUICK_ROUNDS), shared_agent=True),
     Module("policy_rules", "policy_rules", shared_agent=True, timeout_s=1200),
     Module("init_window", "init_window", quick=("--json", "-n", "3"), shared_agent=True),
     Module("published_port", "published_port", full=CILIUM, quick=(*CILIUM, *QUICK_ROUNDS), shared_agent=True),

@@ -3,13 +3,18 @@ figures): rendering from CONTRACT15 figures and series, no benchmark run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 
 from bench import report
 from bench.common import figure, goal_met, ratios
-from bench.run import Module, last_json_object, run_module
+from bench.run import CLUSTER, MODULES, Module, last_json_object, run_module
+from tests.helpers import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -146,3 +151,16 @@ def test_a_failing_module_is_reported_with_its_exit_and_log(tmp_path):
     assert res["status"] == "failed"
     assert res["error"].startswith("exit 2: ") and "the following arguments are required: results" in res["error"]
     assert (tmp_path / "report.log").read_text().startswith("$ ")
+
+
+# Those not in this tree are reported as missing by run.py (test above).
+PRESENT = [m for m in (*MODULES, CLUSTER) if importlib.util.find_spec(f"bench.{m.module}") is not None]
+
+
+@pytest.mark.parametrize("m", PRESENT, ids=lambda m: m.name)
+def test_every_flag_make_bench_passes_is_one_the_module_takes(m):
+    """A renamed or dropped option would fail that benchmark in every `make bench`."""
+    helptext = subprocess.run([sys.executable, "-m", f"bench.{m.module}", "--help"], capture_output=True,
+                              text=True, cwd=ROOT, timeout=60, check=True).stdout
+    for flag in {a for a in (*m.full, *m.quick) if a.startswith("-")}:
+        assert re.search(rf"(^|[\s,\[]){re.escape(flag)}\b", helptext), f"bench.{m.module} has no {flag}"
