@@ -119,6 +119,8 @@ def summary(results: dict[str, Any]) -> str:
     """Goals met / missed, in one line."""
     met = [f for _m, f in figures(results) if f.get("met") is True]
     missed = [f for _m, f in figures(results) if f.get("met") is False]
+    if not met and not missed:
+        return "no figure here has a goal"
     return (f"{len(met)} of {len(met) + len(missed)} goals met"
             + (": missed " + "; ".join(f"{f['name']} {value_text(f)} (goal {f['goal']})" for f in missed)
                if missed else ""))

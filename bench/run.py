@@ -93,7 +93,8 @@ def start_agent(workdir: str) -> subprocess.Popen:
             return proc
         time.sleep(0.2)
     proc.kill()
-    raise SystemExit(f"the agent did not start; see {workdir}/agent.log")
+    proc.wait()
+    raise RuntimeError(f"the agent did not start in 20 s; see {workdir}/agent.log")
 
 
 def last_json_object(text: str) -> dict[str, Any] | None:
@@ -112,9 +113,13 @@ def last_json_object(text: str) -> dict[str, Any] | None:
     return found
 
 
+def present(m: Module) -> bool:
+    return importlib.util.find_spec(f"bench.{m.module}") is not None
+
+
 def run_module(m: Module, quick: bool, log_dir: Path) -> dict[str, Any]:
     """Run one module; its status, seconds, output (the parsed JSON) or error."""
-    if importlib.util.find_spec(f"bench.{m.module}") is None:
+    if not present(m):
         return {"status": "missing", "error": f"bench/{m.module}.py is not in this tree"}
     args = m.quick if quick else m.full
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **m.env}
@@ -169,13 +174,13 @@ def main() -> None:
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     started = time.time()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
-    out_dir = HERE / "results" / stamp
-    out_dir.mkdir(parents=True, exist_ok=True)
     cluster, cluster_why = cluster_module()
     modules = selected([*MODULES, cluster])
+    out_dir = HERE / "results" / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
                                "quick": quick, "machine": report.machine(), "modules": {}}
-    proc = None
+    proc, agent_error = None, None
     workdir = tempfile.mkdtemp(prefix="cilium-bench-")
     try:
         for i, m in enumerate(sorted(modules, key=lambda m: (m.shared_agent, m is cluster)), 1):
@@ -183,8 +188,14 @@ def main() -> None:
                 results["modules"][m.name] = {"status": "skipped", "error": cluster_why}
                 print(f"[{i}/{len(modules)}] bench.{m.module}: skipped: {cluster_why}", file=sys.stderr)
                 continue
-            if m.shared_agent and proc is None and not agent_running():
-                proc = start_agent(workdir)
+            if m.shared_agent and present(m) and proc is None and agent_error is None and not agent_running():
+                try:
+                    proc = start_agent(workdir)
+                except RuntimeError as e:
+                    agent_error = str(e)
+            if m.shared_agent and present(m) and agent_error:
+                results["modules"][m.name] = {"status": "failed", "error": agent_error}
+                continue
             print(f"[{i}/{len(modules)}] bench.{m.module} ...", file=sys.stderr, flush=True)
             res = results["modules"][m.name] = run_module(m, quick, out_dir)
             print(f"[{i}/{len(modules)}] bench.{m.module}: {res['status']}"

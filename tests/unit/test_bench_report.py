@@ -164,3 +164,8 @@ def test_every_flag_make_bench_passes_is_one_the_module_takes(m):
                               text=True, cwd=ROOT, timeout=60, check=True).stdout
     for flag in {a for a in (*m.full, *m.quick) if a.startswith("-")}:
         assert re.search(rf"(^|[\s,\[]){re.escape(flag)}\b", helptext), f"bench.{m.module} has no {flag}"
+
+
+def test_summary_without_goals_says_so():
+    assert report.summary(results(x={"status": "ok", "output": {"figures": [fig("compile", 800, "ms")]}})) == \
+        "no figure here has a goal"
