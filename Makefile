@@ -39,7 +39,6 @@ test-e2e: services
 bench: services
 	@scripts/busybox-image.sh busybox:latest
 	$(VENV)/bin/python -m bench.run
-	CLUSTER=dc-bench-cluster CLUSTER_SUBNET=10.218.0.0/24 $(VENV)/bin/python -m bench.cluster --up
 
 # The handbook's walkthrough on this host (agent, cilium-net, app1..3, the l3
 # policy and the allowed/denied matrix before and after it). Idempotent.
