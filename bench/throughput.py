@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 
-from bench.common import round_args
+from bench.common import figure, ratios, round_args, spread
 
 DOCKER = "/usr/bin/docker"
 PORT = 5201
@@ -113,6 +113,7 @@ def main() -> None:
             for p in pairs:
                 results[p.name].append(iperf(p.client_ns, p.server_ip, args.seconds))
         med = {k: statistics.median(v) for k, v in results.items()}
+        tcp = {k: f"{k} {spread(v, 'Gbit/s')}" for k, v in results.items()}
         enforced = [e for e in json.loads(sh(args.cilium, "endpoint", "list", "-o", "json").stdout)
                     if e["policy"]["ingress-enforced"]]
         print(json.dumps({
@@ -123,6 +124,14 @@ def main() -> None:
             "ratio_cilium_over_bridge": round(med["cilium"] / med["bridge"], 3),
             "ratio_cilium_over_veth": round(med["cilium"] / med["veth"], 3),
             "ratio_bridge_over_veth": round(med["bridge"] / med["veth"], 3),
+            "figures": [
+                figure("TCP throughput, cilium (L4 policy) / bare veth", med["cilium"] / med["veth"], "x",
+                       goal=">= 0.95x veth", baseline="veth", rounds=ratios(results["cilium"], results["veth"]),
+                       absolute=f"{tcp['cilium']}, {tcp['veth']}"),
+                figure("TCP throughput, cilium (L4 policy) / bridge", med["cilium"] / med["bridge"], "x",
+                       baseline="bridge", rounds=ratios(results["cilium"], results["bridge"]),
+                       absolute=f"{tcp['cilium']}, {tcp['bridge']}"),
+            ],
         }, indent=2))
     finally:
         for p in pairs:
