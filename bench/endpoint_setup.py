@@ -38,10 +38,11 @@ from typing import Any
 
 import aiohttp
 
+from bench.common import figure
 from tests.helpers import Agent
 
-GOAL_SEQ_P50_MS = 5.0
-GOAL_PAR_P99_MS = 50.0
+GOAL_SEQ_P50 = "<= 5 ms"
+GOAL_PAR_P99 = "<= 50 ms"
 
 
 class NetnsAgent(Agent):
@@ -196,30 +197,27 @@ async def measure(agent: NetnsAgent, args: argparse.Namespace) -> dict[str, Any]
         await plugin.session.close()
 
 
-def _figure(name: str, xs: list[float], p: float, goal_ms: float | None) -> dict[str, Any]:
-    """One CONTRACT15 row: the ``p``th percentile of ``xs`` (ms), against ``goal_ms``."""
-    value = pct(xs, p) if xs else None
-    return {"name": name, "value": value, "unit": "ms", "goal": None if goal_ms is None else f"<= {goal_ms:g} ms",
-            "met": None if goal_ms is None or value is None else value <= goal_ms, "baseline": None,
-            "ratio": None, "absolute": spread(xs), "min": round(min(xs), 2) if xs else None,
-            "max": round(max(xs), 2) if xs else None}
+def _figure(name: str, xs: list[float], p: float, goal: str | None) -> dict[str, Any]:
+    """One CONTRACT15 row: the ``p``th percentile of ``xs`` (ms)."""
+    if not xs:
+        return {"name": name, "value": None, "unit": "ms", "goal": goal, "met": None, "baseline": None,
+                "ratio": None, "absolute": "none measured", "min": None, "max": None}
+    return figure(name, pct(xs, p), "ms", goal=goal, absolute=spread(xs), rounds=xs, digits=2)
 
 
 def figures(res: dict[str, Any], concurrency: int) -> list[dict[str, Any]]:
     seq, par = res["sequential_ms"], res["concurrent_ms"]
     out = [
-        _figure("endpoint set-up p50, one at a time", seq, 50, GOAL_SEQ_P50_MS),
+        _figure("endpoint set-up p50, one at a time", seq, 50, GOAL_SEQ_P50),
         _figure("endpoint set-up p99, one at a time", seq, 99, None),
         _figure(f"endpoint set-up p50, {concurrency} at once", par, 50, None),
-        _figure(f"endpoint set-up p99, {concurrency} at once", par, 99, GOAL_PAR_P99_MS),
+        _figure(f"endpoint set-up p99, {concurrency} at once", par, 99, GOAL_PAR_P99),
     ]
     many = res.get("many")
     if many:
-        out.append({"name": f"agent RSS with {many['endpoints']} endpoints", "value": many["rss_after_mib"],
-                    "unit": "MiB", "goal": None, "met": None, "baseline": None, "ratio": None,
-                    "absolute": f"{many['rss_before_mib']} MiB with none, {many['rss_after_mib']} MiB with "
-                                f"{many['endpoints']} (created in {many['create_s']} s)",
-                    "min": None, "max": None})
+        out.append(figure(f"agent RSS with {many['endpoints']} endpoints", many["rss_after_mib"], "MiB", digits=1,
+                          absolute=f"{many['rss_before_mib']} MiB with none, {many['rss_after_mib']} MiB with "
+                                   f"{many['endpoints']} (created in {many['create_s']} s)"))
     return out
 
 
