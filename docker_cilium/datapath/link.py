@@ -23,8 +23,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from docker_cilium import defaults
-from docker_cilium.datapath.nlbatch import (Batcher, RequestError, get_link_request, link_index_and_mac,
-                                             proxy_neigh_request, route_request, veth_request)
+from docker_cilium.datapath.nlbatch import (Batcher, RequestError, del_link_request, get_link_request,
+                                             link_down_request, link_index_and_mac, proxy_neigh_request,
+                                             route_request, veth_request)
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +90,10 @@ class LinkManager:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._ipr: IPRoute | None = None
         self._batch = Batcher()
+        # Endpoint veths are deleted here, off the critical path (the kernel
+        # takes tens of ms: an RCU grace period), on a socket of its own.
+        self._reaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink-reaper")
+        self._reaper_batch = Batcher()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -107,6 +112,8 @@ class LinkManager:
 
         await self._run(_close)
         self._pool.shutdown(wait=True)
+        self._reaper.shutdown(wait=True)  # the veths being deleted are gone before we exit
+        self._reaper_batch.close()
 
     # ---- queries -----------------------------------------------------------------
 
@@ -301,6 +308,39 @@ class LinkManager:
                 self._batch.send(reqs)  # one round trip: on every endpoint's critical path
 
         await self._run(_routes)
+
+    async def retire_endpoint_link(self, endpoint_id: str) -> bool:
+        """Take the endpoint's veth down now and delete it in the background.
+
+        Down, no packet crosses the pair, so the caller may remove its map
+        entries and routes at once; the delete itself (tens of ms in the
+        kernel) no longer holds up the reply. It goes by ifindex, so a veth
+        of the same name made meanwhile is never the one deleted; one an
+        agent crash leaves behind is the start-up orphan sweep's. Returns
+        whether the veth was there (if not, any leftover peer is deleted now).
+        """
+
+        def _down() -> int | None:
+            try:
+                reply = self._batch.send([link_down_request(host_ifname(endpoint_id)),
+                                          get_link_request(host_ifname(endpoint_id))])[1]
+            except RequestError as exc:
+                if exc.errno != errno.ENODEV:
+                    raise
+                return None
+            return link_index_and_mac(reply)[0]
+
+        idx = await self._run(_down)
+        if idx is None:
+            return await self.delete_endpoint_link(endpoint_id)
+        self._reaper.submit(self._reap, idx)
+        return True
+
+    def _reap(self, index: int) -> None:
+        try:
+            self._reaper_batch.send([del_link_request(index)])
+        except Exception as exc:  # the orphan sweep at the next start removes it
+            log.warning("endpoint.link_delete_failed", ifindex=index, error=str(exc))
 
     async def delete_endpoint_link(self, endpoint_id: str) -> bool:
         """Remove the veth pair; its routes and proxy entries go with it."""

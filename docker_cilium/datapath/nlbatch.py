@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 
 NETLINK_ROUTE = 0
-RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWROUTE = 24
 RTM_NEWNEIGH = 28
 RTM_NEWQDISC = 36
@@ -192,6 +192,18 @@ def veth_request(name: str, mtu: int, peer: str, peer_mac: str) -> Request:
     body = (_IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP) + _attr(IFLA_IFNAME, name.encode() + b"\0")
             + _attr(IFLA_MTU, mtu_b) + _attr(IFLA_LINKINFO, info))
     return Request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"veth {name}")
+
+
+def link_down_request(name: str) -> Request:
+    """``ip link set NAME down``: no traffic passes a veth whose side is down."""
+    body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, IFF_UP) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+    return Request(RTM_NEWLINK, 0, body, f"link {name} down")
+
+
+def del_link_request(index: int) -> Request:
+    """``ip link del`` by index (gone already is fine)."""
+    return Request(RTM_DELLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0), f"delete ifindex {index}",
+                   errno.ENODEV)
 
 
 def get_link_request(name: str) -> Request:

@@ -316,7 +316,7 @@ class EndpointManager(NetworksMixin, RestoreMixin):
         if ep.state != State.DISCONNECTING:
             ep.set_state(State.DISCONNECTING, reason)
             await self._save_endpoint(ep)
-        await self._teardown(ep)
+        await self._teardown(ep, retire=True)
         async with self._lock:
             if self.endpoints.get(endpoint_id) is ep:
                 del self.endpoints[endpoint_id]
@@ -343,14 +343,20 @@ class EndpointManager(NetworksMixin, RestoreMixin):
             ep.log_status(reason)
         await self.hooks.regenerate(ep)
 
-    async def _teardown(self, ep: Endpoint) -> None:
+    async def _teardown(self, ep: Endpoint, retire: bool = False) -> None:
         """Remove everything of ``ep`` from the kernel, then its record; each
-        step is idempotent, so a retry after a failure redoes all of them."""
+        step is idempotent, so a retry after a failure redoes all of them.
+        ``retire``: the veth is taken down now and deleted in the background
+        (DeleteEndpoint is on `docker run --rm`'s path; the kernel's delete
+        is most of its time)."""
         if self.ports is not None:
             await self.ports.endpoint_deleted(ep)  # no DNAT to an address about to go
-        # The link goes first: while it exists its programs need its map
-        # entries, or they would let its traffic through unchecked.
-        await self.links.delete_endpoint_link(ep.docker_endpoint_id)
+        # The link goes (or goes down) first: while it passes traffic its
+        # programs need its map entries, or they would let it through unchecked.
+        if retire:
+            await self.links.retire_endpoint_link(ep.docker_endpoint_id)
+        else:
+            await self.links.delete_endpoint_link(ep.docker_endpoint_id)
         await self.hooks.endpoint_deleted(ep)
         await self.links.delete_routes(ep.ipv4, ep.ipv6)
         await self.store.delete(EP_PREFIX + ep.docker_endpoint_id)

@@ -34,6 +34,9 @@ class FakeLinks:
             self.routes.pop(idx, None)
         return idx is not None
 
+    async def retire_endpoint_link(self, endpoint_id: str) -> bool:
+        return await self.delete_endpoint_link(endpoint_id)
+
     async def delete_routes(self, ipv4, ipv6) -> None:
         return None
 
