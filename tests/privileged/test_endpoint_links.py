@@ -8,6 +8,7 @@ the first one's pair as a "leftover". Each test removes every link it made.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 
 from pyroute2 import IPRoute
@@ -62,3 +63,68 @@ def test_concurrent_creates_with_shared_id_prefix_keep_their_own_veths() -> None
     finally:
         asyncio.run(_delete(ids))
     assert _links(*[n for i in ids for n in (host_ifname(i), peer_ifname(i))]) == {}
+
+
+async def _retire(i: str) -> tuple[bool, dict | None, bool]:
+    """Retire ``i``'s veth; returns what retire said, the host side right
+    after (its flags) and whether retiring an absent veth said False."""
+    links = LinkManager()
+    try:
+        said = await links.retire_endpoint_link(i)
+        right_after = (await asyncio.to_thread(_links, host_ifname(i))).get(host_ifname(i))
+        absent = await links.retire_endpoint_link(i + "-absent")
+    finally:
+        await links.close()  # waits for the background delete
+    return said, right_after, absent
+
+
+def test_a_retired_veth_passes_nothing_at_once_and_is_gone_by_close() -> None:
+    """DeleteEndpoint's veth: down (no packet crosses it) when retire returns,
+    deleted in the background, both sides, by the time the manager closes."""
+    require_root()
+    i = uuid.uuid4().hex + uuid.uuid4().hex
+    try:
+        made = asyncio.run(_create_concurrently([i]))
+        assert _links(host_ifname(i))[host_ifname(i)]["flags"] & 1, "a new endpoint veth is up"
+        said, right_after, absent = asyncio.run(_retire(i))
+        assert said is True and absent is False
+        assert right_after is None or (right_after["index"] == made[i][0] and not right_after["flags"] & 1)
+        assert _links(host_ifname(i), peer_ifname(i)) == {}
+    finally:
+        asyncio.run(_delete([i]))
+
+
+async def _plumb(i: str) -> int:
+    links = LinkManager()
+    try:
+        made = await links.create_endpoint_link(i, 1400, container_mac(i))
+        for _ in range(2):  # idempotent: a restore plumbs a live endpoint again
+            await links.add_endpoint_routes(made.host_ifindex, "10.254.7.9", "fd00:254::7:9", None, None,
+                                            ["fd00:254::1"])
+        return made.host_ifindex
+    finally:
+        await links.close()
+
+
+def test_endpoint_veth_routes_and_proxy_ndp_as_the_kernel_shows_them() -> None:
+    require_root()
+    i = uuid.uuid4().hex + uuid.uuid4().hex
+    try:
+        idx = asyncio.run(_plumb(i))
+        link = _links(host_ifname(i), peer_ifname(i))
+        assert link[host_ifname(i)]["index"] == idx and link[host_ifname(i)].get_attr("IFLA_MTU") == 1400
+        assert link[peer_ifname(i)].get_attr("IFLA_ADDRESS") == container_mac(i)
+        with IPRoute() as ip:
+            r4 = ip.get_routes(family=2, dst="10.254.7.9/32")
+            r6 = ip.get_routes(family=10, dst="fd00:254::7:9/128")
+        assert [r.get_attr("RTA_OIF") for r in r4] == [idx]
+        assert "scope link" in subprocess.run(["ip", "-4", "route", "show", "10.254.7.9/32"], capture_output=True,
+                                              text=True, check=True).stdout
+        assert [r.get_attr("RTA_OIF") for r in r6] == [idx]
+        proxies = subprocess.run(["ip", "-6", "neigh", "show", "proxy", "dev", host_ifname(i)], capture_output=True,
+                                 text=True, check=True).stdout.split()
+        assert proxies == ["fd00:254::1", "proxy"]
+    finally:
+        asyncio.run(_delete([i]))
+    assert subprocess.run(["ip", "-4", "route", "show", "10.254.7.9/32"], capture_output=True, text=True,
+                          check=True).stdout == ""
