@@ -12,6 +12,7 @@ a write that fails is rolled back alone (a savepoint), the others commit.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -79,6 +80,24 @@ class GroupCommit:
         """Let the writes already queued finish."""
         if self._flusher is not None and not self._flusher.done():
             await asyncio.wait([self._flusher])
+
+
+def run_each(conn: sqlite3.Connection, batch: list[Write],
+             store_error: Callable[[sqlite3.Error], Exception]) -> list[Outcome]:
+    """Each write of ``batch`` in a savepoint of the open transaction, so one
+    that fails is undone alone (its SQLite error as ``store_error`` makes it)."""
+    if len(batch) == 1:
+        return [Outcome(True, batch[0].fn(conn, *batch[0].args))]
+    out = []
+    for w in batch:
+        conn.execute("SAVEPOINT write")
+        try:
+            out.append(Outcome(True, w.fn(conn, *w.args)))
+        except Exception as e:
+            conn.execute("ROLLBACK TO write")
+            out.append(Outcome(False, store_error(e) if isinstance(e, sqlite3.Error) else e))
+        conn.execute("RELEASE write")
+    return out
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

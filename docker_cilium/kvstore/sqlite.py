@@ -33,7 +33,7 @@ import structlog
 
 from .backend import Backend, Event, EventType, KVStoreError
 from .files import secure_store_files
-from .groupcommit import GroupCommit, Outcome, Write
+from .groupcommit import GroupCommit, Outcome, Write, run_each
 
 log = structlog.get_logger(__name__)
 
@@ -172,25 +172,8 @@ class SQLiteBackend(Backend):
 
     def _write_batch(self, batch: list[Write]) -> list[Outcome]:
         """The group commit's writes in one BEGIN IMMEDIATE transaction
-        (worker thread only): one fsync for all; each write in a savepoint,
-        so one that fails is undone alone."""
-
-        def each(conn: sqlite3.Connection) -> list[Outcome]:
-            if len(batch) == 1:
-                return [Outcome(True, batch[0].fn(conn, *batch[0].args))]
-            out = []
-            for w in batch:
-                conn.execute("SAVEPOINT write")
-                try:
-                    out.append(Outcome(True, w.fn(conn, *w.args)))
-                except Exception as e:
-                    conn.execute("ROLLBACK TO write")
-                    err = KVStoreError(f"sqlite kvstore {self.path}: {e}") if isinstance(e, sqlite3.Error) else e
-                    out.append(Outcome(False, err))
-                conn.execute("RELEASE write")
-            return out
-
-        return self._write(each)
+        (worker thread only): one fsync for all."""
+        return self._write(run_each, batch, lambda e: KVStoreError(f"sqlite kvstore {self.path}: {e}"))
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` in one read snapshot (worker thread only)."""
