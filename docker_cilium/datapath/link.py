@@ -23,9 +23,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from docker_cilium import defaults
-from docker_cilium.datapath.nlbatch import (Batcher, RequestError, del_link_request, get_link_request,
-                                             link_down_request, link_index_and_mac, proxy_neigh_request,
-                                             route_request, veth_request)
+from docker_cilium.datapath.nlbatch import (Batcher, RequestError, del_link_request, del_route_request,
+                                             get_link_request, link_down_request, link_index_and_mac,
+                                             proxy_neigh_request, route_request, veth_request)
 
 log = structlog.get_logger(__name__)
 
@@ -424,11 +424,8 @@ class LinkManager:
         """Drop host routes left behind when the link is already gone."""
 
         def _delete() -> None:
-            for dst in ([f"{ipv4}/32"] if ipv4 else []) + ([f"{ipv6}/128"] if ipv6 else []):
-                try:
-                    self._ip().route("del", dst=dst)
-                except NetlinkError as exc:
-                    if exc.code not in (errno.ESRCH, errno.ENOENT):
-                        raise
+            reqs = [del_route_request(a) for a in (ipv4, ipv6) if a]
+            if reqs:
+                self._batch.send(reqs)
 
         await self._run(_delete)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWROUTE = 24
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEIGH = 28
 RTM_NEWQDISC = 36
 RTM_NEWTFILTER = 44
@@ -34,7 +34,7 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFF_UP = 0x1
 RTA_DST, RTA_OIF, RTA_PREFSRC = 1, 4, 7
-RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST = 254, 4, 1
+RT_TABLE_MAIN, RTPROT_STATIC, RTN_UNICAST, RT_SCOPE_NOWHERE = 254, 4, 1, 255
 NDA_DST = 1
 NUD_PERMANENT, NTF_PROXY = 0x80, 0x08
 TC_H_CLSACT = 0xFFFFFFF1
@@ -77,7 +77,7 @@ class Request:
     flags: int
     body: bytes
     what: str
-    tolerate: int = 0  # an errno that counts as done (EEXIST: already there)
+    tolerate: tuple[int, ...] = ()  # errnos that count as done (EEXIST: already there)
 
 
 def _ip(addr: str) -> tuple[int, bytes]:
@@ -88,7 +88,7 @@ def _ip(addr: str) -> tuple[int, bytes]:
 def clsact_request(ifindex: int) -> Request:
     tcm = _TCMSG.pack(socket.AF_UNSPEC, ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0)
     return Request(RTM_NEWQDISC, NLM_F_EXCL | NLM_F_CREATE, tcm + _attr(TCA_KIND, b"clsact\0"),
-                   f"tc clsact qdisc on ifindex {ifindex}", errno.EEXIST)
+                   f"tc clsact qdisc on ifindex {ifindex}", (errno.EEXIST,))
 
 
 def route_request(dst: str, ifindex: int, scope: int, prefsrc: str | None) -> Request:
@@ -101,12 +101,20 @@ def route_request(dst: str, ifindex: int, scope: int, prefsrc: str | None) -> Re
     return Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, rtm + attrs, f"route {dst} on ifindex {ifindex}")
 
 
+def del_route_request(dst: str) -> Request:
+    """``ip route del DST/32|128`` from the main table (gone already is fine)."""
+    family, packed = _ip(dst)
+    rtm = _RTMSG.pack(family, len(packed) * 8, 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+    return Request(RTM_DELROUTE, 0, rtm + _attr(RTA_DST, packed), f"delete route {dst}",
+                   (errno.ESRCH, errno.ENOENT))
+
+
 def proxy_neigh_request(dst: str, ifindex: int) -> Request:
     """``ip neigh add proxy DST dev IFINDEX`` (already there is fine)."""
     family, packed = _ip(dst)
     ndm = _NDMSG.pack(family, ifindex, NUD_PERMANENT, NTF_PROXY, 0)
     return Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_EXCL, ndm + _attr(NDA_DST, packed),
-                   f"proxy neighbour {dst} on ifindex {ifindex}", errno.EEXIST)
+                   f"proxy neighbour {dst} on ifindex {ifindex}", (errno.EEXIST,))
 
 
 def filter_request(ifindex: int, f: BpfFilter) -> Request:
@@ -154,7 +162,7 @@ class Batcher:
         errors = self._acks(sock, range(first, first + len(requests)), replies)
         for seq, code in sorted(errors.items()):
             req = requests[seq - first]
-            if code and code != req.tolerate:
+            if code and code not in req.tolerate:
                 raise RequestError(code, f"{req.what}: {os.strerror(code)}")
         return [replies.get(seq, b"") for seq in range(first, first + len(requests))]
 
@@ -203,7 +211,7 @@ def link_down_request(name: str) -> Request:
 def del_link_request(index: int) -> Request:
     """``ip link del`` by index (gone already is fine)."""
     return Request(RTM_DELLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0), f"delete ifindex {index}",
-                   errno.ENODEV)
+                   (errno.ENODEV,))
 
 
 def get_link_request(name: str) -> Request:
