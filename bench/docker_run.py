@@ -73,7 +73,8 @@ def breakdown(per_run: list[dict[str, float]], walls: list[float]) -> dict[str, 
     """Median per run of each method's time in the agent (ms), their total, and the rest of the run."""
     if not per_run or not any(per_run):
         return None
-    methods = sorted({m for run in per_run for m in run}, key=lambda m: -statistics.median(r.get(m, 0) for r in per_run))
+    methods = sorted({m for run in per_run for m in run},
+                     key=lambda m: -statistics.median(r.get(m, 0) for r in per_run))
     out = {m: round(statistics.median(r.get(m, 0.0) for r in per_run), 2) for m in methods}
     totals = [sum(r.values()) for r in per_run]
     out["total in the agent"] = round(statistics.median(totals), 2)

@@ -249,7 +249,8 @@ def main() -> None:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     seq, par = res["sequential_ms"], res["concurrent_ms"]
-    summary = {"agent_cpu_ms_per_cycle": res["agent_cpu_ms_per_cycle"], "sequential": spread(seq), f"{args.concurrency}_at_once": spread(par),
+    summary = {"agent_cpu_ms_per_cycle": res["agent_cpu_ms_per_cycle"], "sequential": spread(seq),
+               f"{args.concurrency}_at_once": spread(par),
                "many": res.get("many"), "figures": figures(res, args.concurrency)}
     if args.json:
         print(json.dumps(summary, indent=2))

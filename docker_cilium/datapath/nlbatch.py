@@ -124,7 +124,8 @@ def filter_request(ifindex: int, f: BpfFilter) -> Request:
                + _attr(TCA_BPF_NAME, f.name.encode() + b"\0")
                + _attr(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT)))
     attrs = _attr(TCA_KIND, b"bpf\0") + _attr(TCA_OPTIONS, options)
-    return Request(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_REPLACE, tcm + attrs, f"tc bpf filter {f.name} on ifindex {ifindex}")
+    return Request(RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_REPLACE, tcm + attrs,
+                   f"tc bpf filter {f.name} on ifindex {ifindex}")
 
 
 class Batcher:
