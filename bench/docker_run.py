@@ -15,6 +15,11 @@ reported next to the run's wall time ("outside the agent": dockerd, the
 container, the socket round trips).
 
     flock /tmp/dc-e2e.lock .venv/bin/python -m bench.docker_run --start-agent --json
+
+Measured (main 40e0eb5 vs this change, interleaved, -n 7, median per run, ms
+in the agent): CreateEndpoint 14.5/12.0 -> 4.9/6.4, DeleteEndpoint
+25.2/24.9 -> 6.6/5.9, all calls 46.0/44.4 -> 18.5/18.8; ratio cilium/bridge
+1.105/1.023 -> 0.973/1.011 (about 520-550 ms of each run is outside the agent).
 """
 
 from __future__ import annotations
