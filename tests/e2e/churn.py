@@ -116,11 +116,13 @@ def snapshot(agent: Agent, ranges: list) -> HostState:
                      kv=_kv(agent.lib_dir))
 
 
-def leaks(before: HostState, after: HostState, addresses: set[str]) -> list[str]:
+def leaks(before: HostState, after: HostState, addresses: set[str], kv: bool = True) -> list[str]:
     """What ``after`` holds that ``before`` did not (and what it lost), one line each.
 
     Conntrack entries count when they name one of ``addresses`` (the churned
-    containers'): the host's own flows come and go on their own.
+    containers'): the host's own flows come and go on their own. ``kv=False``
+    leaves the stores out (identities wait for the identity GC, a killed
+    agent's references for its lease to expire).
     """
     out = [f"link {n}" for n in sorted(after.links - before.links)]
     out += [f"route {r}" for r in sorted(after.routes - before.routes)]
@@ -131,7 +133,7 @@ def leaks(before: HostState, after: HostState, addresses: set[str]) -> list[str]
     out += [f"ct {e}" for e in sorted(after.ct) if e[0] in addresses or e[1] in addresses]
     out += [f"iptables + {line}" for line in sorted(set(after.iptables) - set(before.iptables))]
     out += [f"iptables - {line}" for line in sorted(set(before.iptables) - set(after.iptables))]
-    for name in STORES:
+    for name in STORES if kv else ():
         b, a = before.kv.get(name, frozenset()), after.kv.get(name, frozenset())
         out += [f"{name} key {k}" for k in sorted(a - b)] + [f"{name} lost key {k}" for k in sorted(b - a)]
     return out
