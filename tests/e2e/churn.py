@@ -44,11 +44,6 @@ class HostState:
     iptables: tuple[str, ...]
     kv: dict[str, frozenset[str]] = field(default_factory=dict)
 
-    def sizes(self) -> dict[str, int]:
-        """Entry counts (the soak's map occupancy graph)."""
-        return {**{name: len(keys) for name, keys in self.map_keys.items()}, "ct": len(self.ct),
-                **{f"kv:{name}": len(keys) for name, keys in self.kv.items()}}
-
 
 def alloc_ranges(agent: Agent) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     addressing = agent.cli_json("config")["addressing"]
@@ -100,18 +95,31 @@ def _kv(lib_dir: Path) -> dict[str, frozenset[str]]:
     return out
 
 
-def _maps(bpf_root: str) -> tuple[dict[str, frozenset[bytes]], frozenset[tuple[str, str, int, int, int]]]:
+def _maps(bpf_root: str, ranges: list | None) -> tuple[dict[str, frozenset[bytes]], frozenset[tuple]]:
+    """Each tracked map's keys and the conntrack tuples. ``cilium_ipcache``
+    keeps only prefixes inside ``ranges`` (the endpoints'): its host entries
+    follow the host's addresses, which other agents on this machine change."""
     dp = DatapathMaps.open(defaults.bpf_pin_root(bpf_root))
     try:
-        keys = {name: frozenset(bytes(k) for k in dp.raw[name].keys()) for name in TRACKED_MAPS}
+        keys = {name: frozenset(bytes(k) for k in dp.raw[name].keys()) for name in TRACKED_MAPS
+                if name != "cilium_ipcache"}
+        prefixes = dp.ipcache.dump()
+        keys["cilium_ipcache"] = frozenset(p.encode() for p in prefixes if ranges is None or any(
+            ipaddress.ip_network(p).version == r.version and ipaddress.ip_network(p).subnet_of(r) for r in ranges))
         ct = frozenset((e.saddr, e.daddr, e.sport, e.dport, e.proto) for e in dp.ct.dump())
     finally:
         dp.close()
     return keys, ct
 
 
+def occupancy(agent: Agent) -> dict[str, int]:
+    """Entries in each tracked map and in conntrack (cheap enough to sample every few seconds)."""
+    keys, ct = _maps(agent.bpf_root, None)
+    return {**{name: len(k) for name, k in keys.items()}, "ct": len(ct)}
+
+
 def snapshot(agent: Agent, ranges: list) -> HostState:
-    keys, ct = _maps(agent.bpf_root)
+    keys, ct = _maps(agent.bpf_root, ranges)
     return HostState(links=_links(), routes=_routes(ranges), map_keys=keys, ct=ct, iptables=_iptables(),
                      kv=_kv(agent.lib_dir))
 
@@ -128,8 +136,9 @@ def leaks(before: HostState, after: HostState, addresses: set[str], kv: bool = T
     out += [f"route {r}" for r in sorted(after.routes - before.routes)]
     for name in TRACKED_MAPS:
         extra, lost = after.map_keys[name] - before.map_keys[name], before.map_keys[name] - after.map_keys[name]
-        out += [f"{name} entry {k.hex()}" for k in sorted(extra)]
-        out += [f"{name} lost entry {k.hex()}" for k in sorted(lost)]
+        show = (lambda k: k.decode()) if name == "cilium_ipcache" else (lambda k: k.hex())
+        out += [f"{name} entry {show(k)}" for k in sorted(extra)]
+        out += [f"{name} lost entry {show(k)}" for k in sorted(lost)]
     out += [f"ct {e}" for e in sorted(after.ct) if e[0] in addresses or e[1] in addresses]
     out += [f"iptables + {line}" for line in sorted(set(after.iptables) - set(before.iptables))]
     out += [f"iptables - {line}" for line in sorted(set(before.iptables) - set(after.iptables))]
