@@ -71,3 +71,13 @@ cluster: install
 
 cluster-down:
 	@scripts/cluster.sh down
+
+# The churn of tests/e2e/test_churn.py (containers started and removed 10 at
+# a time, the agent kill -9ed once) for SOAK_SECONDS, checking addresses and
+# leaks every round; graphs of the agent's RSS, open fds and map occupancy
+# under bench/results/soak-<time>/ (bench/soak.py).
+SOAK_SECONDS ?= 3600
+.PHONY: soak
+soak: services
+	@scripts/busybox-image.sh busybox:latest
+	SOAK_SECONDS=$(SOAK_SECONDS) $(VENV)/bin/python -m bench.soak

@@ -1,5 +1,6 @@
 """The agent on a real etcd (--kvstore etcd): identities live in etcd, policy
-works, and `cilium status` reports the store going away and coming back."""
+works, and with etcd stopped for 30 s the agent keeps serving what it can,
+says so in `cilium status`, and recovers by itself without losing anything."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from docker_cilium.cli.client import Client
 from docker_cilium.kvstore.etcd import RPC_TIMEOUT_S
 from tests.e2e.conftest import cleanup_bpf, cleanup_docker, cleanup_host, create_network, exec_, net_settings, \
     run_container
+from tests.e2e.test_policy_demo import reaches
 from tests.helpers import Agent, run, wait_until
 from tests.integration.etcd_proc import ETCD_BIN, Member, _free_port, _healthy
 from tests.integration.conftest import etcd_server  # noqa: F401  (a real etcd for this module)
@@ -109,16 +111,56 @@ class PrivateEtcd:
             self.proc.wait(timeout=15)
 
 
-def test_status_reports_kvstore_down_and_back(dockerd, tmp_path):
-    """The real Daemon.status: Ok with etcd up, Failure naming etcd while it is
-    down (the agent keeps answering), Ok again once it is back."""
+OUTAGE_S = 30.0
+OUTAGE_POLICY = [{"labels": [{"key": "name", "value": "outage-rule"}],
+                  "endpointSelector": {"matchLabels": {"id": "srv"}},
+                  "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "cli"}}],
+                               "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}]
+
+
+def ready_endpoints(agent, count: int) -> dict[str, dict] | None:
+    """The endpoints by container name once ``count`` are ready with a cluster identity."""
+    eps = {e["container-name"]: e for e in agent.cli_json("endpoint", "list")}
+    ok = len(eps) == count and all(e["state"] == "ready" and e["identity"]["id"] >= 256 for e in eps.values())
+    return eps if ok else None
+
+
+def identity_keys(etcd: PrivateEtcd) -> dict[str, str]:
+    out = run("etcdctl", f"--endpoints={etcd.address}", "get", "--prefix", "cilium/state/identities/v1/id/").stdout
+    lines = out.splitlines()
+    return dict(zip(lines[0::2], lines[1::2]))
+
+
+def test_etcd_down_30s_agent_serves_and_recovers(dockerd, tmp_path, names):
+    """etcd stopped for 30 s under --kvstore etcd: `cilium status` and the API
+    say Failure naming etcd (answered at once, the agent keeps answering),
+    existing endpoints keep enforcing their policy (real packets), a new
+    container whose labels already have an identity gets it and works; once
+    etcd is back the agent recovers by itself and nothing is lost (identities,
+    allocations, endpoints), and a new label set gets a new identity."""
     etcd = PrivateEtcd(tmp_path / "etcd").start()
     cleanup_host()
     a = Agent(tmp_path / "agent", extra=["--kvstore", "etcd", "--kvstore-opt", f"etcd.address={etcd.address}"])
     try:
         a.start()
         assert a.cli_json("status")["kvstore"] == {"state": "Ok", "msg": f"etcd {etcd.address}"}
+        net = names("etcd-outage")
+        create_network(net, "--ipv6", "--subnet", "::1/112", "--driver", "cilium", "--ipam-driver", "cilium")
+        srv = run_container(names("srv"), net, "-l", "id=srv", cmd=("httpd", "-f", "-p", "80", "-h", "/var/www"))
+        cli = run_container(names("cli"), net, "-l", "id=cli")
+        other = run_container(names("other"), net, "-l", "id=other")
+        policy = tmp_path / "outage-rule.json"
+        policy.write_text(json.dumps(OUTAGE_POLICY))
+        a.cli("policy", "wait", a.cli("policy", "import", str(policy)).stdout.split()[-1])
+        before = wait_until(lambda: ready_endpoints(a, 3), what="three endpoints with identities")
+        ids_before = identity_keys(etcd)
+        ipam_before = a.cli_json("status")["ipam"]["allocations"]
+        srv_ip = net_settings(srv, net)["IPAddress"]
+        srv_ip6 = net_settings(srv, net)["GlobalIPv6Address"]
+        assert reaches(cli, srv_ip) and not reaches(other, srv_ip)
+
         etcd.stop()
+        down_at = time.monotonic()
         t0 = time.monotonic()
         down = Client(a.api_socket).get("/healthz")
         took = time.monotonic() - t0
@@ -134,11 +176,42 @@ def test_status_reports_kvstore_down_and_back(dockerd, tmp_path):
         assert res.returncode == 1 and res.stderr == "unhealthy: KVStore\n"
         table = a.cli("status", check=False)
         assert table.returncode == 1 and table.stdout.startswith(f"{'KVStore:':<24}Failure   ")
+
+        # Existing endpoints keep enforcing, both families.
+        assert reaches(cli, srv_ip) and reaches(cli, srv_ip6)
+        assert not reaches(other, srv_ip) and not reaches(other, srv_ip6)
+        # Labels this node already holds an identity for: the new container gets it and is allowed.
+        cli2 = run_container(names("cli2"), net, "-l", "id=cli")
+        during = wait_until(lambda: ready_endpoints(a, 4), timeout=20, what="cli2 ready while etcd is down")
+        assert during[names("cli2")]["identity"]["id"] == before[names("cli")]["identity"]["id"]
+        assert reaches(cli2, srv_ip)
+        # still down: nothing above needed it
+        assert json.loads(a.cli("status", "-o", "json", check=False).stdout)["kvstore"]["state"] == "Failure"
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+
         etcd.start()
         wait_until(lambda: a.cli_json("status")["kvstore"]["state"] == "Ok", timeout=60,
                    what="kvstore Ok after etcd is back")
         assert a.proc is not None and a.proc.poll() is None
+        # Nothing lost: the same identities in etcd, allocations and endpoints (cli2's added).
+        assert identity_keys(etcd) == ids_before
+        after = ready_endpoints(a, 4)
+        assert after is not None
+        for name, ep in before.items():
+            assert (after[name]["id"], after[name]["identity"]["id"], after[name]["addressing"]) == \
+                (ep["id"], ep["identity"]["id"], ep["addressing"]), name
+        ipam_after = a.cli_json("status")["ipam"]["allocations"]
+        assert ipam_before.items() <= ipam_after.items() and len(ipam_after) == len(ipam_before) + 2
+        # This node's references are in etcd again, cli2's included (its label set's).
+        wait_until(lambda: len(etcd_keys(etcd.address, "cilium/state/identities/v1/value/")) == 3,
+                   timeout=30, what="the node's three identity references in etcd")
+        # A new label set gets a new identity from the store that came back, and policy applies to it.
+        late = run_container(names("late"), net, "-l", "id=late")
+        eps = wait_until(lambda: ready_endpoints(a, 5), timeout=30, what="a new identity after recovery")
+        assert eps[names("late")]["identity"]["id"] not in {e["identity"]["id"] for e in before.values()}
+        assert not reaches(late, srv_ip) and reaches(cli, srv_ip)
     finally:
+        cleanup_docker()
         a.stop()
         etcd.stop()
         cleanup_host()
