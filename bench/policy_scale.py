@@ -38,12 +38,13 @@ import http.client
 import json
 import socket
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from tests.helpers import Agent, docker
+from tests.helpers import VENV_BIN, Agent, docker
 
 PLUGIN_SOCKET = "/run/docker/plugins/cilium.sock"
 NET = "bench-scale"
@@ -102,14 +103,30 @@ class Hammer(threading.Thread):
             self.latencies.append((time.perf_counter() - t0) * 1000)
 
 
-def timed_import(agent: Agent, rules: list[dict]) -> dict:
+def cli_import(agent: Agent, body: bytes) -> tuple[int, bytes, float]:
+    """The whole ``cilium policy import FILE`` call (CLI start, local validation,
+    the PUT, every endpoint's maps written) as a user runs it."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        f.write(body)
+        f.flush()
+        t0 = time.perf_counter()
+        res = subprocess.run([str(VENV_BIN / "cilium"), "-H", agent.api_socket, "policy", "import", f.name],
+                             capture_output=True)
+        took = time.perf_counter() - t0
+    return (200 if res.returncode == 0 else 400), res.stdout + res.stderr, took
+
+
+def timed_import(agent: Agent, rules: list[dict], via: str = "cli") -> dict:
     body = json.dumps(rules).encode()
     hammer = Hammer()
     hammer.start()
     time.sleep(0.2)
-    t0 = time.perf_counter()
-    status, reply = request(agent.api_socket, "PUT", "/v1/policy", body)
-    took = time.perf_counter() - t0
+    if via == "cli":
+        status, reply, took = cli_import(agent, body)
+    else:
+        t0 = time.perf_counter()
+        status, reply = request(agent.api_socket, "PUT", "/v1/policy", body)
+        took = time.perf_counter() - t0
     hammer.stop_flag.set()
     hammer.join()
     lat = hammer.latencies
@@ -168,6 +185,9 @@ def main() -> None:
     ap.add_argument("--endpoint-rules", type=int, default=4000)
     ap.add_argument("--endpoint-runs", type=int, default=3)
     ap.add_argument("--endpoints", type=int, default=3, help="containers present during the imports")
+    ap.add_argument("--kinds", default="cidr,label")
+    ap.add_argument("--via", choices=("cli", "api"), default="cli",
+                    help="time the whole `cilium policy import FILE` call, or the PUT alone")
     args = ap.parse_args()
     results: dict = {"imports": [], "endpoint_setup": None}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
@@ -183,8 +203,9 @@ def main() -> None:
                 docker("run", "-d", "--name", name, "--net", NET, "-l", label, "busybox", "sleep", "3600")
             time.sleep(2)  # labels arrive through Docker events
             for n in (int(s) for s in args.sizes.split(",")):
-                for kind, make in (("cidr", cidr_rules), ("label", label_rules)):
-                    res = {"rules": n, "kind": kind, **timed_import(agent, make(n))}
+                for kind in args.kinds.split(","):
+                    make = {"cidr": cidr_rules, "label": label_rules}[kind]
+                    res = {"rules": n, "kind": kind, "via": args.via, **timed_import(agent, make(n), args.via)}
                     res["delete_all_s"] = delete_all(agent)
                     print(json.dumps(res), flush=True)
                     results["imports"].append(res)

@@ -41,10 +41,11 @@ from .turns import Turns, quiet_gc
 
 log = structlog.get_logger(__name__)
 
-#: Largest policy document one import may send (bytes).
-MAX_IMPORT_BYTES = 16 << 20
+#: Largest policy document one import may send (bytes): 100,000 rules of a
+#: few hundred bytes each, indented.
+MAX_IMPORT_BYTES = 64 << 20
 #: Most rules one import may carry.
-MAX_IMPORT_RULES = 16384
+MAX_IMPORT_RULES = 100_000
 
 
 @dataclass(frozen=True)
