@@ -37,8 +37,10 @@ import argparse
 import http.client
 import json
 import socket
+import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -49,6 +51,7 @@ from tests.helpers import VENV_BIN, Agent, docker
 PLUGIN_SOCKET = "/run/docker/plugins/cilium.sock"
 NET = "bench-scale"
 APP_LABEL = "id=scale-app"
+AGENT_LOG_COPY = "/tmp/bench-policy-scale-agent.log"
 
 
 class UnixHTTP(http.client.HTTPConnection):
@@ -72,9 +75,15 @@ def request(path: str, method: str, url: str, body: bytes | None = None) -> tupl
         conn.close()
 
 
+#: CIDR rules selecting the one scale-app container: its policy map holds
+#: 16,384 entries (Cilium's per-endpoint limit); rules past these select a
+#: label no container has (their prefixes still get identities and ipcache entries).
+CIDR_PER_ENDPOINT = 10000
+
+
 def cidr_rules(n: int) -> list[dict]:
     return [{"labels": [{"key": "bench", "value": "scale"}],
-             "endpointSelector": {"matchLabels": {"id": "scale-app"}},
+             "endpointSelector": {"matchLabels": {"id": "scale-app" if i < CIDR_PER_ENDPOINT else "nobody"}},
              "egress": [{"toCIDR": [f"10.{200 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}/32"]}]}
             for i in range(n)]
 
@@ -216,6 +225,8 @@ def main() -> None:
             docker("rm", "-f", *resident, check=False)
             docker("network", "rm", NET, check=False)
             agent.stop()
+            shutil.copy(agent.log_path, AGENT_LOG_COPY)
+            print(f"agent log: {AGENT_LOG_COPY}", file=sys.stderr)
             from tests.e2e.conftest import cleanup_bpf, cleanup_host
             cleanup_host()
             cleanup_bpf(agent.bpf_root)

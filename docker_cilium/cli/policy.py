@@ -12,7 +12,6 @@ import click
 from docker_cilium.cli.common import Context, output_option, pass_ctx
 from docker_cilium.cli.output import emit_json
 from docker_cilium.errors import Unavailable
-from docker_cilium.policy.api import PolicyValidationError, parse_rules
 
 
 def _read(path: str) -> bytes:
@@ -26,7 +25,10 @@ def _read(path: str) -> bytes:
 
 
 def _validate(path: str, data: bytes) -> None:
-    """Parse locally, so a bad file is reported even without an agent."""
+    """Parse locally, so a bad file is reported even without an agent
+    (imported here: the policy package is not needed to send a document)."""
+    from docker_cilium.policy.api import PolicyValidationError, parse_rules
+
     try:
         parse_rules(data)
     except PolicyValidationError as exc:
