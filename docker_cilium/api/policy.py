@@ -103,9 +103,9 @@ async def put_policy(request: web.Request) -> web.Response:
     policy = _policy(request)
     _, rules = await policy.import_rules(raw)
     # The rules imported, as Cilium's PutPolicy replies, in their compact
-    # persisted JSON (made once per rule during the import): indenting
-    # 100,000 rules would cost seconds for a string clients only decode
-    # (`cilium policy import` prints the revision). GET stays indented.
+    # persisted JSON (each rule as sent, made once during the import):
+    # indenting 100,000 rules would cost seconds for a string clients only
+    # decode (`cilium policy import` prints the revision). GET stays indented.
     return web.json_response({"revision": policy.revision, "policy": "[" + ",".join(r.compact_json for r in rules) + "]"})
 
 

@@ -32,7 +32,7 @@ from docker_cilium.ipcache import IPCache
 from docker_cilium.kvstore import keys
 from docker_cilium.kvstore.backend import Backend
 
-from .api.parse import dump_rules_steps, iter_json_array, load_json
+from .api.parse import dump_rules_steps, iter_json_array, load_json, rule_from_item
 from .api.rule import Rule
 from .repository import PolicyRepositoryError, Repository
 from .resolve import (ENFORCEMENT_MODES, EndpointPolicy, build_identity_index, parse_enforcement, resolve_steps,
@@ -155,9 +155,7 @@ class PolicyManager:
             if i == MAX_IMPORT_RULES:
                 raise PayloadTooLarge(f"policy document has more than {MAX_IMPORT_RULES} rules, the most one "
                                       f"import may carry (MAX_IMPORT_RULES): split it into several imports")
-            rule = Rule.from_json(item, f"[{i}]")
-            _ = rule.compact_json  # made now, between turns, not at persist time
-            rules.append(rule)
+            rules.append(rule_from_item(item, f"[{i}]"))  # its persisted JSON made now, between turns
             await turns()
         return rules
 

@@ -54,7 +54,7 @@ def check_fields(
 ) -> None:
     """Reject unknown fields and fields docker-cilium deliberately does not support
     (``allowed`` and ``unsupported`` never share a name)."""
-    if all(key in allowed for key in data):
+    if (allowed if isinstance(allowed, frozenset) else frozenset(allowed)).issuperset(data):
         return
     allowed = tuple(allowed)
     unsupported = unsupported or {}

@@ -34,8 +34,8 @@ from .l4 import PortRule
 from .l7 import PortRuleHTTP
 from .selector import UNSPEC_SOURCE, EndpointSelector, split_label
 
-#: One encoder for every rule (``json.dumps`` with separators builds one per call).
-_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+#: Compact JSON; one encoder for every rule (``json.dumps`` with separators builds one per call).
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 _LABELS = FlatMemo()
 
@@ -100,6 +100,11 @@ class PeerRule:
     # --- JSON ----------------------------------------------------------
     @classmethod
     @functools.cache
+    def json_fields(cls) -> frozenset[str]:
+        return frozenset(cls.json_names().values())
+
+    @classmethod
+    @functools.cache
     def json_names(cls) -> dict[str, str]:
         p = cls.PREFIX
         return {
@@ -132,7 +137,7 @@ class PeerRule:
     def from_json(cls, data: Any, path: str) -> "PeerRule":
         data = expect_object(data, path, f"an {cls.DIRECTION} rule")
         n = cls.json_names()
-        check_fields(data, path, n.values(), cls.UNSUPPORTED)
+        check_fields(data, path, cls.json_fields(), cls.UNSUPPORTED)
 
         def items(attr: str, parse: Callable[[Any, str], Any]) -> tuple[Any, ...]:
             key = n[attr]
@@ -198,6 +203,11 @@ class RuleLabel:
     source: str = UNSPEC_SOURCE
 
     def __str__(self) -> str:
+        return self.text
+
+    @functools.cached_property
+    def text(self) -> str:
+        """``source:key=value``, made once (parsed labels are shared by the rules naming them)."""
         return f"{self.source}:{self.key}={self.value}" if self.value else f"{self.source}:{self.key}"
 
     def to_dict(self) -> dict[str, str]:
@@ -284,7 +294,7 @@ class Rule:
     def compact_json(self) -> str:
         """The persisted form (compact :meth:`to_dict`), made once per rule:
         a repository persisted again after an import re-serializes nothing old."""
-        return _COMPACT(self.to_dict())
+        return compact_json(self.to_dict())
 
     @classmethod
     def from_json(cls, data: Any, path: str = "") -> "Rule":
