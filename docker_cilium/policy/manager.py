@@ -162,17 +162,13 @@ class PolicyManager:
     async def import_rules(self, raw: bytes) -> tuple[int, list[Rule]]:
         """Add the document's rules; returns the new revision and the rules added."""
         t0 = time.perf_counter()
-        # The collector stays off for the whole import: once on again, the
-        # million objects 100,000 rules are get moved to the oldest
-        # generation, which soon runs a full collection (0.6 s each,
-        # measured); off, that happens after the reply, not twice within it.
         async with self._lock:
-            with quiet_gc():
+            with quiet_gc():  # parsing only: the change below awaits threads and the store
                 rules = await self._parse(raw)  # raises PolicyValidationError; nothing changed
-                t1 = time.perf_counter()
-                candidate = self.repo.copy()
-                rev = candidate.add(rules)
-                await self._change(candidate, self.enforcement)
+            t1 = time.perf_counter()
+            candidate = self.repo.copy()
+            rev = candidate.add(rules)
+            await self._change(candidate, self.enforcement)
         t2 = time.perf_counter()
         log.info("policy.import", revision=rev, rules=len(self.repo.rules), added=len(rules),
                  duration_ms=round((t2 - t0) * 1000, 2), parse_ms=round((t1 - t0) * 1000, 2))

@@ -49,7 +49,7 @@ class Turns:
 @contextlib.contextmanager
 def quiet_gc() -> Iterator[None]:
     """Keep the cyclic garbage collector from pausing the loop while a large
-    policy document is imported (only then: the switch is process-wide): it
+    policy document is parsed (only then: the switch is process-wide): it
     stays off meanwhile (reference counting still frees nearly everything;
     rules hold no cycles) and is on again afterwards.
     Nothing is frozen: a frozen object is never collected, so cycles made
