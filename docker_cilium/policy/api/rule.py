@@ -144,7 +144,7 @@ class PeerRule:
             if data.get(key) is None:  # most entries name one or two of the six
                 return ()
             base = field_path(path, key)
-            return tuple(parse(v, index_path(base, i)) for i, v in enumerate(get_list(data, key, path)))
+            return tuple([parse(v, f"{base}[{i}]") for i, v in enumerate(get_list(data, key, path))])
 
         endpoints = items("endpoints", EndpointSelector.from_json)
         requires = items("requires", EndpointSelector.from_json)
@@ -305,8 +305,10 @@ class Rule:
         selector = EndpointSelector.from_json(data["endpointSelector"], field_path(path, "endpointSelector"))
 
         def section(key: str, typ: type[PeerRule]) -> tuple[Any, ...]:
+            if data.get(key) is None:
+                return ()
             base = field_path(path, key)
-            return tuple(typ.from_json(v, index_path(base, i)) for i, v in enumerate(get_list(data, key, path)))
+            return tuple([typ.from_json(v, f"{base}[{i}]") for i, v in enumerate(get_list(data, key, path))])
 
         ingress = section("ingress", IngressRule)
         egress = section("egress", EgressRule)
