@@ -274,9 +274,10 @@ class Rule:
             return self.egress
         raise ValueError(f"unknown direction {direction!r}")
 
-    @property
+    @functools.cached_property
     def label_strings(self) -> tuple[str, ...]:
-        return tuple(str(lbl) for lbl in self.labels)
+        """Made once per rule (every import's agent event lists the labels of all the rules it added)."""
+        return tuple([lbl.text for lbl in self.labels])
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"endpointSelector": self.endpoint_selector.to_dict()}
