@@ -2,27 +2,71 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from docker_cilium import logging as dclog
 from docker_cilium.cli.common import DEFAULT_HOST, Context
 from docker_cilium.errors import APIError
-from docker_cilium.cli.bpf import bpf
-from docker_cilium.cli.cleanup import cleanup
-from docker_cilium.cli.completion import completion
-from docker_cilium.cli.config import config
-from docker_cilium.cli.debuginfo import debuginfo
-from docker_cilium.cli.endpoint import endpoint
-from docker_cilium.cli.identity import identity
-from docker_cilium.cli.kvstore import kvstore
-from docker_cilium.cli.maps import map_
-from docker_cilium.cli.monitor import monitor
-from docker_cilium.cli.metrics import metrics
-from docker_cilium.cli.node import node
-from docker_cilium.cli.policy import policy
-from docker_cilium.cli.prefilter import prefilter
-from docker_cilium.cli.service import service
-from docker_cilium.cli.status import status, version
+
+#: Each verb's module, imported when the verb is used (or listed): the
+#: datapath, monitor and metrics modules behind some verbs take a few
+#: hundred ms to import, which every `cilium policy import` paid.
+VERBS = {"bpf": "bpf:bpf", "cleanup": "cleanup:cleanup", "completion": "completion:completion",
+         "config": "config:config", "debuginfo": "debuginfo:debuginfo", "endpoint": "endpoint:endpoint",
+         "identity": "identity:identity", "kvstore": "kvstore:kvstore", "map": "maps:map_",
+         "metrics": "metrics:metrics", "monitor": "monitor:monitor", "node": "node:node", "policy": "policy:policy",
+         "prefilter": "prefilter:prefilter", "service": "service:service", "status": "status:status",
+         "version": "status:version"}
+
+
+class _LazyCommands(dict):  # type: ignore[type-arg]
+    """The root group's ``commands``: a verb's module is imported on first use
+    of that verb; listing them (help, completion) imports them all."""
+
+    def __init__(self, specs: dict[str, str]) -> None:
+        super().__init__()
+        self._specs = specs
+
+    def _load(self, name: object) -> None:
+        if isinstance(name, str) and name in self._specs and not dict.__contains__(self, name):
+            module, attr = self._specs[name].split(":")
+            dict.__setitem__(self, name, getattr(importlib.import_module(f"docker_cilium.cli.{module}"), attr))
+
+    def _load_all(self) -> None:
+        for name in self._specs:
+            self._load(name)
+
+    def __getitem__(self, name: str) -> click.Command:
+        self._load(name)
+        return dict.__getitem__(self, name)  # type: ignore[no-any-return]
+
+    def get(self, name: str, default: object = None) -> object:  # type: ignore[override]
+        self._load(name)
+        return dict.get(self, name, default)
+
+    def __contains__(self, name: object) -> bool:
+        return (isinstance(name, str) and name in self._specs) or dict.__contains__(self, name)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self._load_all()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        return len(set(self._specs) | set(dict.keys(self)))
+
+    def keys(self):  # type: ignore[no-untyped-def]
+        self._load_all()
+        return dict.keys(self)
+
+    def items(self):  # type: ignore[no-untyped-def]
+        self._load_all()
+        return dict.items(self)
+
+    def values(self):  # type: ignore[no-untyped-def]
+        self._load_all()
+        return dict.values(self)
 
 
 class _Cli(click.Group):
@@ -45,9 +89,7 @@ def cli(ctx: click.Context, host: str, output: str) -> None:
     ctx.obj = Context(host, output)
 
 
-for command in (bpf, cleanup, completion, config, debuginfo, endpoint, identity, kvstore, map_, metrics, monitor,
-                node, policy, prefilter, service, status, version):
-    cli.add_command(command)
+cli.commands = _LazyCommands(VERBS)
 
 
 def main() -> None:

@@ -131,10 +131,13 @@ class Regenerator(HeldIdentities):
             await self._follow_moved_identities()
             eps = [ep for ep in self.endpoints.values() if ep.state not in (State.DISCONNECTING, State.DISCONNECTED)]
             pols = await self._resolve_all(eps, change)
+            t1 = time.perf_counter()
             if self.dp is None:
                 await commit()
             else:
                 await self._write_all(eps, pols, commit)
+            log.info("policy.applied", endpoints=len(eps), resolve_ms=round((t1 - t0) * 1000, 2),
+                     write_commit_ms=round((time.perf_counter() - t1) * 1000, 2))
             for ep in eps:
                 self._regenerated(ep, pols[ep.id])
                 if self.observer is not None:  # each endpoint waited for the whole batch

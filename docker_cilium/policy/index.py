@@ -26,7 +26,7 @@ from typing import Callable, Generator, Iterable, Mapping
 
 from docker_cilium.identity.reserved import WORLD_LABEL
 
-from .api.cidr import cidr_label
+from .api.cidr import cidr_label, v4_prefix
 from .api.entities import ENTITY_CLUSTER, ENTITY_WORLD, entity_matches
 from .api.rule import PeerRule
 from .api.selector import EndpointSelector, LabelSet
@@ -37,6 +37,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 @functools.lru_cache(maxsize=1 << 17)
 def _prefix_range(prefix: str) -> tuple[int, int, int]:
     """(IP version, first address, last address) of a prefix; parsed once."""
+    v4 = v4_prefix(prefix)
+    if v4 is not None:
+        addr, plen = v4
+        host = (1 << (32 - plen)) - 1
+        return 4, addr & ~host, addr | host
     net = ipaddress.ip_network(prefix)
     return net.version, int(net.network_address), int(net.broadcast_address)
 

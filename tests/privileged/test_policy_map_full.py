@@ -18,6 +18,7 @@ import pytest
 
 from docker_cilium.datapath.bpf import BPFError
 from docker_cilium.datapath.loader import Datapath, compile_datapath
+from docker_cilium.datapath.maps import policymap
 from docker_cilium.datapath.maps.policymap import POLICY_MAP, PolicyEntry, PolicyMap, PolicyMapFull
 from docker_cilium.endpoint.model import Endpoint, State
 from docker_cilium.endpoint.regenerator import Regenerator
@@ -85,10 +86,26 @@ def rule(name: str, ports: range) -> bytes:
     }]).encode()
 
 
-def record_writes(dp: Datapath) -> list[tuple[str, int | None]]:
-    """Every update of the kernel policy map from now on: ("ok", lxc_id) or ("refused", None)."""
+def record_writes(dp: Datapath, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int | None]]:
+    """Every update of the kernel policy map from now on, single or in a
+    batch (one per key the kernel took): ("ok", lxc_id) or ("refused", None)."""
     m, log = dp.maps.raw[POLICY_MAP], []
     update = m.update
+    real_batch = policymap._update_batch
+
+    def batch():  # type: ignore[no-untyped-def]
+        fn = real_batch()
+
+        def counted_batch(fd, keys, values, count, opts):  # type: ignore[no-untyped-def]
+            asked = count._obj.value
+            ret = fn(fd, keys, values, count, opts)
+            log.extend(("ok", keys[i].lxc_id) for i in range(asked if ret >= 0 else count._obj.value))
+            if ret < 0:
+                log.append(("refused", None))
+            return ret
+        return counted_batch
+
+    monkeypatch.setattr(policymap, "_update_batch", batch)
 
     def counted(key, value, *args, **kw):
         try:
@@ -124,7 +141,7 @@ async def test_import_that_does_not_fit_is_refused_before_any_write(agent):
     assert {ep.state for ep in regen.endpoints.values()} == {State.READY}
 
 
-async def test_kernel_refusal_part_way_is_undone_on_every_endpoint(agent):
+async def test_kernel_refusal_part_way_is_undone_on_every_endpoint(agent, monkeypatch):
     policy, regen, dp, store = agent
     await policy.import_rules(rule("base", range(80, 84)))
     # Another writer fills the map behind the agent's back: its own check
@@ -132,7 +149,7 @@ async def test_kernel_refusal_part_way_is_undone_on_every_endpoint(agent):
     other = PolicyMap(dp.maps.raw[POLICY_MAP])
     other.set_endpoint_policy(999, [PolicyEntry(identity=5000 + i) for i in range(17)])  # 5 left free
     before, rev, saved = map_state(dp), policy.revision, await store.get(keys.POLICY_RULES)
-    writes = record_writes(dp)
+    writes = record_writes(dp, monkeypatch)
     with pytest.raises(PolicyMapFull) as exc:
         await policy.import_rules(rule("more", range(2000, 2004)))  # +4 on each endpoint
     assert "is full" in exc.value.message

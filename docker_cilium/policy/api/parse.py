@@ -17,7 +17,7 @@ from docker_cilium import strictjson
 
 from ._util import json_type
 from .errors import PolicyValidationError
-from .rule import Rule
+from .rule import Rule, compact_json
 
 
 @contextlib.contextmanager
@@ -61,12 +61,21 @@ def rule_items(data: bytes | bytearray | str | list[Any]) -> list[Any]:
     return data
 
 
+def rule_from_item(item: Any, path: str) -> Rule:
+    """One decoded rule, validated; its persisted JSON (``compact_json``) is
+    the item as given, encoded in C: it parses back to the same rule, and
+    rebuilding it from the parsed form cost more than the parse's validation."""
+    rule = Rule.from_json(item, path)
+    rule.__dict__["compact_json"] = compact_json(item)  # the cached_property's slot
+    return rule
+
+
 def parse_rules(data: bytes | bytearray | str | list[Any]) -> list[Rule]:
     """Parse and validate a policy document (raw JSON or already decoded list).
 
     Raises :class:`PolicyValidationError` on the first problem found.
     """
-    return [Rule.from_json(item, f"[{i}]") for i, item in enumerate(rule_items(data))]
+    return [rule_from_item(item, f"[{i}]") for i, item in enumerate(rule_items(data))]
 
 
 def dump_rules_steps(rules: Iterable[Rule]) -> Generator[None, None, str]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from ._util import (
+    FlatMemo,
     check_fields,
     expect_object,
     expect_string,
@@ -32,6 +33,11 @@ from .errors import PolicyValidationError
 from .l4 import PortRule
 from .l7 import PortRuleHTTP
 from .selector import UNSPEC_SOURCE, EndpointSelector, split_label
+
+#: Compact JSON; one encoder for every rule (``json.dumps`` with separators builds one per call).
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+_LABELS = FlatMemo()
 
 K8S_CLOUD = "not supported by docker-cilium (Kubernetes/cloud feature)"
 
@@ -93,6 +99,12 @@ class PeerRule:
 
     # --- JSON ----------------------------------------------------------
     @classmethod
+    @functools.cache
+    def json_fields(cls) -> frozenset[str]:
+        return frozenset(cls.json_names().values())
+
+    @classmethod
+    @functools.cache
     def json_names(cls) -> dict[str, str]:
         p = cls.PREFIX
         return {
@@ -125,19 +137,21 @@ class PeerRule:
     def from_json(cls, data: Any, path: str) -> "PeerRule":
         data = expect_object(data, path, f"an {cls.DIRECTION} rule")
         n = cls.json_names()
-        check_fields(data, path, n.values(), cls.UNSUPPORTED)
+        check_fields(data, path, cls.json_fields(), cls.UNSUPPORTED)
 
-        def items(attr: str) -> list[tuple[Any, str]]:
+        def items(attr: str, parse: Callable[[Any, str], Any]) -> tuple[Any, ...]:
             key = n[attr]
+            if data.get(key) is None:  # most entries name one or two of the six
+                return ()
             base = field_path(path, key)
-            return [(v, index_path(base, i)) for i, v in enumerate(get_list(data, key, path))]
+            return tuple([parse(v, f"{base}[{i}]") for i, v in enumerate(get_list(data, key, path))])
 
-        endpoints = tuple(EndpointSelector.from_json(v, p) for v, p in items("endpoints"))
-        requires = tuple(EndpointSelector.from_json(v, p) for v, p in items("requires"))
-        cidr = tuple(CIDR.from_json(v, p) for v, p in items("cidr"))
-        cidr_set = tuple(CIDRRule.from_json(v, p) for v, p in items("cidr_set"))
-        entities = tuple(parse_entity(v, p) for v, p in items("entities"))
-        to_ports = tuple(PortRule.from_json(v, p) for v, p in items("to_ports"))
+        endpoints = items("endpoints", EndpointSelector.from_json)
+        requires = items("requires", EndpointSelector.from_json)
+        cidr = items("cidr", CIDR.from_json)
+        cidr_set = items("cidr_set", CIDRRule.from_json)
+        entities = items("entities", parse_entity)
+        to_ports = items("to_ports", PortRule.from_json)
 
         l3_kinds = [
             n[a] for a, v in (("endpoints", endpoints), ("cidr", cidr), ("cidr_set", cidr_set), ("entities", entities)) if v
@@ -189,6 +203,11 @@ class RuleLabel:
     source: str = UNSPEC_SOURCE
 
     def __str__(self) -> str:
+        return self.text
+
+    @functools.cached_property
+    def text(self) -> str:
+        """``source:key=value``, made once (parsed labels are shared by the rules naming them)."""
         return f"{self.source}:{self.key}={self.value}" if self.value else f"{self.source}:{self.key}"
 
     def to_dict(self) -> dict[str, str]:
@@ -205,6 +224,16 @@ class RuleLabel:
 
     @classmethod
     def from_json(cls, data: Any, path: str) -> "RuleLabel":
+        key = (data,) if type(data) is str else _LABELS.key(data)
+        hit = _LABELS.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        out = cls._parse(data, path)
+        _LABELS.put(key, out)
+        return out
+
+    @classmethod
+    def _parse(cls, data: Any, path: str) -> "RuleLabel":
         if isinstance(data, str):
             lbl = cls.parse(data)
             if not lbl.key:
@@ -245,9 +274,10 @@ class Rule:
             return self.egress
         raise ValueError(f"unknown direction {direction!r}")
 
-    @property
+    @functools.cached_property
     def label_strings(self) -> tuple[str, ...]:
-        return tuple(str(lbl) for lbl in self.labels)
+        """Made once per rule (every import's agent event lists the labels of all the rules it added)."""
+        return tuple([lbl.text for lbl in self.labels])
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"endpointSelector": self.endpoint_selector.to_dict()}
@@ -265,7 +295,7 @@ class Rule:
     def compact_json(self) -> str:
         """The persisted form (compact :meth:`to_dict`), made once per rule:
         a repository persisted again after an import re-serializes nothing old."""
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        return compact_json(self.to_dict())
 
     @classmethod
     def from_json(cls, data: Any, path: str = "") -> "Rule":
@@ -276,8 +306,10 @@ class Rule:
         selector = EndpointSelector.from_json(data["endpointSelector"], field_path(path, "endpointSelector"))
 
         def section(key: str, typ: type[PeerRule]) -> tuple[Any, ...]:
+            if data.get(key) is None:
+                return ()
             base = field_path(path, key)
-            return tuple(typ.from_json(v, index_path(base, i)) for i, v in enumerate(get_list(data, key, path)))
+            return tuple([typ.from_json(v, f"{base}[{i}]") for i, v in enumerate(get_list(data, key, path))])
 
         ingress = section("ingress", IngressRule)
         egress = section("egress", EgressRule)

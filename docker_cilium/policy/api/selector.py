@@ -17,13 +17,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from ._util import check_fields, expect_object, expect_string, field_path, get_list, index_path, json_type
+from ._util import FlatMemo, check_fields, expect_object, expect_string, field_path, get_list, index_path, json_type
 from .errors import PolicyValidationError
 
 ANY_SOURCE = "any"
 UNSPEC_SOURCE = "unspec"
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+_SELECTORS = FlatMemo()
 
 
 def split_label(text: str, default_source: str = UNSPEC_SOURCE) -> tuple[str, str, str]:
@@ -186,6 +188,18 @@ class EndpointSelector:
 
     @classmethod
     def from_json(cls, data: Any, path: str) -> "EndpointSelector":
+        # The common selector, only ``matchLabels``, is memoized by its labels.
+        ml = data.get("matchLabels") if type(data) is dict and len(data) == 1 else None
+        key = _SELECTORS.key(ml)
+        hit = _SELECTORS.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        out = cls._parse(data, path)
+        _SELECTORS.put(key, out)
+        return out
+
+    @classmethod
+    def _parse(cls, data: Any, path: str) -> "EndpointSelector":
         if data is None:
             raise PolicyValidationError(path, "selector must not be null")
         data = expect_object(data, path, "a label selector")
