@@ -63,12 +63,15 @@ MODULES = [
     Module("identity_alloc", "identity_alloc", quick=("--json", "--labelsets", "50", "--rounds", "1")),
     Module("endpoint_setup", "endpoint_setup",
            quick=("--json", "--sequential", "10", "--rounds", "2", "--endpoints", "50")),
-    Module("policy_scale", "policy_scale", full=(), quick=("--sizes", "1000", "--endpoint-runs", "1")),
+    # their own agent on the SHARED plugin socket: before the shared agent starts
+    Module("policy_scale", "policy_scale", full=("--sizes", "10000,100000", "--endpoint-rules", "0", "--json"),
+           quick=("--sizes", "1000", "--endpoint-rules", "0", "--json")),
+    Module("policy_rules", "policy_rules", full=("--json",),
+           quick=("--json", "--sizes", "0,1000", "--rounds", "1", "--seconds", "2"), timeout_s=1200),
     # through dockerd and the agent on the default sockets
     Module("docker_run", "docker_run", quick=("--json", "-n", "3"), shared_agent=True),
     Module("tcp_throughput", "throughput", full=CILIUM, quick=(*CILIUM, *QUICK_ROUNDS), shared_agent=True),
     Module("rr", "rr", full=("--json", *CILIUM), quick=("--json", *CILIUM, *QUICK_ROUNDS), shared_agent=True),
-    Module("policy_rules", "policy_rules", shared_agent=True, timeout_s=1200),
     Module("init_window", "init_window", quick=("--json", "-n", "3"), shared_agent=True),
     Module("published_port", "published_port", full=CILIUM, quick=(*CILIUM, *QUICK_ROUNDS), shared_agent=True),
     Module("service", "service", full=CILIUM, quick=(*CILIUM, *QUICK_ROUNDS, "--connections", "500"),
