@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import tempfile
@@ -61,6 +62,12 @@ class Pair:
                                 text=True)
         self.servers.append(proc)
         return proc
+
+    def mtu(self) -> int:
+        """The client's interface MTU (cilium's endpoints take the uplink's, the
+        bridge and the bare veth have 1500): it sets the segment size."""
+        out = sh(*self.client_ns, "ip", "-o", "link", "show").stdout
+        return max(int(m) for m in re.findall(r" mtu (\d+) ", out) if int(m) < 65536)
 
     def close(self) -> None:
         for proc in self.servers:
@@ -179,6 +186,7 @@ def main() -> None:
         print(json.dumps({
             "policy_revision": int(rev),
             "endpoints_with_ingress_policy": len(enforced),
+            "mtu": {p.name: p.mtu() for p in pairs},
             "gbit_s_median": {k: round(v, 2) for k, v in med.items()},
             "gbit_s_all": {k: [round(x, 2) for x in v] for k, v in results.items()},
             "ratio_cilium_over_bridge": round(med["cilium"] / med["bridge"], 3),
