@@ -21,7 +21,7 @@ run: install
 # namespaces) and end-to-end (real dockerd). Nothing is skipped.
 test: services
 	@scripts/busybox-image.sh busybox:latest
-	CILIUM_TEST_ETCD=127.0.0.1:2379 $(PYTEST) -p no:cacheprovider tests -ra
+	CILIUM_TEST_ETCD=127.0.0.1:2379 $(PYTEST) -p no:cacheprovider tests -ra --durations=25
 
 test-unit: install
 	$(PYTEST) -p no:cacheprovider tests/unit
@@ -39,7 +39,6 @@ test-e2e: services
 bench: services
 	@scripts/busybox-image.sh busybox:latest
 	$(VENV)/bin/python -m bench.run
-	CLUSTER=dc-bench-cluster CLUSTER_SUBNET=10.218.0.0/24 $(VENV)/bin/python -m bench.cluster --up
 
 # The handbook's walkthrough on this host (agent, cilium-net, app1..3, the l3
 # policy and the allowed/denied matrix before and after it). Idempotent.

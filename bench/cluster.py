@@ -37,6 +37,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from bench.common import figure, ratios, spread
+
 HERE = Path(__file__).resolve().parent
 CLUSTER_SH = str(HERE.parent / "scripts" / "cluster.sh")
 NET = "cilium-net"
@@ -247,6 +249,21 @@ def propagation_runs(c: Cluster, many: int, timeout: float) -> dict:
             c.on(node, "cilium", "policy", "delete", "name=bench-prop", check=False)
 
 
+def cluster_figures(res: dict) -> list[dict]:
+    """The report's rows: VXLAN against the underlay, and propagation."""
+    tp, pr = res["throughput"], res["propagation"]
+    vx, ul = tp["gbit_s_all"]["vxlan"], tp["gbit_s_all"]["underlay"]
+    out = [figure("cross-node TCP, VXLAN / underlay", tp["ratio_vxlan_over_underlay"], "x", baseline="underlay",
+                  rounds=ratios(vx, ul), absolute=f"vxlan {spread(vx, 'Gbit/s')}, underlay {spread(ul)}")]
+    for k in ("one", "many"):
+        r = pr[k]
+        if "p50_s" in r:
+            out.append(figure(f"cross-node reachability after start, {r['containers']} container(s), p50",
+                              r["p50_s"], "s", rounds=[r["min_s"], r["max_s"]],
+                              absolute=f"{r['p50_s']} s ({r['min_s']}-{r['max_s']}), {r['missing']} never reached"))
+    return out
+
+
 def table(res: dict) -> str:
     tp, pr = res["throughput"], res["propagation"]
     lines = [f"cluster {res['cluster']}: {res['rounds']} rounds x {res['seconds']} s, iperf3 node1 -> node2",
@@ -292,6 +309,7 @@ def main() -> None:
         res = {"cluster": env["CLUSTER"], "rounds": args.rounds, "seconds": args.seconds,
                "throughput": throughput(c, args.rounds, args.seconds),
                "propagation": propagation_runs(c, args.containers, args.timeout)}
+        res["figures"] = cluster_figures(res)
     finally:
         if args.up:
             c.sh("down", check=False, timeout=600)

@@ -16,6 +16,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from bench.common import figure, spread
 from docker_cilium import logging as dc_logging
 from docker_cilium.datapath.loader import compile_datapath
 
@@ -46,6 +47,12 @@ def main() -> None:
         "cached_median_ms": round(statistics.median(cached), 2),
         "cached_max_ms": round(max(cached), 2),
     }
+    res["figures"] = [
+        figure("datapath cold compile (clang)", statistics.median(cold), "ms", rounds=cold, digits=1,
+               absolute=spread(cold, "ms", 1)),
+        figure("datapath cached lookup", statistics.median(cached), "ms", rounds=cached,
+               absolute=spread(cached, "ms")),
+    ]
     print(json.dumps(res, indent=2) if args.json else
           f"datapath compile: cold {res['cold_compile_median_ms']} ms (median of {args.n}), "
           f"cached {res['cached_median_ms']} ms (median of {len(cached)}, max {res['cached_max_ms']} ms)")

@@ -15,6 +15,8 @@ import statistics
 import subprocess
 import time
 
+from bench.common import figure, ratios, spread
+
 DOCKER = "/usr/bin/docker"
 
 
@@ -56,6 +58,10 @@ def main() -> None:
         "cilium_min_max_s": [round(min(a), 4), round(max(a), 4)],
         "bridge_min_max_s": [round(min(b), 4), round(max(b), 4)],
     }
+    res["figures"] = [figure(
+        "docker run --rm, cilium / bridge (dual-stack)", res["ratio_cilium_over_bridge"], "x",
+        goal="<= 1.0x bridge", baseline="bridge", rounds=ratios(a, b),
+        absolute=f"cilium {spread(a, 's', 3)}, bridge {spread(b, 's', 3)}; median of per-run ratios")]
     print(json.dumps(res, indent=2) if args.json else
           f"docker run --rm (dual-stack), median of {args.n} interleaved: cilium {res['cilium_median_s']} s, "
           f"bridge {res['bridge_median_s']} s, ratio {res['ratio_cilium_over_bridge']}")

@@ -22,6 +22,7 @@ import subprocess
 import time
 import uuid
 
+from bench.common import figure, spread
 from docker_cilium.defaults import API_SOCKET
 
 DOCKER = "/usr/bin/docker"
@@ -85,7 +86,9 @@ def main() -> None:
     finally:
         sh(DOCKER, "network", "rm", net, check=False)
     res = {"runs": args.n, "init_window_median_s": round(statistics.median(runs), 4),
-           "init_window_min_max_s": [round(min(runs), 4), round(max(runs), 4)]}
+           "init_window_min_max_s": [round(min(runs), 4), round(max(runs), 4)],
+           "figures": [figure("reserved:init window after docker run -d", statistics.median(runs), "s",
+                              rounds=runs, absolute=spread(runs, "s", 3))]}
     print(json.dumps(res, indent=2) if args.json else
           f"reserved:init window after `docker run -d` returns, median of {args.n}: "
           f"{res['init_window_median_s']} s (min {res['init_window_min_max_s'][0]}, "

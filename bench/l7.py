@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import figure, ratios, spread
 from bench.throughput import DOCKER, ip_of, pid, sh
 
 HERE = Path(__file__).parent
@@ -113,6 +114,12 @@ def main() -> None:
                 "errors": {m: [r["errors"] for r in runs if r["errors"]] for m, runs in modes.items()},
                 "ratio_rps_l7_over_l4": round(med["l7"]["rps"] / med["l4"]["rps"], 3),
             }
+        rps = {s: {m: [r["rps"] for r in runs] for m, runs in modes.items()} for s, modes in res.items()}
+        out["figures"] = [figure(f"HTTP req/s ({shape}), L7 proxy / L4 only", out[shape]["ratio_rps_l7_over_l4"],
+                                 "x", baseline="L4 only", rounds=ratios(rps[shape]["l7"], rps[shape]["l4"]),
+                                 absolute=f"L7 {spread(rps[shape]['l7'], 'req/s', 0)}, "
+                                          f"L4 {spread(rps[shape]['l4'], '', 0)}")
+                          for shape in shapes]
         print(json.dumps({"connections": args.connections, "seconds": args.seconds, "rounds": args.rounds,
                           **out}, indent=2))
     finally:

@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 
-from bench.common import private_bpf_base, round_args
+from bench.common import figure, private_bpf_base, ratios, round_args, spread
 from docker_cilium.datapath.bpf import libbpf
 from docker_cilium.datapath.loader import Datapath, compile_datapath, unpin_all
 from docker_cilium import defaults
@@ -155,6 +155,7 @@ def main() -> None:
             stats.close()
         med = {m: statistics.median(r["gbit_s"] for r in rs) for m, rs in runs.items()}
         ns = {m: statistics.median(r["ns_per_packet"] for r in rs) for m, rs in runs.items()}
+        gbit = {m: [r["gbit_s"] for r in rs] for m, rs in runs.items()}
         print(json.dumps({
             "seconds_per_run": args.seconds,
             "gbit_s_median": {m: round(v, 2) for m, v in med.items()},
@@ -162,6 +163,12 @@ def main() -> None:
             "from_container_ns_per_packet_median": {m: round(v) for m, v in ns.items()},
             "runs": {m: [{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in rs]
                      for m, rs in runs.items()},
+            "figures": [figure(f"TCP throughput, monitor reader ({m[len('reader-'):]}) / no reader",
+                               med[m] / med["no-reader"], "x", baseline="no reader",
+                               rounds=ratios(gbit[m], gbit["no-reader"]),
+                               absolute=f"{spread(gbit[m], 'Gbit/s')}, no reader {spread(gbit['no-reader'])}; "
+                                        f"from-container {round(ns[m])} ns/packet")
+                        for m in ("reader-medium", "reader-none")],
         }, indent=2))
     finally:
         if server is not None:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import round_args
+from bench.common import figure, ratios, round_args, spread
 from bench.throughput import DOCKER, pid, sh
 
 NS, HOST_IF, NS_IF = "bench-pp-out", "bench-pp0", "bench-pp1"
@@ -122,6 +122,15 @@ def main() -> None:
             "connections_per_s_all": {k: [round(x) for x in v] for k, v in conns.items()},
             "ratio_throughput_cilium_over_bridge": round(g["cilium"] / g["bridge"], 3),
             "ratio_connections_cilium_over_bridge": round(c["cilium"] / c["bridge"], 3),
+            "figures": [
+                figure("published port TCP, cilium / bridge", g["cilium"] / g["bridge"], "x", baseline="bridge",
+                       rounds=ratios(gbit["cilium"], gbit["bridge"]),
+                       absolute=f"cilium {spread(gbit['cilium'], 'Gbit/s')}, bridge {spread(gbit['bridge'])}"),
+                figure("published port conn/s, cilium / bridge", c["cilium"] / c["bridge"], "x", baseline="bridge",
+                       rounds=ratios(conns["cilium"], conns["bridge"]),
+                       absolute=f"cilium {spread(conns['cilium'], 'conn/s', 0)}, "
+                                f"bridge {spread(conns['bridge'], '', 0)}"),
+            ],
         }, indent=2))
     finally:
         for s in servers:

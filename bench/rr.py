@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import DOCKER, Pair, docker_pair, ratio_figure, remove_veth_pairs, sh, veth_pair
+from bench.throughput import DOCKER, Pair, docker_pair, pair_figure, remove_veth_pairs, sh, veth_pair
 
 HERE = Path(__file__).parent
 PORT = 8080
@@ -75,10 +75,10 @@ def figures(res: dict[str, dict[str, list[float]]]) -> list[dict]:
     out = []
     for shape, label in names.items():
         for baseline in ("veth", "bridge"):
-            out.append(ratio_figure(f"{label}, cilium (L4 policy) vs {'bare veth' if baseline == 'veth' else baseline}",
-                                    res[shape], "cilium", baseline, "req/s", digits=0))
-        out.append(ratio_figure(f"{label}, bridge vs bare veth", res[shape], "bridge", "veth", "req/s", digits=0))
-        out.append(ratio_figure(f"{label}, cilium (L4 policy) vs veth with Docker's in-container NAT rules",
+            out.append(pair_figure(f"{label}, cilium (L4 policy) / {'bare veth' if baseline == 'veth' else baseline}",
+                                   res[shape], "cilium", baseline, "req/s", digits=0))
+        out.append(pair_figure(f"{label}, bridge / bare veth", res[shape], "bridge", "veth", "req/s", digits=0))
+        out.append(pair_figure(f"{label}, cilium (L4 policy) / veth with Docker's in-container NAT rules",
                                 res[shape], "cilium", "veth+nat", "req/s", digits=0, kind="veth"))
     return out
 

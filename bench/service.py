@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from bench.common import figure, ratios, spread
 from bench.throughput import DOCKER, PORT, iperf, ip_of, pid, sh
 
 VIP = "10.97.251.10"
@@ -102,6 +103,14 @@ def main() -> None:
             "connections_per_s_all": {k: [round(x) for x in v] for k, v in rate.items()},
             "ratio_throughput_vip_over_direct": round(med_g["vip"] / med_g["direct"], 3),
             "ratio_conn_rate_vip_over_direct": round(med_r["vip"] / med_r["direct"], 3),
+            "figures": [
+                figure("service VIP TCP / direct (container to container)", med_g["vip"] / med_g["direct"], "x",
+                       baseline="direct", rounds=ratios(gbit["vip"], gbit["direct"]),
+                       absolute=f"vip {spread(gbit['vip'], 'Gbit/s')}, direct {spread(gbit['direct'])}"),
+                figure("service VIP conn/s / direct", med_r["vip"] / med_r["direct"], "x", baseline="direct",
+                       rounds=ratios(rate["vip"], rate["direct"]),
+                       absolute=f"vip {spread(rate['vip'], 'conn/s', 0)}, direct {spread(rate['direct'], '', 0)}"),
+            ],
         }, indent=2))
     finally:
         for p in procs:

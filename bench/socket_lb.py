@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import private_bpf_base, round_args
+from bench.common import figure, private_bpf_base, ratios, round_args, spread
 from bench.monitor_overhead import ProgStats
 from docker_cilium import defaults
 from docker_cilium import logging as dc_logging
@@ -141,6 +141,16 @@ def main() -> None:
             "connect4_hook_ns_per_call_median": round(statistics.median(hook_ns)),
             "runs": {"connections_per_s": {m: [round(x) for x in v] for m, v in rate.items()},
                      "gbit_s": {m: [round(x, 2) for x in v] for m, v in gbit.items()}},
+            "figures": [
+                figure("host->service conn/s, socket LB VIP / direct", med_rate["vip"] / med_rate["direct"], "x",
+                       baseline="direct", rounds=ratios(rate["vip"], rate["direct"]),
+                       absolute=f"vip {spread(rate['vip'], 'conn/s', 0)}, direct {spread(rate['direct'], '', 0)}"),
+                figure("host->service TCP, socket LB VIP / direct", med_gbit["vip"] / med_gbit["direct"], "x",
+                       baseline="direct", rounds=ratios(gbit["vip"], gbit["direct"]),
+                       absolute=f"vip {spread(gbit['vip'], 'Gbit/s')}, direct {spread(gbit['direct'])}"),
+                figure("connect4 hook time per translated connect", statistics.median(hook_ns), "ns",
+                       rounds=hook_ns, digits=0, absolute=spread(hook_ns, "ns", 0)),
+            ],
         }, indent=2))
     finally:
         for p in servers:

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 
-from bench.common import round_args
+from bench.common import figure, ratios, round_args, spread
 
 DOCKER = "/usr/bin/docker"
 PORT = 5201
@@ -81,28 +81,17 @@ def iperf_server(pair: Pair) -> Pair:
     return pair
 
 
-def _spread(values: list[float], digits: int) -> str:
-    return (f"{statistics.median(values):.{digits}f} "
-            f"({min(values):.{digits}f}-{max(values):.{digits}f})")
-
-
-def ratio_figure(name: str, results: dict[str, list[float]], subject: str, baseline: str,
-                 unit: str, goal: float | None = None, digits: int = 2, kind: str | None = None) -> dict:
-    """A CONTRACT15 figure: ``subject`` over ``baseline``, the median of the
-    per-round ratios (rounds are interleaved, so each ratio compares runs made
-    moments apart), with both sides' absolute medians and ranges beside it.
-    ``kind``: the report's baseline kind when it is not ``baseline`` itself."""
-    ratios = [a / b for a, b in zip(results[subject], results[baseline]) if b > 0]
-    value = statistics.median(ratios) if ratios else 0.0
-    return {
-        "name": name, "value": round(value, 3), "unit": "x",
-        "goal": f">= {goal}x {baseline}" if goal is not None else None,
-        "met": value >= goal if goal is not None and ratios else None,
-        "baseline": kind or baseline, "ratio": round(value, 3),
-        "absolute": (f"{subject} {_spread(results[subject], digits)} {unit}, "
-                     f"{baseline} {_spread(results[baseline], digits)} (median of per-round ratios)"),
-        "min": round(min(ratios), 3) if ratios else None, "max": round(max(ratios), 3) if ratios else None,
-    }
+def pair_figure(name: str, results: dict[str, list[float]], subject: str, baseline: str, unit: str,
+                goal: str | None = None, kind: str | None = None, digits: int = 2) -> dict:
+    """A CONTRACT15 ratio figure of ``subject`` over ``baseline``: the median of
+    the per-round ratios (rounds are interleaved, so each ratio compares runs
+    made moments apart), both sides' medians and ranges beside it. ``kind``:
+    the report's baseline kind when it is not ``baseline`` itself."""
+    per_round = ratios(results[subject], results[baseline])
+    return figure(name, statistics.median(per_round), "x", goal=goal, baseline=kind or baseline,
+                  rounds=per_round,
+                  absolute=(f"{subject} {spread(results[subject], unit, digits)}, {baseline} "
+                            f"{spread(results[baseline], unit, digits)} (median of per-round ratios)"))
 
 
 def docker_pair(net: str, tag: str, labels: tuple[str, str] | None) -> tuple[Pair, list[str]]:
@@ -193,11 +182,10 @@ def main() -> None:
             "ratio_cilium_over_veth": round(med["cilium"] / med["veth"], 3),
             "ratio_bridge_over_veth": round(med["bridge"] / med["veth"], 3),
             "figures": [
-                ratio_figure("TCP throughput, cilium (L4 policy) vs bare veth", results, "cilium", "veth",
-                             "Gbit/s", goal=0.95),
-                ratio_figure("TCP throughput, cilium (L4 policy) vs bridge", results, "cilium", "bridge",
-                             "Gbit/s"),
-                ratio_figure("TCP throughput, bridge vs bare veth", results, "bridge", "veth", "Gbit/s"),
+                pair_figure("TCP throughput, cilium (L4 policy) / bare veth", results, "cilium", "veth",
+                            "Gbit/s", goal=">= 0.95x veth"),
+                pair_figure("TCP throughput, cilium (L4 policy) / bridge", results, "cilium", "bridge", "Gbit/s"),
+                pair_figure("TCP throughput, bridge / bare veth", results, "bridge", "veth", "Gbit/s"),
             ],
         }, indent=2))
     finally:

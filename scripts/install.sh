@@ -37,7 +37,7 @@ fi
 stamp=.venv/.installed-$(sha256sum setup.cfg pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,bench]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

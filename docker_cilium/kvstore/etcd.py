@@ -416,10 +416,15 @@ class EtcdBackend(Backend):
     async def _watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:
         client = self.client
         k = _b(prefix)
+        # aetcd's watch creation waits on the watcher's lock and on any other
+        # pending creation with no deadline of its own: bounded here, so a
+        # stalled watch stream fails the caller (which re-lists and retries)
+        # instead of hanging it.
         if prefix:
-            w = await self._call(f"watch {prefix}", client.watch_prefix(k, start_revision=start_revision))
+            created = client.watch_prefix(k, start_revision=start_revision)
         else:
-            w = await self._call("watch all", client.watch(b"\0", range_end=b"\0", start_revision=start_revision))
+            created = client.watch(b"\0", range_end=b"\0", start_revision=start_revision)
+        w = await self._call(f"watch {prefix or 'all'}", asyncio.wait_for(created, RPC_TIMEOUT_S + CLOSE_TIMEOUT_S))
         try:
             it = w.__aiter__()
             while True:
@@ -443,7 +448,9 @@ class EtcdBackend(Backend):
                     bytes(ev.kv.value) if typ is EventType.PUT else None,
                 )
         finally:
+            # bounded like close(): the cancel request queues behind the
+            # watcher's lock, which a stalled stream can hold for good
             try:
-                await w.cancel()
+                await asyncio.wait_for(w.cancel(), CLOSE_TIMEOUT_S)
             except Exception:
                 pass

@@ -10,6 +10,9 @@ so that every test written once runs against SQLite and etcd.
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import threading
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
@@ -19,6 +22,30 @@ from docker_cilium.kvstore.etcd import EtcdBackend
 from docker_cilium.kvstore.sqlite import SQLiteBackend
 
 from tests.integration.etcd_proc import start_cluster
+
+
+STUCK_S = 100.0  # below the 120 s pytest-timeout of the etcd suites
+
+
+@pytest.fixture(autouse=True)
+async def dump_tasks_when_stuck() -> AsyncIterator[None]:
+    """Print every asyncio task's stack when a test is still running after
+    STUCK_S: pytest-timeout's thread dump shows only an idle loop, not which
+    await never returned (an etcd suite hung that way, rarely)."""
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        print(f"\n--- asyncio tasks after {STUCK_S:.0f} s ---", file=sys.stderr)
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.stderr)
+
+    timer = threading.Timer(STUCK_S, loop.call_soon_threadsafe, (dump,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @pytest.fixture(scope="session")
