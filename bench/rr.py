@@ -12,7 +12,8 @@ that veth pair with the NAT rules dockerd puts in every container's namespace
 on a user-defined network (its embedded DNS), which the cilium and bridge
 pairs carry as well, to tell Docker's cost at both ends from the path's. Every
 round runs each shape on each pair in turn (interleaved), so the ratios
-compare like with like on a noisy machine. Needs a running agent and dockerd.
+compare like with like on a noisy machine (each round starts one pair further
+along). Needs a running agent and dockerd.
 
     python -m bench.rr [--rounds 5] [--seconds 3] [--connections 1] [--json]
 """
@@ -28,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import DOCKER, Pair, docker_pair, pair_figure, remove_veth_pairs, sh, veth_pair
+from bench.throughput import (DOCKER, Pair, docker_pair, pair_figure, remove_veth_pairs, rotated, sh,
+                              veth_pair)
 
 HERE = Path(__file__).parent
 PORT = 8080
@@ -116,9 +118,9 @@ def main() -> None:
         rev = sh(args.cilium, "policy", "import", str(policy)).stdout.split()[-1]
         time.sleep(1.5)  # container labels arrive through Docker's events
         res = {shape: {p.name: [] for p in pairs} for shape in SHAPES}
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for shape, close in SHAPES.items():
-                for pair in pairs:
+                for pair in rotated(pairs, r):
                     res[shape][pair.name].append(wrk(pair, args.seconds, args.connections, close))
         enforced = [e for e in json.loads(sh(args.cilium, "endpoint", "list", "-o", "json").stdout)
                     if e["policy"]["ingress-enforced"]]

@@ -81,6 +81,13 @@ def iperf_server(pair: Pair) -> Pair:
     return pair
 
 
+def rotated(items: list, start: int) -> list:
+    """The pairs in round ``start``'s order: each round begins one further
+    along, so no pair always runs first or right after the same other."""
+    k = start % len(items)
+    return items[k:] + items[:k]
+
+
 def pair_figure(name: str, results: dict[str, list[float]], subject: str, baseline: str, unit: str,
                 goal: str | None = None, kind: str | None = None, digits: int = 2) -> dict:
     """A CONTRACT15 ratio figure of ``subject`` over ``baseline``: the median of
@@ -166,8 +173,8 @@ def main() -> None:
         rev = sh(args.cilium, "policy", "import", policy_file.name).stdout.split()[-1]
         time.sleep(1.5)  # container labels arrive through Docker's events
         results: dict[str, list[float]] = {p.name: [] for p in pairs}
-        for _ in range(args.rounds):
-            for p in pairs:
+        for r in range(args.rounds):
+            for p in rotated(pairs, r):
                 results[p.name].append(iperf(p.client_ns, p.server_ip, args.seconds))
         med = {k: statistics.median(v) for k, v in results.items()}
         enforced = [e for e in json.loads(sh(args.cilium, "endpoint", "list", "-o", "json").stdout)
