@@ -37,6 +37,7 @@
 #include "lib/lb.h"
 #include "lib/lb_lxc.h"
 #include "lib/eth.h"
+#include "lib/route.h"
 #include "lib/l4.h"
 #include "lib/ipv4.h"
 #include "lib/ipv6.h"
@@ -118,13 +119,10 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, const str
 
 	__builtin_memcpy(smac, dst->node_mac, 6);
 	__builtin_memcpy(dmac, dst->mac, 6);
-	if (f->family == 4)
-		ret = ipv4_dec_ttl(skb);
-	else
-		ret = ipv6_dec_hoplimit(skb);
-	if (ret < 0)
+	ret = l3_route(skb, f->family, smac, dmac);
+	if (ret == -1)
 		return TC_ACT_OK;	/* TTL expiring: let the stack answer */
-	if (eth_rewrite(skb, smac, dmac) < 0)
+	if (ret < 0)
 		return TC_ACT_SHOT;
 	return bpf_redirect_peer(ifindex, 0);
 }
@@ -579,14 +577,16 @@ int from_overlay(struct __sk_buff *skb)
 		if (ep) {
 			__u32 ifindex = ep->ifindex;
 
+			int ret;
+
 			__builtin_memcpy(smac, ep->node_mac, 6);
 			__builtin_memcpy(dmac, ep->mac, 6);
-			if (l3_dec_ttl(skb, family) == 0) {
-				if (eth_rewrite(skb, smac, dmac) < 0)
-					return send_drop_notify(skb, DROP_WRITE_ERROR, METRIC_INGRESS,
-								0, src_id, 0, 0);
+			ret = l3_route(skb, family, smac, dmac);
+			if (ret == 0)
 				return bpf_redirect(ifindex, 0);
-			}
+			if (ret < -1)
+				return send_drop_notify(skb, DROP_WRITE_ERROR, METRIC_INGRESS,
+							0, src_id, 0, 0);
 		}
 	}
 	/* the inner destination MAC is not cilium_vxlan's: the stack would

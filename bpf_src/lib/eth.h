@@ -20,16 +20,4 @@ static __always_inline int eth_addrcmp(const __u8 *a, const __u8 *b)
 	       (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]);
 }
 
-/* Rewrite the Ethernet header like a router forwarding to dmac. Invalidates
- * any direct packet pointers. */
-static __always_inline int eth_rewrite(struct __sk_buff *skb, const __u8 *smac,
-				       const __u8 *dmac)
-{
-	__u8 hdr[12];
-
-	__builtin_memcpy(hdr, dmac, 6);
-	__builtin_memcpy(hdr + 6, smac, 6);
-	return bpf_skb_store_bytes(skb, 0, hdr, sizeof(hdr), 0);
-}
-
 #endif /* __LIB_ETH_H_ */

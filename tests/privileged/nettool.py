@@ -1,6 +1,6 @@
 """Traffic helper the privileged tests run inside namespaces (stdlib only):
 ping, tcp, udp, serve, bulk/sink, large UDP datagrams, raw frames and raw IP
-packets, and sniffers counting what reached a socket."""
+packets, and sniffers counting (or capturing) what reached a socket."""
 import os, select, socket, struct, sys, threading, time
 
 def csum(b):
@@ -149,8 +149,10 @@ def rawip(dst, proto, hexpayload, hops=None, count=1):
     """Send an L4 payload through a raw IP socket (the kernel adds the IP
     header with our address; ICMPv6 checksums are filled in by the kernel)."""
     s = socket.socket(fam(dst), socket.SOCK_RAW, int(proto))
-    if hops is not None:
+    if hops is not None and fam(dst) == socket.AF_INET6:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, int(hops))
+    elif hops is not None:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, int(hops))
     for _ in range(int(count)):
         s.sendto(bytes.fromhex(hexpayload), (dst, 0))
     return 0
@@ -189,6 +191,24 @@ def sniff(spec, marker, seconds):
         if r and marker in s.recv(65535):
             n += 1
     print(n, flush=True)
+    return 0
+
+def capture(etype, ifname, marker, seconds):
+    """Print the hex of the first frame of that ethertype containing marker
+    that ifname receives (an empty line if none came within seconds)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(int(etype, 16)))
+    s.bind((ifname, int(etype, 16)))
+    marker = bytes.fromhex(marker)
+    print("ready", flush=True)
+    end = time.time() + float(seconds)
+    while time.time() < end:
+        r, _, _ = select.select([s], [], [], max(0, end - time.time()))
+        if r:
+            frame, addr = s.recvfrom(65535)
+            if marker in frame and addr[2] != socket.PACKET_OUTGOING:
+                print(frame.hex(), flush=True)
+                return 0
+    print("", flush=True)
     return 0
 
 def bulk(dst, port, mbytes, src=None):
@@ -290,6 +310,6 @@ if __name__ == "__main__":
         else: rest.append(a)
     sys.exit({"ping": ping, "tcp": tcp, "udp": udp, "serve": serve,
               "bulk": bulk, "sink": sink, "udpsize": udpsize, "udpget": udpget,
-              "sendframe": sendframe, "rawip": rawip, "sniff": sniff,
+              "sendframe": sendframe, "rawip": rawip, "sniff": sniff, "capture": capture,
               "tcpraw": tcpraw, "many": many, "tcphold": tcphold,
               "idserve": idserve, "ask": ask, "converse": converse}[cmd](*rest, **kw) or 0)
