@@ -14,20 +14,12 @@ import sys
 
 import pytest
 
+from bench.policy_scale import label_rules
 from docker_cilium.policy import manager as manager_mod
 from docker_cilium.policy.api import PolicyValidationError, parse_rules
 from docker_cilium.policy.api import rule as rule_mod
 from docker_cilium.policy.repository import Repository
 from tests.unit.test_cli import POLICY, agent, policy_file, run  # noqa: F401  (fixtures)
-
-
-def label_rules(n: int) -> list[dict]:
-    """bench/policy_scale.py's label rules (one selector, one peer, one port each)."""
-    return [{"labels": [{"key": "bench", "value": "scale"}],
-             "endpointSelector": {"matchLabels": {"id": f"app{i % 100}"}},
-             "ingress": [{"fromEndpoints": [{"matchLabels": {"id": f"client{i}"}}],
-                          "toPorts": [{"ports": [{"port": str(1 + i % 65000), "protocol": "TCP"}]}]}]}
-            for i in range(n)]
 
 
 def test_a_document_of_100000_rules_fits_the_import_limits():
