@@ -8,9 +8,11 @@ an intended restriction into "allow" or "deny everything" without a word.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from .errors import PolicyValidationError
+
+T = TypeVar("T")
 
 
 def json_type(value: Any) -> str:
@@ -106,11 +108,16 @@ class FlatMemo:
             return None
         return key
 
-    def get(self, key: tuple[Any, ...] | None) -> Any:
-        return None if key is None else self._d.get(key)
-
-    def put(self, key: tuple[Any, ...] | None, value: Any) -> None:
-        if key is not None:
-            if len(self._d) >= self.limit:
-                self._d.clear()
-            self._d[key] = value
+    def parsed(self, key: tuple[Any, ...] | None, parse: Callable[[], T]) -> T:
+        """The value stored under ``key``, else ``parse()``'s (stored when it
+        returns: an invalid object raises and is never stored)."""
+        if key is None:
+            return parse()
+        hit = self._d.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        out = parse()
+        if len(self._d) >= self.limit:
+            self._d.clear()
+        self._d[key] = out
+        return out

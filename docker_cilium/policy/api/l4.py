@@ -64,13 +64,7 @@ class PortProtocol:
 
     @classmethod
     def from_json(cls, data: Any, path: str) -> "PortProtocol":
-        key = _PORTS.key(data)
-        hit = _PORTS.get(key)
-        if hit is not None:
-            return hit  # type: ignore[no-any-return]
-        out = cls._parse(data, path)
-        _PORTS.put(key, out)
-        return out
+        return _PORTS.parsed(_PORTS.key(data), lambda: cls._parse(data, path))
 
     @classmethod
     def _parse(cls, data: Any, path: str) -> "PortProtocol":

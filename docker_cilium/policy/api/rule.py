@@ -225,12 +225,7 @@ class RuleLabel:
     @classmethod
     def from_json(cls, data: Any, path: str) -> "RuleLabel":
         key = (data,) if type(data) is str else _LABELS.key(data)
-        hit = _LABELS.get(key)
-        if hit is not None:
-            return hit  # type: ignore[no-any-return]
-        out = cls._parse(data, path)
-        _LABELS.put(key, out)
-        return out
+        return _LABELS.parsed(key, lambda: cls._parse(data, path))
 
     @classmethod
     def _parse(cls, data: Any, path: str) -> "RuleLabel":

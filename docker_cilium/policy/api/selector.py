@@ -190,13 +190,7 @@ class EndpointSelector:
     def from_json(cls, data: Any, path: str) -> "EndpointSelector":
         # The common selector, only ``matchLabels``, is memoized by its labels.
         ml = data.get("matchLabels") if type(data) is dict and len(data) == 1 else None
-        key = _SELECTORS.key(ml)
-        hit = _SELECTORS.get(key)
-        if hit is not None:
-            return hit  # type: ignore[no-any-return]
-        out = cls._parse(data, path)
-        _SELECTORS.put(key, out)
-        return out
+        return _SELECTORS.parsed(_SELECTORS.key(ml), lambda: cls._parse(data, path))
 
     @classmethod
     def _parse(cls, data: Any, path: str) -> "EndpointSelector":
