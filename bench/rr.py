@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.throughput import (DOCKER, Pair, docker_pair, pair_figure, remove_veth_pairs, rotated, sh,
+from bench.throughput import (DOCKER, Pair, docker_pair, pair_figure, rotated, sh, tear_down,
                               veth_pair)
 
 HERE = Path(__file__).parent
@@ -133,14 +133,7 @@ def main() -> None:
             "figures": figures(res),
         }, indent=2))
     finally:
-        for pair in pairs:
-            pair.close()
-        if containers:
-            sh(DOCKER, "rm", "-f", *containers, check=False)
-        for net in nets.values():
-            sh(DOCKER, "network", "rm", net, check=False)
-        remove_veth_pairs()
-        sh(args.cilium, "policy", "delete", "name=bench-rr", check=False)
+        tear_down(pairs, containers, list(nets.values()), args.cilium, "name=bench-rr")
         for path in (policy, tmp / "httpd"):
             if path.exists():
                 os.unlink(path)

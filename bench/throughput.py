@@ -151,6 +151,18 @@ def remove_veth_pairs() -> None:
         sh("ip", "netns", "del", ns, check=False)
 
 
+def tear_down(pairs: list[Pair], containers: list[str], nets: list[str], cilium: str, policy_label: str) -> None:
+    """What a pairs benchmark made: pairs, containers, networks, bare veths, its policy."""
+    for pair in pairs:
+        pair.close()
+    if containers:
+        sh(DOCKER, "rm", "-f", *containers, check=False)
+    for net in nets:
+        sh(DOCKER, "network", "rm", net, check=False)
+    remove_veth_pairs()
+    sh(cilium, "policy", "delete", policy_label, check=False)
+
+
 def main() -> None:
     args = round_args(__doc__, cilium=True)
     nets = {"cilium": "bench-tp-cilium", "bridge": "bench-tp-bridge"}
@@ -196,14 +208,7 @@ def main() -> None:
             ],
         }, indent=2))
     finally:
-        for p in pairs:
-            p.close()
-        if containers:
-            sh(DOCKER, "rm", "-f", *containers, check=False)
-        for net in nets.values():
-            sh(DOCKER, "network", "rm", net, check=False)
-        remove_veth_pairs()
-        sh(args.cilium, "policy", "delete", "name=bench-iperf", check=False)
+        tear_down(pairs, containers, list(nets.values()), args.cilium, "name=bench-iperf")
         os.unlink(policy_file.name)
 
 
