@@ -271,12 +271,7 @@ class PolicyMap:
         n = len(new)
         keys, values = (policy_key * n)(), (policy_entry * n)()
         for i, (_, e) in enumerate(new):
-            if not 0 <= lxc_id <= 0xFFFF or not 0 <= e.dport <= 0xFFFF:
-                raise ValueError(f"lxc_id {lxc_id} / dport {e.dport} out of u16 range")
-            k, v = keys[i], values[i]
-            k.sec_identity, k.lxc_id, k.dport = e.identity, lxc_id, htons(e.dport)
-            k.proto, k.direction = e.proto, e.direction  # normalized by _want
-            v.proxy_port, v.deny = htons(e.proxy_port), 1 if e.deny else 0
+            keys[i], values[i] = e.key(lxc_id), e.value()
         count = ctypes.c_uint32(n)
         ret = _update_batch()(self.m.fd, keys, values, ctypes.byref(count), None)
         written = n if ret >= 0 else min(count.value, n)
