@@ -21,56 +21,19 @@ VERBS = {"bpf": "bpf:bpf", "cleanup": "cleanup:cleanup", "completion": "completi
          "version": "status:version"}
 
 
-class _LazyCommands(dict):  # type: ignore[type-arg]
-    """The root group's ``commands``: a verb's module is imported on first use
-    of that verb; listing them (help, completion) imports them all."""
-
-    def __init__(self, specs: dict[str, str]) -> None:
-        super().__init__()
-        self._specs = specs
-
-    def _load(self, name: object) -> None:
-        if isinstance(name, str) and name in self._specs and not dict.__contains__(self, name):
-            module, attr = self._specs[name].split(":")
-            dict.__setitem__(self, name, getattr(importlib.import_module(f"docker_cilium.cli.{module}"), attr))
-
-    def _load_all(self) -> None:
-        for name in self._specs:
-            self._load(name)
-
-    def __getitem__(self, name: str) -> click.Command:
-        self._load(name)
-        return dict.__getitem__(self, name)  # type: ignore[no-any-return]
-
-    def get(self, name: str, default: object = None) -> object:  # type: ignore[override]
-        self._load(name)
-        return dict.get(self, name, default)
-
-    def __contains__(self, name: object) -> bool:
-        return (isinstance(name, str) and name in self._specs) or dict.__contains__(self, name)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        self._load_all()
-        return dict.__iter__(self)
-
-    def __len__(self) -> int:
-        return len(set(self._specs) | set(dict.keys(self)))
-
-    def keys(self):  # type: ignore[no-untyped-def]
-        self._load_all()
-        return dict.keys(self)
-
-    def items(self):  # type: ignore[no-untyped-def]
-        self._load_all()
-        return dict.items(self)
-
-    def values(self):  # type: ignore[no-untyped-def]
-        self._load_all()
-        return dict.values(self)
-
-
 class _Cli(click.Group):
-    """The root group: an API error from any verb is one line (``Error: ...``) and exit 1."""
+    """The root group: verbs are loaded from VERBS on first use (click's lazy
+    group: ``list_commands``/``get_command``), and an API error from any verb
+    is one line (``Error: ...``) and exit 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(VERBS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in VERBS:
+            return None
+        module, attr = VERBS[name].split(":")
+        return getattr(importlib.import_module(f"docker_cilium.cli.{module}"), attr)  # type: ignore[no-any-return]
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -88,8 +51,6 @@ def cli(ctx: click.Context, host: str, output: str) -> None:
     dclog.setup(fmt="text", quiet=True)
     ctx.obj = Context(host, output)
 
-
-cli.commands = _LazyCommands(VERBS)
 
 
 def main() -> None:

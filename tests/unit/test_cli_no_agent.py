@@ -46,7 +46,9 @@ ARGS = {
 
 def leaf_commands(cmd: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
     if isinstance(cmd, click.Group):
-        return [leaf for name, sub in sorted(cmd.commands.items()) for leaf in leaf_commands(sub, path + (name,))]
+        ctx = click.Context(cmd)  # list_commands/get_command: the root group loads its verbs lazily
+        return [leaf for name in sorted(cmd.list_commands(ctx))
+                for leaf in leaf_commands(cmd.get_command(ctx, name), path + (name,))]  # type: ignore[arg-type]
     return [(path, cmd)]
 
 

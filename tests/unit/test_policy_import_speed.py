@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 
+import click
 import pytest
 
 from bench.policy_scale import label_rules
@@ -73,7 +74,8 @@ def test_policy_import_loads_only_its_verbs_modules(tmp_path):
 def test_every_verb_is_listed_and_loads():
     from docker_cilium.cli.main import VERBS, cli
 
-    commands = dict(cli.commands.items())
+    ctx = click.Context(cli)
+    commands = {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}
     assert sorted(commands) == sorted(VERBS)
     assert all(cmd.name == name for name, cmd in commands.items())
 
