@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.churn import Batch, addresses, alloc_ranges, duplicates, leaks, occupancy, remove_containers, \
-    snapshot
+from tests.e2e.churn import (CHURN_AGENT_FLAGS, Batch, addresses, alloc_ranges, duplicates, leaks, occupancy,
+                             remove_containers, snapshot)
 from tests.e2e.conftest import cleanup_bpf, cleanup_docker, cleanup_host, create_network
 from tests.helpers import Agent, wait_until
 
@@ -223,7 +223,7 @@ def main() -> None:
     out = args.out or RESULTS / time.strftime("soak-%Y%m%dT%H%M%SZ", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="soak-", dir="/tmp") as tmp:
-        agent = Agent(Path(tmp) / f"soak{os.getpid()}")  # its bpffs directory: dctest-soak<pid>
+        agent = Agent(Path(tmp) / f"soak{os.getpid()}", extra=CHURN_AGENT_FLAGS)  # its bpffs directory: dctest-soak<pid>
         cleanup_docker()
         cleanup_host()
         sampler = None

@@ -27,6 +27,11 @@ from tests.e2e.conftest import TEST_LABEL
 from tests.helpers import Agent, docker, run
 
 #: Maps whose keys must be back where they were once the containers are gone.
+#: Flags of the churning agent. A kill -9 between an endpoint's last write
+#: and CreateEndpoint's reply leaves an endpoint dockerd never learnt of; the
+#: start-up reconcile deletes it once it is this old (60 s by default, dockerd
+#: retries a call for up to 30 s), inside the churn's 30 s waits.
+CHURN_AGENT_FLAGS = ["--docker-reconcile-grace", "5"]
 TRACKED_MAPS = ("cilium_lxc", "cilium_ep_ifindex", "cilium_policy", "cilium_ipcache")
 #: The embedded stores under --lib-dir (node-local state, identities).
 STORES = ("node-state.db", "kvstore.db")

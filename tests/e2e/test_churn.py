@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import time
 
-from tests.e2e.churn import Batch, addresses, alloc_ranges, duplicates, leaks, remove_containers, snapshot
-from tests.e2e.conftest import create_network, exec_
+import pytest
+
+from tests.e2e.churn import (CHURN_AGENT_FLAGS, Batch, addresses, alloc_ranges, duplicates, leaks, remove_containers,
+                             snapshot)
+from tests.e2e.conftest import create_network, exec_, running_agent
 from tests.helpers import wait_until
 
 ROUNDS, PER_ROUND, AT_ONCE = 3, 30, 10
@@ -36,6 +39,12 @@ def agent_matches_docker(agent, net_id: str, addrs: dict[str, tuple[str, str]]) 
     eps = {e["container-name"]: (e["addressing"].get("ipv4"), e["addressing"].get("ipv6"))
            for e in on_network(agent, net_id)}
     return eps == addrs or f"agent {sorted(eps.items())} != docker {sorted(addrs.items())}"
+
+
+@pytest.fixture(scope="module")
+def agent(dockerd, tmp_path_factory):
+    """The module's agent, with the churn's flags (a short reconcile grace)."""
+    yield from running_agent(tmp_path_factory.mktemp("agent"), extra=CHURN_AGENT_FLAGS)
 
 
 def test_churn_with_agent_kill9_leaks_nothing(agent, names):
